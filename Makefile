@@ -1,0 +1,87 @@
+# vmnic — the two commands a user needs:
+#   make demo   installs what it needs, then runs the end-to-end demo (root)
+#   make test   installs what it needs, then runs every test (root runs the integration tests)
+#
+# Everything is installed by this Makefile: Debian packages with apt-get, Go tools
+# with `go install module@version` into .tools/. Area-specific targets live in mk/*.mk.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+TOOLS      := $(CURDIR)/.tools
+BIN        := $(CURDIR)/bin
+CNI_BIN    := $(TOOLS)/cni
+GO         ?= go
+GOTEST_FLAGS ?=
+
+CNI_VERSION         := v1.3.1
+CNI_PLUGINS_VERSION := v1.9.1
+CNI_PLUGINS         := bridge ptp host-local loopback tuning portmap tap
+
+# Debian packages; mk/*.mk files append what their area needs.
+APT_PACKAGES := iproute2 iptables iputils-ping kmod
+
+# Tests find tools and binaries through these.
+export VMNIC_TOOLS   := $(TOOLS)
+export VMNIC_CNI_BIN := $(CNI_BIN)
+export VMNIC_BIN     := $(BIN)
+
+# Prerequisites of `make test` beyond build/tools; mk/*.mk files append.
+TEST_DEPS :=
+
+include $(sort $(wildcard mk/*.mk))
+
+.PHONY: build test unit-test demo tools apt clean fmt vet
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/vmnic ./plugin
+	$(GO) build -o $(BIN)/vmnicctl ./cmd/vmnicctl
+	@if [ -d nri-hook ]; then $(GO) build -o $(BIN)/vmnic-nri ./nri-hook; fi
+	@cp -f $(BIN)/vmnic $(CNI_BIN)/vmnic 2>/dev/null || true
+
+# apt: install the Debian packages the tests and the demo use (root; no-op when present).
+apt:
+	@missing=""; for p in $(sort $(APT_PACKAGES)); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install:$$missing" >&2; exit 1; fi; \
+	  echo "apt-get install:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# tools: the reference CNI plugins and cnitool at pinned versions.
+tools: $(CNI_BIN)/.$(CNI_PLUGINS_VERSION) $(TOOLS)/bin/cnitool
+
+$(CNI_BIN)/.$(CNI_PLUGINS_VERSION):
+	@mkdir -p $(CNI_BIN)
+	GOBIN=$(CNI_BIN) $(GO) install $(foreach p,$(CNI_PLUGINS),github.com/containernetworking/plugins/plugins/$(if $(filter host-local,$(p)),ipam,$(if $(filter tuning portmap,$(p)),meta,main))/$(p)@$(CNI_PLUGINS_VERSION))
+	@touch $@
+
+$(TOOLS)/bin/cnitool:
+	@mkdir -p $(TOOLS)/bin
+	GOBIN=$(TOOLS)/bin $(GO) install github.com/containernetworking/cni/cnitool@$(CNI_VERSION)
+
+fmt:
+	gofmt -l -w $$(git ls-files '*.go')
+
+vet:
+	$(GO) vet ./...
+
+unit-test:
+	$(GO) test -count=1 $(GOTEST_FLAGS) ./...
+
+# test: all tests. As root the integration tests run (and must not skip:
+# VMNIC_REQUIRE_ROOT_TESTS makes a missing tool a failure, not a skip).
+test: apt tools build $(TEST_DEPS)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+	VMNIC_REQUIRE_ROOT_TESTS=$$([ "$$(id -u)" = 0 ] && echo 1) \
+	  $(GO) test -count=1 -p 1 -timeout 40m $(GOTEST_FLAGS) ./...
+
+demo: apt tools build
+	./demo/demo.sh
+
+clean:
+	rm -rf $(BIN)

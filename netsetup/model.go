@@ -1,0 +1,328 @@
+// Package netsetup is the NetSetup record: the per-sandbox state file shared by
+// the vmnic CNI plugin, the NRI hook, vmnicctl and any VM manager that imports
+// it. It holds the model (this file), the loading of older record shapes
+// (legacy.go) and the on-disk store (store.go).
+package netsetup
+
+import (
+	"fmt"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// SchemaVersion is the record shape this package writes.
+const SchemaVersion = 2
+
+// Phase is a sandbox's lifecycle phase.
+type Phase string
+
+const (
+	// PhasePrepared: the netns exists, the sandbox has zero NICs.
+	PhasePrepared Phase = "prepared"
+	// PhaseConfigured: at least one NIC is recorded.
+	PhaseConfigured Phase = "configured"
+	// PhaseTearingDown: a teardown is under way.
+	PhaseTearingDown Phase = "tearing_down"
+	// PhaseInvalid: a teardown failed half way; only a teardown may follow.
+	PhaseInvalid Phase = "invalid"
+)
+
+// NICState is the state of one NIC.
+type NICState string
+
+const (
+	// NICPending: recorded before any host change, or set up on the host but
+	// not (yet) inside the VMM.
+	NICPending NICState = "pending"
+	// NICAttached: the VMM has the device.
+	NICAttached NICState = "attached"
+	// NICDetaching: a removal from the VMM or the host is under way.
+	NICDetaching NICState = "detaching"
+)
+
+// Backend is how NICs reach the VM.
+type Backend string
+
+const (
+	// BackendCNI: the VM has its own netns; each NIC is a TAP joined to the
+	// CNI veth by tc redirect.
+	BackendCNI Backend = "cni"
+	// BackendBridge: TAPs are ports of a host bridge; no netns.
+	BackendBridge Backend = "bridge"
+)
+
+// NetSetup is one sandbox's record.
+type NetSetup struct {
+	Schema       int    `json:"schema"`
+	SandboxID    string `json:"sandbox_id"`
+	PodUID       string `json:"pod_uid,omitempty"`
+	PodName      string `json:"pod_name,omitempty"`
+	PodNamespace string `json:"pod_namespace,omitempty"`
+	Phase        Phase  `json:"phase"`
+
+	NetBackend   Backend  `json:"net_backend,omitempty"`
+	NetnsPath    string   `json:"netns_path,omitempty"`
+	NetnsOwned   bool     `json:"netns_owned"`
+	NetnsID      *NetnsID `json:"netns_id,omitempty"`
+	NetBridgeDev string   `json:"net_bridge_dev,omitempty"`
+
+	// RuntimeDir is the per-sandbox directory for the VMM's API socket.
+	RuntimeDir string `json:"runtime_dir,omitempty"`
+
+	VMM            *VMM  `json:"vmm,omitempty"`
+	NetworkConfigs []NIC `json:"network_configs"`
+
+	// Error says why the record is invalid (set with PhaseInvalid).
+	Error string `json:"error,omitempty"`
+
+	// legacy is set when the record was loaded from an older schema.
+	legacy int
+}
+
+// NetnsID identifies a network namespace by the nsfs device and inode, the
+// only identity that survives different paths to one namespace.
+type NetnsID struct {
+	Dev uint64 `json:"dev"`
+	Ino uint64 `json:"ino"`
+}
+
+func (n NetnsID) String() string { return fmt.Sprintf("%d:%d", n.Dev, n.Ino) }
+
+// VMM is the VMM a sandbox is attached to.
+type VMM struct {
+	Kind      string `json:"kind"`
+	APISocket string `json:"api_socket"`
+	Booted    bool   `json:"booted"`
+	Version   string `json:"version,omitempty"`
+}
+
+// DNS mirrors the CNI DNS block.
+type DNS struct {
+	Nameservers []string `json:"nameservers,omitempty"`
+	Domain      string   `json:"domain,omitempty"`
+	Search      []string `json:"search,omitempty"`
+	Options     []string `json:"options,omitempty"`
+}
+
+// Route is a route the guest should install.
+type Route struct {
+	Dst string `json:"dst"`
+	GW  string `json:"gw,omitempty"`
+	MTU int    `json:"mtu,omitempty"`
+}
+
+// NIC is one VM network interface.
+type NIC struct {
+	ID          string `json:"id"`
+	Network     string `json:"network,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
+	IfName      string `json:"ifname"`
+	Tap         string `json:"tap"`
+	MAC         string `json:"mac,omitempty"`
+	MTU         int    `json:"mtu,omitempty"`
+	NumQueues   int    `json:"num_queues,omitempty"`
+	QueueSize   int    `json:"queue_size,omitempty"`
+
+	IPs     []string `json:"ips,omitempty"`
+	Gateway string   `json:"gateway,omitempty"`
+	Routes  []Route  `json:"routes,omitempty"`
+	DNS     *DNS     `json:"dns,omitempty"`
+
+	State       NICState `json:"state"`
+	HostReady   bool     `json:"host_ready,omitempty"`
+	VMMDeviceID string   `json:"vmm_device_id,omitempty"`
+	BDF         string   `json:"bdf,omitempty"`
+
+	// Schema-1 records kept the sandbox-wide fields on each NIC.
+	LegacyBackend   Backend `json:"backend,omitempty"`
+	LegacyNetnsPath string  `json:"netns_path,omitempty"`
+	LegacyBridge    string  `json:"bridge,omitempty"`
+}
+
+// QueuePairs is the TAP's queue-pair count (num_queues counts virtqueues: 2 per pair).
+func (n NIC) QueuePairs() int {
+	if n.NumQueues < 2 {
+		return 1
+	}
+	return n.NumQueues / 2
+}
+
+// New returns an empty record at phase prepared.
+func New(sandboxID string) *NetSetup {
+	return &NetSetup{Schema: SchemaVersion, SandboxID: sandboxID, Phase: PhasePrepared, NetBackend: BackendCNI}
+}
+
+// LegacySchema reports the schema the record was loaded from when it was
+// older than SchemaVersion (0 otherwise). Saving writes the current schema.
+func (s *NetSetup) LegacySchema() int { return s.legacy }
+
+// ResolvedNetBackend is the sandbox's backend, falling back to NIC 0 for
+// schema-1 records, and to cni when nothing says otherwise.
+func (s *NetSetup) ResolvedNetBackend() Backend {
+	if s.NetBackend != "" {
+		return s.NetBackend
+	}
+	if len(s.NetworkConfigs) > 0 && s.NetworkConfigs[0].LegacyBackend != "" {
+		return s.NetworkConfigs[0].LegacyBackend
+	}
+	return BackendCNI
+}
+
+// ResolvedNetnsPath is the sandbox's netns path, falling back to NIC 0.
+func (s *NetSetup) ResolvedNetnsPath() string {
+	if s.NetnsPath != "" {
+		return s.NetnsPath
+	}
+	if len(s.NetworkConfigs) > 0 {
+		return s.NetworkConfigs[0].LegacyNetnsPath
+	}
+	return ""
+}
+
+// ResolvedNetBridgeDev is the bridge of the bridge backend, falling back to NIC 0.
+func (s *NetSetup) ResolvedNetBridgeDev() string {
+	if s.NetBridgeDev != "" {
+		return s.NetBridgeDev
+	}
+	if len(s.NetworkConfigs) > 0 {
+		return s.NetworkConfigs[0].LegacyBridge
+	}
+	return ""
+}
+
+// NIC returns the NIC with the given ifname.
+func (s *NetSetup) NIC(ifname string) (*NIC, bool) {
+	for i := range s.NetworkConfigs {
+		if s.NetworkConfigs[i].IfName == ifname {
+			return &s.NetworkConfigs[i], true
+		}
+	}
+	return nil, false
+}
+
+// PutNIC adds or replaces the NIC with nic.IfName, keeps the list ordered and
+// updates the phase.
+func (s *NetSetup) PutNIC(nic NIC) {
+	if cur, ok := s.NIC(nic.IfName); ok {
+		*cur = nic
+	} else {
+		s.NetworkConfigs = append(s.NetworkConfigs, nic)
+	}
+	s.normalize()
+}
+
+// RemoveNIC drops the NIC with the given ifname (no-op when absent) and
+// updates the phase. It reports whether a NIC was removed.
+func (s *NetSetup) RemoveNIC(ifname string) bool {
+	for i := range s.NetworkConfigs {
+		if s.NetworkConfigs[i].IfName == ifname {
+			s.NetworkConfigs = append(s.NetworkConfigs[:i], s.NetworkConfigs[i+1:]...)
+			s.normalize()
+			return true
+		}
+	}
+	return false
+}
+
+// normalize orders NICs (eth0 first, then by the trailing index of the
+// ifname, then by name) and derives the phase from the NIC count unless the
+// sandbox is tearing down or invalid.
+func (s *NetSetup) normalize() {
+	SortNICs(s.NetworkConfigs)
+	if s.Phase == PhaseTearingDown || s.Phase == PhaseInvalid {
+		return
+	}
+	if len(s.NetworkConfigs) == 0 {
+		s.Phase = PhasePrepared
+	} else {
+		s.Phase = PhaseConfigured
+	}
+}
+
+// SortNICs orders NICs so that eth0 comes first, then by ifname index
+// (net1 < net2 < net10), then by name.
+func SortNICs(nics []NIC) {
+	sort.SliceStable(nics, func(i, j int) bool { return nicLess(nics[i].IfName, nics[j].IfName) })
+}
+
+func nicLess(a, b string) bool {
+	if (a == "eth0") != (b == "eth0") {
+		return a == "eth0"
+	}
+	ai, aok := ifIndex(a)
+	bi, bok := ifIndex(b)
+	if aok && bok && ai != bi {
+		return ai < bi
+	}
+	if aok != bok {
+		return aok
+	}
+	return a < b
+}
+
+// ifIndex is the trailing decimal number of an ifname ("net12" → 12).
+func ifIndex(name string) (int, bool) {
+	i := len(name)
+	for i > 0 && name[i-1] >= '0' && name[i-1] <= '9' {
+		i--
+	}
+	if i == len(name) {
+		return 0, false
+	}
+	n, err := strconv.Atoi(name[i:])
+	return n, err == nil
+}
+
+var sandboxIDPattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`)
+
+// MaxSandboxIDLen bounds sandbox ids (they become file names).
+const MaxSandboxIDLen = 200
+
+// ValidateSandboxID accepts the characters CNI allows in a container id and
+// nothing that could escape the state directory.
+func ValidateSandboxID(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("sandbox id is empty")
+	case len(id) > MaxSandboxIDLen:
+		return fmt.Errorf("sandbox id %.20q… is longer than %d bytes", id, MaxSandboxIDLen)
+	case !sandboxIDPattern.MatchString(id) || strings.Contains(id, ".."):
+		return fmt.Errorf("sandbox id %q: only letters, digits, '_', '.' and '-' are allowed, starting with a letter or digit", id)
+	}
+	return nil
+}
+
+// Validate checks a record's invariants before it is written.
+func (s *NetSetup) Validate() error {
+	if err := ValidateSandboxID(s.SandboxID); err != nil {
+		return err
+	}
+	switch s.Phase {
+	case PhasePrepared, PhaseConfigured, PhaseTearingDown, PhaseInvalid:
+	default:
+		return fmt.Errorf("sandbox %s: unknown phase %q", s.SandboxID, s.Phase)
+	}
+	switch s.ResolvedNetBackend() {
+	case BackendCNI, BackendBridge:
+	default:
+		return fmt.Errorf("sandbox %s: unknown net_backend %q", s.SandboxID, s.NetBackend)
+	}
+	seen := map[string]bool{}
+	for _, n := range s.NetworkConfigs {
+		if n.IfName == "" {
+			return fmt.Errorf("sandbox %s: a NIC has no ifname", s.SandboxID)
+		}
+		if seen[n.IfName] {
+			return fmt.Errorf("sandbox %s: NIC %s recorded twice", s.SandboxID, n.IfName)
+		}
+		seen[n.IfName] = true
+		switch n.State {
+		case NICPending, NICAttached, NICDetaching:
+		default:
+			return fmt.Errorf("sandbox %s: NIC %s: unknown state %q", s.SandboxID, n.IfName, n.State)
+		}
+	}
+	return nil
+}

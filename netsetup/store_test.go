@@ -1,0 +1,361 @@
+package netsetup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func openStore(t *testing.T) *Store {
+	t.Helper()
+	s, err := Open(filepath.Join(t.TempDir(), "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestStoreRoundTripAndModes(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	rec := New("sb1")
+	rec.PodName = "p"
+	rec.PutNIC(NIC{ID: "eth0", IfName: "eth0", Tap: "tapeth0", State: NICPending})
+	if err := s.Create(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Create(ctx, New("sb1")); err == nil || !strings.Contains(err.Error(), "already has a record") {
+		t.Fatalf("second Create = %v, want already-exists error", err)
+	}
+	got, err := s.Get("sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.PodName != "p" || got.Phase != PhaseConfigured || got.Schema != SchemaVersion || len(got.NetworkConfigs) != 1 {
+		t.Fatalf("record read back = %+v", got)
+	}
+	for _, d := range []string{s.Dir(), filepath.Join(s.Dir(), "sandboxes"), filepath.Join(s.Dir(), "locks")} {
+		fi, err := os.Stat(d)
+		if err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s mode = %v (%v), want 0700", d, fi.Mode().Perm(), err)
+		}
+	}
+	fi, err := os.Stat(s.Path("sb1"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("record mode = %v (%v), want 0600", fi.Mode().Perm(), err)
+	}
+	if _, err := s.Update(ctx, "sb1", func(r *NetSetup) error { r.RemoveNIC("eth0"); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Get("sb1")
+	if got.Phase != PhasePrepared || len(got.NetworkConfigs) != 0 {
+		t.Fatalf("after removing the NIC: %+v", got)
+	}
+	if _, err := s.Update(ctx, "sb1", func(r *NetSetup) error { r.PodName = "changed"; return errors.New("boom") }); err == nil {
+		t.Fatal("Update must return fn's error")
+	}
+	if got, _ := s.Get("sb1"); got.PodName != "p" {
+		t.Fatal("a failed Update must save nothing")
+	}
+	tx, err := s.Lock(ctx, "sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Delete(); err != nil {
+		t.Fatalf("a second Delete must be a no-op: %v", err)
+	}
+	tx.Unlock()
+	if _, err := s.Get("sb1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get after Delete = %v, want ErrNotFound", err)
+	}
+	if _, err := s.Update(ctx, "sb1", func(*NetSetup) error { return nil }); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Update of a missing record = %v, want ErrNotFound", err)
+	}
+	left, _ := os.ReadDir(filepath.Join(s.Dir(), "locks"))
+	files, _ := os.ReadDir(filepath.Join(s.Dir(), "sandboxes"))
+	if len(left)+len(files) != 0 {
+		t.Fatalf("teardown left files: locks %v, sandboxes %v", left, files)
+	}
+}
+
+func TestStoreRefusesSymlinksAndLooseModes(t *testing.T) {
+	t.Run("record is a symlink", func(t *testing.T) {
+		s := openStore(t)
+		target := filepath.Join(t.TempDir(), "elsewhere.json")
+		os.WriteFile(target, fixture(t, "schema2-configured.json"), 0o600)
+		if err := os.Symlink(target, s.Path("sb-v2-1")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Get("sb-v2-1"); err == nil || !strings.Contains(err.Error(), "symlink") {
+			t.Fatalf("Get through a symlink = %v, want a refusal naming the symlink", err)
+		}
+		// A save replaces the link itself and never writes through it.
+		if _, err := s.Update(context.Background(), "sb-v2-1", func(*NetSetup) error { return nil }); err == nil {
+			t.Fatal("Update through a symlinked record must fail")
+		}
+		tx, _ := s.Lock(context.Background(), "sb-v2-1")
+		if err := tx.Save(New("sb-v2-1")); err != nil {
+			t.Fatal(err)
+		}
+		tx.Unlock()
+		if data, _ := os.ReadFile(target); !strings.Contains(string(data), "net10") {
+			t.Fatal("Save wrote through the symlink into its target")
+		}
+		if fi, _ := os.Lstat(s.Path("sb-v2-1")); fi.Mode()&os.ModeSymlink != 0 {
+			t.Fatal("Save must replace the symlink with a regular file")
+		}
+	})
+	t.Run("state dir is a symlink", func(t *testing.T) {
+		real := filepath.Join(t.TempDir(), "real")
+		os.Mkdir(real, 0o700)
+		link := filepath.Join(t.TempDir(), "link")
+		os.Symlink(real, link)
+		if _, err := Open(link); err == nil || !strings.Contains(err.Error(), "symlink") {
+			t.Fatalf("Open(symlink) = %v, want refusal", err)
+		}
+	})
+	t.Run("world-writable state dir", func(t *testing.T) {
+		d := filepath.Join(t.TempDir(), "loose")
+		os.Mkdir(d, 0o777)
+		os.Chmod(d, 0o777)
+		if _, err := Open(d); err == nil || !strings.Contains(err.Error(), "writable by group or others") {
+			t.Fatalf("Open(0777 dir) = %v, want refusal", err)
+		}
+	})
+	t.Run("bad ids never touch the filesystem", func(t *testing.T) {
+		s := openStore(t)
+		for _, id := range []string{"../x", "a/b", ""} {
+			if _, err := s.Get(id); err == nil {
+				t.Errorf("Get(%q) accepted", id)
+			}
+			if _, err := s.Lock(context.Background(), id); err == nil {
+				t.Errorf("Lock(%q) accepted", id)
+			}
+		}
+	})
+}
+
+func TestStoreLoadsLegacyRecordAndRewritesCurrentSchema(t *testing.T) {
+	s := openStore(t)
+	if err := os.WriteFile(s.Path("sb-cni-1"), fixture(t, "schema1-cni-empty-backend.json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := s.Update(context.Background(), "sb-cni-1", func(r *NetSetup) error {
+		if r.LegacySchema() != 1 {
+			t.Errorf("LegacySchema = %d, want 1", r.LegacySchema())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(s.Path("sb-cni-1"))
+	if !strings.Contains(string(data), `"schema": 2`) || rec.ResolvedNetnsPath() != "/var/run/netns/cni-1234" {
+		t.Fatalf("rewritten record:\n%s", data)
+	}
+	again, err := s.Get("sb-cni-1")
+	if err != nil || again.ResolvedNetnsPath() != "/var/run/netns/cni-1234" || again.NetworkConfigs[0].IPs[0] != "10.88.0.9/16" {
+		t.Fatalf("re-read after rewrite: %+v, %v", again, err)
+	}
+}
+
+func TestFindByNetns(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	self := "/proc/self/ns/net"
+	nsid, err := IdentifyNetns(self)
+	if err != nil {
+		t.Fatalf("IdentifyNetns(%s): %v", self, err)
+	}
+	if _, err := s.FindByNetns(nsid); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("FindByNetns on an empty store = %v", err)
+	}
+	rec := New("sb-ns")
+	rec.NetnsPath = self
+	rec.NetnsID = &nsid
+	if err := s.Create(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := s.FindByNetns(nsid); err != nil || id != "sb-ns" {
+		t.Fatalf("FindByNetns = %q, %v; want sb-ns", id, err)
+	}
+	// A stale index entry (the record now points elsewhere) does not match.
+	other := NetnsID{Dev: nsid.Dev, Ino: nsid.Ino + 1}
+	if _, err := s.Update(ctx, "sb-ns", func(r *NetSetup) error { r.NetnsID = &other; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.FindByNetns(nsid); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("old index entry must be gone: %v", err)
+	}
+	if _, err := s.FindByNetns(other); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("an index entry whose live netns differs must not match: %v", err)
+	}
+	tx, _ := s.Lock(ctx, "sb-ns")
+	tx.Delete()
+	tx.Unlock()
+	if ents, _ := os.ReadDir(filepath.Join(s.Dir(), "netns")); len(ents) != 0 {
+		t.Fatalf("Delete left netns index entries: %v", ents)
+	}
+}
+
+func TestIdentifyNetnsRefusesOtherFiles(t *testing.T) {
+	regular := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(regular, nil, 0o600)
+	for _, p := range []string{regular, "/proc/self/ns/mnt", "/nonexistent/netns", ""} {
+		if _, err := IdentifyNetns(p); err == nil {
+			t.Errorf("IdentifyNetns(%q) accepted a path that is not a network namespace", p)
+		}
+	}
+}
+
+func TestLockWaitsAndHonoursContext(t *testing.T) {
+	s := openStore(t)
+	tx, err := s.Lock(context.Background(), "sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := s.Lock(ctx, "sb1"); err == nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("second Lock = %v, want a deadline error", err)
+	}
+	// Another sandbox is not blocked.
+	tx2, err := s.Lock(context.Background(), "sb2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx2.Unlock()
+	tx.Unlock()
+}
+
+// The concurrency test re-executes the test binary as worker processes.
+const workerEnv = "VMNIC_NETSETUP_STORE_WORKER"
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(workerEnv); spec != "" {
+		if err := storeWorker(spec); err != nil {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// storeWorker: "<stateDir>|<worker>|<sharedUpdates>|<sandboxes>|<groups>".
+// It adds sharedUpdates NICs to sandbox "shared", and one NIC to every
+// sandbox sb-<j> with j % groups == worker % groups.
+func storeWorker(spec string) error {
+	f := strings.Split(spec, "|")
+	if len(f) != 5 {
+		return fmt.Errorf("bad spec %q", spec)
+	}
+	w, _ := strconv.Atoi(f[1])
+	shared, _ := strconv.Atoi(f[2])
+	sandboxes, _ := strconv.Atoi(f[3])
+	groups, _ := strconv.Atoi(f[4])
+	s, err := Open(f[0])
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	add := func(id, ifname string) error {
+		tx, err := s.Lock(ctx, id)
+		if err != nil {
+			return err
+		}
+		defer tx.Unlock()
+		rec, err := tx.Load()
+		if errors.Is(err, ErrNotFound) {
+			rec = New(id)
+		} else if err != nil {
+			return err
+		}
+		rec.PutNIC(NIC{ID: ifname, IfName: ifname, State: NICPending})
+		return tx.Save(rec)
+	}
+	for k := 0; k < shared; k++ {
+		if err := add("shared", fmt.Sprintf("p%dk%d", w, k)); err != nil {
+			return err
+		}
+	}
+	for j := 0; j < sandboxes; j++ {
+		if j%groups == w%groups {
+			if err := add(fmt.Sprintf("sb-%d", j), fmt.Sprintf("w%d", w)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func TestConcurrentProcessesLoseNoUpdate(t *testing.T) {
+	const (
+		workers       = 32
+		sharedUpdates = 4
+		sandboxes     = 200
+		groups        = 8 // each sb-<j> is updated by workers/groups = 4 processes
+	)
+	if testing.Short() {
+		t.Skip("skipped in -short: starts 32 processes")
+	}
+	s := openStore(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			cmd := exec.Command(exe, "-test.run=^$")
+			cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s|%d|%d|%d|%d", workerEnv, s.Dir(), w, sharedUpdates, sandboxes, groups))
+			if out, err := cmd.CombinedOutput(); err != nil {
+				errs <- fmt.Errorf("worker %d: %v\n%s", w, err, out)
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	shared, err := s.Get("shared")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(shared.NetworkConfigs); got != workers*sharedUpdates {
+		t.Errorf("shared sandbox has %d NICs, want %d: updates were lost", got, workers*sharedUpdates)
+	}
+	ids, _ := s.IDs()
+	if len(ids) != sandboxes+1 {
+		t.Errorf("%d records, want %d", len(ids), sandboxes+1)
+	}
+	for j := 0; j < sandboxes; j++ {
+		rec, err := s.Get(fmt.Sprintf("sb-%d", j))
+		if err != nil {
+			t.Errorf("sb-%d: %v", j, err)
+			continue
+		}
+		if got := len(rec.NetworkConfigs); got != workers/groups {
+			t.Errorf("sb-%d has %d NICs, want %d", j, got, workers/groups)
+		}
+	}
+	if tmp, _ := filepath.Glob(filepath.Join(s.Dir(), "sandboxes", ".tmp-*")); len(tmp) != 0 {
+		t.Errorf("temp files left: %v", tmp)
+	}
+}

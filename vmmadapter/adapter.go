@@ -1,0 +1,99 @@
+// Package vmmadapter is vmnic's one small interface to a running (or not yet
+// booted) VMM: bring a NIC in, take it out, list what the VMM has. Each VMM
+// has its own package (cloudhypervisor, firecracker, qemu) that talks to the
+// VMM's own control socket; Open picks one by kind.
+package vmmadapter
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Kind names a VMM. The values are the ones stored in NetSetup.vmm.kind.
+type Kind string
+
+const (
+	CloudHypervisor Kind = "cloud-hypervisor"
+	Firecracker     Kind = "firecracker"
+	QEMU            Kind = "qemu"
+)
+
+// Kinds lists every supported kind, for flag help and validation.
+var Kinds = []Kind{CloudHypervisor, Firecracker, QEMU}
+
+// NIC is what a VMM needs to attach a TAP as a virtio-net device.
+type NIC struct {
+	ID         string // VMM device id (CH id, FC iface_id, QEMU device id); adapters may sanitise it and return the id used
+	Tap        string // host device name of the TAP (opened by name by the VMM, in its netns)
+	MAC        string // guest MAC
+	MTU        int    // 0 = leave to the VMM
+	QueuePairs int    // TAP queue pairs; CH num_queues = 2 × QueuePairs; 0 means 1
+	QueueSize  int    // 0 = VMM default
+}
+
+// Attachment is what the VMM reports for an attached NIC.
+type Attachment struct {
+	ID  string // device id as the VMM knows it
+	BDF string // PCI address when the VMM reports one (CH after boot)
+	Hot bool   // true when it was hot-added into a running guest
+}
+
+// Info describes the VMM behind the socket.
+type Info struct {
+	Kind      Kind
+	Version   string
+	Booted    bool // the guest is running (hot-plug rules apply)
+	HotAdd    bool // NICs can be added after boot
+	HotRemove bool // NICs can be removed after boot
+}
+
+// Adapter drives one VMM instance. Every method honours ctx's deadline and
+// also applies the adapter's own per-call timeout: a VMM that does not
+// answer is an error, never a hang.
+type Adapter interface {
+	Info(ctx context.Context) (Info, error)
+	// AddNIC cold-attaches before boot and hot-adds after boot.
+	// It returns ErrHotplugUnsupported when the VMM is booted and cannot hot-add.
+	AddNIC(ctx context.Context, nic NIC) (Attachment, error)
+	// RemoveNIC removes the device and waits (bounded) until the VMM/guest
+	// has really let it go. Removing an id the VMM does not have is not an error.
+	RemoveNIC(ctx context.Context, id string) error
+	// NICs lists the ids of the network devices the VMM has now.
+	NICs(ctx context.Context) ([]string, error)
+	Close() error
+}
+
+// Options tune an adapter; zero values mean the defaults.
+type Options struct {
+	CallTimeout   time.Duration // per request; default 5 s
+	RemoveTimeout time.Duration // wait for the guest to eject a NIC; default 30 s
+	// PCI says whether the VMM was started with a PCI transport when its API
+	// cannot tell (Firecracker's --enable-pci). PCIUnknown lets the adapter try
+	// and map the VMM's refusal to ErrHotplugUnsupported.
+	PCI PCIMode
+}
+
+// PCIMode is what the caller knows about the VMM's PCI transport.
+type PCIMode int
+
+const (
+	PCIUnknown  PCIMode = iota // not known: the adapter finds out from the VMM's answers
+	PCIEnabled                 // started with PCI (Firecracker --enable-pci)
+	PCIDisabled                // started without PCI (MMIO only)
+)
+
+var (
+	// ErrHotplugUnsupported: the VMM is running and cannot add/remove NICs.
+	ErrHotplugUnsupported = errors.New("hot-plug not supported by this VMM")
+	// ErrUnavailable: the VMM's socket is missing or refuses connections (VMM gone).
+	ErrUnavailable = errors.New("VMM not reachable")
+	// ErrDeviceIDInUse: the VMM already has a device with this id (for Cloud
+	// Hypervisor also one that was removed but not yet ejected by the guest).
+	ErrDeviceIDInUse = errors.New("device id already in use")
+	// ErrTapBusy: the TAP is held by another VMM or by a NIC not yet ejected.
+	ErrTapBusy = errors.New("TAP device busy")
+	// ErrEjectTimeout: the device was removed from the VMM but the guest did
+	// not release it within Options.RemoveTimeout; it may still go later.
+	ErrEjectTimeout = errors.New("guest did not release the device in time")
+)

@@ -1,0 +1,157 @@
+package qemu
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"github.com/vmnic/vmnic/vmmadapter"
+)
+
+// maxIDLen bounds the device ids this package makes; a longer valid id is
+// shortened (with a hash of the original) like an invalid one.
+const maxIDLen = 64
+
+// validID reports whether s is a QEMU identifier: [A-Za-z][A-Za-z0-9_.-]*.
+func validID(s string) bool {
+	if s == "" || len(s) > maxIDLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z':
+		case i > 0 && (c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// SanitizeID maps a NIC id to a QEMU device id. A valid id is returned
+// unchanged, so SanitizeID(SanitizeID(x)) == SanitizeID(x). Anything else has
+// its invalid bytes replaced by '-', gets an "n" prefix when it does not start
+// with a letter, and ends with 8 hex digits of the SHA-256 of the original, so
+// that different inputs ("a:b", "a/b") stay different devices.
+func SanitizeID(id string) string {
+	if validID(id) {
+		return id
+	}
+	var b strings.Builder
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		ok := c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-'
+		if !ok {
+			c = '-'
+		}
+		if b.Len() == 0 && !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z') {
+			b.WriteByte('n')
+		}
+		b.WriteByte(c)
+	}
+	if b.Len() == 0 {
+		b.WriteByte('n')
+	}
+	sum := sha256.Sum256([]byte(id))
+	suffix := "-" + hex.EncodeToString(sum[:4])
+	s := b.String()
+	if len(s) > maxIDLen-len(suffix) {
+		s = s[:maxIDLen-len(suffix)]
+	}
+	return s + suffix
+}
+
+// NetdevID is the id of the tap netdev that backs device devID.
+func NetdevID(devID string) string { return "netdev-" + devID }
+
+// nicID is the device id for nic: its sanitised ID, or its TAP name when
+// the ID is empty.
+func nicID(nic vmmadapter.NIC) string {
+	if nic.ID == "" {
+		return SanitizeID(nic.Tap)
+	}
+	return SanitizeID(nic.ID)
+}
+
+// queuePairs returns the number of queue pairs of nic (at least 1).
+func queuePairs(nic vmmadapter.NIC) int {
+	if nic.QueuePairs < 1 {
+		return 1
+	}
+	return nic.QueuePairs
+}
+
+// optValue escapes a value for QEMU's option syntax (a comma is doubled).
+func optValue(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// Args returns the QEMU command-line arguments that attach nics at boot:
+// for each NIC a "-netdev tap,…" and a "-device virtio-net-pci,…" pair with
+// the same ids AddNIC would use, so RemoveNIC works on them later.
+func Args(nics []vmmadapter.NIC) []string {
+	var args []string
+	for _, nic := range nics {
+		id := nicID(nic)
+		q := queuePairs(nic)
+		netdev := fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no,vhost=off", NetdevID(id), optValue(nic.Tap))
+		if q > 1 {
+			netdev += fmt.Sprintf(",queues=%d", q)
+		}
+		dev := fmt.Sprintf("virtio-net-pci,netdev=%s,id=%s", NetdevID(id), id)
+		if nic.MAC != "" {
+			dev += ",mac=" + optValue(nic.MAC)
+		}
+		if nic.MTU > 0 {
+			dev += fmt.Sprintf(",host_mtu=%d", nic.MTU)
+		}
+		if q > 1 {
+			dev += fmt.Sprintf(",mq=on,vectors=%d", 2*q+2)
+		}
+		if nic.QueueSize > 0 {
+			dev += fmt.Sprintf(",rx_queue_size=%d,tx_queue_size=%d", nic.QueueSize, nic.QueueSize)
+		}
+		args = append(args, "-netdev", netdev, "-device", dev)
+	}
+	return args
+}
+
+// netdevArgs is the QMP netdev_add argument object for nic.
+func netdevArgs(id string, nic vmmadapter.NIC) map[string]any {
+	a := map[string]any{
+		"type":       "tap",
+		"id":         NetdevID(id),
+		"ifname":     nic.Tap,
+		"script":     "no",
+		"downscript": "no",
+		"vhost":      false,
+	}
+	if q := queuePairs(nic); q > 1 {
+		a["queues"] = q
+	}
+	return a
+}
+
+// deviceArgs is the QMP device_add argument object for nic.
+func deviceArgs(id string, nic vmmadapter.NIC) map[string]any {
+	a := map[string]any{
+		"driver": "virtio-net-pci",
+		"id":     id,
+		"netdev": NetdevID(id),
+	}
+	if nic.MAC != "" {
+		a["mac"] = nic.MAC
+	}
+	if nic.MTU > 0 {
+		a["host_mtu"] = nic.MTU
+	}
+	if q := queuePairs(nic); q > 1 {
+		a["mq"] = true
+		a["vectors"] = 2*q + 2
+	}
+	if nic.QueueSize > 0 {
+		a["rx_queue_size"] = nic.QueueSize
+		a["tx_queue_size"] = nic.QueueSize
+	}
+	return a
+}

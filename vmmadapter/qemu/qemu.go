@@ -1,0 +1,406 @@
+// Package qemu is the vmmadapter for QEMU, over QMP (the QEMU Machine
+// Protocol) on a unix socket (-qmp unix:PATH,server=on,wait=off).
+//
+// A NIC is a tap netdev ("netdev-<id>", vhost off, script=no) plus a
+// virtio-net-pci device ("<id>"). Before the guest runs (QEMU started with
+// -S) adding one is a cold attach that the firmware enumerates at boot; once
+// it runs, QEMU hot-plugs it (ACPI or PCIe hotplug). Removal is device_del,
+// a bounded wait for DEVICE_DELETED (the guest ejects the device), then
+// netdev_del.
+//
+// QEMU serves one QMP client per socket at a time: an adapter holds the
+// connection until Close, and a second client meanwhile gets no greeting
+// (a bounded error here, never a hang).
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vmnic/vmnic/vmmadapter"
+)
+
+const (
+	defaultCallTimeout   = 5 * time.Second
+	defaultRemoveTimeout = 30 * time.Second
+	// removePoll is how often RemoveNIC also looks at the device tree while
+	// it waits for DEVICE_DELETED (covers a reconnect or an earlier device_del).
+	removePoll = time.Second
+)
+
+// Adapter drives one QEMU through its QMP socket. It is safe for concurrent
+// use; commands share one connection and are told apart by their ids.
+type Adapter struct {
+	socket string
+	opts   vmmadapter.Options
+
+	mu     sync.Mutex
+	qc     *conn
+	closed bool
+}
+
+var _ vmmadapter.Adapter = (*Adapter)(nil)
+
+// New connects to the QMP socket of a QEMU and negotiates capabilities,
+// bounded by opts.CallTimeout. A missing socket or a refused connection
+// wraps vmmadapter.ErrUnavailable. If the connection is lost later, the next
+// call reconnects.
+func New(socket string, opts vmmadapter.Options) (vmmadapter.Adapter, error) {
+	return Open(socket, opts)
+}
+
+// Open is New returning the concrete type (for Execute).
+func Open(socket string, opts vmmadapter.Options) (*Adapter, error) {
+	if socket == "" {
+		return nil, errors.New("qemu: no QMP socket path")
+	}
+	if opts.CallTimeout <= 0 {
+		opts.CallTimeout = defaultCallTimeout
+	}
+	if opts.RemoveTimeout <= 0 {
+		opts.RemoveTimeout = defaultRemoveTimeout
+	}
+	a := &Adapter{socket: socket, opts: opts}
+	ctx, cancel := context.WithTimeout(context.Background(), opts.CallTimeout)
+	defer cancel()
+	if _, err := a.conn(ctx); err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	return a, nil
+}
+
+// conn returns the live connection, dialling a new one if needed.
+func (a *Adapter) conn(ctx context.Context) (*conn, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return nil, errors.New("adapter is closed")
+	}
+	if a.qc != nil && a.qc.failed() == nil {
+		return a.qc, nil
+	}
+	qc, err := dial(ctx, a.socket)
+	if err != nil {
+		return nil, err
+	}
+	a.qc = qc
+	return qc, nil
+}
+
+// Execute runs one QMP command with the adapter's per-call timeout and
+// decodes its return value into out (when non-nil). Error replies are *Error.
+func (a *Adapter) Execute(ctx context.Context, cmd string, args, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, a.opts.CallTimeout)
+	defer cancel()
+	qc, err := a.conn(ctx)
+	if err != nil {
+		return fmt.Errorf("qmp %s: %w", cmd, err)
+	}
+	return qc.execute(ctx, cmd, args, out)
+}
+
+// Close drops the QMP connection.
+func (a *Adapter) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.closed = true
+	if a.qc != nil {
+		a.qc.close()
+	}
+	return nil
+}
+
+// Info reports the QEMU version and whether the guest has started. QEMU can
+// always hot-plug PCI devices, so HotAdd and HotRemove are true.
+func (a *Adapter) Info(ctx context.Context) (vmmadapter.Info, error) {
+	var v struct {
+		QEMU struct{ Major, Minor, Micro int } `json:"qemu"`
+	}
+	if err := a.Execute(ctx, "query-version", nil, &v); err != nil {
+		return vmmadapter.Info{}, fmt.Errorf("qemu info: %w", err)
+	}
+	booted, err := a.booted(ctx)
+	if err != nil {
+		return vmmadapter.Info{}, fmt.Errorf("qemu info: %w", err)
+	}
+	return vmmadapter.Info{
+		Kind:      vmmadapter.QEMU,
+		Version:   fmt.Sprintf("%d.%d.%d", v.QEMU.Major, v.QEMU.Minor, v.QEMU.Micro),
+		Booted:    booted,
+		HotAdd:    true,
+		HotRemove: true,
+	}, nil
+}
+
+// booted: the guest has started running (not waiting in -S or for an
+// incoming migration).
+func (a *Adapter) booted(ctx context.Context) (bool, error) {
+	var st struct {
+		Status  string `json:"status"`
+		Running bool   `json:"running"`
+	}
+	if err := a.Execute(ctx, "query-status", nil, &st); err != nil {
+		return false, err
+	}
+	switch st.Status {
+	case "prelaunch", "inmigrate":
+		return false, nil
+	case "":
+		return st.Running, nil
+	}
+	return true, nil
+}
+
+// AddNIC adds a tap netdev and a virtio-net-pci device on it. The device id
+// is SanitizeID(nic.ID) (nic.Tap when ID is empty). If device_add fails the
+// netdev is deleted again.
+func (a *Adapter) AddNIC(ctx context.Context, nic vmmadapter.NIC) (vmmadapter.Attachment, error) {
+	if nic.Tap == "" {
+		return vmmadapter.Attachment{}, errors.New("qemu add nic: no tap name")
+	}
+	if nic.MAC != "" {
+		if hw, err := net.ParseMAC(nic.MAC); err != nil || len(hw) != 6 {
+			return vmmadapter.Attachment{}, fmt.Errorf("qemu add nic: bad MAC %q", nic.MAC)
+		}
+	}
+	id := nicID(nic)
+	fail := func(err error) (vmmadapter.Attachment, error) {
+		return vmmadapter.Attachment{}, fmt.Errorf("qemu add nic %s (tap %s): %w", id, nic.Tap, err)
+	}
+	booted, err := a.booted(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	devs, err := a.peripherals(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	if typ, ok := devs[id]; ok {
+		return fail(fmt.Errorf("device id already in use (by a %s)", typ))
+	}
+
+	err = a.Execute(ctx, "netdev_add", netdevArgs(id, nic), nil)
+	var qe *Error
+	if errors.As(err, &qe) && strings.Contains(qe.Desc, "Duplicate") {
+		// A netdev of ours without its device: left by an interrupted add.
+		if derr := a.Execute(ctx, "netdev_del", map[string]any{"id": NetdevID(id)}, nil); derr == nil {
+			err = a.Execute(ctx, "netdev_add", netdevArgs(id, nic), nil)
+		}
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if err := a.Execute(ctx, "device_add", deviceArgs(id, nic), nil); err != nil {
+		if booted && errors.As(err, &qe) && strings.Contains(qe.Desc, "hotplug") {
+			err = fmt.Errorf("%w: %w", vmmadapter.ErrHotplugUnsupported, err)
+		}
+		// Roll back even when ctx has ended.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.opts.CallTimeout)
+		defer cancel()
+		if derr := a.Execute(rctx, "netdev_del", map[string]any{"id": NetdevID(id)}, nil); derr != nil {
+			err = errors.Join(err, fmt.Errorf("roll back: %w", derr))
+		}
+		return fail(err)
+	}
+	att := vmmadapter.Attachment{ID: id, Hot: booted}
+	att.BDF, _ = a.bdf(ctx, id) // informational; the NIC is attached either way
+	return att, nil
+}
+
+// RemoveNIC deletes the device, waits (at most Options.RemoveTimeout) until
+// QEMU reports DEVICE_DELETED or the device has left the tree, then deletes
+// its netdev. An id QEMU does not have is not an error.
+func (a *Adapter) RemoveNIC(ctx context.Context, id string) error {
+	id = SanitizeID(id)
+	fail := func(err error) error { return fmt.Errorf("qemu remove nic %s: %w", id, err) }
+	devs, err := a.peripherals(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	typ, ok := devs[id]
+	if !ok {
+		// Gone already; drop a netdev of ours that may have outlived it.
+		a.deleteNetdev(ctx, NetdevID(id))
+		return nil
+	}
+	if !isNIC(typ) {
+		return fail(fmt.Errorf("device is a %s, not a network device", typ))
+	}
+	netdev := NetdevID(id)
+	var nd string
+	if err := a.Execute(ctx, "qom-get", map[string]any{"path": "/machine/peripheral/" + id, "property": "netdev"}, &nd); err == nil && nd != "" {
+		netdev = nd
+	}
+
+	if err := a.unplug(ctx, id); err != nil {
+		return fail(err)
+	}
+	if err := a.deleteNetdev(ctx, netdev); err != nil {
+		return fail(err)
+	}
+	return nil
+}
+
+// unplug sends device_del and waits until the device is really gone.
+func (a *Adapter) unplug(ctx context.Context, id string) error {
+	cctx, cancel := context.WithTimeout(ctx, a.opts.CallTimeout)
+	qc, err := a.conn(cctx)
+	if err != nil {
+		cancel()
+		return fmt.Errorf("qmp device_del: %w", err)
+	}
+	sub := qc.subscribe(func(ev Event) bool {
+		if ev.Name != "DEVICE_DELETED" {
+			return false
+		}
+		var d struct {
+			Device string `json:"device"`
+		}
+		return json.Unmarshal(ev.Data, &d) == nil && d.Device == id
+	})
+	defer qc.unsubscribe(sub)
+	err = qc.execute(cctx, "device_del", map[string]any{"id": id}, nil)
+	cancel()
+	var qe *Error
+	switch {
+	case err == nil:
+	case errors.As(err, &qe) && qe.Class == "DeviceNotFound":
+		return nil // went away meanwhile
+	case errors.As(err, &qe) && strings.Contains(qe.Desc, "in the process of unplug"):
+		// An earlier device_del is still pending: keep waiting for it.
+	default:
+		return err
+	}
+
+	wctx, wcancel := context.WithTimeout(ctx, a.opts.RemoveTimeout)
+	defer wcancel()
+	tick := time.NewTicker(removePoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-sub.ch:
+			return nil
+		case <-tick.C:
+			devs, err := a.peripherals(wctx)
+			if err == nil {
+				if _, ok := devs[id]; !ok {
+					return nil
+				}
+			} else if errors.Is(err, vmmadapter.ErrUnavailable) {
+				return fmt.Errorf("wait for DEVICE_DELETED: %w", err)
+			}
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				return fmt.Errorf("wait for DEVICE_DELETED: %w", ctx.Err())
+			}
+			return fmt.Errorf("guest did not release the device within %s (no DEVICE_DELETED): %w",
+				a.opts.RemoveTimeout, wctx.Err())
+		}
+	}
+}
+
+// deleteNetdev removes a netdev; one that does not exist is not an error.
+func (a *Adapter) deleteNetdev(ctx context.Context, id string) error {
+	err := a.Execute(ctx, "netdev_del", map[string]any{"id": id}, nil)
+	var qe *Error
+	if errors.As(err, &qe) && (qe.Class == "DeviceNotFound" || strings.Contains(qe.Desc, "not found")) {
+		return nil
+	}
+	return err
+}
+
+// NICs lists the ids of the network devices QEMU has (user-created devices
+// with an id; pending removals included until QEMU deletes them).
+func (a *Adapter) NICs(ctx context.Context) ([]string, error) {
+	devs, err := a.peripherals(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("qemu list nics: %w", err)
+	}
+	var ids []string
+	for id, typ := range devs {
+		if isNIC(typ) {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// peripherals maps the ids of user-created devices to their QOM type.
+func (a *Adapter) peripherals(ctx context.Context) (map[string]string, error) {
+	var props []struct {
+		Name string `json:"name"`
+		Type string `json:"type"`
+	}
+	if err := a.Execute(ctx, "qom-list", map[string]any{"path": "/machine/peripheral"}, &props); err != nil {
+		return nil, err
+	}
+	devs := map[string]string{}
+	for _, p := range props {
+		if t, ok := strings.CutPrefix(p.Type, "child<"); ok {
+			devs[p.Name] = strings.TrimSuffix(t, ">")
+		}
+	}
+	return devs, nil
+}
+
+// nicTypes are QEMU NIC models other than virtio-net-*.
+var nicTypes = map[string]bool{
+	"e1000": true, "e1000e": true, "e1000-82544gc": true, "e1000-82545em": true,
+	"igb": true, "rtl8139": true, "vmxnet3": true, "ne2k_pci": true, "pcnet": true,
+}
+
+func isNIC(typ string) bool {
+	return strings.HasPrefix(typ, "virtio-net") || nicTypes[typ]
+}
+
+type pciDevice struct {
+	Bus       int    `json:"bus"`
+	Slot      int    `json:"slot"`
+	Function  int    `json:"function"`
+	QdevID    string `json:"qdev_id"`
+	PCIBridge *struct {
+		Bus struct {
+			Number int `json:"number"`
+		} `json:"bus"`
+		Devices []pciDevice `json:"devices"`
+	} `json:"pci_bridge"`
+}
+
+// bdf finds the PCI address of device id (domain 0) through query-pci.
+func (a *Adapter) bdf(ctx context.Context, id string) (string, error) {
+	var buses []struct {
+		Bus     int         `json:"bus"`
+		Devices []pciDevice `json:"devices"`
+	}
+	if err := a.Execute(ctx, "query-pci", nil, &buses); err != nil {
+		return "", err
+	}
+	var find func([]pciDevice) (string, bool)
+	find = func(devs []pciDevice) (string, bool) {
+		for _, d := range devs {
+			if d.QdevID == id {
+				return fmt.Sprintf("0000:%02x:%02x.%x", d.Bus, d.Slot, d.Function), true
+			}
+			if d.PCIBridge != nil {
+				if s, ok := find(d.PCIBridge.Devices); ok {
+					return s, true
+				}
+			}
+		}
+		return "", false
+	}
+	for _, b := range buses {
+		if s, ok := find(b.Devices); ok {
+			return s, nil
+		}
+	}
+	return "", fmt.Errorf("device %s not in query-pci", id)
+}
