@@ -71,15 +71,28 @@ type NetSetup struct {
 	// RuntimeDir is the per-sandbox directory for the VMM's API socket.
 	RuntimeDir string `json:"runtime_dir,omitempty"`
 
+	// Origin names what manages the record's lifecycle: "nri" for sandboxes
+	// of the NRI hook (torn down when the runtime no longer lists them);
+	// empty for records of vmnicctl or the CNI plugin alone.
+	Origin string `json:"origin,omitempty"`
+
 	VMM            *VMM  `json:"vmm,omitempty"`
 	NetworkConfigs []NIC `json:"network_configs"`
 
 	// Error says why the record is invalid (set with PhaseInvalid).
 	Error string `json:"error,omitempty"`
 
+	// CreatedBy says who made the record: CreatedByCNI for a record a CNI ADD
+	// made for a sandbox nobody prepared (GC and the last DEL remove it),
+	// empty or anything else for a prepared sandbox (kept at zero NICs).
+	CreatedBy string `json:"created_by,omitempty"`
+
 	// legacy is set when the record was loaded from an older schema.
 	legacy int
 }
+
+// CreatedByCNI marks a record made by a CNI ADD (see NetSetup.CreatedBy).
+const CreatedByCNI = "cni"
 
 // NetnsID identifies a network namespace by the nsfs device and inode, the
 // only identity that survives different paths to one namespace.
@@ -134,6 +147,10 @@ type NIC struct {
 	HostReady   bool     `json:"host_ready,omitempty"`
 	VMMDeviceID string   `json:"vmm_device_id,omitempty"`
 	BDF         string   `json:"bdf,omitempty"`
+
+	// VethQdiscOwned: vmnic added the ingress qdisc on the veth (there was
+	// none), so it removes it again at DEL when no filter is left on it.
+	VethQdiscOwned bool `json:"veth_qdisc_owned,omitempty"`
 
 	// Schema-1 records kept the sandbox-wide fields on each NIC.
 	LegacyBackend   Backend `json:"backend,omitempty"`

@@ -272,7 +272,9 @@ func (s *Spec) ValidateRequest(method, urlPath string, body []byte) []Violation 
 }
 
 // ValidateResponse checks a response body against the schema the spec gives
-// for its status code. Only statuses the spec lists with a schema are
+// for its status code. Unlike requests, responses may carry properties the
+// schema does not name (servers emit fields their spec omits, e.g. Cloud
+// Hypervisor's DeviceNode.parent). Only statuses the spec lists with a schema are
 // checked; a body for a status the spec says has none is a violation.
 func (s *Spec) ValidateResponse(method, urlPath string, status int, body []byte) []Violation {
 	method = strings.ToUpper(method)
@@ -298,6 +300,7 @@ func (s *Spec) ValidateResponse(method, urlPath string, status int, body []byte)
 			return c.out
 		}
 		c.where = "response"
+		c.lenient = true
 		c.validate(sch, v, "", 0)
 	}
 	return c.out
@@ -355,11 +358,12 @@ func (s *Spec) lookup(ref string) map[string]any {
 }
 
 type checker struct {
-	spec   *Spec
-	method string
-	path   string
-	where  string
-	out    []Violation
+	spec    *Spec
+	method  string
+	path    string
+	where   string
+	lenient bool // responses: properties the schema does not name are allowed
+	out     []Violation
 }
 
 func (c *checker) add(where, msg string) {
@@ -495,7 +499,7 @@ func (c *checker) validate(sch map[string]any, v any, ptr string, depth int) {
 func (c *checker) anyOf(alts []any, v any, ptr string, depth int, exactlyOne bool) {
 	matched := 0
 	for _, alt := range alts {
-		sub := &checker{spec: c.spec}
+		sub := &checker{spec: c.spec, lenient: c.lenient}
 		sub.validate(asMap(alt), v, ptr, depth+1)
 		if len(sub.out) == 0 {
 			matched++
@@ -554,8 +558,10 @@ func (c *checker) object(sch map[string]any, obj map[string]any, ptr string, dep
 			}
 		case map[string]any:
 			c.validate(ap, val, child, depth+1)
-		default: // absent: strict
-			c.fail(ptr, fmt.Sprintf("unknown property %q", k))
+		default: // absent: strict for requests, lenient for responses
+			if !c.lenient {
+				c.fail(ptr, fmt.Sprintf("unknown property %q", k))
+			}
 		}
 	}
 }

@@ -6,7 +6,8 @@
 // -S) adding one is a cold attach that the firmware enumerates at boot; once
 // it runs, QEMU hot-plugs it (ACPI or PCIe hotplug). Removal is device_del,
 // a bounded wait for DEVICE_DELETED (the guest ejects the device), then
-// netdev_del.
+// netdev_del. Before the guest runs, removal is refused (ErrRemoveBeforeBoot):
+// QEMU would wait for a guest eject that never comes.
 //
 // QEMU serves one QMP client per socket at a time: an adapter holds the
 // connection until Close, and a second client meanwhile gets no greeting
@@ -34,6 +35,12 @@ const (
 	// it waits for DEVICE_DELETED (covers a reconnect or an earlier device_del).
 	removePoll = time.Second
 )
+
+// ErrRemoveBeforeBoot: QEMU has not started the guest (-S, status
+// prelaunch). It removes a PCI device only when the guest ejects it, and a
+// device_del sent now is never completed, so RemoveNIC refuses; remove the
+// NIC once the guest runs, or start QEMU without it.
+var ErrRemoveBeforeBoot = errors.New("the guest has not started: QEMU can remove a NIC only once the guest runs")
 
 // Adapter drives one QEMU through its QMP socket. It is safe for concurrent
 // use; commands share one connection and are told apart by their ids.
@@ -233,6 +240,15 @@ func (a *Adapter) RemoveNIC(ctx context.Context, id string) error {
 	if !isNIC(typ) {
 		return fail(fmt.Errorf("device is a %s, not a network device", typ))
 	}
+	// Before the guest runs, device_del leaves an unplug request that the
+	// guest never completes (the device then stays for good): refuse.
+	booted, err := a.booted(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	if !booted {
+		return fail(ErrRemoveBeforeBoot)
+	}
 	netdev := NetdevID(id)
 	var nd string
 	if err := a.Execute(ctx, "qom-get", map[string]any{"path": "/machine/peripheral/" + id, "property": "netdev"}, &nd); err == nil && nd != "" {
@@ -281,24 +297,36 @@ func (a *Adapter) unplug(ctx context.Context, id string) error {
 
 	wctx, wcancel := context.WithTimeout(ctx, a.opts.RemoveTimeout)
 	defer wcancel()
-	tick := time.NewTicker(removePoll)
+	gone := func(ctx context.Context) (bool, error) {
+		devs, err := a.peripherals(ctx)
+		if err != nil {
+			return false, err
+		}
+		_, ok := devs[id]
+		return !ok, nil
+	}
+	tick := time.NewTicker(min(removePoll, a.opts.RemoveTimeout/5))
 	defer tick.Stop()
 	for {
 		select {
 		case <-sub.ch:
 			return nil
 		case <-tick.C:
-			devs, err := a.peripherals(wctx)
-			if err == nil {
-				if _, ok := devs[id]; !ok {
-					return nil
-				}
+			if ok, err := gone(wctx); ok {
+				return nil
 			} else if errors.Is(err, vmmadapter.ErrUnavailable) {
 				return fmt.Errorf("wait for DEVICE_DELETED: %w", err)
 			}
 		case <-wctx.Done():
 			if ctx.Err() != nil {
 				return fmt.Errorf("wait for DEVICE_DELETED: %w", ctx.Err())
+			}
+			// One last look, in case the event was missed.
+			lctx, lcancel := context.WithTimeout(ctx, a.opts.CallTimeout)
+			ok, _ := gone(lctx)
+			lcancel()
+			if ok {
+				return nil
 			}
 			return fmt.Errorf("guest did not release the device within %s (no DEVICE_DELETED): %w",
 				a.opts.RemoveTimeout, wctx.Err())

@@ -6,6 +6,7 @@ package ociimage
 import (
 	"archive/tar"
 	"bytes"
+	_ "crypto/sha256" // registers sha256 for go-digest
 	"encoding/json"
 	"fmt"
 	"io"

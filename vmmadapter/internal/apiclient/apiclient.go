@@ -131,7 +131,7 @@ func (c *Client) fail(call, what string, err error) error {
 func (c *Client) classify(ctx context.Context, call string, err error) error {
 	switch {
 	case context.Cause(ctx) == errCallTimeout:
-		return c.fail(call, fmt.Sprintf("no answer within %s (the VMM accepted the connection but did not reply)", c.Timeout),
+		return c.fail(call, fmt.Sprintf("no answer within %s (VMM hung or overloaded)", c.Timeout),
 			fmt.Errorf("%w", context.DeadlineExceeded))
 	case ctx.Err() != nil:
 		return c.fail(call, "cancelled before the VMM answered", context.Cause(ctx))

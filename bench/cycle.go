@@ -1,0 +1,209 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+
+	"github.com/vmnic/vmnic/bench/internal/stats"
+	"github.com/vmnic/vmnic/bench/internal/timedexec"
+)
+
+// CycleResult compares the ADD+DEL cycle of the variants.
+type CycleResult struct {
+	Iterations int             `json:"iterations"`
+	Warmup     int             `json:"warmup"`
+	Variants   []VariantResult `json:"variants"`
+}
+
+// VariantResult is one variant's figures.
+type VariantResult struct {
+	Name        string        `json:"name"`
+	Description string        `json:"description"`
+	NICs        int           `json:"nics"`
+	Baseline    string        `json:"baseline"`
+	Cycle       stats.Summary `json:"cycle"`
+	Add         stats.Summary `json:"add"`
+	Del         stats.Summary `json:"del"`
+	// Ratio is this variant's median cycle over its baseline's median cycle.
+	Ratio float64 `json:"ratio"`
+	// RatioPaired is the median, over iterations, of this variant's cycle
+	// over the baseline's cycle of the same iteration (robust to drift).
+	RatioPaired float64 `json:"ratio_paired"`
+	// RatioP90 is this variant's p90 cycle over its baseline's p90 cycle.
+	RatioP90   float64      `json:"ratio_p90"`
+	Errors     int          `json:"errors"`
+	FirstError string       `json:"first_error,omitempty"`
+	Plugins    []PluginTime `json:"plugins"`
+}
+
+// PluginTime is the exec time of one plugin for one command, per call.
+type PluginTime struct {
+	Plugin string        `json:"plugin"`
+	Cmd    string        `json:"cmd"`
+	Time   stats.Summary `json:"time"`
+}
+
+type variant struct {
+	name, desc, baseline string
+	nics                 int
+	list                 *libcni.NetworkConfigList
+	needsVmnic           bool
+}
+
+func (e *env) cycleVariants() ([]*variant, error) {
+	type spec struct {
+		name, desc, baseline string
+		nics                 int
+		vmnic                bool
+		plugins              func(i int) []pluginConf
+	}
+	br := func(i int) pluginConf {
+		return bridgePlugin(fmt.Sprintf("vmnbrb%d", i), fmt.Sprintf("10.205.%d.0/24", i), e.dir("ipam"))
+	}
+	specs := []spec{
+		{"baseline", "bridge + host-local", "baseline", 1, false, func(i int) []pluginConf { return []pluginConf{br(i)} }},
+		{"tuning", "bridge + host-local + tuning (changes nothing)", "baseline", 1, false,
+			func(i int) []pluginConf { return []pluginConf{br(i), tuningNoop(e.dir("tuning"))} }},
+		{"vmnic", "bridge + host-local + vmnic, 1 NIC", "baseline", 1, true,
+			func(i int) []pluginConf { return []pluginConf{br(i), vmnicPlugin(e.dir("vmnic-state"))} }},
+		{"baseline-4nic", "bridge + host-local, 4 NICs in one sandbox", "baseline-4nic", 4, false,
+			func(i int) []pluginConf { return []pluginConf{br(i)} }},
+		{"vmnic-4nic", "bridge + host-local + vmnic, 4 NICs in one sandbox", "baseline-4nic", 4, true,
+			func(i int) []pluginConf { return []pluginConf{br(i), vmnicPlugin(e.dir("vmnic-state"))} }},
+		{"tap", "reference tap plugin + host-local", "baseline", 1, false,
+			func(i int) []pluginConf {
+				return []pluginConf{tapPlugin(fmt.Sprintf("10.205.%d.0/24", i), e.dir("ipam"))}
+			}},
+	}
+	var out []*variant
+	for i, s := range specs {
+		if s.vmnic && !e.hasVmnic {
+			continue
+		}
+		list, err := e.confList("vmnb-"+s.name, s.plugins(i)...)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, &variant{name: s.name, desc: s.desc, baseline: s.baseline, nics: s.nics, list: list, needsVmnic: s.vmnic})
+	}
+	return out, nil
+}
+
+// runCycle measures the ADD+DEL cycle of every variant, round-robin: in
+// iteration i the variants run in an order rotated by i, so drift and
+// position effects hit all of them alike.
+func (e *env) runCycle(ctx context.Context) error {
+	iters, warm := 100, 3
+	if e.cfg.Quick {
+		iters, warm = 8, 1
+	}
+	if e.cfg.Iterations > 0 {
+		iters = e.cfg.Iterations
+	}
+	vars, err := e.cycleVariants()
+	if err != nil {
+		return err
+	}
+	defer e.deleteBridges(len(vars) + 1)
+
+	type sample struct {
+		cycle, add, del time.Duration
+		calls           []timedexec.Call
+	}
+	samples := make(map[string][]sample)
+	errs := make(map[string][]error)
+	e.logf("cycle: %d variants x %d iterations (+%d warm-up)", len(vars), iters, warm)
+	for it := -warm; it < iters; it++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		for k := range vars {
+			v := vars[(k+max(it, 0))%len(vars)]
+			id := fmt.Sprintf("vmnb-cyc-%s-%d", v.name, it+warm)
+			o, err := e.cycle(ctx, v.list, "cyc", id, v.nics)
+			if err != nil {
+				return err
+			}
+			if it < 0 {
+				continue
+			}
+			if oerr := o.err(); oerr != nil {
+				errs[v.name] = append(errs[v.name], oerr)
+				continue
+			}
+			samples[v.name] = append(samples[v.name], sample{o.Add + o.Del, o.Add, o.Del, o.Log.Calls()})
+		}
+		if it >= 0 && (it+1)%20 == 0 {
+			e.logf("cycle: %d/%d iterations", it+1, iters)
+		}
+	}
+
+	res := &CycleResult{Iterations: iters, Warmup: warm}
+	medians := map[string]stats.Summary{}
+	for _, v := range vars {
+		var cyc, add, del []time.Duration
+		per := map[string][]time.Duration{}
+		var order []string
+		for _, s := range samples[v.name] {
+			cyc, add, del = append(cyc, s.cycle), append(add, s.add), append(del, s.del)
+			for _, c := range s.calls {
+				k := c.Plugin + " " + c.Cmd
+				if _, ok := per[k]; !ok {
+					order = append(order, k)
+				}
+				per[k] = append(per[k], c.Duration())
+			}
+		}
+		vr := VariantResult{Name: v.name, Description: v.desc, NICs: v.nics, Baseline: v.baseline,
+			Cycle: stats.Summarize(cyc), Add: stats.Summarize(add), Del: stats.Summarize(del), Errors: len(errs[v.name])}
+		if len(errs[v.name]) > 0 {
+			vr.FirstError = errs[v.name][0].Error()
+		}
+		for _, k := range order {
+			var plugin, cmd string
+			fmt.Sscan(k, &plugin, &cmd)
+			vr.Plugins = append(vr.Plugins, PluginTime{Plugin: plugin, Cmd: cmd, Time: stats.Summarize(per[k])})
+		}
+		medians[v.name] = vr.Cycle
+		res.Variants = append(res.Variants, vr)
+	}
+	// Ratios, including the paired per-iteration ratio.
+	for i := range res.Variants {
+		vr := &res.Variants[i]
+		base := medians[vr.Baseline]
+		vr.Ratio = stats.Ratio(vr.Cycle.Median, base.Median)
+		vr.RatioP90 = stats.Ratio(vr.Cycle.P90, base.P90)
+		bs, vs := samples[vr.Baseline], samples[vr.Name]
+		var rs []float64
+		for j := 0; j < len(bs) && j < len(vs); j++ {
+			rs = append(rs, stats.Ratio(vs[j].cycle, bs[j].cycle))
+		}
+		vr.RatioPaired = stats.MedianFloat(rs)
+	}
+	e.report.Cycle = res
+
+	// The vmnic execs of this section feed the per-step table.
+	ix := e.loadSteps()
+	for _, name := range []string{"vmnic", "vmnic-4nic"} {
+		for _, s := range samples[name] {
+			for _, c := range s.calls {
+				if c.Plugin != "vmnic" {
+					continue
+				}
+				rec, ok := ix.find(c)
+				e.vmnicCalls = append(e.vmnicCalls, vmnicCall{context: "no VMM (cycle section)", call: c, rec: rec, hasRec: ok})
+			}
+		}
+	}
+	return nil
+}
+
+// deleteBridges removes vmnbrb0 .. vmnbrb<n-1>.
+func (e *env) deleteBridges(n int) {
+	for i := 0; i < n; i++ {
+		_ = deleteBridge(fmt.Sprintf("vmnbrb%d", i))
+	}
+}

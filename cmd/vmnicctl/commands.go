@@ -1,0 +1,362 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/vmnic/vmnic/internal/sandbox"
+	"github.com/vmnic/vmnic/netsetup"
+	"github.com/vmnic/vmnic/vmmadapter"
+	"github.com/vmnic/vmnic/vmmadapter/cloudhypervisor"
+	"github.com/vmnic/vmnic/vmmadapter/connect"
+	"github.com/vmnic/vmnic/vmmadapter/firecracker"
+	"github.com/vmnic/vmnic/vmmadapter/qemu"
+)
+
+var commands []command
+
+func init() {
+	commands = []command{
+		{name: "prepare", args: "<sandbox-id>", npos: 1, run: cmdPrepare, flags: prepareFlags,
+			help: "Create the sandbox's netns (<netns-dir>/vmnic-<id>, or adopt --netns) and its record at zero NICs; print the netns path. Idempotent."},
+		{name: "show", args: "<sandbox-id>", npos: 1, run: cmdShow, flags: jsonFlag,
+			help: "Show a sandbox's record (a table, or --json)."},
+		{name: "list", args: "", npos: 0, run: cmdList, flags: jsonFlag,
+			help: "List the sandboxes (a table, or --json)."},
+		{name: "teardown", args: "<sandbox-id>", npos: 1, run: cmdTeardown, flags: teardownFlags,
+			help: "Remove a sandbox's NICs (VMM first), its owned netns and its record. Idempotent; finishes an invalid sandbox."},
+		{name: "gc", args: "", npos: 0, run: cmdGC, flags: gcFlags,
+			help: "Remove owned vmnic-* netns without a record and tear down records whose netns is gone."},
+		{name: "attach-vmm", args: "<sandbox-id> --kind K --socket S", npos: 1, run: cmdAttachVMM, flags: attachFlags,
+			help: "Record the sandbox's VMM (kind, API socket, booted) and bring in its pending NICs."},
+		{name: "vmm-args", args: "<sandbox-id> --kind K", npos: 1, run: cmdVMMArgs, flags: vmmArgsFlags,
+			help: "Print the pre-boot NIC arguments for a VMM launcher: Cloud Hypervisor --net, Firecracker network-interfaces JSON, QEMU -netdev/-device."},
+	}
+}
+
+type opts struct {
+	json       bool
+	netns      string
+	podName    string
+	podNS      string
+	podUID     string
+	runtimeDir string
+	keepNetns  bool
+	dryRun     bool
+	kind       string
+	socket     string
+	fcVersion  string
+}
+
+var o opts
+
+func jsonFlag(fs *flag.FlagSet) { fs.BoolVar(&o.json, "json", false, "print JSON") }
+
+func prepareFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.netns, "netns", "", "adopt this netns instead of creating one")
+	fs.StringVar(&o.podName, "pod-name", "", "pod name to record")
+	fs.StringVar(&o.podNS, "pod-namespace", "", "pod namespace to record")
+	fs.StringVar(&o.podUID, "pod-uid", "", "pod UID to record")
+	fs.StringVar(&o.runtimeDir, "runtime-dir", "", "per-sandbox directory for the VMM API socket (recorded)")
+	jsonFlag(fs)
+}
+
+func teardownFlags(fs *flag.FlagSet) {
+	fs.BoolVar(&o.keepNetns, "keep-netns", false, "remove the NICs only; keep the owned netns and the record (a pod stop)")
+}
+
+func gcFlags(fs *flag.FlagSet) {
+	fs.BoolVar(&o.dryRun, "dry-run", false, "print what would be removed")
+}
+
+func attachFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.kind, "kind", "", "VMM kind: "+kindHelp)
+	fs.StringVar(&o.socket, "socket", "", "the VMM's API socket (CH --api-socket, FC --api-sock, QEMU QMP)")
+	jsonFlag(fs)
+}
+
+func vmmArgsFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.kind, "kind", "", "VMM kind: "+kindHelp)
+	fs.StringVar(&o.fcVersion, "fc-version", "", "Firecracker version (mtu is written only from 1.16.0)")
+	jsonFlag(fs)
+}
+
+func cmdPrepare(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
+	m, err := c.manager()
+	if err != nil {
+		return err
+	}
+	rec, err := m.Prepare(ctx, pos[0], sandbox.PrepareOptions{
+		NetnsPath: o.netns, PodName: o.podName, PodNamespace: o.podNS, PodUID: o.podUID, RuntimeDir: o.runtimeDir,
+	})
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return writeJSON(c, rec)
+	}
+	fmt.Fprintln(c.stdout, rec.ResolvedNetnsPath())
+	return nil
+}
+
+func cmdShow(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
+	m, err := c.manager()
+	if err != nil {
+		return err
+	}
+	rec, err := m.Store.Get(pos[0])
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return writeJSON(c, rec)
+	}
+	printRecord(c, rec)
+	return nil
+}
+
+func cmdList(_ context.Context, c *cli, _ *flag.FlagSet, _ []string) error {
+	m, err := c.manager()
+	if err != nil {
+		return err
+	}
+	recs, lerr := m.Store.List()
+	if recs == nil {
+		recs = []*netsetup.NetSetup{}
+	}
+	if o.json {
+		if err := writeJSON(c, recs); err != nil {
+			return err
+		}
+		return lerr
+	}
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SANDBOX\tPHASE\tBACKEND\tNICS\tVMM\tNETNS")
+	for _, r := range recs {
+		vmm := "-"
+		if r.VMM != nil {
+			vmm = r.VMM.Kind
+			if r.VMM.Booted {
+				vmm += " (booted)"
+			}
+		}
+		netns := r.ResolvedNetnsPath()
+		if r.NetnsOwned {
+			netns += " (owned)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", r.SandboxID, r.Phase, r.ResolvedNetBackend(), len(r.NetworkConfigs), vmm, dash(netns))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return lerr
+}
+
+func printRecord(c *cli, r *netsetup.NetSetup) {
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "Sandbox:\t%s\n", r.SandboxID)
+	fmt.Fprintf(tw, "Phase:\t%s\n", r.Phase)
+	if r.Error != "" {
+		fmt.Fprintf(tw, "Error:\t%s\n", r.Error)
+	}
+	if r.PodName != "" || r.PodNamespace != "" || r.PodUID != "" {
+		fmt.Fprintf(tw, "Pod:\t%s/%s %s\n", r.PodNamespace, r.PodName, r.PodUID)
+	}
+	fmt.Fprintf(tw, "Backend:\t%s\n", r.ResolvedNetBackend())
+	if br := r.ResolvedNetBridgeDev(); br != "" {
+		fmt.Fprintf(tw, "Bridge:\t%s\n", br)
+	}
+	owned := "adopted"
+	if r.NetnsOwned {
+		owned = "owned"
+	}
+	fmt.Fprintf(tw, "Netns:\t%s (%s)\n", dash(r.ResolvedNetnsPath()), owned)
+	if r.RuntimeDir != "" {
+		fmt.Fprintf(tw, "Runtime dir:\t%s\n", r.RuntimeDir)
+	}
+	if r.VMM != nil {
+		state := "not booted"
+		if r.VMM.Booted {
+			state = "booted"
+		}
+		v := ""
+		if r.VMM.Version != "" {
+			v = " " + r.VMM.Version
+		}
+		fmt.Fprintf(tw, "VMM:\t%s%s at %s (%s)\n", r.VMM.Kind, v, r.VMM.APISocket, state)
+	} else {
+		fmt.Fprintf(tw, "VMM:\t-\n")
+	}
+	fmt.Fprintf(tw, "NICs:\t%d\n", len(r.NetworkConfigs))
+	tw.Flush()
+	if len(r.NetworkConfigs) == 0 {
+		return
+	}
+	fmt.Fprintln(c.stdout)
+	tw = tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "IFNAME\tTAP\tMAC\tMTU\tQUEUES\tSTATE\tNETWORK\tIPS\tGATEWAY\tDEVICE")
+	for _, n := range r.NetworkConfigs {
+		state := string(n.State)
+		if !n.HostReady {
+			state += " (host not ready)"
+		}
+		dev := n.VMMDeviceID
+		if n.BDF != "" {
+			dev += "@" + n.BDF
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", n.IfName, n.Tap, dash(n.MAC), n.MTU, n.NumQueues, state,
+			dash(n.Network), dash(strings.Join(n.IPs, ",")), dash(n.Gateway), dash(dev))
+	}
+	tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func writeJSON(c *cli, v any) error {
+	enc := json.NewEncoder(c.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func cmdTeardown(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
+	m, err := c.manager()
+	if err != nil {
+		return err
+	}
+	return m.Teardown(ctx, pos[0], sandbox.TeardownOptions{KeepNetns: o.keepNetns})
+}
+
+func cmdGC(ctx context.Context, c *cli, _ *flag.FlagSet, _ []string) error {
+	m, err := c.manager()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	orphans, err := m.OrphanNetns(ctx)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, p := range orphans {
+		fmt.Fprintf(c.stdout, "orphan netns %s\n", p)
+		if o.dryRun {
+			continue
+		}
+		if err := m.RemoveNetns(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	recs, err := m.Store.List()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, r := range recs {
+		path := r.ResolvedNetnsPath()
+		if path == "" {
+			continue
+		}
+		if _, err := netsetup.IdentifyNetns(path); err == nil {
+			continue
+		}
+		fmt.Fprintf(c.stdout, "sandbox %s: netns %s is gone\n", r.SandboxID, path)
+		if o.dryRun {
+			continue
+		}
+		if err := m.Teardown(ctx, r.SandboxID, sandbox.TeardownOptions{}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func cmdAttachVMM(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
+	kind, err := connect.ParseKind(o.kind)
+	if err != nil {
+		return fmt.Errorf("--kind: %w", err)
+	}
+	if o.socket == "" {
+		return errors.New("--socket is required")
+	}
+	m, err := c.manager()
+	if err != nil {
+		return err
+	}
+	rec, aerr := m.AttachVMM(ctx, pos[0], kind, o.socket)
+	if rec != nil {
+		if o.json {
+			if err := writeJSON(c, rec); err != nil {
+				return err
+			}
+		} else {
+			printRecord(c, rec)
+		}
+	}
+	return aerr
+}
+
+func cmdVMMArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
+	kind, err := connect.ParseKind(o.kind)
+	if err != nil {
+		return fmt.Errorf("--kind: %w", err)
+	}
+	m, err := c.manager()
+	if err != nil {
+		return err
+	}
+	rec, err := m.Store.Get(pos[0])
+	if err != nil {
+		return err
+	}
+	var nics []vmmadapter.NIC
+	for _, n := range rec.NetworkConfigs {
+		if n.HostReady {
+			nics = append(nics, sandbox.AdapterNIC(n))
+		}
+	}
+	switch kind {
+	case vmmadapter.Firecracker:
+		out, err := firecracker.NetworkInterfacesJSON(nics, o.fcVersion)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(c.stdout, strings.TrimSpace(string(out)))
+		return nil
+	case vmmadapter.CloudHypervisor:
+		return printArgs(c, cloudhypervisor.NetArgs(nics))
+	case vmmadapter.QEMU:
+		return printArgs(c, qemu.Args(nics))
+	}
+	return fmt.Errorf("--kind %s: no pre-boot arguments for this VMM", kind)
+}
+
+// printArgs prints arguments as shell words on one line, or a JSON array.
+func printArgs(c *cli, args []string) error {
+	if o.json {
+		if args == nil {
+			args = []string{}
+		}
+		return writeJSON(c, args)
+	}
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = shellQuote(a)
+	}
+	fmt.Fprintln(c.stdout, strings.Join(q, " "))
+	return nil
+}
+
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_=,.:/@+%") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

@@ -1,0 +1,211 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/vmnic/vmnic/e2e/internal/probe"
+)
+
+// podOpts says what kind of pod to run.
+type podOpts struct {
+	vm          bool   // a VM pod: the vm runtime handler and the vmnic.io/vm annotation
+	hostNetwork bool   // the pod uses the host's network namespace
+	handler     string // overrides the runtime handler
+}
+
+// Pod is a running pod sandbox.
+type Pod struct {
+	ID      string
+	UID     string
+	Name    string
+	Handler string
+	Config  *runtimeapi.PodSandboxConfig
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// opTimeout bounds every single runtime operation of the suite.
+const opTimeout = 2 * time.Minute
+
+func opCtx(t testing.TB) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), opTimeout)
+}
+
+// podConfig is the CRI config of a pod named name.
+func (e *Env) podConfig(name string, o podOpts) (*runtimeapi.PodSandboxConfig, string) {
+	uid := randHex(8)
+	netMode := runtimeapi.NamespaceMode_POD
+	if o.hostNetwork {
+		netMode = runtimeapi.NamespaceMode_NODE
+	}
+	cfg := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: podNamespace, Uid: uid},
+		Hostname:     name,
+		LogDirectory: filepath.Join(e.LogDir, uid),
+		Labels:       map[string]string{"vmnic-e2e": "1"},
+		Annotations:  map[string]string{},
+		Linux: &runtimeapi.LinuxPodSandboxConfig{
+			CgroupParent: "/" + cgroupParent,
+			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+				NamespaceOptions: &runtimeapi.NamespaceOption{Network: netMode, Pid: runtimeapi.NamespaceMode_CONTAINER, Ipc: runtimeapi.NamespaceMode_POD},
+			},
+		},
+	}
+	if o.hostNetwork {
+		cfg.Hostname = "" // the host's UTS namespace: runc refuses to set a hostname
+	}
+	handler := o.handler
+	if o.vm {
+		cfg.Annotations[vmAnnotation] = "true"
+		if handler == "" {
+			handler = vmHandler
+		}
+	}
+	return cfg, handler
+}
+
+// RunPod runs a pod sandbox and registers its removal with t.Cleanup.
+func (e *Env) RunPod(t testing.TB, name string, o podOpts) *Pod {
+	t.Helper()
+	p, err := e.runPod(name, o)
+	if err != nil {
+		t.Fatalf("RunPodSandbox %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := opCtx(t)
+		defer cancel()
+		if err := e.removePod(ctx, p.ID); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return p
+}
+
+func (e *Env) runPod(name string, o podOpts) (*Pod, error) {
+	cfg, handler := e.podConfig(name, o)
+	if err := os.MkdirAll(cfg.LogDirectory, 0o700); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	id, err := e.RS.RunPodSandbox(ctx, cfg, handler)
+	if err != nil {
+		return nil, err
+	}
+	return &Pod{ID: id, UID: cfg.Metadata.Uid, Name: name, Handler: handler, Config: cfg}, nil
+}
+
+// RemovePod stops and removes a pod now (its t.Cleanup then finds it gone).
+func (e *Env) RemovePod(t testing.TB, p *Pod) {
+	t.Helper()
+	ctx, cancel := opCtx(t)
+	defer cancel()
+	if err := e.removePod(ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// StartVMM creates and starts the VMM stand-in container in pod p.
+func (e *Env) StartVMM(t testing.TB, p *Pod) string {
+	t.Helper()
+	ctx, cancel := opCtx(t)
+	defer cancel()
+	cfg := &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "vmm"},
+		Image:    &runtimeapi.ImageSpec{Image: vmmImage},
+		Command:  []string{"/vmmprobe"},
+		LogPath:  "vmm.log",
+		Linux: &runtimeapi.LinuxContainerConfig{
+			SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+				NamespaceOptions: p.Config.Linux.SecurityContext.NamespaceOptions,
+			},
+		},
+	}
+	id, err := e.RS.CreateContainer(ctx, p.ID, cfg, p.Config)
+	if err != nil {
+		t.Fatalf("CreateContainer vmm in %s: %v", p.Name, err)
+	}
+	if err := e.RS.StartContainer(ctx, id); err != nil {
+		t.Fatalf("StartContainer vmm in %s: %v", p.Name, err)
+	}
+	return id
+}
+
+// Probe asks the VMM stand-in what its container sees.
+func (e *Env) Probe(t testing.TB, containerID string) probe.Report {
+	t.Helper()
+	ctx, cancel := opCtx(t)
+	defer cancel()
+	stdout, stderr, err := e.RS.ExecSync(ctx, containerID, []string{"/vmmprobe", "report"}, 30*time.Second)
+	if err != nil {
+		t.Fatalf("exec vmmprobe report: %v (stderr %q)", err, stderr)
+	}
+	var r probe.Report
+	if err := json.Unmarshal(stdout, &r); err != nil {
+		t.Fatalf("decode probe report %q: %v", stdout, err)
+	}
+	return r
+}
+
+// PodStatus is what the tests read from PodSandboxStatus.
+type PodStatus struct {
+	State     runtimeapi.PodSandboxState
+	IP        string
+	NetnsPath string // "" for a host-network pod
+	Pid       int
+}
+
+// Status returns the pod's CRI status, with the netns path and pause pid
+// from containerd's verbose info.
+func (e *Env) Status(t testing.TB, p *Pod) PodStatus {
+	t.Helper()
+	ctx, cancel := opCtx(t)
+	defer cancel()
+	resp, err := e.RS.PodSandboxStatus(ctx, p.ID, true)
+	if err != nil {
+		t.Fatalf("PodSandboxStatus %s: %v", p.Name, err)
+	}
+	st := PodStatus{State: resp.GetStatus().GetState(), IP: resp.GetStatus().GetNetwork().GetIp()}
+	var info struct {
+		Pid         int `json:"pid"`
+		RuntimeSpec struct {
+			Linux struct {
+				Namespaces []struct {
+					Type string `json:"type"`
+					Path string `json:"path"`
+				} `json:"namespaces"`
+			} `json:"linux"`
+		} `json:"runtimeSpec"`
+	}
+	if raw := resp.GetInfo()["info"]; raw != "" {
+		if err := json.Unmarshal([]byte(raw), &info); err != nil {
+			t.Fatalf("decode verbose status of %s: %v", p.Name, err)
+		}
+	}
+	st.Pid = info.Pid
+	for _, ns := range info.RuntimeSpec.Linux.Namespaces {
+		if ns.Type == "network" {
+			st.NetnsPath = ns.Path
+		}
+	}
+	return st
+}
+
+// podName makes pod names unique per test.
+func podName(t testing.TB, suffix string) string {
+	return fmt.Sprintf("%s-%s", suffix, randHex(3))
+}

@@ -1,0 +1,139 @@
+package hostnet
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// MaxQueuePairs bounds a multiqueue TAP (the kernel's MAX_TAP_QUEUES).
+const MaxQueuePairs = 256
+
+// ErrNameTaken is returned when the TAP's name is used by another device.
+var ErrNameTaken = errors.New("device name already taken")
+
+// TapSpec describes a TAP to create.
+type TapSpec struct {
+	Name       string
+	MTU        int // 0 = kernel default
+	QueuePairs int // > 1 makes a multiqueue TAP
+	Owner      int // uid; < 0 = not set
+	Group      int // gid; < 0 = not set
+}
+
+// CreateTap creates a persistent TAP (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, and
+// IFF_ONE_QUEUE or IFF_MULTI_QUEUE) in the calling thread's netns, sets its
+// owner and group when given, its MTU, and brings it up. The name must be
+// free (ErrNameTaken otherwise); a failure leaves no device behind.
+func CreateTap(s TapSpec) (netlink.Link, error) {
+	if s.Name == "" || len(s.Name) > MaxIfNameLen {
+		return nil, fmt.Errorf("tap name %q: must be 1 to %d bytes", s.Name, MaxIfNameLen)
+	}
+	if s.QueuePairs < 0 || s.QueuePairs > MaxQueuePairs {
+		return nil, fmt.Errorf("tap %s: %d queue pairs: must be 1 to %d", s.Name, s.QueuePairs, MaxQueuePairs)
+	}
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("create tap %s: open /dev/net/tun: %w", s.Name, err)
+	}
+	// Until TUNSETPERSIST the device lives only as long as fd: closing fd
+	// on any error before that removes it.
+	persisted := false
+	defer func() {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}()
+	flags := uint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR | unix.IFF_TUN_EXCL)
+	if s.QueuePairs > 1 {
+		flags |= unix.IFF_MULTI_QUEUE
+	} else {
+		flags |= unix.IFF_ONE_QUEUE
+	}
+	ifr, err := unix.NewIfreq(s.Name)
+	if err != nil {
+		return nil, fmt.Errorf("create tap %s: %w", s.Name, err)
+	}
+	ifr.SetUint16(flags)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("create tap %s: %w", s.Name, ErrNameTaken)
+		}
+		return nil, fmt.Errorf("create tap %s: TUNSETIFF: %w", s.Name, err)
+	}
+	if s.Owner >= 0 {
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, s.Owner); err != nil {
+			return nil, fmt.Errorf("create tap %s: set owner %d: %w", s.Name, s.Owner, err)
+		}
+	}
+	if s.Group >= 0 {
+		if err := unix.IoctlSetInt(fd, unix.TUNSETGROUP, s.Group); err != nil {
+			return nil, fmt.Errorf("create tap %s: set group %d: %w", s.Name, s.Group, err)
+		}
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
+		return nil, fmt.Errorf("create tap %s: set persist: %w", s.Name, err)
+	}
+	persisted = true
+	unix.Close(fd)
+	fd = -1
+
+	link, err := configureTap(s)
+	if err != nil && persisted {
+		if lerr := DeleteTap(s.Name); lerr != nil {
+			err = errors.Join(err, lerr)
+		}
+	}
+	return link, err
+}
+
+func configureTap(s TapSpec) (netlink.Link, error) {
+	link, err := netlink.LinkByName(s.Name)
+	if err != nil {
+		return nil, fmt.Errorf("create tap %s: look it up: %w", s.Name, err)
+	}
+	if s.MTU > 0 && link.Attrs().MTU != s.MTU {
+		if err := netlink.LinkSetMTU(link, s.MTU); err != nil {
+			return nil, fmt.Errorf("create tap %s: set mtu %d: %w", s.Name, s.MTU, err)
+		}
+		link.Attrs().MTU = s.MTU
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return nil, fmt.Errorf("create tap %s: set up: %w", s.Name, err)
+	}
+	return link, nil
+}
+
+// IsTap reports whether link is a TAP device.
+func IsTap(link netlink.Link) bool {
+	t, ok := link.(*netlink.Tuntap)
+	return ok && t.Mode == netlink.TUNTAP_MODE_TAP
+}
+
+// DeleteTap deletes the TAP name in the calling thread's netns. A missing
+// device is not an error; a device of that name that is not a TAP is left
+// alone and reported.
+func DeleteTap(name string) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		if IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("delete tap %s: %w", name, err)
+	}
+	if !IsTap(link) {
+		return fmt.Errorf("delete tap %s: the device is a %s, not a TAP: left alone", name, link.Type())
+	}
+	if err := netlink.LinkDel(link); err != nil && !IsNotFound(err) {
+		return fmt.Errorf("delete tap %s: %w", name, err)
+	}
+	return nil
+}
+
+// IsNotFound reports a netlink "no such device/object" error.
+func IsNotFound(err error) bool {
+	var lnf netlink.LinkNotFoundError
+	return errors.As(err, &lnf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT)
+}

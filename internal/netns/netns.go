@@ -1,0 +1,137 @@
+// Package netns creates and removes named network namespaces: a namespace
+// bind-mounted on a file under a directory (the `ip netns` convention,
+// /var/run/netns/<name>), so it lives on without any process in it.
+package netns
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmnic/vmnic/netsetup"
+)
+
+// sharedDirs are the well-known netns directories that are made shared
+// mount points (as iproute2 does), so that a netns mounted later propagates
+// into containers that bind-mount the directory.
+var sharedDirs = map[string]bool{"/var/run/netns": true, "/run/netns": true}
+
+// Create makes a network namespace bind-mounted at <dir>/<name> and returns
+// its path. It is idempotent: when the path already holds a network
+// namespace, that one is returned. A leftover plain file (from a crash
+// between creating the mount point and mounting) is replaced.
+func Create(dir, name string) (string, error) {
+	if name == "" || strings.ContainsRune(name, '/') || name == "." || name == ".." {
+		return "", fmt.Errorf("netns name %q is not valid", name)
+	}
+	path := filepath.Join(dir, name)
+	if _, err := netsetup.IdentifyNetns(path); err == nil {
+		return path, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("netns dir %s: %w", dir, err)
+	}
+	if sharedDirs[filepath.Clean(dir)] {
+		if err := makeShared(dir); err != nil {
+			return "", err
+		}
+	}
+	// A leftover mount point that is not a netns: remove it (it may still be
+	// a stale bind mount of something else; detach it first).
+	if _, err := os.Lstat(path); err == nil {
+		_ = unix.Unmount(path, unix.MNT_DETACH)
+		if err := os.Remove(path); err != nil {
+			return "", fmt.Errorf("netns %s: remove leftover mount point: %w", path, err)
+		}
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, 0o444)
+	if err != nil {
+		return "", fmt.Errorf("netns %s: create mount point: %w", path, err)
+	}
+	f.Close()
+
+	errc := make(chan error, 1)
+	go func() {
+		// The thread is left in the new namespace and so is never unlocked:
+		// the Go runtime ends it when this goroutine returns.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare network namespace: %w", err)
+			return
+		}
+		self := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+		if err := unix.Mount(self, path, "none", unix.MS_BIND, ""); err != nil {
+			errc <- fmt.Errorf("bind-mount the new netns on %s: %w", path, err)
+			return
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		os.Remove(path)
+		return "", fmt.Errorf("create netns %s: %w", path, err)
+	}
+	return path, nil
+}
+
+// makeShared makes dir a shared mount point, bind-mounting it on itself
+// first when it is not a mount point yet (what `ip netns add` does).
+func makeShared(dir string) error {
+	err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("make %s a shared mount: %w", dir, err)
+	}
+	if err := unix.Mount(dir, dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind-mount %s on itself: %w", dir, err)
+	}
+	if err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("make %s a shared mount: %w", dir, err)
+	}
+	return nil
+}
+
+// Remove unmounts and removes a bind-mounted netns. A missing path is not an
+// error; a path that is not a mount point is just removed.
+func Remove(path string) error {
+	if path == "" {
+		return nil
+	}
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil &&
+		!errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount netns %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove netns %s: %w", path, err)
+	}
+	return nil
+}
+
+// List returns the paths of the entries of dir whose name starts with
+// prefix (sorted). A missing dir is an empty list.
+func List(dir, prefix string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list netns dir %s: %w", dir, err)
+	}
+	var out []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix) && !e.IsDir() {
+			out = append(out, filepath.Join(dir, e.Name()))
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,72 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/vmnic/vmnic/netsetup"
+)
+
+// Attachment is a (container id, ifname) pair a runtime still uses.
+type Attachment struct{ ContainerID, IfName string }
+
+// GC removes the NICs of network that CNI made (they carry a container
+// id) and whose attachment is not in valid, and the records a CNI ADD made
+// once they have no NIC left; prepared sandboxes keep their record at zero
+// NICs. It goes on past errors and returns them joined.
+func (m *Manager) GC(ctx context.Context, network string, valid []Attachment) error {
+	keep := make(map[Attachment]bool, len(valid))
+	for _, a := range valid {
+		keep[a] = true
+	}
+	ids, err := m.Store.IDs()
+	if err != nil {
+		return coded(CodeIOFailure, err, "gc")
+	}
+	var errs []error
+	for _, id := range ids {
+		if err := ctx.Err(); err != nil {
+			errs = append(errs, err)
+			break
+		}
+		if err := m.gcSandbox(ctx, id, network, keep); err != nil {
+			errs = append(errs, fmt.Errorf("sandbox %s: %w", id, err))
+		}
+	}
+	if len(errs) > 0 {
+		return coded(CodeInternal, errors.Join(errs...), "gc of network %s", network)
+	}
+	return nil
+}
+
+func (m *Manager) gcSandbox(ctx context.Context, id, network string, keep map[Attachment]bool) error {
+	tx, err := m.Store.Lock(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer tx.Unlock()
+	rec, err := tx.Load()
+	if errors.Is(err, netsetup.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, n := range append([]netsetup.NIC(nil), rec.NetworkConfigs...) {
+		if n.ContainerID == "" || n.Network != network || keep[Attachment{n.ContainerID, n.IfName}] {
+			continue
+		}
+		m.log().Info("gc: removing a NIC no runtime uses", "sandbox", id, "ifname", n.IfName, "container", n.ContainerID)
+		if err := m.removeNIC(ctx, tx, rec, n.IfName, true); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 && len(rec.NetworkConfigs) == 0 && rec.CreatedBy == netsetup.CreatedByCNI {
+		if err := tx.Delete(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

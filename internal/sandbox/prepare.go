@@ -1,0 +1,253 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/vmnic/vmnic/internal/netns"
+	"github.com/vmnic/vmnic/netsetup"
+)
+
+// OwnedNetnsPath is where Prepare creates the owned netns of sandbox id.
+func (m *Manager) OwnedNetnsPath(id string) string {
+	return filepath.Join(m.netnsDir(), OwnedNetnsPrefix+id)
+}
+
+// Prepare makes sure sandbox id has a network namespace and a record (at
+// zero NICs when new). It adopts o.NetnsPath when given, else creates and
+// owns <NetnsDir>/vmnic-<id>. It is idempotent; a record made by a CNI ADD
+// becomes a prepared one (kept at zero NICs). A sandbox that is invalid or
+// being torn down is refused.
+func (m *Manager) Prepare(ctx context.Context, id string, o PrepareOptions) (*netsetup.NetSetup, error) {
+	if err := netsetup.ValidateSandboxID(id); err != nil {
+		return nil, err
+	}
+	var adopt *netsetup.NetnsID
+	if o.NetnsPath != "" {
+		nsid, err := netsetup.IdentifyNetns(o.NetnsPath)
+		if err != nil {
+			return nil, fmt.Errorf("prepare sandbox %s: %w", id, err)
+		}
+		adopt = &nsid
+	}
+	tx, err := m.Store.Lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Unlock()
+	rec, err := tx.Load()
+	switch {
+	case err == nil:
+		return m.reprepare(tx, rec, o, adopt)
+	case !errors.Is(err, netsetup.ErrNotFound):
+		return nil, err
+	}
+
+	rec = netsetup.New(id)
+	rec.PodName, rec.PodNamespace, rec.PodUID = o.PodName, o.PodNamespace, o.PodUID
+	rec.RuntimeDir = o.RuntimeDir
+	createdNetns := ""
+	if adopt != nil {
+		rec.NetnsPath = o.NetnsPath
+		rec.NetnsID = adopt
+	} else {
+		path, err := netns.Create(m.netnsDir(), OwnedNetnsPrefix+id)
+		if err != nil {
+			_ = tx.Delete()
+			return nil, fmt.Errorf("prepare sandbox %s: %w", id, err)
+		}
+		createdNetns = path
+		nsid, err := netsetup.IdentifyNetns(path)
+		if err != nil {
+			_ = netns.Remove(path)
+			_ = tx.Delete()
+			return nil, fmt.Errorf("prepare sandbox %s: %w", id, err)
+		}
+		rec.NetnsPath, rec.NetnsID, rec.NetnsOwned = path, &nsid, true
+	}
+	if err := tx.Save(rec); err != nil {
+		if createdNetns != "" {
+			_ = netns.Remove(createdNetns)
+		}
+		_ = tx.Delete()
+		return nil, fmt.Errorf("prepare sandbox %s: %w", id, err)
+	}
+	m.log().Info("sandbox prepared", "sandbox", id, "netns", rec.NetnsPath, "owned", rec.NetnsOwned)
+	return rec, nil
+}
+
+// reprepare is Prepare on an existing record.
+func (m *Manager) reprepare(tx *netsetup.Tx, rec *netsetup.NetSetup, o PrepareOptions, adopt *netsetup.NetnsID) (*netsetup.NetSetup, error) {
+	id := rec.SandboxID
+	switch rec.Phase {
+	case netsetup.PhaseInvalid:
+		return nil, fmt.Errorf("sandbox %s is invalid (%s): tear it down before preparing it again: %w", id, rec.Error, ErrInvalidRecord)
+	case netsetup.PhaseTearingDown:
+		return nil, fmt.Errorf("sandbox %s is being torn down", id)
+	}
+	changed := false
+	path := rec.ResolvedNetnsPath()
+	cur, curErr := netsetup.IdentifyNetns(path)
+	switch {
+	case adopt != nil:
+		if curErr == nil && cur != *adopt {
+			return nil, fmt.Errorf("prepare sandbox %s: it already has netns %s, not %s", id, path, o.NetnsPath)
+		}
+		if curErr != nil {
+			// The recorded netns is gone: adopt the given one.
+			if rec.NetnsOwned && path != "" {
+				_ = netns.Remove(path)
+			}
+			rec.NetnsPath, rec.NetnsID, rec.NetnsOwned = o.NetnsPath, adopt, false
+			changed = true
+		} else if rec.NetnsID == nil {
+			rec.NetnsID = adopt
+			changed = true
+		}
+	case curErr != nil && (rec.NetnsOwned || path == ""):
+		// The owned netns is gone (or was never made): make it again.
+		if path == "" {
+			path = m.OwnedNetnsPath(id)
+		}
+		p, err := netns.Create(filepath.Dir(path), filepath.Base(path))
+		if err != nil {
+			return nil, fmt.Errorf("prepare sandbox %s: %w", id, err)
+		}
+		nsid, err := netsetup.IdentifyNetns(p)
+		if err != nil {
+			return nil, fmt.Errorf("prepare sandbox %s: %w", id, err)
+		}
+		rec.NetnsPath, rec.NetnsID, rec.NetnsOwned = p, &nsid, true
+		changed = true
+	case curErr != nil:
+		return nil, fmt.Errorf("prepare sandbox %s: its netns %s is gone: %w", id, path, curErr)
+	case rec.NetnsID == nil || *rec.NetnsID != cur:
+		rec.NetnsID = &cur
+		changed = true
+	}
+	if rec.CreatedBy == netsetup.CreatedByCNI {
+		rec.CreatedBy = ""
+		changed = true
+	}
+	for _, f := range []struct {
+		dst *string
+		v   string
+	}{{&rec.PodName, o.PodName}, {&rec.PodNamespace, o.PodNamespace}, {&rec.PodUID, o.PodUID}, {&rec.RuntimeDir, o.RuntimeDir}} {
+		if f.v != "" && *f.dst != f.v {
+			*f.dst = f.v
+			changed = true
+		}
+	}
+	if changed {
+		if err := tx.Save(rec); err != nil {
+			return nil, fmt.Errorf("prepare sandbox %s: %w", id, err)
+		}
+	}
+	return rec, nil
+}
+
+// Teardown removes the sandbox's NICs (from the VMM, bounded, then from the
+// host), then, unless o.KeepNetns, its owned netns and its record; with
+// KeepNetns the record stays at zero NICs (phase prepared, no VMM). It is
+// idempotent: a missing record is success and a gone netns is fine. A
+// failure half way leaves the record invalid with the error; a retried
+// teardown finishes the job.
+func (m *Manager) Teardown(ctx context.Context, id string, o TeardownOptions) error {
+	if err := netsetup.ValidateSandboxID(id); err != nil {
+		return err
+	}
+	tx, err := m.Store.Lock(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer tx.Unlock()
+	rec, err := tx.Load()
+	if errors.Is(err, netsetup.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	rec.Phase = netsetup.PhaseTearingDown
+	if err := tx.Save(rec); err != nil {
+		return fmt.Errorf("teardown sandbox %s: %w", id, err)
+	}
+	var errs []error
+	var cids []string
+	for _, n := range append([]netsetup.NIC(nil), rec.NetworkConfigs...) {
+		cids = append(cids, n.ContainerID)
+		if err := m.step("teardown-nic"); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := m.removeNIC(ctx, tx, rec, n.IfName, false); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 && !o.KeepNetns && rec.NetnsOwned {
+		if err := m.step("teardown-netns"); err != nil {
+			errs = append(errs, err)
+		} else if err := netns.Remove(rec.ResolvedNetnsPath()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		err := errors.Join(errs...)
+		rec.Phase = netsetup.PhaseInvalid
+		rec.Error = "teardown failed: " + err.Error()
+		if serr := tx.Save(rec); serr != nil {
+			err = errors.Join(err, serr)
+		}
+		return fmt.Errorf("teardown sandbox %s: %w", id, err)
+	}
+	if o.KeepNetns {
+		rec.Phase = netsetup.PhasePrepared
+		rec.Error = ""
+		rec.VMM = nil
+		if err := tx.Save(rec); err != nil {
+			return fmt.Errorf("teardown sandbox %s: %w", id, err)
+		}
+		m.unindexContainers(id, rec, cids...)
+		m.log().Info("sandbox stopped", "sandbox", id)
+		return nil
+	}
+	if err := tx.Delete(); err != nil {
+		return fmt.Errorf("teardown sandbox %s: %w", id, err)
+	}
+	m.unindexContainers(id, nil, cids...)
+	m.log().Info("sandbox removed", "sandbox", id)
+	return nil
+}
+
+// OrphanNetns lists the owned vmnic-* namespaces in NetnsDir that no record
+// names (including leftover mount points that hold no namespace).
+func (m *Manager) OrphanNetns(ctx context.Context) ([]string, error) {
+	paths, err := netns.List(m.netnsDir(), OwnedNetnsPrefix)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range paths {
+		if err := ctx.Err(); err != nil {
+			return out, err
+		}
+		nsid, err := netsetup.IdentifyNetns(p)
+		if err == nil {
+			if _, err := m.Store.FindByNetns(nsid); err == nil {
+				continue
+			}
+		}
+		// The record named after the netns may still point at it by path.
+		id := filepath.Base(p)[len(OwnedNetnsPrefix):]
+		if rec, err := m.Store.Get(id); err == nil && rec.ResolvedNetnsPath() == p {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// RemoveNetns unmounts and removes a bind-mounted netns (missing is fine).
+func (m *Manager) RemoveNetns(path string) error { return netns.Remove(path) }

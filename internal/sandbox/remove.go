@@ -1,0 +1,174 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/vmnic/vmnic/internal/hostnet"
+	"github.com/vmnic/vmnic/netsetup"
+	"github.com/vmnic/vmnic/vmmadapter"
+)
+
+// DelSpec names a NIC to remove: the CNI DEL.
+type DelSpec struct {
+	SandboxID   string
+	ContainerID string // when set, a NIC recorded for another container is left alone
+	IfName      string
+}
+
+// DelNIC removes a NIC: from the VMM first (bounded), then its host side
+// (vmnic's filters and qdisc, the TAP, the bridge rules), then its record
+// entry. It is idempotent: a missing record, NIC or netns is success. The
+// sandbox's record stays at zero NICs unless a CNI ADD created it.
+func (m *Manager) DelNIC(ctx context.Context, d DelSpec) error {
+	if err := netsetup.ValidateSandboxID(d.SandboxID); err != nil {
+		return coded(CodeInvalidEnv, err, "sandbox id")
+	}
+	tx, err := m.Store.Lock(ctx, d.SandboxID)
+	if err != nil {
+		return coded(CodeTryAgain, err, "sandbox %s", d.SandboxID)
+	}
+	defer tx.Unlock()
+	rec, err := tx.Load()
+	if errors.Is(err, netsetup.ErrNotFound) {
+		m.unindexContainers(d.SandboxID, nil, d.ContainerID)
+		return nil
+	}
+	if err != nil {
+		return coded(CodeIOFailure, err, "load the record of sandbox %s", d.SandboxID)
+	}
+	nic, ok := rec.NIC(d.IfName)
+	if !ok {
+		m.unindexContainers(d.SandboxID, rec, d.ContainerID)
+		return nil
+	}
+	if d.ContainerID != "" && nic.ContainerID != "" && nic.ContainerID != d.ContainerID {
+		m.log().Info("DEL for a NIC of another container: nothing to do", "sandbox", d.SandboxID, "ifname", d.IfName, "container", d.ContainerID, "recorded", nic.ContainerID)
+		return nil
+	}
+	return m.removeNIC(ctx, tx, rec, d.IfName, true)
+}
+
+// removeNIC takes the NIC ifname out of the VMM and off the host and drops
+// it from the record (saved). dropCNIRecord deletes a record a CNI ADD made
+// once its last NIC is gone.
+func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.NetSetup, ifname string, dropCNIRecord bool) error {
+	p, ok := rec.NIC(ifname)
+	if !ok {
+		return nil
+	}
+	nic := *p
+	if rec.VMM != nil && (nic.State == netsetup.NICAttached || nic.State == netsetup.NICDetaching) && nic.VMMDeviceID != "" {
+		fresh := nic.State == netsetup.NICAttached
+		if fresh {
+			// Say "detaching" first: a retry after a crash or a timeout
+			// waits for the device instead of asking the VMM again.
+			p.State = netsetup.NICDetaching
+			if err := tx.Save(rec); err != nil {
+				return coded(CodeIOFailure, err, "record NIC %s as detaching", ifname)
+			}
+		}
+		var err error
+		if fresh {
+			err = m.vmmRemove(ctx, rec.VMM, nic.VMMDeviceID)
+		} else {
+			err = m.vmmWaitGone(ctx, rec.VMM, nic.VMMDeviceID)
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, vmmadapter.ErrUnavailable):
+			m.log().Info("VMM gone: cleaning up the host side only", "sandbox", rec.SandboxID, "ifname", ifname, "error", err)
+		case errors.Is(err, vmmadapter.ErrHotplugUnsupported):
+			m.log().Warn("the VMM cannot hot-remove NICs: the guest keeps a dead NIC", "sandbox", rec.SandboxID, "ifname", ifname, "error", err)
+		case errors.Is(err, vmmadapter.ErrEjectTimeout):
+			return coded(CodeTryAgain, err, "remove NIC %s from the %s VMM of sandbox %s", ifname, rec.VMM.Kind, rec.SandboxID)
+		default:
+			if fresh {
+				if p, ok := rec.NIC(ifname); ok {
+					p.State = netsetup.NICAttached
+					_ = tx.Save(rec)
+				}
+			}
+			return coded(CodeInternal, err, "remove NIC %s from the %s VMM of sandbox %s", ifname, rec.VMM.Kind, rec.SandboxID)
+		}
+	}
+	if err := m.step("remove-host"); err != nil {
+		return asCoded(err, "remove NIC %s", ifname)
+	}
+	if err := m.cleanupHost(rec, nic); err != nil {
+		return coded(CodeInternal, err, "remove NIC %s of sandbox %s", ifname, rec.SandboxID)
+	}
+	rec.RemoveNIC(ifname)
+	if dropCNIRecord && len(rec.NetworkConfigs) == 0 && rec.CreatedBy == netsetup.CreatedByCNI {
+		if err := tx.Delete(); err != nil {
+			return coded(CodeIOFailure, err, "remove the record of sandbox %s", rec.SandboxID)
+		}
+		m.unindexContainers(rec.SandboxID, nil, nic.ContainerID)
+	} else {
+		if err := tx.Save(rec); err != nil {
+			return coded(CodeIOFailure, err, "record the removal of NIC %s", ifname)
+		}
+		m.unindexContainers(rec.SandboxID, rec, nic.ContainerID)
+	}
+	m.log().Info("NIC removed", "sandbox", rec.SandboxID, "ifname", ifname, "tap", nic.Tap)
+	return nil
+}
+
+// cleanupHost removes the host side of nic: vmnic's filters (and its own
+// ingress qdisc) on the veth and the TAP in the sandbox netns, or the TAP on
+// the host bridge and the bridge's forward rules. A netns that is gone took
+// everything in it along.
+func (m *Manager) cleanupHost(rec *netsetup.NetSetup, nic netsetup.NIC) error {
+	path := rec.ResolvedNetnsPath()
+	if rec.ResolvedNetBackend() == netsetup.BackendBridge {
+		var errs []error
+		if nic.Tap != "" {
+			if err := hostnet.DeleteTap(nic.Tap); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if br := rec.ResolvedNetBridgeDev(); br != "" {
+			if err := m.forwardRules().Release(br, bridgeUser(rec.SandboxID, nic.IfName)); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if path != "" {
+			if err := inNetns(path, func() error { return setUpIfPresent(nic.IfName) }); err != nil && !netnsGone(err) {
+				errs = append(errs, fmt.Errorf("set %s up again: %w", nic.IfName, err))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	if path == "" {
+		return nil
+	}
+	err := inNetns(path, func() error {
+		var errs []error
+		veth, err := netlink.LinkByName(nic.IfName)
+		switch {
+		case err == nil:
+			if err := hostnet.DelRedirect(veth); err != nil {
+				errs = append(errs, err)
+			} else if nic.VethQdiscOwned {
+				if err := hostnet.RemoveIngressIfEmpty(veth); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		case !hostnet.IsNotFound(err):
+			errs = append(errs, fmt.Errorf("look up %s: %w", nic.IfName, err))
+		}
+		if nic.Tap != "" {
+			if err := hostnet.DeleteTap(nic.Tap); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	})
+	if err != nil && !netnsGone(err) {
+		return err
+	}
+	return nil
+}

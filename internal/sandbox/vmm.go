@@ -1,0 +1,221 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/vmnic/vmnic/netsetup"
+	"github.com/vmnic/vmnic/vmmadapter"
+	"github.com/vmnic/vmnic/vmmadapter/connect"
+	"github.com/vmnic/vmnic/vmmadapter/firecracker"
+	"github.com/vmnic/vmnic/vmmadapter/qemu"
+)
+
+// Defaults of vmmadapter.Options, used to bound the engine's own waits.
+const (
+	defaultCallTimeout   = 5 * time.Second
+	defaultRemoveTimeout = 30 * time.Second
+)
+
+// defaultOpenVMM opens an adapter when Manager.OpenVMM is nil.
+var defaultOpenVMM = connect.Open
+
+func (m *Manager) callTimeout() time.Duration {
+	if m.VMMOptions.CallTimeout > 0 {
+		return m.VMMOptions.CallTimeout
+	}
+	return defaultCallTimeout
+}
+
+func (m *Manager) removeTimeout() time.Duration {
+	if m.VMMOptions.RemoveTimeout > 0 {
+		return m.VMMOptions.RemoveTimeout
+	}
+	return defaultRemoveTimeout
+}
+
+func (m *Manager) openVMM(v *netsetup.VMM) (vmmadapter.Adapter, error) {
+	open := m.OpenVMM
+	if open == nil {
+		open = defaultOpenVMM
+	}
+	if v.APISocket == "" {
+		return nil, fmt.Errorf("%s VMM has no API socket recorded: %w", v.Kind, vmmadapter.ErrUnavailable)
+	}
+	a, err := open(vmmadapter.Kind(v.Kind), v.APISocket, m.VMMOptions)
+	if err != nil {
+		return nil, fmt.Errorf("open %s VMM at %s: %w", v.Kind, v.APISocket, err)
+	}
+	return a, nil
+}
+
+// AdapterNIC is the adapter's view of a recorded NIC.
+func AdapterNIC(n netsetup.NIC) vmmadapter.NIC {
+	return vmmadapter.NIC{
+		ID:         n.ID,
+		Tap:        n.Tap,
+		MAC:        n.MAC,
+		MTU:        n.MTU,
+		QueuePairs: n.QueuePairs(),
+		QueueSize:  n.QueueSize,
+	}
+}
+
+// vmmAdd brings nic into the VMM (hot-add after boot, cold before).
+func (m *Manager) vmmAdd(ctx context.Context, v *netsetup.VMM, nic netsetup.NIC) (vmmadapter.Attachment, error) {
+	a, err := m.openVMM(v)
+	if err != nil {
+		return vmmadapter.Attachment{}, err
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(ctx, 2*m.callTimeout())
+	defer cancel()
+	att, err := a.AddNIC(ctx, AdapterNIC(nic))
+	if err != nil {
+		return att, err
+	}
+	if att.ID == "" {
+		att.ID = nic.ID
+	}
+	return att, nil
+}
+
+// vmmRemove removes a device and waits (bounded) for the guest to let go.
+func (m *Manager) vmmRemove(ctx context.Context, v *netsetup.VMM, id string) error {
+	a, err := m.openVMM(v)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(ctx, m.removeTimeout()+2*m.callTimeout())
+	defer cancel()
+	return a.RemoveNIC(ctx, id)
+}
+
+// vmmWaitGone waits (bounded) until the VMM no longer lists id, without
+// asking for the removal again (a second remove can hurt some VMMs).
+func (m *Manager) vmmWaitGone(ctx context.Context, v *netsetup.VMM, id string) error {
+	a, err := m.openVMM(v)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	deadline := time.Now().Add(m.removeTimeout())
+	wait := 50 * time.Millisecond
+	for {
+		cctx, cancel := context.WithTimeout(ctx, m.callTimeout())
+		ids, err := a.NICs(cctx)
+		cancel()
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(ids, id) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("device %s still present after %s: %w", id, m.removeTimeout(), vmmadapter.ErrEjectTimeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		if wait < time.Second {
+			wait *= 2
+		}
+	}
+}
+
+// AttachVMM records the sandbox's VMM (kind, API socket, booted and version
+// from the VMM itself) and brings in the NICs that are set up on the host
+// but not in the VMM yet. NICs the VMM refuses stay pending; their errors
+// are returned joined, with the record saved.
+func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind, socket string) (*netsetup.NetSetup, error) {
+	if !slices.Contains(vmmadapter.Kinds, kind) {
+		return nil, fmt.Errorf("VMM kind %q: must be one of %v", kind, vmmadapter.Kinds)
+	}
+	if socket == "" {
+		return nil, errors.New("VMM API socket is empty")
+	}
+	tx, err := m.Store.Lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Unlock()
+	rec, err := tx.Load()
+	if err != nil {
+		return nil, err
+	}
+	if rec.Phase == netsetup.PhaseInvalid || rec.Phase == netsetup.PhaseTearingDown {
+		return nil, fmt.Errorf("sandbox %s is %s (%s): %w", id, rec.Phase, rec.Error, ErrInvalidRecord)
+	}
+	v := &netsetup.VMM{Kind: string(kind), APISocket: socket}
+	a, err := m.openVMM(v)
+	if err != nil {
+		return nil, err
+	}
+	defer a.Close()
+	ictx, cancel := context.WithTimeout(ctx, m.callTimeout())
+	info, err := a.Info(ictx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("ask the %s VMM at %s: %w", kind, socket, err)
+	}
+	v.Booted = info.Booted
+	v.Version = info.Version
+	rec.VMM = v
+	if err := tx.Save(rec); err != nil {
+		return nil, err
+	}
+	var errs []error
+	// NICs the VMM already has (cold-plugged from vmm-args at launch) are
+	// only marked attached.
+	lctx, cancel := context.WithTimeout(ctx, m.callTimeout())
+	have, err := a.NICs(lctx)
+	cancel()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list the NICs of the %s VMM: %w", kind, err))
+	}
+	for i := range rec.NetworkConfigs {
+		n := &rec.NetworkConfigs[i]
+		if n.State != netsetup.NICPending || !n.HostReady {
+			continue
+		}
+		if id, ok := vmmHas(have, n.ID); ok {
+			n.State = netsetup.NICAttached
+			n.VMMDeviceID = id
+			continue
+		}
+		actx, cancel := context.WithTimeout(ctx, 2*m.callTimeout())
+		att, err := a.AddNIC(actx, AdapterNIC(*n))
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("NIC %s stays pending: %w", n.IfName, err))
+			continue
+		}
+		n.State = netsetup.NICAttached
+		n.VMMDeviceID = att.ID
+		if n.VMMDeviceID == "" {
+			n.VMMDeviceID = n.ID
+		}
+		n.BDF = att.BDF
+	}
+	if err := tx.Save(rec); err != nil {
+		errs = append(errs, err)
+	}
+	return rec, errors.Join(errs...)
+}
+
+// vmmHas finds the device of NIC id among the VMM's device ids, as given or
+// as a VMM sanitises it.
+func vmmHas(have []string, id string) (string, bool) {
+	for _, cand := range []string{id, firecracker.IfaceID(id), qemu.SanitizeID(id)} {
+		if slices.Contains(have, cand) {
+			return cand, true
+		}
+	}
+	return "", false
+}

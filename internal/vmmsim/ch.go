@@ -1,0 +1,592 @@
+package vmmsim
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmnic/vmnic/internal/openapi"
+)
+
+// CHState is the Cloud Hypervisor VM state as vm.info reports it, plus
+// CHNotCreated (the VMM runs but has no VM yet).
+type CHState string
+
+const (
+	CHNotCreated CHState = "NotCreated"
+	CHCreated    CHState = "Created"
+	CHRunning    CHState = "Running"
+	CHPaused     CHState = "Paused"
+	CHShutdown   CHState = "Shutdown"
+)
+
+// CHMain is the Version to give for Cloud Hypervisor main after v53 (Cargo
+// version 54): 404/409 status codes, remove-device retryable again.
+const CHMain = 54
+
+// CHConfig configures a Cloud Hypervisor simulator.
+type CHConfig struct {
+	// Version is the major release: 48 (and older behaviour), 49–52, 53, or
+	// CHMain. Default 53.
+	Version int
+	// State at start; default CHRunning.
+	State CHState
+	// EjectDelay is how long a removed NIC stays in vm.info's device_tree
+	// (the guest's eject); 0 = gone at the next look, negative = never.
+	EjectDelay time.Duration
+	// BootVCPUs bounds num_queues/2 as the real server does; default 2.
+	BootVCPUs int
+	// NoSpec disables spec validation (it is also off when the spec files
+	// are absent).
+	NoSpec bool
+}
+
+// CHNet is one entry of the simulated VM's config.net.
+type CHNet struct {
+	ID, Tap, MAC, IP, Mask string
+	MTU, NumQueues         int
+	QueueSize              int
+}
+
+type chDevice struct {
+	net     CHNet
+	bdf     string
+	ejectAt time.Time // zero while attached
+	never   bool      // removed, and the guest never ejects
+	removed bool
+}
+
+// CH is a simulated Cloud Hypervisor API server.
+type CH struct {
+	*server
+	cfg      CHConfig
+	state    CHState
+	net      []CHNet
+	devices  map[string]*chDevice // device tree NICs (booted only)
+	slots    map[int]bool
+	netSeq   int
+	macSeq   int
+	held     map[string]bool
+	removes  map[string]int
+	renotify map[string]int
+}
+
+// NewCH starts a simulator on a socket in a temporary directory; it stops
+// when the test ends.
+func NewCH(t testing.TB, cfg CHConfig) *CH {
+	t.Helper()
+	s, err := StartCH(socketFor(t, "ch.sock"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// StartCH starts a simulator on socket. Close it when done.
+func StartCH(socket string, cfg CHConfig) (*CH, error) {
+	if cfg.Version == 0 {
+		cfg.Version = 53
+	}
+	if cfg.State == "" {
+		cfg.State = CHRunning
+	}
+	if cfg.BootVCPUs == 0 {
+		cfg.BootVCPUs = 2
+	}
+	spec, specErr, err := specFor(openapi.CloudHypervisorSpec, cfg.NoSpec, nil)
+	if err != nil {
+		return nil, err
+	}
+	c := &CH{
+		cfg: cfg, state: cfg.State,
+		devices: map[string]*chDevice{}, slots: map[int]bool{},
+		held: map[string]bool{}, removes: map[string]int{}, renotify: map[string]int{},
+	}
+	srv, err := newServer("cloud-hypervisor", socket, spec, specErr, nil)
+	if err != nil {
+		return nil, err
+	}
+	srv.handle = c.handle
+	c.server = srv
+	return c, nil
+}
+
+// --- test accessors ---
+
+// State returns the VM state.
+func (c *CH) State() CHState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// Net returns config.net (what vm.info lists as the VM's NICs).
+func (c *CH) Net() []CHNet {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]CHNet(nil), c.net...)
+}
+
+// Devices returns the NIC ids in the device tree, sorted (removed ones stay
+// until ejected).
+func (c *CH) Devices() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ejectDue()
+	ids := make([]string, 0, len(c.devices))
+	for id := range c.devices {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// RemoveRequests counts the remove-device requests received for id.
+func (c *CH) RemoveRequests(id string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.removes[id]
+}
+
+// Renotified counts harmless second removes (≤ v48, main) for id.
+func (c *CH) Renotified(id string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.renotify[id]
+}
+
+// HoldTap makes a TAP busy as if another process had it open.
+func (c *CH) HoldTap(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.held[name] = true
+}
+
+// SetEjectDelay changes the eject delay for later removals.
+func (c *CH) SetEjectDelay(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cfg.EjectDelay = d
+}
+
+// Eject makes the guest eject a removed device now.
+func (c *CH) Eject(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d := c.devices[id]; d != nil && d.removed {
+		c.drop(id)
+	}
+}
+
+// Create moves a not-created VMM to Created (as vm.create would).
+func (c *CH) Create() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == CHNotCreated {
+		c.state = CHCreated
+	}
+}
+
+// Boot boots a created VM: every configured NIC becomes a device.
+func (c *CH) Boot() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if msgs := c.boot(); msgs != nil {
+		return fmt.Errorf("%s", strings.Join(msgs, ": "))
+	}
+	return nil
+}
+
+// --- VMM logic (runs under mu) ---
+
+func (c *CH) boot() []string {
+	if c.state != CHCreated {
+		return []string{"Error from API", "The VM could not boot", "VM is not created or already booted"}
+	}
+	for _, n := range c.net {
+		if msgs := c.openTap(n); msgs != nil {
+			return append([]string{"Error from API", "The VM could not boot", "Error from device manager"}, msgs[3:]...)
+		}
+	}
+	for _, n := range c.net {
+		c.attach(n)
+	}
+	c.state = CHRunning
+	return nil
+}
+
+func (c *CH) booted() bool {
+	return c.state == CHRunning || c.state == CHPaused
+}
+
+func (c *CH) ejectDue() {
+	now := time.Now()
+	for id, d := range c.devices {
+		if d.removed && !d.never && !now.Before(d.ejectAt) {
+			c.drop(id)
+		}
+	}
+}
+
+func (c *CH) drop(id string) {
+	if d := c.devices[id]; d != nil {
+		var slot int
+		fmt.Sscanf(d.bdf, "0000:00:%02x.0", &slot)
+		delete(c.slots, slot)
+		delete(c.devices, id)
+	}
+}
+
+func (c *CH) attach(n CHNet) *chDevice {
+	slot := 6
+	for c.slots[slot] {
+		slot++
+	}
+	c.slots[slot] = true
+	d := &chDevice{net: n, bdf: fmt.Sprintf("0000:00:%02x.0", slot)}
+	c.devices[n.ID] = d
+	return d
+}
+
+// openTap fails like CH when the TAP is held (EBUSY).
+func (c *CH) openTap(n CHNet) []string {
+	busy := c.held[n.Tap]
+	for _, d := range c.devices {
+		if d.net.Tap == n.Tap {
+			busy = true
+		}
+	}
+	if !busy {
+		return nil
+	}
+	return []string{"Error from API", "The network device could not be added to the VM", "Error from device manager",
+		"Cannot create virtio-net device", "Failed to open taps", "Open tap device failed",
+		"Unable to configure tap interface", "Device or resource busy (os error 16)"}
+}
+
+// status maps an error class to the version's HTTP status (reference §1.2).
+func (c *CH) status(class string) int {
+	v := c.cfg.Version
+	switch class {
+	case "bad-request":
+		return http.StatusBadRequest
+	case "not-created":
+		if v >= 53 {
+			return http.StatusNotFound
+		}
+	case "no-device":
+		if v >= CHMain {
+			return http.StatusNotFound
+		}
+	case "config-duplicate":
+		if v >= CHMain {
+			return http.StatusConflict
+		}
+	case "config-invalid":
+		if v >= CHMain {
+			return http.StatusBadRequest
+		}
+	}
+	return http.StatusInternalServerError
+}
+
+func (c *CH) fail(w *reply, class string, msgs ...string) {
+	w.json(c.status(class), jsonList(msgs...))
+}
+
+var chEndpoints = map[string]string{
+	"vmm.ping": http.MethodGet, "vm.info": http.MethodGet, "vm.counters": http.MethodGet,
+	"vm.add-net": http.MethodPut, "vm.remove-device": http.MethodPut, "vm.boot": http.MethodPut,
+	"vm.create": http.MethodPut, "vm.shutdown": http.MethodPut, "vm.delete": http.MethodPut,
+	"vmm.shutdown": http.MethodPut, "vm.pause": http.MethodPut, "vm.resume": http.MethodPut,
+}
+
+func (c *CH) handle(w *reply, r *http.Request, body []byte) {
+	c.ejectDue()
+	ep, ok := strings.CutPrefix(r.URL.Path, "/api/v1/")
+	want, known := chEndpoints[ep]
+	if !ok || !known {
+		w.empty(http.StatusNotFound)
+		return
+	}
+	if r.Method != want {
+		c.fail(w, "bad-request", fmt.Sprintf("Invalid HTTP method %s for %s", r.Method, ep))
+		return
+	}
+	hasBody := len(strings.TrimSpace(string(body))) > 0
+	switch ep {
+	case "vmm.ping":
+		resp, _ := json.Marshal(map[string]any{
+			"build_version": fmt.Sprintf("v%d.0", c.cfg.Version),
+			"version":       fmt.Sprintf("%d.0.0", c.cfg.Version),
+			"pid":           os.Getpid(),
+			"features":      []string{"kvm"},
+		})
+		w.json(http.StatusOK, resp)
+	case "vm.info":
+		if c.state == CHNotCreated {
+			c.fail(w, "not-created", "Error from API", "The VM information could not be retrieved", "VM is not created")
+			return
+		}
+		w.json(http.StatusOK, c.info())
+	case "vm.counters":
+		w.json(http.StatusOK, []byte(`{}`))
+	case "vm.add-net":
+		c.addNet(w, body)
+	case "vm.remove-device":
+		c.removeDevice(w, body)
+	case "vm.boot":
+		if hasBody {
+			c.fail(w, "bad-request", "This endpoint does not take a body")
+			return
+		}
+		if c.state == CHNotCreated {
+			c.fail(w, "not-created", "Error from API", "The VM could not boot", "VM is not created")
+			return
+		}
+		if msgs := c.boot(); msgs != nil {
+			c.fail(w, "other", msgs...)
+			return
+		}
+		w.empty(http.StatusNoContent)
+	case "vm.create":
+		if c.state != CHNotCreated {
+			c.fail(w, "other", "Error from API", "The VM could not be created", "The VM is already created")
+			return
+		}
+		c.state = CHCreated
+		w.empty(http.StatusNoContent)
+	default:
+		w.empty(http.StatusNoContent)
+	}
+}
+
+// chNetBody is NetConfig as the server reads it: unknown fields ignored.
+type chNetBody struct {
+	Tap       *string `json:"tap"`
+	IP        *string `json:"ip"`
+	Mask      *string `json:"mask"`
+	MAC       *string `json:"mac"`
+	MTU       *int    `json:"mtu"`
+	NumQueues *int    `json:"num_queues"`
+	QueueSize *int    `json:"queue_size"`
+	ID        *string `json:"id"`
+}
+
+func deref[T any](p *T, def T) T {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+func (c *CH) addNet(w *reply, body []byte) {
+	const top = "The network device could not be added to the VM"
+	var b chNetBody
+	if err := json.Unmarshal(body, &b); err != nil {
+		c.fail(w, "bad-request", "Error from API", "Failed to deserialize the request body", err.Error())
+		return
+	}
+	if c.state == CHNotCreated {
+		c.fail(w, "not-created", "Error from API", top, "VM is not created")
+		return
+	}
+	n := CHNet{
+		ID: deref(b.ID, ""), Tap: deref(b.Tap, ""), MAC: deref(b.MAC, ""),
+		IP: deref(b.IP, ""), Mask: deref(b.Mask, ""), MTU: deref(b.MTU, 0),
+		NumQueues: deref(b.NumQueues, 2), QueueSize: deref(b.QueueSize, 256),
+	}
+	if c.cfg.Version <= 48 {
+		if n.IP == "" {
+			n.IP = "192.168.249.1"
+		}
+		if n.Mask == "" {
+			n.Mask = "255.255.255.0"
+		}
+	}
+	invalid := func(msg string) {
+		c.fail(w, "config-invalid", "Error from API", top, "Error validating configuration", msg)
+	}
+	switch {
+	case n.NumQueues < 2:
+		invalid("Number of queues to virtio_net is less than 2")
+		return
+	case n.NumQueues/2 > c.cfg.BootVCPUs:
+		invalid("Number of queues to virtio_net exceeds the number of vCPUs")
+		return
+	case c.cfg.Version >= 49 && (n.IP == "") != (n.Mask == ""):
+		invalid("IP address provided without a netmask, or the other way round")
+		return
+	case b.MTU != nil && n.MTU < 68:
+		invalid(fmt.Sprintf("MTU %d is below the minimum 68", n.MTU))
+		return
+	case strings.HasPrefix(n.ID, "__"):
+		invalid(fmt.Sprintf("Identifier %s is reserved", n.ID))
+		return
+	}
+	if n.ID != "" {
+		for _, e := range c.net {
+			if e.ID == n.ID {
+				c.fail(w, "config-duplicate", "Error from API", top, "Error validating configuration", fmt.Sprintf("Identifier %s is not unique", n.ID))
+				return
+			}
+		}
+		if _, inTree := c.devices[n.ID]; inTree {
+			c.fail(w, "other", "Error from API", top, "Error from device manager", fmt.Sprintf("Identifier %s is not unique", n.ID))
+			return
+		}
+	} else {
+		for {
+			n.ID = fmt.Sprintf("_net%d", c.netSeq)
+			c.netSeq++
+			if _, used := c.devices[n.ID]; !used && !c.hasNet(n.ID) {
+				break
+			}
+		}
+	}
+	if n.MAC == "" {
+		c.macSeq++
+		n.MAC = fmt.Sprintf("52:54:00:00:00:%02x", c.macSeq&0xff)
+	}
+	if !c.booted() {
+		c.net = append(c.net, n) // cold add: no TAP opened until boot
+		w.empty(http.StatusNoContent)
+		return
+	}
+	if msgs := c.openTap(n); msgs != nil {
+		c.fail(w, "other", msgs...)
+		return
+	}
+	d := c.attach(n)
+	c.net = append(c.net, n)
+	resp, _ := json.Marshal(map[string]string{"id": n.ID, "bdf": d.bdf})
+	w.json(http.StatusOK, resp)
+}
+
+func (c *CH) hasNet(id string) bool {
+	for _, e := range c.net {
+		if e.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *CH) dropNet(id string) {
+	out := c.net[:0]
+	for _, e := range c.net {
+		if e.ID != id {
+			out = append(out, e)
+		}
+	}
+	c.net = out
+}
+
+func (c *CH) removeDevice(w *reply, body []byte) {
+	const top = "The device could not be removed from the VM"
+	var b struct {
+		ID *string `json:"id"`
+	}
+	if err := json.Unmarshal(body, &b); err != nil || b.ID == nil {
+		msg := "missing field `id`"
+		if err != nil {
+			msg = err.Error()
+		}
+		c.fail(w, "bad-request", "Error from API", "Failed to deserialize the request body", msg)
+		return
+	}
+	id := *b.ID
+	c.removes[id]++
+	if c.state == CHNotCreated {
+		c.fail(w, "not-created", "Error from API", top, "VM is not created")
+		return
+	}
+	if !c.booted() {
+		// Config-only edit before boot.
+		if !c.hasNet(id) {
+			c.fail(w, "no-device", "Error from API", top, fmt.Sprintf("No device to remove with id %s", id))
+			return
+		}
+		c.dropNet(id)
+		w.empty(http.StatusNoContent)
+		return
+	}
+	d := c.devices[id]
+	if d == nil {
+		c.fail(w, "no-device", "Error from API", top, "Error from device manager", fmt.Sprintf("Unknown device identifier %s", id))
+		return
+	}
+	if d.removed { // second remove while the eject is pending
+		switch v := c.cfg.Version; {
+		case v >= 49 && v <= 52:
+			w.die = fmt.Sprintf("second vm.remove-device for %q while its eject was pending: the VMM thread panicked (v%d, unwrap on a missing config entry)", id, v)
+		case v == 53:
+			c.fail(w, "other", "Error from API", top, "Error from device manager", fmt.Sprintf("Unknown device identifier %s", id))
+		default: // ≤ v48, main: the guest is notified again
+			c.renotify[id]++
+			w.empty(http.StatusNoContent)
+		}
+		return
+	}
+	d.removed = true
+	if c.cfg.EjectDelay < 0 {
+		d.never = true
+	} else {
+		d.ejectAt = time.Now().Add(c.cfg.EjectDelay)
+	}
+	c.dropNet(id)
+	w.empty(http.StatusNoContent)
+}
+
+// info renders vm.info the way the server does.
+func (c *CH) info() []byte {
+	nets := make([]map[string]any, 0, len(c.net))
+	for _, n := range c.net {
+		m := map[string]any{
+			"tap": n.Tap, "mac": n.MAC, "iommu": false, "num_queues": n.NumQueues,
+			"queue_size": n.QueueSize, "vhost_user": false, "vhost_mode": "Client",
+			"id": n.ID, "pci_segment": 0,
+		}
+		if n.IP != "" {
+			m["ip"], m["mask"] = n.IP, n.Mask
+		}
+		if n.MTU > 0 {
+			m["mtu"] = n.MTU
+		}
+		if c.cfg.Version >= 50 {
+			m["offload_tso"], m["offload_ufo"], m["offload_csum"] = true, true, true
+		}
+		nets = append(nets, m)
+	}
+	const mem = 512 << 20
+	info := map[string]any{
+		"config": map[string]any{
+			"cpus":    map[string]any{"boot_vcpus": c.cfg.BootVCPUs, "max_vcpus": c.cfg.BootVCPUs},
+			"memory":  map[string]any{"size": mem},
+			"payload": map[string]any{"kernel": "/simulated/vmlinux", "cmdline": "console=hvc0"},
+			"net":     nets,
+		},
+		"state":              string(c.state),
+		"memory_actual_size": mem,
+	}
+	if c.booted() {
+		tree := map[string]any{
+			"__rng":             map[string]any{"id": "__rng", "resources": []any{}, "parent": "_virtio-pci-__rng", "children": []string{}},
+			"_virtio-pci-__rng": map[string]any{"id": "_virtio-pci-__rng", "resources": []any{}, "children": []string{"__rng"}, "pci_bdf": "0000:00:01.0"},
+		}
+		for id, d := range c.devices {
+			pid := "_virtio-pci-" + id
+			tree[id] = map[string]any{"id": id, "resources": []any{}, "parent": pid, "children": []string{}}
+			tree[pid] = map[string]any{"id": pid, "resources": []any{map[string]any{"PciBar": map[string]any{"index": 0}}}, "children": []string{id}, "pci_bdf": d.bdf}
+		}
+		info["device_tree"] = tree
+	}
+	b, _ := json.Marshal(info)
+	return b
+}

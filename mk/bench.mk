@@ -1,0 +1,20 @@
+# bench: issue 6 — pod start and NIC hot-plug cost, measured side by side
+# with the reference CNI plugins (see docs/performance.md).
+#
+#   make bench                 full run (< 10 min), report in $(BENCH_OUT)
+#   make bench BENCH_QUICK=1   smoke run (1–2 min)
+#   make bench BENCH_FLAGS='-sections cycle,steps'
+#
+# Root only: it makes network namespaces, bridges, TAPs and boots a QEMU guest.
+
+BENCH_OUT   ?= $(CURDIR)/.bench
+BENCH_QUICK ?=
+BENCH_FLAGS ?=
+
+# The QEMU hot-plug measurement boots the test guest (internal/testguest).
+APT_PACKAGES += qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
+
+.PHONY: bench
+bench: apt tools build
+	@test "$$(id -u)" = 0 || { echo "make bench needs root (network namespaces, links, tc)" >&2; exit 1; }
+	$(GO) run ./bench/cmd/vmnic-bench -out $(BENCH_OUT) $(if $(filter 1 true yes,$(BENCH_QUICK)),-quick) $(BENCH_FLAGS)

@@ -1,0 +1,128 @@
+// Compatibility of vmnic-nri with runtimes that vendor NRI v0.8.0:
+// containerd 2.0.x and 2.1.x (and 1.7.26+). They know no namespace
+// adjustment, so a host-network VM pod's VMM container must be refused.
+package v080
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containerd/nri/pkg/adaptation"
+	"github.com/containerd/nri/pkg/api"
+	nrilog "github.com/containerd/nri/pkg/log"
+
+	"github.com/vmnic/vmnic/nri-hook/compat/harness"
+)
+
+func TestCompatNRI080(t *testing.T) {
+	nrilog.Set(quiet{})
+	harness.Suite(t, harness.Version{
+		NRI: "v0.8.0", RuntimeName: "containerd", RuntimeVersion: "v2.1.5",
+		NamespaceAdjustment: false,
+	}, start)
+}
+
+type runtime struct {
+	r      *adaptation.Adaptation
+	synced chan struct{}
+}
+
+func start(o harness.Options) (harness.Runtime, error) {
+	rt := &runtime{synced: make(chan struct{}, 8)}
+	var started atomic.Bool
+	sync := func(ctx context.Context, cb adaptation.SyncCB) error {
+		_, err := cb(ctx, nil, nil)
+		if err == nil && (!o.External || started.Load()) {
+			rt.synced <- struct{}{}
+		}
+		return err
+	}
+	update := func(context.Context, []*adaptation.ContainerUpdate) ([]*adaptation.ContainerUpdate, error) {
+		return nil, nil
+	}
+	opts := []adaptation.Option{adaptation.WithPluginPath(o.PluginDir), adaptation.WithPluginConfigPath(o.ConfDir)}
+	if o.External {
+		opts = append(opts, adaptation.WithSocketPath(o.Socket))
+	} else {
+		opts = append(opts, adaptation.WithDisabledExternalConnections())
+	}
+	r, err := adaptation.New(o.RuntimeName, o.RuntimeVersion, sync, update, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.Start(); err != nil {
+		return nil, err
+	}
+	started.Store(true)
+	rt.r = r
+	return rt, nil
+}
+
+func (rt *runtime) WaitSynced(timeout time.Duration) error {
+	select {
+	case <-rt.synced:
+		rt.r.BlockPluginSync().Unblock()
+		return nil
+	case <-time.After(timeout):
+		return fmt.Errorf("no plugin synchronized within %v", timeout)
+	}
+}
+
+func (rt *runtime) Stop() { rt.r.Stop() }
+
+func pod(p harness.Pod) *api.PodSandbox {
+	ps := &api.PodSandbox{Id: p.ID, Name: p.Name, Namespace: p.Namespace, Uid: p.UID,
+		RuntimeHandler: p.Handler, Annotations: p.Annotations, Linux: &api.LinuxPodSandbox{}}
+	if p.NetnsPath != "" {
+		ps.Linux.Namespaces = []*api.LinuxNamespace{{Type: "network", Path: p.NetnsPath}}
+	}
+	return ps
+}
+
+func (rt *runtime) RunPodSandbox(ctx context.Context, p harness.Pod) error {
+	return rt.r.RunPodSandbox(ctx, &api.StateChangeEvent{Pod: pod(p)})
+}
+
+func (rt *runtime) StopPodSandbox(ctx context.Context, p harness.Pod) error {
+	return rt.r.StopPodSandbox(ctx, &api.StateChangeEvent{Pod: pod(p)})
+}
+
+func (rt *runtime) RemovePodSandbox(ctx context.Context, p harness.Pod) error {
+	return rt.r.RemovePodSandbox(ctx, &api.StateChangeEvent{Pod: pod(p)})
+}
+
+func (rt *runtime) CreateContainer(ctx context.Context, p harness.Pod, c harness.Container) (*harness.Adjustment, error) {
+	rpl, err := rt.r.CreateContainer(ctx, &api.CreateContainerRequest{
+		Pod:       pod(p),
+		Container: &api.Container{Id: c.ID, PodSandboxId: p.ID, Name: c.Name, Linux: &api.LinuxContainer{}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	a := rpl.GetAdjust()
+	if a == nil {
+		return nil, nil
+	}
+	out := &harness.Adjustment{Env: map[string]string{}}
+	for _, d := range a.GetLinux().GetDevices() {
+		out.Devices = append(out.Devices, harness.Device{Path: d.Path, Type: d.Type, Major: d.Major, Minor: d.Minor})
+	}
+	for _, m := range a.GetMounts() {
+		out.Mounts = append(out.Mounts, harness.Mount{Source: m.Source, Destination: m.Destination, Options: m.Options})
+	}
+	for _, kv := range a.GetEnv() {
+		out.Env[kv.Key] = kv.Value
+	}
+	// NRI v0.8.0 has no namespace adjustment: NetworkNamespace stays "".
+	return out, nil
+}
+
+type quiet struct{}
+
+func (quiet) Debugf(context.Context, string, ...interface{}) {}
+func (quiet) Infof(context.Context, string, ...interface{})  {}
+func (quiet) Warnf(context.Context, string, ...interface{})  {}
+func (quiet) Errorf(context.Context, string, ...interface{}) {}

@@ -1,0 +1,224 @@
+// Package config is the vmnic NRI plugin's configuration: which pods are VM
+// pods and where the plugin keeps its state. It is read from YAML or JSON,
+// either the file the runtime passes to a pre-installed plugin
+// (/etc/nri/conf.d/NN-vmnic.conf, handed over verbatim in Configure) or the
+// --config file of an external plugin.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/vmnic/vmnic/netsetup"
+)
+
+// Pod annotations the plugin reads.
+const (
+	// AnnotationVM marks a VM pod when set to "true".
+	AnnotationVM = "vmnic.io/vm"
+	// AnnotationVMMContainer names the container that runs the VMM; without
+	// it every container of a VM pod is treated as a VMM container.
+	AnnotationVMMContainer = "vmnic.io/vmm-container"
+)
+
+// Defaults.
+const (
+	DefaultNetnsDir          = "/var/run/netns"
+	DefaultRuntimeDir        = "/run/vmnic/sandboxes"
+	DefaultNetSetupMountPath = "/run/vmnic/netsetup.json"
+	DefaultLogLevel          = "info"
+)
+
+// Config is the plugin configuration. Keys are camelCase in YAML and JSON.
+type Config struct {
+	// RuntimeHandlers: pods run by one of these runtime handlers
+	// (RuntimeClass handlers, e.g. "kata-clh") are VM pods.
+	RuntimeHandlers []string `json:"runtimeHandlers,omitempty" yaml:"runtimeHandlers,omitempty"`
+	// VMAnnotation: pods annotated vmnic.io/vm: "true" are VM pods
+	// (default true; set false to select by runtime handler only).
+	VMAnnotation *bool `json:"vmAnnotation,omitempty" yaml:"vmAnnotation,omitempty"`
+	// StateDir holds the NetSetup records (default /var/lib/vmnic).
+	StateDir string `json:"stateDir,omitempty" yaml:"stateDir,omitempty"`
+	// NetnsDir is where owned netns of host-network VM pods are
+	// bind-mounted (default /var/run/netns).
+	NetnsDir string `json:"netnsDir,omitempty" yaml:"netnsDir,omitempty"`
+	// RuntimeDir is the base of the per-sandbox directories for the VMM's
+	// API socket: <runtimeDir>/<sandbox-id> (default /run/vmnic/sandboxes).
+	RuntimeDir string `json:"runtimeDir,omitempty" yaml:"runtimeDir,omitempty"`
+	// NetSetupMountPath is where the VMM container sees its NetSetup record
+	// (default /run/vmnic/netsetup.json).
+	NetSetupMountPath string `json:"netsetupMountPath,omitempty" yaml:"netsetupMountPath,omitempty"`
+	// LogFile receives the plugin's log (default: stderr, which a runtime
+	// discards for pre-installed plugins).
+	LogFile string `json:"logFile,omitempty" yaml:"logFile,omitempty"`
+	// LogLevel is debug, info, warn or error (default info).
+	LogLevel string `json:"logLevel,omitempty" yaml:"logLevel,omitempty"`
+}
+
+// Parse reads a configuration in JSON (when it starts with '{') or YAML.
+// Unknown keys are errors, so a typo does not silently select no pods.
+// Empty input is the default configuration.
+func Parse(data []byte) (*Config, error) {
+	c := &Config{}
+	trimmed := bytes.TrimSpace(data)
+	switch {
+	case len(trimmed) == 0:
+	case trimmed[0] == '{':
+		if err := checkJSONKeys(trimmed); err != nil {
+			return nil, err
+		}
+		dec := json.NewDecoder(bytes.NewReader(trimmed))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(c); err != nil {
+			return nil, fmt.Errorf("parse JSON config: %w", err)
+		}
+	default:
+		dec := yaml.NewDecoder(bytes.NewReader(trimmed))
+		dec.KnownFields(true)
+		if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("parse YAML config: %w", err)
+		}
+	}
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// checkJSONKeys refuses keys that differ from the known ones, also in case
+// only (encoding/json would accept "statedir" for stateDir).
+func checkJSONKeys(data []byte) error {
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(data, &keys); err != nil {
+		return fmt.Errorf("parse JSON config: %w", err)
+	}
+	known := map[string]bool{}
+	t := reflect.TypeOf(Config{})
+	for i := 0; i < t.NumField(); i++ {
+		known[strings.Split(t.Field(i).Tag.Get("json"), ",")[0]] = true
+	}
+	for k := range keys {
+		if !known[k] {
+			return fmt.Errorf("parse JSON config: unknown key %q", k)
+		}
+	}
+	return nil
+}
+
+// Load parses the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Default is the configuration with every default applied.
+func Default() *Config {
+	c := &Config{}
+	c.setDefaults()
+	return c
+}
+
+func (c *Config) setDefaults() {
+	if c.VMAnnotation == nil {
+		t := true
+		c.VMAnnotation = &t
+	}
+	if c.StateDir == "" {
+		c.StateDir = netsetup.DefaultStateDir
+	}
+	if c.NetnsDir == "" {
+		c.NetnsDir = DefaultNetnsDir
+	}
+	if c.RuntimeDir == "" {
+		c.RuntimeDir = DefaultRuntimeDir
+	}
+	if c.NetSetupMountPath == "" {
+		c.NetSetupMountPath = DefaultNetSetupMountPath
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = DefaultLogLevel
+	}
+}
+
+// Validate checks values a default cannot fix.
+func (c *Config) Validate() error {
+	for name, p := range map[string]string{
+		"stateDir": c.StateDir, "netnsDir": c.NetnsDir, "runtimeDir": c.RuntimeDir,
+		"netsetupMountPath": c.NetSetupMountPath,
+	} {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("config: %s %q must be an absolute path", name, p)
+		}
+	}
+	if c.LogFile != "" && !filepath.IsAbs(c.LogFile) {
+		return fmt.Errorf("config: logFile %q must be an absolute path", c.LogFile)
+	}
+	if _, err := c.Level(); err != nil {
+		return err
+	}
+	if !*c.VMAnnotation && len(c.RuntimeHandlers) == 0 {
+		return fmt.Errorf("config: vmAnnotation is false and runtimeHandlers is empty: no pod could ever be a VM pod")
+	}
+	for _, h := range c.RuntimeHandlers {
+		if strings.TrimSpace(h) == "" {
+			return fmt.Errorf("config: runtimeHandlers has an empty name")
+		}
+	}
+	return nil
+}
+
+// Level is the slog level of LogLevel.
+func (c *Config) Level() (slog.Level, error) {
+	switch strings.ToLower(c.LogLevel) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info", "":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("config: logLevel %q: use debug, info, warn or error", c.LogLevel)
+}
+
+// IsVMPod says whether a pod with this runtime handler and these
+// annotations is a VM pod.
+func (c *Config) IsVMPod(handler string, annotations map[string]string) bool {
+	if handler != "" && slices.Contains(c.RuntimeHandlers, handler) {
+		return true
+	}
+	return c.VMAnnotation != nil && *c.VMAnnotation && strings.EqualFold(strings.TrimSpace(annotations[AnnotationVM]), "true")
+}
+
+// IsVMMContainer says whether the container named name of a VM pod runs the
+// VMM: the one the pod's vmnic.io/vmm-container annotation names, or any
+// container when the pod does not name one.
+func IsVMMContainer(name string, podAnnotations map[string]string) bool {
+	want := strings.TrimSpace(podAnnotations[AnnotationVMMContainer])
+	return want == "" || want == name
+}
+
+// SandboxRuntimeDir is the per-sandbox runtime directory.
+func (c *Config) SandboxRuntimeDir(id string) string {
+	return filepath.Join(c.RuntimeDir, id)
+}

@@ -1,0 +1,121 @@
+package config
+
+import (
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		in    string
+		check func(t *testing.T, c *Config)
+		err   string
+	}{
+		{name: "empty is the default", in: "", check: func(t *testing.T, c *Config) {
+			if c.StateDir != "/var/lib/vmnic" || c.NetnsDir != "/var/run/netns" || c.RuntimeDir != "/run/vmnic/sandboxes" ||
+				c.NetSetupMountPath != "/run/vmnic/netsetup.json" || !*c.VMAnnotation || c.LogLevel != "info" || c.LogFile != "" {
+				t.Errorf("defaults: %+v", c)
+			}
+		}},
+		{name: "yaml", in: "runtimeHandlers: [kata-clh, kata-qemu]\nvmAnnotation: false\nstateDir: /s\nnetnsDir: /n\nruntimeDir: /r\nlogFile: /l.log\nlogLevel: debug\n",
+			check: func(t *testing.T, c *Config) {
+				if len(c.RuntimeHandlers) != 2 || c.RuntimeHandlers[1] != "kata-qemu" || *c.VMAnnotation ||
+					c.StateDir != "/s" || c.NetnsDir != "/n" || c.RuntimeDir != "/r" || c.LogFile != "/l.log" {
+					t.Errorf("parsed: %+v", c)
+				}
+				if l, _ := c.Level(); l != slog.LevelDebug {
+					t.Errorf("level %v", l)
+				}
+			}},
+		{name: "json with tabs", in: "{\n\t\"runtimeHandlers\": [\"fc\"],\n\t\"stateDir\": \"/x\"\n}", check: func(t *testing.T, c *Config) {
+			if len(c.RuntimeHandlers) != 1 || c.StateDir != "/x" || !*c.VMAnnotation {
+				t.Errorf("parsed: %+v", c)
+			}
+		}},
+		{name: "yaml typo", in: "runtimeHandler: [x]\n", err: "runtimeHandler"},
+		{name: "json typo", in: `{"statedir": "/x"}`, err: "statedir"},
+		{name: "relative dir", in: "stateDir: var/lib\n", err: "absolute"},
+		{name: "bad level", in: "logLevel: loud\n", err: "loud"},
+		{name: "selects nothing", in: "vmAnnotation: false\n", err: "no pod could ever be a VM pod"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(tc.in))
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err %v, want one saying %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, c)
+		})
+	}
+}
+
+func TestLoad(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "vmnic.conf")
+	if err := os.WriteFile(p, []byte("logLevel: bogus\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), p) {
+		t.Fatalf("err %v, want one naming the file", err)
+	}
+	if _, err := Load(p + ".missing"); err == nil {
+		t.Fatal("missing file accepted")
+	}
+}
+
+func TestIsVMPod(t *testing.T) {
+	c, err := Parse([]byte("runtimeHandlers: [kata]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	off, err := Parse([]byte("runtimeHandlers: [kata]\nvmAnnotation: false\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		cfg     *Config
+		handler string
+		ann     map[string]string
+		want    bool
+	}{
+		{c, "kata", nil, true},
+		{c, "runc", nil, false},
+		{c, "", nil, false},
+		{c, "runc", map[string]string{AnnotationVM: "true"}, true},
+		{c, "runc", map[string]string{AnnotationVM: " True "}, true},
+		{c, "runc", map[string]string{AnnotationVM: "false"}, false},
+		{c, "runc", map[string]string{AnnotationVM: "yes"}, false},
+		{off, "runc", map[string]string{AnnotationVM: "true"}, false},
+		{off, "kata", nil, true},
+	} {
+		if got := tc.cfg.IsVMPod(tc.handler, tc.ann); got != tc.want {
+			t.Errorf("IsVMPod(%q, %v) with vmAnnotation=%v = %v, want %v", tc.handler, tc.ann, *tc.cfg.VMAnnotation, got, tc.want)
+		}
+	}
+}
+
+func TestIsVMMContainer(t *testing.T) {
+	named := map[string]string{AnnotationVMMContainer: "vmm"}
+	for _, tc := range []struct {
+		name string
+		ann  map[string]string
+		want bool
+	}{
+		{"vmm", named, true},
+		{"sidecar", named, false},
+		{"anything", nil, true},
+		{"anything", map[string]string{AnnotationVMMContainer: ""}, true},
+	} {
+		if got := IsVMMContainer(tc.name, tc.ann); got != tc.want {
+			t.Errorf("IsVMMContainer(%q, %v) = %v, want %v", tc.name, tc.ann, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,119 @@
+package hook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/containerd/nri/pkg/api"
+
+	"github.com/vmnic/vmnic/netsetup"
+	"github.com/vmnic/vmnic/nri-hook/internal/config"
+)
+
+// Environment variables the VMM container gets.
+const (
+	EnvSandboxID  = "VMNIC_SANDBOX_ID"
+	EnvNetSetup   = "VMNIC_NETSETUP"
+	EnvRuntimeDir = "VMNIC_RUNTIME_DIR"
+)
+
+// TUN device: /dev/net/tun, character device 10:200.
+const (
+	tunPath  = "/dev/net/tun"
+	tunMajor = 10
+	tunMinor = 200
+)
+
+// CreateContainer wires the VMM container of a VM pod: /dev/net/tun (device
+// node and cgroup rule), the NetSetup record read-only, the per-sandbox
+// runtime directory (for the VMM's API socket, at the same path as on the
+// host), the VMNIC_* environment and, when vmnic owns the sandbox netns
+// (host-network VM pods), the move into that netns. A runtime whose NRI
+// cannot move a container into a namespace fails the container rather than
+// start the VMM in the host's network namespace.
+func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate, error) {
+	st, err := p.state()
+	if err != nil {
+		return nil, nil, err
+	}
+	if !st.cfg.IsVMPod(pod.GetRuntimeHandler(), pod.GetAnnotations()) ||
+		!config.IsVMMContainer(ctr.GetName(), pod.GetAnnotations()) {
+		return nil, nil, nil
+	}
+	ctx, cancel := p.handlerContext(ctx)
+	defer cancel()
+	id := pod.GetId()
+	rec, err := st.mgr.Store.Get(id)
+	if errors.Is(err, netsetup.ErrNotFound) {
+		// RunPodSandbox was missed (the plugin was not connected): do it now.
+		p.logger().Warn("VM pod has no record at CreateContainer: preparing it now", "pod", podRef(pod))
+		rec, err = p.prepare(ctx, st, pod)
+	}
+	if err != nil {
+		err = fmt.Errorf("vmnic: container %s of VM pod %s: %w", ctr.GetName(), podRef(pod), err)
+		p.logger().Error("CreateContainer failed", "err", err)
+		return nil, nil, err
+	}
+	nriVersion := p.runtimeNRIVersion()
+	if rec.NetnsOwned && !atLeast(nriVersion, 0, 10) {
+		err := fmt.Errorf("vmnic: container %s of VM pod %s must join the network namespace %s that vmnic made for the host-network pod, "+
+			"but this runtime's NRI (version %s) cannot move a container into a namespace (that needs NRI v0.10 or later: containerd 2.2+, CRI-O 1.34+); "+
+			"refusing to start the VMM in the host network namespace: upgrade the runtime or give the pod its own network (hostNetwork: false)",
+			ctr.GetName(), podRef(pod), rec.NetnsPath, nriVersion)
+		p.logger().Error("CreateContainer refused", "err", err)
+		return nil, nil, err
+	}
+	rtDir := rec.RuntimeDir
+	if rtDir == "" {
+		rtDir = st.cfg.SandboxRuntimeDir(id)
+	}
+	if err := ensureRuntimeDir(rtDir); err != nil {
+		return nil, nil, fmt.Errorf("vmnic: container %s of VM pod %s: %w", ctr.GetName(), podRef(pod), err)
+	}
+	adj := Adjustment(st.cfg, id, st.mgr.Store.Path(id), rtDir, rec)
+	p.logger().Info("VMM container wired", "pod", podRef(pod), "container", ctr.GetName(),
+		"netns", rec.NetnsPath, "owned", rec.NetnsOwned, "runtimeDir", rtDir)
+	return adj, nil, nil
+}
+
+// Adjustment is the change made to a VMM container of sandbox id.
+func Adjustment(cfg *config.Config, id, recordPath, runtimeDir string, rec *netsetup.NetSetup) *api.ContainerAdjustment {
+	adj := &api.ContainerAdjustment{}
+	adj.AddDevice(&api.LinuxDevice{
+		Path:     tunPath,
+		Type:     "c",
+		Major:    tunMajor,
+		Minor:    tunMinor,
+		FileMode: api.FileMode(0o666),
+	})
+	if adj.Linux.Resources == nil {
+		adj.Linux.Resources = &api.LinuxResources{}
+	}
+	adj.Linux.Resources.Devices = append(adj.Linux.Resources.Devices, &api.LinuxDeviceCgroup{
+		Allow:  true,
+		Type:   "c",
+		Major:  api.Int64(int64(tunMajor)),
+		Minor:  api.Int64(int64(tunMinor)),
+		Access: "rwm",
+	})
+	adj.AddMount(&api.Mount{
+		Source:      recordPath,
+		Destination: cfg.NetSetupMountPath,
+		Type:        "bind",
+		Options:     []string{"bind", "ro", "nosuid", "nodev", "noexec"},
+	})
+	adj.AddMount(&api.Mount{
+		Source:      runtimeDir,
+		Destination: runtimeDir,
+		Type:        "bind",
+		Options:     []string{"bind", "rw", "nosuid", "nodev", "noexec"},
+	})
+	adj.AddEnv(EnvSandboxID, id)
+	adj.AddEnv(EnvNetSetup, cfg.NetSetupMountPath)
+	adj.AddEnv(EnvRuntimeDir, runtimeDir)
+	if rec.NetnsOwned {
+		adj.AddOrReplaceNamespace(&api.LinuxNamespace{Type: "network", Path: rec.NetnsPath})
+	}
+	return adj
+}

@@ -1,0 +1,332 @@
+// Package hook is the vmnic NRI plugin's logic: the handlers the NRI stub
+// calls for pod and container events. VM pods (selected by runtime handler
+// or annotation) always end with a sandbox netns and a NetSetup record; the
+// VMM container gets /dev/net/tun, its record, a directory for the VMM's API
+// socket and, for a netns vmnic owns, the move into that netns. All other
+// pods are left alone.
+package hook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/nri/pkg/api"
+
+	"github.com/vmnic/vmnic/internal/sandbox"
+	"github.com/vmnic/vmnic/netsetup"
+	"github.com/vmnic/vmnic/nri-hook/internal/config"
+	"github.com/vmnic/vmnic/nri-hook/internal/logging"
+)
+
+// OriginNRI marks records whose lifecycle the NRI hook manages.
+const OriginNRI = "nri"
+
+// MaxHandlerTime bounds every handler, far below the runtime's default 2 s
+// request timeout (a plugin that times out is dropped by the runtime and
+// the pod goes on without it).
+const MaxHandlerTime = 1500 * time.Millisecond
+
+// Events is the subscription returned from Configure. It names only events
+// every NRI runtime since v0.2 knows: a runtime with NRI < v0.10
+// (containerd ≤ 2.1, CRI-O ≤ 1.33) refuses a plugin that subscribes to a
+// newer one. Synchronize is part of the handshake, not an event.
+var Events = func() api.EventMask {
+	var m api.EventMask
+	m.Set(api.Event_RUN_POD_SANDBOX, api.Event_STOP_POD_SANDBOX,
+		api.Event_REMOVE_POD_SANDBOX, api.Event_CREATE_CONTAINER)
+	return m
+}()
+
+// Runtime is what the plugin learns from the NRI stub about the runtime.
+type Runtime interface {
+	RuntimeNRIVersion() string
+	RequestTimeout() time.Duration
+}
+
+// Plugin implements the NRI stub's handler interfaces.
+type Plugin struct {
+	// Base is the configuration used when the runtime passes none (an
+	// external plugin's --config file).
+	Base *config.Config
+	Log  *logging.Log
+	// Runtime is set once the stub exists.
+	Runtime Runtime
+
+	mu             sync.RWMutex
+	cfg            *config.Config
+	mgr            *sandbox.Manager
+	runtimeName    string
+	runtimeVersion string
+
+	reconcileMu sync.Mutex
+}
+
+type state struct {
+	cfg *config.Config
+	mgr *sandbox.Manager
+}
+
+func (p *Plugin) state() (state, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.cfg == nil || p.mgr == nil {
+		return state{}, errors.New("vmnic: plugin not configured yet")
+	}
+	return state{p.cfg, p.mgr}, nil
+}
+
+func (p *Plugin) logger() *slog.Logger { return p.Log.Logger }
+
+// Configure applies the configuration (the runtime's config string for a
+// pre-installed plugin; else the --config file) and subscribes to the
+// plugin's events.
+func (p *Plugin) Configure(ctx context.Context, cfgText, runtime, version string) (api.EventMask, error) {
+	cfg := p.Base
+	if len(cfgText) > 0 {
+		c, err := config.Parse([]byte(cfgText))
+		if err != nil {
+			return 0, fmt.Errorf("vmnic: %w", err)
+		}
+		cfg = c
+	}
+	if cfg == nil {
+		cfg = config.Default()
+	}
+	level, _ := cfg.Level()
+	if err := p.Log.Configure(cfg.LogFile, level); err != nil {
+		return 0, fmt.Errorf("vmnic: %w", err)
+	}
+	store, err := netsetup.Open(cfg.StateDir)
+	if err != nil {
+		return 0, fmt.Errorf("vmnic: %w", err)
+	}
+	if err := os.MkdirAll(cfg.RuntimeDir, 0o755); err != nil {
+		return 0, fmt.Errorf("vmnic: runtime dir: %w", err)
+	}
+	mgr := &sandbox.Manager{Store: store, NetnsDir: cfg.NetnsDir, Logger: p.logger()}
+
+	p.mu.Lock()
+	p.cfg, p.mgr, p.runtimeName, p.runtimeVersion = cfg, mgr, runtime, version
+	p.mu.Unlock()
+
+	p.logger().Info("configured", "runtime", runtime, "runtimeVersion", version,
+		"runtimeNRI", p.runtimeNRIVersion(), "events", Events.PrettyString(),
+		"stateDir", cfg.StateDir, "netnsDir", cfg.NetnsDir, "runtimeDir", cfg.RuntimeDir,
+		"runtimeHandlers", cfg.RuntimeHandlers, "vmAnnotation", *cfg.VMAnnotation)
+	return Events, nil
+}
+
+func (p *Plugin) runtimeNRIVersion() string {
+	if p.Runtime == nil {
+		return "unknown"
+	}
+	return p.Runtime.RuntimeNRIVersion()
+}
+
+// handlerContext bounds a handler: at most MaxHandlerTime, and at most
+// three quarters of the runtime's request timeout.
+func (p *Plugin) handlerContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, p.handlerTimeout())
+}
+
+func (p *Plugin) handlerTimeout() time.Duration {
+	d := MaxHandlerTime
+	if p.Runtime != nil {
+		if rt := p.Runtime.RequestTimeout() * 3 / 4; rt > 0 && rt < d {
+			d = rt
+		}
+	}
+	return d
+}
+
+// netnsPath is the pod's network namespace path; "" for a host-network pod.
+func netnsPath(pod *api.PodSandbox) string {
+	for _, ns := range pod.GetLinux().GetNamespaces() {
+		if ns.GetType() == "network" {
+			return ns.GetPath()
+		}
+	}
+	return ""
+}
+
+func podRef(pod *api.PodSandbox) string {
+	return fmt.Sprintf("%s/%s (sandbox %s)", pod.GetNamespace(), pod.GetName(), pod.GetId())
+}
+
+// RunPodSandbox gives a VM pod its sandbox netns and NetSetup record: it
+// adopts the runtime's netns, or creates and owns one for a host-network
+// pod. NICs the CNI plugin already recorded are kept.
+func (p *Plugin) RunPodSandbox(ctx context.Context, pod *api.PodSandbox) error {
+	st, err := p.state()
+	if err != nil {
+		return err
+	}
+	if !st.cfg.IsVMPod(pod.GetRuntimeHandler(), pod.GetAnnotations()) {
+		return nil
+	}
+	ctx, cancel := p.handlerContext(ctx)
+	defer cancel()
+	start := time.Now()
+	rec, err := p.prepare(ctx, st, pod)
+	if err != nil {
+		p.logger().Error("RunPodSandbox failed", "pod", podRef(pod), "err", err)
+		return err
+	}
+	p.logger().Info("VM pod prepared", "pod", podRef(pod), "netns", rec.NetnsPath,
+		"owned", rec.NetnsOwned, "nics", len(rec.NetworkConfigs), "took", time.Since(start))
+	return nil
+}
+
+// prepare adopts or creates the pod's netns and writes its record, marked
+// as managed by the NRI hook.
+func (p *Plugin) prepare(ctx context.Context, st state, pod *api.PodSandbox) (*netsetup.NetSetup, error) {
+	id := pod.GetId()
+	if err := netsetup.ValidateSandboxID(id); err != nil {
+		return nil, fmt.Errorf("vmnic: VM pod %s: %w", podRef(pod), err)
+	}
+	nsPath := netnsPath(pod)
+	rtDir := st.cfg.SandboxRuntimeDir(id)
+	if err := ensureRuntimeDir(rtDir); err != nil {
+		return nil, fmt.Errorf("vmnic: VM pod %s: %w", podRef(pod), err)
+	}
+	rec, err := st.mgr.Prepare(ctx, id, sandbox.PrepareOptions{
+		NetnsPath:    nsPath,
+		PodName:      pod.GetName(),
+		PodNamespace: pod.GetNamespace(),
+		PodUID:       pod.GetUid(),
+		RuntimeDir:   rtDir,
+	})
+	if err != nil {
+		os.Remove(rtDir)
+		what := "adopt the pod's network namespace " + nsPath
+		if nsPath == "" {
+			what = "create a network namespace for the host-network pod"
+		}
+		return nil, fmt.Errorf("vmnic: VM pod %s: cannot %s: %w", podRef(pod), what, timeoutHint(err))
+	}
+	if rec.Origin != OriginNRI {
+		rec, err = st.mgr.Store.Update(ctx, id, func(r *netsetup.NetSetup) error {
+			r.Origin = OriginNRI
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("vmnic: VM pod %s: mark record: %w", podRef(pod), timeoutHint(err))
+		}
+	}
+	return rec, nil
+}
+
+// timeoutHint says why a deadline hit, in words an operator can act on.
+func timeoutHint(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w (gave up before the runtime's request timeout: the sandbox's record may be locked by another vmnic process)", err)
+	}
+	return err
+}
+
+// ensureRuntimeDir creates the per-sandbox directory for the VMM's API
+// socket, mode 0700.
+func ensureRuntimeDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("runtime dir: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("runtime dir: %w", err)
+	}
+	return nil
+}
+
+// managed says whether the plugin acts on this pod's stop and removal: a
+// VM pod, or a pod whose record the hook made.
+func managed(st state, pod *api.PodSandbox) (*netsetup.NetSetup, bool, error) {
+	rec, err := st.mgr.Store.Get(pod.GetId())
+	if errors.Is(err, netsetup.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		if st.cfg.IsVMPod(pod.GetRuntimeHandler(), pod.GetAnnotations()) {
+			return nil, true, nil // an unreadable record of a VM pod: the teardown deals with it
+		}
+		return nil, false, nil
+	}
+	return rec, rec.Origin == OriginNRI || st.cfg.IsVMPod(pod.GetRuntimeHandler(), pod.GetAnnotations()), nil
+}
+
+// StopPodSandbox removes the VM pod's NICs and keeps its record (and an
+// owned netns) until RemovePodSandbox. Idempotent; a netns that is already
+// gone (CRI-O removes it before this event) is fine.
+func (p *Plugin) StopPodSandbox(ctx context.Context, pod *api.PodSandbox) error {
+	return p.teardown(ctx, pod, "StopPodSandbox", sandbox.TeardownOptions{KeepNetns: true})
+}
+
+// RemovePodSandbox removes everything: NICs, record, an owned netns and the
+// runtime directory. Idempotent.
+func (p *Plugin) RemovePodSandbox(ctx context.Context, pod *api.PodSandbox) error {
+	return p.teardown(ctx, pod, "RemovePodSandbox", sandbox.TeardownOptions{})
+}
+
+func (p *Plugin) teardown(ctx context.Context, pod *api.PodSandbox, event string, o sandbox.TeardownOptions) error {
+	st, err := p.state()
+	if err != nil {
+		return err
+	}
+	_, ok, _ := managed(st, pod)
+	vmPod := st.cfg.IsVMPod(pod.GetRuntimeHandler(), pod.GetAnnotations())
+	if !ok && !vmPod {
+		return nil
+	}
+	ctx, cancel := p.handlerContext(ctx)
+	defer cancel()
+	id := pod.GetId()
+	if ok {
+		if err := st.mgr.Teardown(ctx, id, o); err != nil {
+			err = fmt.Errorf("vmnic: %s of VM pod %s: %w", event, podRef(pod), timeoutHint(err))
+			p.logger().Error("teardown failed", "event", event, "pod", podRef(pod), "err", err)
+			return err
+		}
+	}
+	if !o.KeepNetns {
+		if err := p.removeLeftovers(ctx, st, id); err != nil {
+			return fmt.Errorf("vmnic: %s of VM pod %s: %w", event, podRef(pod), err)
+		}
+	}
+	p.logger().Info("VM pod torn down", "event", event, "pod", podRef(pod), "keepNetns", o.KeepNetns)
+	return nil
+}
+
+// removeLeftovers removes what a sandbox without a record may have left:
+// its runtime directory and an owned netns (a crash between creating the
+// netns and writing the record).
+func (p *Plugin) removeLeftovers(ctx context.Context, st state, id string) error {
+	if err := os.RemoveAll(st.cfg.SandboxRuntimeDir(id)); err != nil {
+		return fmt.Errorf("remove runtime dir: %w", err)
+	}
+	path := ownedNetnsPath(st.cfg, id)
+	if _, err := os.Lstat(path); err != nil {
+		return nil
+	}
+	tx, err := st.mgr.Store.Lock(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer tx.Unlock()
+	if _, err := tx.Load(); err == nil {
+		return nil // recorded again meanwhile: not a leftover
+	}
+	_ = tx.Delete() // no record: this only drops the lock file at Unlock
+	if err := st.mgr.RemoveNetns(path); err != nil {
+		return fmt.Errorf("remove owned netns: %w", err)
+	}
+	return nil
+}
+
+// ownedNetnsPath is where the hook creates a host-network VM pod's netns.
+func ownedNetnsPath(cfg *config.Config, id string) string {
+	return filepath.Join(cfg.NetnsDir, sandbox.OwnedNetnsPrefix+id)
+}

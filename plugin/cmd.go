@@ -1,0 +1,381 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/vmnic/vmnic/internal/sandbox"
+	"github.com/vmnic/vmnic/netsetup"
+	"github.com/vmnic/vmnic/vmmadapter"
+)
+
+// Args are the CNI_ARGS keys vmnic reads (IgnoreUnknown=1 lets a runtime
+// pass others).
+type Args struct {
+	types.CommonArgs
+	VMNIC_SANDBOX_ID  types.UnmarshallableString //nolint:revive // CNI_ARGS key
+	K8S_POD_NAME      types.UnmarshallableString //nolint:revive
+	K8S_POD_NAMESPACE types.UnmarshallableString //nolint:revive
+	K8S_POD_UID       types.UnmarshallableString //nolint:revive
+}
+
+func loadArgs(s string) (*Args, error) {
+	a := &Args{}
+	if err := types.LoadArgs(s, a); err != nil {
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_ARGS", err.Error())
+	}
+	return a, nil
+}
+
+// env is what every command sets up: the conf, a logger and the engine.
+type env struct {
+	conf   *Resolved
+	log    *slog.Logger
+	closer func()
+	m      *sandbox.Manager
+}
+
+func setup(args *skel.CmdArgs) (*env, error) {
+	conf, err := parseConf(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	log, c := conf.logger()
+	e := &env{conf: conf, log: log, closer: func() { c.Close() }}
+	st, err := netsetup.Open(conf.StateDir)
+	if err != nil {
+		e.closer()
+		return nil, types.NewError(types.ErrIOFailure, fmt.Sprintf("stateDir %s", conf.StateDir), err.Error())
+	}
+	e.m = &sandbox.Manager{
+		Store:  st,
+		Logger: log,
+		VMMOptions: vmmadapter.Options{
+			CallTimeout:   conf.VMMTimeout.Duration,
+			RemoveTimeout: conf.RemoveTimeout.Duration,
+		},
+	}
+	return e, nil
+}
+
+// deadline bounds a whole command: lock waits, netlink and VMM calls.
+func (e *env) context() (context.Context, context.CancelFunc) {
+	call, remove := e.conf.VMMTimeout.Duration, e.conf.RemoveTimeout.Duration
+	if call == 0 {
+		call = 5 * time.Second
+	}
+	if remove == 0 {
+		remove = 30 * time.Second
+	}
+	return context.WithTimeout(context.Background(), 4*call+remove+30*time.Second)
+}
+
+// cniError turns an engine error into the CNI error the runtime sees.
+func cniError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var te *types.Error
+	if errors.As(err, &te) {
+		return te
+	}
+	var se *sandbox.Error
+	if errors.As(err, &se) {
+		return types.NewError(se.Code, se.Error(), "")
+	}
+	return types.NewError(types.ErrInternal, err.Error(), "")
+}
+
+func cmdAdd(args *skel.CmdArgs) error {
+	e, err := setup(args)
+	if err != nil {
+		return err
+	}
+	defer e.closer()
+	if err := parsePrevResult(e.conf.NetConf); err != nil {
+		return err
+	}
+	if e.conf.PrevResult == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "prevResult is missing or empty: vmnic must be chained after a plugin that makes the interface (bridge, ptp, …)", "")
+	}
+	prev, err := current.NewResultFromResult(e.conf.PrevResult)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, "convert prevResult", err.Error())
+	}
+	pick, err := pickInterface(prev, args.IfName, args.Netns)
+	if err != nil {
+		return err
+	}
+	a, err := loadArgs(args.Args)
+	if err != nil {
+		return err
+	}
+	if _, err := netsetup.IdentifyNetns(args.Netns); err != nil {
+		return types.NewError(types.ErrInvalidNetNS, "CNI_NETNS", err.Error())
+	}
+	id, err := e.m.Resolve(string(a.VMNIC_SANDBOX_ID), args.Netns, args.ContainerID)
+	if err != nil {
+		return cniError(err)
+	}
+	ctx, cancel := e.context()
+	defer cancel()
+	added, err := e.m.AddNIC(ctx, sandbox.NICSpec{
+		SandboxID:    id,
+		ContainerID:  args.ContainerID,
+		Network:      e.conf.Name,
+		IfName:       args.IfName,
+		NetnsPath:    args.Netns,
+		Backend:      e.conf.Backend,
+		Bridge:       e.conf.Bridge,
+		QueuePairs:   e.conf.Queues,
+		QueueSize:    e.conf.QueueSize,
+		TapOwner:     e.conf.TapOwner,
+		TapGroup:     e.conf.TapGroup,
+		MAC:          pick.mac,
+		IPs:          pick.ips,
+		Gateway:      pick.gateway,
+		Routes:       pick.routes,
+		DNS:          pick.dns(e.conf.DNS),
+		PodName:      string(a.K8S_POD_NAME),
+		PodNamespace: string(a.K8S_POD_NAMESPACE),
+		PodUID:       string(a.K8S_POD_UID),
+	})
+	if err != nil {
+		e.log.Error("ADD failed", "sandbox", id, "ifname", args.IfName, "error", err)
+		return cniError(err)
+	}
+	res := buildResult(prev, added, e.conf.CNIVersion)
+	return types.PrintResult(res, e.conf.CNIVersion)
+}
+
+func cmdDel(args *skel.CmdArgs) error {
+	e, err := setup(args)
+	if err != nil {
+		return err
+	}
+	defer e.closer()
+	// prevResult is optional at DEL and not needed: the record tells the TAP.
+	a, err := loadArgs(args.Args)
+	if err != nil {
+		return err
+	}
+	id, err := e.m.Resolve(string(a.VMNIC_SANDBOX_ID), args.Netns, args.ContainerID)
+	if err != nil {
+		return cniError(err)
+	}
+	ctx, cancel := e.context()
+	defer cancel()
+	if err := e.m.DelNIC(ctx, sandbox.DelSpec{SandboxID: id, ContainerID: args.ContainerID, IfName: args.IfName}); err != nil {
+		e.log.Error("DEL failed", "sandbox", id, "ifname", args.IfName, "error", err)
+		return cniError(err)
+	}
+	return nil
+}
+
+func cmdCheck(args *skel.CmdArgs) error {
+	e, err := setup(args)
+	if err != nil {
+		return err
+	}
+	defer e.closer()
+	if err := parsePrevResult(e.conf.NetConf); err != nil {
+		return err
+	}
+	if e.conf.PrevResult == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "prevResult is missing or empty: CHECK needs the result of ADD", "")
+	}
+	prev, err := current.NewResultFromResult(e.conf.PrevResult)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, "convert prevResult", err.Error())
+	}
+	a, err := loadArgs(args.Args)
+	if err != nil {
+		return err
+	}
+	if _, err := netsetup.IdentifyNetns(args.Netns); err != nil {
+		return types.NewError(types.ErrInvalidNetNS, "CNI_NETNS", err.Error())
+	}
+	id, err := e.m.Resolve(string(a.VMNIC_SANDBOX_ID), args.Netns, args.ContainerID)
+	if err != nil {
+		return cniError(err)
+	}
+	ctx, cancel := e.context()
+	defer cancel()
+	if err := e.m.CheckNIC(ctx, id, args.IfName); err != nil {
+		return cniError(err)
+	}
+	rec, err := e.m.Store.Get(id)
+	if err != nil {
+		return cniError(err)
+	}
+	nic, _ := rec.NIC(args.IfName)
+	found := false
+	for _, itf := range prev.Interfaces {
+		if itf != nil && itf.Name == nic.Tap {
+			found = true
+			break
+		}
+	}
+	if !found {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("prevResult has no interface %s: the TAP vmnic made for %s", nic.Tap, args.IfName), "")
+	}
+	if _, err := pickInterface(prev, args.IfName, args.Netns); err != nil {
+		return err
+	}
+	return nil
+}
+
+func cmdGC(args *skel.CmdArgs) error {
+	e, err := setup(args)
+	if err != nil {
+		return err
+	}
+	defer e.closer()
+	valid := make([]sandbox.Attachment, 0, len(e.conf.ValidAttachments)+len(e.conf.LegacyAttachments))
+	for _, a := range append(append([]types.GCAttachment(nil), e.conf.ValidAttachments...), e.conf.LegacyAttachments...) {
+		valid = append(valid, sandbox.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
+	}
+	ctx, cancel := e.context()
+	defer cancel()
+	if err := e.m.GC(ctx, e.conf.Name, valid); err != nil {
+		e.log.Error("GC failed", "error", err)
+		return cniError(err)
+	}
+	return nil
+}
+
+func cmdStatus(args *skel.CmdArgs) error {
+	conf, err := parseConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	unavailable := func(err error) error {
+		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("vmnic cannot set up NICs: stateDir %s is not usable", conf.StateDir), err.Error())
+	}
+	st, err := netsetup.Open(conf.StateDir)
+	if err != nil {
+		return unavailable(err)
+	}
+	f, err := os.CreateTemp(st.Dir(), ".status-*")
+	if err != nil {
+		return unavailable(err)
+	}
+	f.Close()
+	if err := os.Remove(f.Name()); err != nil {
+		return unavailable(err)
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil && conf.Backend == netsetup.BackendCNI {
+		return types.NewError(types.ErrPluginNotAvailable, "vmnic cannot make TAPs: /dev/net/tun is missing", err.Error())
+	}
+	return nil
+}
+
+// picked is what ADD takes from prevResult for the NIC.
+type picked struct {
+	index   int
+	mac     string
+	ips     []string
+	gateway string
+	routes  []netsetup.Route
+	prevDNS types.DNS
+}
+
+func (p *picked) dns(conf types.DNS) *netsetup.DNS {
+	d := p.prevDNS
+	if d.IsEmpty() {
+		d = conf
+	}
+	if d.IsEmpty() {
+		return nil
+	}
+	return &netsetup.DNS{Nameservers: d.Nameservers, Domain: d.Domain, Search: d.Search, Options: d.Options}
+}
+
+// pickInterface finds CNI_IFNAME in prevResult (an interface of that name
+// with a sandbox, preferring the one in CNI_NETNS) and its IP config.
+func pickInterface(prev *current.Result, ifname, netnsPath string) (*picked, error) {
+	idx := -1
+	for i, itf := range prev.Interfaces {
+		if itf == nil || itf.Name != ifname || itf.Sandbox == "" {
+			continue
+		}
+		if idx < 0 || itf.Sandbox == netnsPath || filepath.Clean(itf.Sandbox) == filepath.Clean(netnsPath) {
+			idx = i
+		}
+	}
+	if idx < 0 {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig,
+			fmt.Sprintf("prevResult has no interface %q in a sandbox: CNI_IFNAME must be the interface the previous plugin made", ifname), "")
+	}
+	p := &picked{index: idx, mac: prev.Interfaces[idx].Mac, prevDNS: prev.DNS}
+	sandboxed := 0
+	for _, itf := range prev.Interfaces {
+		if itf != nil && itf.Sandbox != "" {
+			sandboxed++
+		}
+	}
+	var gw4, gw6 string
+	for _, ipc := range prev.IPs {
+		if ipc == nil {
+			continue
+		}
+		if ipc.Interface != nil && *ipc.Interface != idx {
+			continue
+		}
+		// An IP without an interface index (as Cilium returns) belongs to
+		// the only interface in a sandbox, if there is just one.
+		if ipc.Interface == nil && sandboxed != 1 {
+			continue
+		}
+		p.ips = append(p.ips, ipc.Address.String())
+		if ipc.Gateway != nil {
+			if ipc.Gateway.To4() != nil && gw4 == "" {
+				gw4 = ipc.Gateway.String()
+			} else if ipc.Gateway.To4() == nil && gw6 == "" {
+				gw6 = ipc.Gateway.String()
+			}
+		}
+	}
+	p.gateway = gw4
+	if p.gateway == "" {
+		p.gateway = gw6
+	}
+	for _, r := range prev.Routes {
+		if r == nil {
+			continue
+		}
+		nr := netsetup.Route{Dst: r.Dst.String(), MTU: r.MTU}
+		if r.GW != nil {
+			nr.GW = r.GW.String()
+		}
+		p.routes = append(p.routes, nr)
+	}
+	return p, nil
+}
+
+// buildResult passes prevResult through (IPs stay on the veth's entry) and
+// adds the TAP; from spec 1.1.0 on, with its MTU.
+func buildResult(prev *current.Result, added *sandbox.AddedNIC, cniVersion string) *current.Result {
+	res := *prev
+	res.CNIVersion = current.ImplementedSpecVersion
+	res.Interfaces = append(append([]*current.Interface(nil), prev.Interfaces...), &current.Interface{
+		Name:    added.NIC.Tap,
+		Mac:     added.TapMAC,
+		Sandbox: added.Sandbox,
+	})
+	if ok, _ := version.GreaterThanOrEqualTo(cniVersion, "1.1.0"); ok {
+		res.Interfaces[len(res.Interfaces)-1].Mtu = added.NIC.MTU
+	}
+	return &res
+}
+

@@ -1,0 +1,158 @@
+package datapath
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/internal/testguest"
+	"github.com/vmnic/vmnic/netsetup"
+)
+
+// runCtl runs the freshly built vmnicctl against stateDir.
+func runCtl(t *testing.T, stateDir string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, vmnicctl(t), append([]string{"--state-dir", stateDir}, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("vmnicctl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+func mustCtl(t *testing.T, stateDir string, args ...string) string {
+	t.Helper()
+	out, err := runCtl(t, stateDir, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestQEMUHotplugThroughPlugin is the real-VMM case: QEMU boots in a
+// sandbox prepared with zero NICs; cnitool add makes vmnic hot-add a NIC that
+// comes up in the guest and reaches the gateway; cnitool del hot-removes it;
+// teardown leaves nothing on the host.
+func TestQEMUHotplugThroughPlugin(t *testing.T) {
+	testenv.RequireRoot(t)
+	if err := testguest.Available(); err != nil {
+		testenv.Unavailable(t, "QEMU guest: %v", err)
+	}
+	testenv.Command(t, "ping")
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+
+	id := "vmnd-q-" + randHex(t, 3)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	bridge := "vmnbrd8"
+	deleteHostLinkAtCleanup(t, bridge)
+
+	// A sandbox at zero NICs, with a netns vmnic owns.
+	t.Cleanup(func() {
+		if _, err := runCtl(t, stateDir, "teardown", id); err != nil {
+			t.Logf("cleanup teardown: %v", err)
+		}
+	})
+	mustCtl(t, stateDir, "prepare", id)
+	rec := record(t, stateDir, id)
+	nsPath := rec.ResolvedNetnsPath()
+	if rec.Phase != netsetup.PhasePrepared || len(rec.NetworkConfigs) != 0 || !rec.NetnsOwned {
+		t.Fatalf("after prepare: %+v; want phase prepared, 0 NICs, an owned netns", rec)
+	}
+	t.Cleanup(func() { // should teardown have failed
+		if _, err := os.Stat(nsPath); err == nil {
+			exec.Command("umount", nsPath).Run()
+			os.Remove(nsPath)
+		}
+	})
+
+	g, err := testguest.Boot(ctx, testguest.Config{Netns: nsPath, BootTimeout: 3 * time.Minute, Logf: t.Logf})
+	if err != nil {
+		t.Fatalf("boot QEMU in %s: %v", nsPath, err)
+	}
+	t.Cleanup(func() { g.Close() })
+	qemuPID := g.PID()
+	if links, err := g.Links(ctx); err != nil || strings.Join(links, " ") != "lo" {
+		t.Fatalf("guest links before any ADD: %v %v; want only lo", links, err)
+	}
+
+	mustCtl(t, stateDir, "attach-vmm", id, "--kind", "qemu", "--socket", g.QMPSocket())
+	rec = record(t, stateDir, id)
+	if rec.VMM == nil || rec.VMM.Kind != "qemu" || rec.VMM.APISocket != g.QMPSocket() {
+		t.Fatalf("record VMM after attach-vmm: %+v", rec.VMM)
+	}
+
+	// ADD: cnitool's container id is a hash of the netns path; vmnic finds
+	// the prepared sandbox by its netns and hot-adds the NIC.
+	nw := writeNetwork(t, "vmnd-q-"+id[len(id)-6:], "1.0.0", stateDir, bridgeChain(bridge, "10.206.8.0/24", t.TempDir(), stateDir, 0))
+	t.Cleanup(func() {
+		if _, err := nw.cnitool(t, "del", nsPath, "eth0", ""); err != nil {
+			t.Logf("cleanup: %v", err)
+		}
+	})
+	nw.mustCNI(t, "add", nsPath, "eth0", "")
+	rec = record(t, stateDir, id)
+	nic, ok := rec.NIC("eth0")
+	if !ok || nic.State != netsetup.NICAttached || nic.VMMDeviceID == "" || len(nic.IPs) == 0 {
+		t.Fatalf("record after ADD into a running QEMU: %+v; want eth0 attached with a device id and an IP", rec.NetworkConfigs)
+	}
+
+	ifname, err := g.WaitForMAC(ctx, nic.MAC)
+	if err != nil {
+		t.Fatalf("hot-added NIC (MAC %s) never appeared in the guest: %v", nic.MAC, err)
+	}
+	ip := nic.IPs[0]
+	out, err := g.Run(ctx, fmt.Sprintf("ip addr add %s dev %s && ip link set %s up && ping -c 2 -W 3 %s", ip, ifname, ifname, nic.Gateway))
+	if err != nil || !strings.Contains(out, "2 packets received") {
+		t.Fatalf("guest → gateway ping over the hot-added NIC: %v\n%s", err, out)
+	}
+	hostPing(t, mustAddr(t, ip))
+
+	// DEL: the NIC leaves the guest, the TAP leaves the netns.
+	nw.mustCNI(t, "del", nsPath, "eth0", "")
+	if err := g.WaitForLinkGone(ctx, ifname); err != nil {
+		t.Fatalf("guest still has %s after DEL: %v", ifname, err)
+	}
+	if linkExists(t, nsPath, nic.Tap) {
+		t.Errorf("TAP %s still in the netns after DEL", nic.Tap)
+	}
+	rec = record(t, stateDir, id)
+	if len(rec.NetworkConfigs) != 0 || rec.Phase != netsetup.PhasePrepared {
+		t.Errorf("after DEL: phase %s, NICs %+v; want prepared with none", rec.Phase, rec.NetworkConfigs)
+	}
+
+	// Teardown, then QEMU goes: nothing is left.
+	mustCtl(t, stateDir, "teardown", id)
+	if err := g.Close(); err != nil {
+		t.Errorf("stop QEMU: %v", err)
+	}
+	if err := syscall.Kill(qemuPID, 0); err == nil || errors.Is(err, syscall.EPERM) {
+		t.Errorf("QEMU pid %d still running", qemuPID)
+	}
+	if _, err := os.Stat(nsPath); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("netns %s still there after teardown (%v)", nsPath, err)
+	}
+	st, err := netsetup.Open(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Get(id); !errors.Is(err, netsetup.ErrNotFound) {
+		t.Errorf("record of %s after teardown: %v, want not found", id, err)
+	}
+	filepath.WalkDir(stateDir, func(p string, e fs.DirEntry, err error) error {
+		if err == nil && !e.IsDir() {
+			t.Errorf("file left in the state dir: %s", p)
+		}
+		return nil
+	})
+}
