@@ -42,6 +42,9 @@ type Config struct {
 	Sections []string
 	// Iterations of the cycle comparison; 0 picks the mode's default.
 	Iterations int
+	// PluginEnv is added to every plugin's environment (experiments, e.g.
+	// GOMAXPROCS=1); the report lists it.
+	PluginEnv []string
 	// Command is the command line, for the report.
 	Command string
 	// Log receives progress lines; nil discards them.
@@ -53,6 +56,7 @@ const (
 	SecProcStart   = "process-start"
 	SecCycle       = "cycle"
 	SecSteps       = "steps"
+	SecEngine      = "engine"
 	SecConcurrency = "concurrency"
 	SecScale       = "scale"
 	SecHotplug     = "hotplug"
@@ -60,7 +64,7 @@ const (
 )
 
 // SectionNames lists every section.
-var SectionNames = []string{SecProcStart, SecCycle, SecSteps, SecConcurrency, SecScale, SecHotplug, SecNRI}
+var SectionNames = []string{SecProcStart, SecCycle, SecSteps, SecEngine, SecConcurrency, SecScale, SecHotplug, SecNRI}
 
 // env is one run's shared state.
 type env struct {
@@ -116,7 +120,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	defer os.RemoveAll(tmp)
 
 	e := &env{cfg: cfg, tmp: tmp, cniBin: filepath.Join(tmp, "cni")}
-	e.report = &Report{Quick: cfg.Quick, Command: cfg.Command, Started: time.Now(), Machine: describeMachine(), Skipped: map[string]string{}}
+	e.report = &Report{Quick: cfg.Quick, Command: cfg.Command, PluginEnv: cfg.PluginEnv, Started: time.Now(), Machine: describeMachine(), Skipped: map[string]string{}}
 	if n, err := fixture.CleanupStale(); err != nil {
 		return nil, fmt.Errorf("remove leftovers of an earlier run: %w", err)
 	} else if n > 0 {
@@ -128,7 +132,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	e.stepFile = filepath.Join(tmp, "steps.jsonl")
-	e.exec = &timedexec.Exec{Env: []string{steptime.EnvVar + "=" + e.stepFile}}
+	e.exec = &timedexec.Exec{Env: append([]string{steptime.EnvVar + "=" + e.stepFile}, cfg.PluginEnv...)}
 	e.cni = libcni.NewCNIConfigWithCacheDir([]string{e.cniBin}, filepath.Join(tmp, "cni-cache"), e.exec)
 
 	type section struct {
@@ -140,6 +144,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		// the kernel to free); steps last of all (it summarises the others).
 		{SecProcStart, e.runProcStart},
 		{SecCycle, e.runCycle},
+		{SecEngine, e.runEngine},
 		{SecConcurrency, e.runConcurrency},
 		{SecHotplug, e.runHotplug},
 		{SecNRI, e.runNRI},

@@ -16,6 +16,7 @@ import (
 type Report struct {
 	Quick       bool               `json:"quick"`
 	Command     string             `json:"command"`
+	PluginEnv   []string           `json:"plugin_env,omitempty"`
 	Started     time.Time          `json:"started"`
 	Duration    time.Duration      `json:"duration_ns"`
 	Machine     Machine            `json:"machine"`
@@ -23,6 +24,7 @@ type Report struct {
 	ProcStart   *ProcStartResult   `json:"process_start,omitempty"`
 	Cycle       *CycleResult       `json:"cycle,omitempty"`
 	Steps       *StepsResult       `json:"steps,omitempty"`
+	Engine      *EngineResult      `json:"engine,omitempty"`
 	Concurrency *ConcurrencyResult `json:"concurrency,omitempty"`
 	Scale       *ScaleResult       `json:"scale,omitempty"`
 	Hotplug     *HotplugResult     `json:"hotplug,omitempty"`
@@ -49,7 +51,7 @@ const (
 
 // Section headings of report.md, in order; the test checks them.
 var Headings = []string{
-	"## Machine", "## Targets", "## Process start", "## ADD+DEL cycle", "## Steps inside vmnic",
+	"## Machine", "## Targets", "## Process start", "## ADD+DEL cycle", "## Steps inside vmnic", "## Engine in-process",
 	"## Concurrent ADDs", "## Live sandboxes", "## Hot-plug", "## NRI hook",
 }
 
@@ -257,6 +259,9 @@ func (r *Report) Markdown() string {
 	w("# vmnic benchmark\n\n")
 	w("Mode: %s. Started %s, took %s. Command: `%s`.\n\n", mode, r.Started.Format(time.RFC3339), r.Duration.Round(time.Second), r.Command)
 	w("Times are in milliseconds. \"exec\" is a plugin's whole exec as a runtime sees it (fork to wait); \"in-process\" is the plugin's own work between its first and last step timer (VMNIC_STEP_TIMES).\n\n")
+	if len(r.PluginEnv) > 0 {
+		w("**Experiment:** every plugin ran with `%s` added to its environment.\n\n", strings.Join(r.PluginEnv, " "))
+	}
 	for _, e := range r.Errors {
 		w("**Error:** %s\n\n", e)
 	}
@@ -316,23 +321,17 @@ func (r *Report) Markdown() string {
 
 	w("## Steps inside vmnic\n\n")
 	if s := r.Steps; s != nil {
-		w("Process start = fork to the plugin's first timer; exit = last timer to the runtime's wait returning. Step shares are of the mean in-process time.\n\n")
-		for _, c := range s.Contexts {
-			w("### %s — %s (%d calls, %d with step times)\n\n", c.Context, c.Cmd, c.Calls, c.Recorded)
-			w("| Part | median | p90 | share |\n|---|---|---|---|\n")
-			w("| exec (whole) | %s | %s | |\n", ms(c.Exec.Median), ms(c.Exec.P90))
-			if c.Recorded > 0 {
-				w("| process start | %s | %s | |\n", ms(c.ProcStart.Median), ms(c.ProcStart.P90))
-				w("| in-process | %s | %s | 100%% |\n", ms(c.InProc.Median), ms(c.InProc.P90))
-				for _, st := range c.Steps {
-					w("| · %s | %s | %s | %.0f%% |\n", st.Name, ms(st.Time.Median), ms(st.Time.P90), 100*st.Share)
-				}
-				w("| exit | %s | %s | |\n", ms(c.Exit.Median), ms(c.Exit.P90))
-			}
-			w("\n")
-		}
+		r.stepsMarkdown(&b)
 	} else {
 		r.skipped(&b, SecSteps)
+	}
+	w("\n")
+
+	w("## Engine in-process\n\n")
+	if en := r.Engine; en != nil {
+		r.engineMarkdown(&b)
+	} else {
+		r.skipped(&b, SecEngine)
 	}
 	w("\n")
 

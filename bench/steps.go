@@ -2,6 +2,8 @@ package bench
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/vmnic/vmnic/bench/internal/stats"
@@ -111,4 +113,65 @@ func (e *env) runSteps(context.Context) error {
 	}
 	e.report.Steps = res
 	return nil
+}
+
+func (r *Report) stepsMarkdown(b *strings.Builder) {
+	s := r.Steps
+	b.WriteString("Every vmnic exec the other sections made, by situation. Process start = fork to the plugin's first step timer (exec, Go runtime and package init, skel reading env and stdin); in-process = first to last timer; exit = last timer to the runtime's wait returning.\n\n")
+	b.WriteString("| Situation | cmd | calls | exec median | exec p90 | process start | in-process median | in-process p90 | exit |\n|---|---|---|---|---|---|---|---|---|\n")
+	opt := func(c StepContext, d time.Duration) string {
+		if c.Recorded == 0 {
+			return "—"
+		}
+		return ms(d)
+	}
+	for _, c := range s.Contexts {
+		fmt.Fprintf(b, "| %s | %s | %d | %s | %s | %s | %s | %s | %s |\n", c.Context, c.Cmd, c.Calls, ms(c.Exec.Median), ms(c.Exec.P90),
+			opt(c, c.ProcStart.Median), opt(c, c.InProc.Median), opt(c, c.InProc.P90), opt(c, c.Exit.Median))
+	}
+	for _, cmd := range []string{"ADD", "DEL"} {
+		var cols []StepContext
+		var names []string
+		seen := map[string]bool{}
+		for _, c := range s.Contexts {
+			if c.Cmd != cmd || c.Recorded == 0 {
+				continue
+			}
+			cols = append(cols, c)
+			for _, st := range c.Steps {
+				if !seen[st.Name] {
+					seen[st.Name] = true
+					names = append(names, st.Name)
+				}
+			}
+		}
+		if len(cols) == 0 {
+			continue
+		}
+		fmt.Fprintf(b, "\nSteps of %s, median ms (share of the mean in-process time):\n\n| step |", cmd)
+		for _, c := range cols {
+			fmt.Fprintf(b, " %s |", c.Context)
+		}
+		b.WriteString("\n|---|")
+		for range cols {
+			b.WriteString("---|")
+		}
+		b.WriteString("\n")
+		for _, n := range names {
+			fmt.Fprintf(b, "| %s |", n)
+			for _, c := range cols {
+				cell := "—"
+				for _, st := range c.Steps {
+					if st.Name == n {
+						cell = fmt.Sprintf("%s (%.0f%%)", ms(st.Time.Median), 100*st.Share)
+					}
+				}
+				fmt.Fprintf(b, " %s |", cell)
+			}
+			b.WriteString("\n")
+		}
+	}
+	if len(s.Contexts) > 0 && s.Contexts[0].Recorded == 0 {
+		b.WriteString("\nThe vmnic plugin wrote no step times (it does not call internal/steptime yet).\n")
+	}
 }

@@ -55,7 +55,7 @@ func BenchmarkRunPodSandbox(b *testing.B) {
 	b.ReportMetric(ms(vmm), "vm-median-ms")
 	b.ReportMetric(ms(v90), "vm-p90-ms")
 	b.ReportMetric(float64(vmm)/float64(pm), "median-ratio")
-	fmt.Printf("\nRunPodSandbox wall time, %d pods each way (containerd %s, runc, overlayfs):\n", len(plain), containerdVersion(e))
+	fmt.Printf("\nRunPodSandbox wall time, %d pods each way (%s, runc %s, overlayfs):\n", len(plain), containerdVersion(e), e2eRuncVersion)
 	fmt.Printf("  %-44s median %7.1f ms   p90 %7.1f ms\n", "without vmnic (bridge + host-local)", ms(pm), ms(p90))
 	fmt.Printf("  %-44s median %7.1f ms   p90 %7.1f ms\n", "with vmnic (bridge + host-local + vmnic, NRI)", ms(vmm), ms(v90))
 	fmt.Printf("  ratio with/without: median %.2f   p90 %.2f\n\n", float64(vmm)/float64(pm), float64(v90)/float64(p90))

@@ -31,6 +31,17 @@ func needVmnic(t testing.TB, cni, nri bool) *Env {
 	return e
 }
 
+// needBinary skips (fails when root tests are required) when path is missing.
+func needBinary(t testing.TB, path string) {
+	t.Helper()
+	if !exists(path) {
+		if required() {
+			t.Fatalf("required (VMNIC_REQUIRE_ROOT_TESTS=1): %s not built (run `make build`)", path)
+		}
+		t.Skipf("skipped: %s not built (run `make build`)", path)
+	}
+}
+
 // Store opens the vmnic state store the suite's plugins share.
 func (e *Env) Store(t testing.TB) *netsetup.Store {
 	t.Helper()

@@ -70,6 +70,8 @@ $(E2E_IMAGES)/vmm.tar: $(E2E_DIR)/build/mkimage $(E2E_DIR)/build/vmmprobe
 
 # e2e: the end-to-end suite (root). As root a missing piece fails, never skips.
 e2e: apt $(E2E_DEPS)
+	@test -z "$$(gofmt -l e2e)" || { echo "gofmt needed:"; gofmt -l e2e; exit 1; }
+	cd e2e && $(GO) vet ./...
 	cd e2e && VMNIC_REQUIRE_ROOT_TESTS=$$([ "$$(id -u)" = 0 ] && echo 1) \
 	  $(GO) test -count=1 -p 1 -timeout $(E2E_TIMEOUT) -v $(E2E_FLAGS) ./...
 

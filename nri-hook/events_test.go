@@ -402,3 +402,28 @@ func mustNetns(t *testing.T, dir, name string) string {
 	}
 	return p
 }
+
+// TestStopAfterNetnsGone: CRI-O removes the pod netns before its NRI
+// StopPodSandbox; stop and removal still succeed and clean up.
+func TestStopAfterNetnsGone(t *testing.T) {
+	e := newEnv(t)
+	rt := startRuntime(t, e, runtimeOptions{mode: external})
+	ns := e.fixture("crio")
+	p := vmPod("vmnn-crio", ns)
+	mustOK(t, "RunPodSandbox", rt.run(p))
+	mustOK(t, "record a NIC", func() error {
+		_, err := e.store.Update(context.Background(), p.id, func(r *netsetup.NetSetup) error {
+			r.PutNIC(netsetup.NIC{ID: "net0", IfName: "eth0", Tap: "vmnnt1", State: netsetup.NICAttached})
+			return nil
+		})
+		return err
+	}())
+	mustOK(t, "remove netns", netns.Remove(ns)) // as CRI-O does before the event
+	mustOK(t, "StopPodSandbox", rt.stop(p))
+	if rec := e.record(p.id); len(rec.NetworkConfigs) != 0 {
+		t.Errorf("NICs left after stop: %+v", rec.NetworkConfigs)
+	}
+	mustOK(t, "StopPodSandbox again", rt.stop(p))
+	mustOK(t, "RemovePodSandbox", rt.remove(p))
+	e.noRecord(p.id)
+}

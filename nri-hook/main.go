@@ -43,15 +43,26 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
-func run(args []string) int {
+type options struct {
+	socket, idx, name, config string
+}
+
+func newFlags() (*flag.FlagSet, *options) {
+	o := &options{}
 	fs := flag.NewFlagSet("vmnic-nri", flag.ContinueOnError)
-	socket := fs.String("socket", api.DefaultSocketPath, "NRI socket of the runtime (external mode)")
-	idx := fs.String("idx", "", "plugin index, two digits (default: from the runtime, the binary name NN-name, or "+defaultIdx+")")
-	name := fs.String("name", "", "plugin name (default: from the runtime, the binary name NN-name, or "+defaultName+")")
-	cfgPath := fs.String("config", "", "configuration file, YAML or JSON (external mode; a pre-installed plugin gets its configuration from the runtime)")
+	fs.StringVar(&o.socket, "socket", api.DefaultSocketPath, "NRI socket of the runtime (external mode)")
+	fs.StringVar(&o.idx, "idx", "", "plugin index, two digits (default: from the runtime, the binary name NN-name, or "+defaultIdx+")")
+	fs.StringVar(&o.name, "name", "", "plugin name (default: from the runtime, the binary name NN-name, or "+defaultName+")")
+	fs.StringVar(&o.config, "config", "", "configuration file, YAML or JSON (external mode; a pre-installed plugin gets its configuration from the runtime)")
+	return fs, o
+}
+
+func run(args []string) int {
+	fs, o := newFlags()
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	socket, idx, name, cfgPath := &o.socket, &o.idx, &o.name, &o.config
 
 	log := logging.New(os.Stderr)
 	nrilog.Set(logging.NRI{L: log.Logger})

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -163,7 +164,7 @@ type Resolved struct {
 func parseConf(stdin []byte) (*Resolved, error) {
 	conf := &NetConf{}
 	if err := json.Unmarshal(stdin, conf); err != nil {
-		return nil, types.NewError(types.ErrDecodingFailure, "decode the vmnic network configuration", err.Error())
+		return nil, types.NewError(types.ErrDecodingFailure, "decode the vmnic network configuration", fieldError(stdin, err).Error())
 	}
 	r := &Resolved{NetConf: conf}
 	bad := func(format string, args ...any) error {
@@ -249,4 +250,27 @@ func (r *Resolved) logger() (*slog.Logger, io.Closer) {
 	}
 	h := slog.NewTextHandler(w, &slog.HandlerOptions{Level: r.Level})
 	return slog.New(h).With("plugin", "vmnic", "network", r.Name), c
+}
+
+// fieldError names the key whose value failed to decode when the JSON
+// decoder could not (the custom types' errors carry no field name).
+func fieldError(stdin []byte, err error) error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) && te.Field != "" {
+		return err
+	}
+	var raw map[string]json.RawMessage
+	if json.Unmarshal(stdin, &raw) != nil {
+		return err
+	}
+	for key, target := range map[string]json.Unmarshaler{
+		"tapOwner": &ID{}, "tapGroup": &ID{}, "vmmTimeout": &Duration{}, "removeTimeout": &Duration{},
+	} {
+		if v, ok := raw[key]; ok {
+			if ferr := target.UnmarshalJSON(v); ferr != nil {
+				return fmt.Errorf("%s: %w", key, ferr)
+			}
+		}
+	}
+	return err
 }

@@ -82,14 +82,14 @@ func main() {
 	}
 	fmt.Println()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "\033[31mDEMO FAILED\033[0m (step %d %q): %v\n", d.step, d.lastTitle(), err)
+		fmt.Fprintf(os.Stderr, "%sDEMO FAILED%s (step %d %q): %v\n", red, reset, d.step, d.lastTitle(), err)
 		os.Exit(1)
 	}
-	fmt.Println("\033[1mSummary\033[0m")
+	fmt.Printf("%sSummary%s\n", bold, reset)
 	for _, t := range d.timings {
-		fmt.Printf("  [%2d] %-66s %8s\n", t.n, t.title, t.took.Round(time.Millisecond))
+		fmt.Printf("  [%2d] %-88s %9s\n", t.n, t.title, t.took.Round(time.Millisecond))
 	}
-	fmt.Printf("  total %s\n\n\033[32mDEMO PASSED\033[0m\n", time.Since(start).Round(time.Millisecond))
+	fmt.Printf("  total %s\n\n%sDEMO PASSED%s\n", time.Since(start).Round(time.Millisecond), green, reset)
 }
 
 func (d *demo) lastTitle() string {

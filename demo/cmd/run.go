@@ -9,10 +9,21 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // failure unwinds the demo to its cleanup (see main).
 type failure struct{ err error }
+
+// Terminal styles, empty when stdout is not a terminal (a CI log).
+var bold, green, red, reset = "\033[1m", "\033[32m", "\033[31m", "\033[0m"
+
+func init() {
+	if _, err := unix.IoctlGetTermios(int(os.Stdout.Fd()), unix.TCGETS); err != nil {
+		bold, green, red, reset = "", "", "", ""
+	}
+}
 
 func (d *demo) fail(format string, args ...any) {
 	panic(failure{fmt.Errorf(format, args...)})
@@ -30,7 +41,7 @@ func (d *demo) header(title string) {
 	d.step++
 	d.stepTitle = title
 	d.stepStart = time.Now()
-	fmt.Printf("\n\033[1m==> [%d] %s\033[0m\n", d.step, title)
+	fmt.Printf("\n%s==> [%d] %s%s\n", bold, d.step, title, reset)
 }
 
 // endStep prints the time the current step took and keeps it for the summary.
@@ -49,7 +60,7 @@ func (d *demo) note(format string, args ...any) {
 }
 
 func (d *demo) ok(format string, args ...any) {
-	fmt.Printf("    \033[32mok\033[0m  %s\n", fmt.Sprintf(format, args...))
+	fmt.Printf("    %sok%s  %s\n", green, reset, fmt.Sprintf(format, args...))
 }
 
 func indent(s string) string {
@@ -110,4 +121,16 @@ func (d *demo) quiet(env []string, name string, args ...string) (string, error) 
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// shell runs a shell pipeline (for display commands such as
+// `ip netns list | grep …`), printing it and its output.
+func (d *demo) shell(pipeline string) string {
+	ctx, cancel := context.WithTimeout(d.ctx, time.Minute)
+	defer cancel()
+	fmt.Printf("    $ %s\n", pipeline)
+	out, err := exec.CommandContext(ctx, "bash", "-c", pipeline).CombinedOutput()
+	fmt.Print(indent(string(out)))
+	d.check(err, "command failed")
+	return string(out)
 }

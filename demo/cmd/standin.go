@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"time"
 
@@ -19,15 +20,14 @@ func (d *demo) standIn() {
 	if rec.Phase != netsetup.PhasePrepared || len(rec.NetworkConfigs) != 0 || ns == "" {
 		d.fail("after prepare: phase %s, %d NICs, netns %q; want prepared, 0 NICs, a netns", rec.Phase, len(rec.NetworkConfigs), ns)
 	}
-	d.mustExec(nil, "ip", "netns", "list")
+	d.shell("ip netns list | grep " + prefix)
 	d.ok("sandbox netns %s exists, record phase %s with 0 NICs", ns, rec.Phase)
 
 	d.header("Add eth0 through " + d.nets[0].name + " (bridge → vmnic) with cnitool")
-	d.cniAdd(d.nets[0], ns, "eth0")
-	d.ok("the result passes the bridge plugin's result through and adds the TAP")
+	d.checkResult(d.cniAdd(d.nets[0], ns, "eth0"), ns, "eth0")
 
 	d.header("Add net1 through " + d.nets[1].name + " with cnitool")
-	d.cniAdd(d.nets[1], ns, "net1")
+	d.checkResult(d.cniAdd(d.nets[1], ns, "net1"), ns, "net1")
 
 	d.header("The NetSetup record (vmnicctl show)")
 	d.show(id)
@@ -110,4 +110,31 @@ func (d *demo) standInTraffic(ns string, nic netsetup.NIC) {
 	d.ok("host → guest: the stand-in answered %d echo requests from %s", st.EchoAnswered-before, st.LastEchoSource)
 	d.note("stand-in counters: %d frames in, %d out; ARP answered %d, replies %d; echo answered %d, replies %d",
 		st.FramesIn, st.FramesOut, st.ARPAnswered, st.ARPReplies, st.EchoAnswered, st.EchoReplies)
+}
+
+// checkResult checks a cnitool add result: the previous plugin's result is
+// passed through (the IP stays on the veth's entry) and the TAP is added.
+func (d *demo) checkResult(out, ns, ifname string) {
+	var res struct {
+		Interfaces []struct{ Name, Sandbox string }
+		IPs        []struct {
+			Address   string
+			Interface *int
+		}
+	}
+	d.check(json.Unmarshal([]byte(out), &res), "cnitool add printed no CNI result")
+	tap := ""
+	for _, itf := range res.Interfaces {
+		if itf.Sandbox == ns && strings.HasPrefix(itf.Name, "tap") {
+			tap = itf.Name
+		}
+	}
+	if tap == "" {
+		d.fail("the result lists no TAP in %s", ns)
+	}
+	if len(res.IPs) == 0 || res.IPs[0].Interface == nil || *res.IPs[0].Interface >= len(res.Interfaces) ||
+		res.Interfaces[*res.IPs[0].Interface].Name != ifname {
+		d.fail("the result's IP is not on the %s entry", ifname)
+	}
+	d.ok("result: IP %s stays on %s (the veth, so later plugins keep working); TAP %s added", res.IPs[0].Address, ifname, tap)
 }

@@ -270,7 +270,13 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 	res := &AddedNIC{}
 	bridge := s.Backend == netsetup.BackendBridge
 	var brLink netlink.Link
+	var hostHandle *netlink.Handle
 	if bridge {
+		// A handle on the host netns, usable from inside the sandbox netns.
+		if hostHandle, err = netlink.NewHandle(); err != nil {
+			return early(coded(CodeInternal, err, "netlink"))
+		}
+		defer hostHandle.Close()
 		nic.Tap = hostnet.TapNameOnHost(s.SandboxID, s.IfName)
 		if brLink, err = hostnet.LookupBridge(s.Bridge); err != nil {
 			return early(coded(CodeInvalidConfig, err, "conf bridge"))
@@ -366,10 +372,15 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		if bridge {
 			// The guest takes the veth's MAC and IP on the host bridge:
 			// park the veth so the two never answer at once.
-			if err := netlink.LinkSetDown(veth); err != nil {
-				return coded(CodeInternal, err, "set %s down", s.IfName)
+			undo, where, err := parkVeth(veth, hostHandle, brLink)
+			if err != nil {
+				return coded(CodeInternal, err, "park %s", s.IfName)
 			}
-			u.ns = append(u.ns, func() error { return setUpIfPresent(s.IfName) })
+			if where == "host" {
+				u.host = append(u.host, undo)
+			} else {
+				u.ns = append(u.ns, undo)
+			}
 			return nil
 		}
 		tap, err := hostnet.CreateTap(hostnet.TapSpec{Name: nic.Tap, MTU: nic.MTU, QueuePairs: s.QueuePairs, Owner: s.TapOwner, Group: s.TapGroup})
@@ -492,6 +503,72 @@ func bridgeUser(id, ifname string) string { return id + "/" + ifname }
 
 func (m *Manager) forwardRules() hostnet.ForwardRules {
 	return hostnet.ForwardRules{Dir: m.Store.Dir() + "/bridge-forward"}
+}
+
+// parkVeth takes the veth out of the bridge backend's L2: the host-side
+// peer goes down when it is a port of the bridge (the container side stays
+// up, so the previous plugin's CHECK still passes), else the veth itself.
+// It returns the undo and where it must run ("host" or "ns").
+func parkVeth(veth netlink.Link, host *netlink.Handle, br netlink.Link) (func() error, string, error) {
+	if peer := hostPeer(veth, host, br); peer != nil {
+		if err := host.LinkSetDown(peer); err != nil {
+			return nil, "", fmt.Errorf("set %s down: %w", peer.Attrs().Name, err)
+		}
+		idx := peer.Attrs().Index
+		return func() error {
+			l, err := netlink.LinkByIndex(idx)
+			if err != nil {
+				return nil
+			}
+			return netlink.LinkSetUp(l)
+		}, "host", nil
+	}
+	name := veth.Attrs().Name
+	if err := netlink.LinkSetDown(veth); err != nil {
+		return nil, "", fmt.Errorf("set %s down: %w", name, err)
+	}
+	return func() error { return setUpIfPresent(name) }, "ns", nil
+}
+
+// hostPeer is veth's peer when it is a veth port of the host bridge br
+// (nil otherwise). Call it inside the sandbox netns with a host handle.
+func hostPeer(veth netlink.Link, host *netlink.Handle, br netlink.Link) netlink.Link {
+	v, ok := veth.(*netlink.Veth)
+	if !ok || br == nil {
+		return nil
+	}
+	idx, err := netlink.VethPeerIndex(v)
+	if err != nil || idx <= 0 {
+		return nil
+	}
+	peer, err := host.LinkByIndex(idx)
+	if err != nil {
+		return nil
+	}
+	if _, ok := peer.(*netlink.Veth); !ok || peer.Attrs().MasterIndex != br.Attrs().Index {
+		return nil
+	}
+	return peer
+}
+
+// unparkVeth undoes parkVeth at DEL (inside the sandbox netns).
+func unparkVeth(ifname string, host *netlink.Handle, br netlink.Link) error {
+	veth, err := netlink.LinkByName(ifname)
+	if err != nil {
+		if hostnet.IsNotFound(err) {
+			return nil
+		}
+		return err
+	}
+	if peer := hostPeer(veth, host, br); peer != nil && peer.Attrs().Flags&net.FlagUp == 0 {
+		if err := host.LinkSetUp(peer); err != nil {
+			return fmt.Errorf("set %s up again: %w", peer.Attrs().Name, err)
+		}
+	}
+	if veth.Attrs().Flags&net.FlagUp == 0 {
+		return netlink.LinkSetUp(veth)
+	}
+	return nil
 }
 
 func setUpIfPresent(name string) error {

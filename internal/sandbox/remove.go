@@ -136,8 +136,8 @@ func (m *Manager) cleanupHost(rec *netsetup.NetSetup, nic netsetup.NIC) error {
 			}
 		}
 		if path != "" {
-			if err := inNetns(path, func() error { return setUpIfPresent(nic.IfName) }); err != nil && !netnsGone(err) {
-				errs = append(errs, fmt.Errorf("set %s up again: %w", nic.IfName, err))
+			if err := m.unpark(path, nic.IfName, rec.ResolvedNetBridgeDev()); err != nil {
+				errs = append(errs, err)
 			}
 		}
 		return errors.Join(errs...)
@@ -169,6 +169,21 @@ func (m *Manager) cleanupHost(rec *netsetup.NetSetup, nic netsetup.NIC) error {
 	})
 	if err != nil && !netnsGone(err) {
 		return err
+	}
+	return nil
+}
+
+// unpark brings back the veth a bridge-backend NIC parked.
+func (m *Manager) unpark(path, ifname, bridge string) error {
+	host, err := netlink.NewHandle()
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	br, _ := host.LinkByName(bridge)
+	err = inNetns(path, func() error { return unparkVeth(ifname, host, br) })
+	if err != nil && !netnsGone(err) {
+		return fmt.Errorf("bring %s back: %w", ifname, err)
 	}
 	return nil
 }

@@ -28,14 +28,16 @@ func main() {
 func run() error {
 	root := findRepoRoot()
 	cfg := bench.Config{RepoRoot: root, Log: os.Stderr}
-	var sections string
+	var sections, pluginEnv string
 	flag.StringVar(&cfg.OutDir, "out", filepath.Join(root, ".bench"), "directory for report.md, report.json and the plots")
 	flag.BoolVar(&cfg.Quick, "quick", os.Getenv("BENCH_QUICK") == "1", "smoke run: few iterations, small populations (also BENCH_QUICK=1)")
 	flag.StringVar(&cfg.CNIBinDir, "cni-bin", envOr("VMNIC_CNI_BIN", filepath.Join(root, ".tools", "cni")), "reference CNI plugins")
 	flag.StringVar(&cfg.BinDir, "bin", envOr("VMNIC_BIN", filepath.Join(root, "bin")), "vmnic binaries (vmnic, vmnic-nri)")
 	flag.StringVar(&sections, "sections", "", "comma-separated sections to run (default all): "+strings.Join(bench.SectionNames, ","))
 	flag.IntVar(&cfg.Iterations, "iterations", 0, "iterations of the cycle comparison (default 100, quick 8)")
+	flag.StringVar(&pluginEnv, "plugin-env", "", "space-separated KEY=VALUE added to every plugin's environment (experiments)")
 	flag.Parse()
+	cfg.PluginEnv = strings.Fields(pluginEnv)
 	if sections != "" {
 		cfg.Sections = strings.Split(sections, ",")
 		for _, s := range cfg.Sections {

@@ -58,9 +58,9 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 	nriVersion := p.runtimeNRIVersion()
 	if rec.NetnsOwned && !atLeast(nriVersion, 0, 10) {
 		err := fmt.Errorf("vmnic: container %s of VM pod %s must join the network namespace %s that vmnic made for the host-network pod, "+
-			"but this runtime's NRI (version %s) cannot move a container into a namespace (that needs NRI v0.10 or later: containerd 2.2+, CRI-O 1.34+); "+
+			"but this runtime (%s, NRI %s) cannot move a container into a namespace (that needs NRI v0.10 or later: containerd 2.2+, CRI-O 1.34+); "+
 			"refusing to start the VMM in the host network namespace: upgrade the runtime or give the pod its own network (hostNetwork: false)",
-			ctr.GetName(), podRef(pod), rec.NetnsPath, nriVersion)
+			ctr.GetName(), podRef(pod), rec.NetnsPath, p.runtimeDesc(), nriVersion)
 		p.logger().Error("CreateContainer refused", "err", err)
 		return nil, nil, err
 	}

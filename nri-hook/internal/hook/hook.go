@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -119,7 +120,19 @@ func (p *Plugin) Configure(ctx context.Context, cfgText, runtime, version string
 		"runtimeNRI", p.runtimeNRIVersion(), "events", Events.PrettyString(),
 		"stateDir", cfg.StateDir, "netnsDir", cfg.NetnsDir, "runtimeDir", cfg.RuntimeDir,
 		"runtimeHandlers", cfg.RuntimeHandlers, "vmAnnotation", *cfg.VMAnnotation)
+	if !atLeast(p.runtimeNRIVersion(), 0, 10) {
+		p.logger().Warn("this runtime's NRI cannot move a container into a namespace: "+
+			"the VMM containers of host-network VM pods will be refused (needs NRI v0.10+: containerd 2.2+, CRI-O 1.34+)",
+			"runtime", runtime, "runtimeVersion", version, "runtimeNRI", p.runtimeNRIVersion())
+	}
 	return Events, nil
+}
+
+// runtimeDesc names the runtime for messages: "containerd v2.1.5".
+func (p *Plugin) runtimeDesc() string {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return strings.TrimSpace(p.runtimeName + " " + p.runtimeVersion)
 }
 
 func (p *Plugin) runtimeNRIVersion() string {
@@ -276,6 +289,9 @@ func (p *Plugin) teardown(ctx context.Context, pod *api.PodSandbox, event string
 	if err != nil {
 		return err
 	}
+	if netsetup.ValidateSandboxID(pod.GetId()) != nil {
+		return nil // no record or netns can exist under such an id
+	}
 	_, ok, _ := managed(st, pod)
 	vmPod := st.cfg.IsVMPod(pod.GetRuntimeHandler(), pod.GetAnnotations())
 	if !ok && !vmPod {
@@ -304,6 +320,9 @@ func (p *Plugin) teardown(ctx context.Context, pod *api.PodSandbox, event string
 // its runtime directory and an owned netns (a crash between creating the
 // netns and writing the record).
 func (p *Plugin) removeLeftovers(ctx context.Context, st state, id string) error {
+	if err := netsetup.ValidateSandboxID(id); err != nil {
+		return err
+	}
 	if err := os.RemoveAll(st.cfg.SandboxRuntimeDir(id)); err != nil {
 		return fmt.Errorf("remove runtime dir: %w", err)
 	}

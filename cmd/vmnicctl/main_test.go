@@ -1,0 +1,235 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/vmnic/vmnic/internal/netns"
+	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/internal/vmmsim"
+	"github.com/vmnic/vmnic/netsetup"
+)
+
+type ctl struct {
+	t               *testing.T
+	state, netnsDir string
+}
+
+func newCtl(t *testing.T) *ctl {
+	return &ctl{t: t, state: t.TempDir(), netnsDir: t.TempDir()}
+}
+
+// run runs vmnicctl with the test's dirs; globals go after the command to
+// check that they are taken there too.
+func (c *ctl) run(args ...string) (int, string, string) {
+	c.t.Helper()
+	var so, se bytes.Buffer
+	full := append([]string{"--state-dir", c.state}, args...)
+	full = append(full, "--netns-dir", c.netnsDir)
+	code := run(full, &so, &se)
+	return code, so.String(), se.String()
+}
+
+func (c *ctl) ok(args ...string) string {
+	c.t.Helper()
+	code, out, errOut := c.run(args...)
+	if code != 0 {
+		c.t.Fatalf("vmnicctl %v: exit %d\n%s%s", args, code, out, errOut)
+	}
+	return out
+}
+
+func TestUsageAndErrors(t *testing.T) {
+	c := newCtl(t)
+	for _, tc := range []struct {
+		args []string
+		code int
+		out  string
+	}{
+		{nil, 2, "usage"},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"show"}, 2, "want 1 argument"},
+		{[]string{"show", "a", "b"}, 2, "want 1 argument"},
+		{[]string{"show", "nosuch"}, 1, "no NetSetup record"},
+		{[]string{"show", "../x"}, 1, "only letters"},
+		{[]string{"vmm-args", "x", "--kind", "bochs"}, 1, "unknown VMM kind"},
+		{[]string{"attach-vmm", "x", "--kind", "qemu"}, 1, "--socket is required"},
+	} {
+		var so, se bytes.Buffer
+		args := tc.args
+		if len(args) > 0 {
+			args = append([]string{"--state-dir", c.state}, args...)
+		}
+		code := run(args, &so, &se)
+		if code != tc.code || !strings.Contains(so.String()+se.String(), tc.out) {
+			t.Errorf("vmnicctl %v: exit %d %q %q, want %d with %q", tc.args, code, so.String(), se.String(), tc.code, tc.out)
+		}
+	}
+	var so, se bytes.Buffer
+	if code := run([]string{"help"}, &so, &se); code != 0 || !strings.Contains(so.String(), "vmm-args") {
+		t.Errorf("help: %d %q", code, so.String())
+	}
+}
+
+// writeRecord stores a record with one host-ready NIC (no root needed).
+func writeRecord(t *testing.T, state, id string) { writeRecordQ(t, state, id, 4) }
+
+func writeRecordQ(t *testing.T, state, id string, net1Queues int) {
+	t.Helper()
+	st, err := netsetup.Open(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := netsetup.New(id)
+	rec.NetnsPath = "/var/run/netns/" + id
+	rec.PutNIC(netsetup.NIC{ID: "net1", IfName: "net1", Tap: "tapnet1", MAC: "02:00:00:00:00:02", MTU: 1400, NumQueues: net1Queues, QueueSize: 512,
+		IPs: []string{"10.211.0.5/24"}, Gateway: "10.211.0.1", State: netsetup.NICPending, HostReady: true, Network: "b"})
+	rec.PutNIC(netsetup.NIC{ID: "eth0", IfName: "eth0", Tap: "tapeth0", MAC: "02:00:00:00:00:01", MTU: 1500, NumQueues: 2, QueueSize: 256,
+		IPs: []string{"10.201.0.5/24"}, Gateway: "10.201.0.1", State: netsetup.NICPending, HostReady: true, Network: "a"})
+	if err := st.Create(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestShowListJSON(t *testing.T) {
+	c := newCtl(t)
+	writeRecord(t, c.state, "vmnict-show")
+	out := c.ok("show", "vmnict-show")
+	for _, want := range []string{"vmnict-show", "configured", "tapeth0", "tapnet1", "10.201.0.5/24", "02:00:00:00:00:02"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("show lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Index(out, "tapeth0") > strings.Index(out, "tapnet1") {
+		t.Errorf("eth0 not listed first:\n%s", out)
+	}
+	var rec netsetup.NetSetup
+	if err := json.Unmarshal([]byte(c.ok("show", "vmnict-show", "--json")), &rec); err != nil || len(rec.NetworkConfigs) != 2 {
+		t.Errorf("show --json: %v %+v", err, rec)
+	}
+	list := c.ok("list")
+	if !strings.Contains(list, "SANDBOX") || !strings.Contains(list, "vmnict-show") || !strings.Contains(list, "configured") {
+		t.Errorf("list:\n%s", list)
+	}
+	var recs []netsetup.NetSetup
+	if err := json.Unmarshal([]byte(c.ok("list", "--json")), &recs); err != nil || len(recs) != 1 {
+		t.Errorf("list --json: %v %+v", err, recs)
+	}
+	empty := newCtl(t)
+	if out := empty.ok("list", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("empty list --json = %q", out)
+	}
+}
+
+func TestVMMArgs(t *testing.T) {
+	c := newCtl(t)
+	writeRecord(t, c.state, "vmnict-args")
+	ch := c.ok("vmm-args", "vmnict-args", "--kind", "ch")
+	if !strings.HasPrefix(ch, "--net ") || !strings.Contains(ch, "tap=tapeth0") || !strings.Contains(ch, "num_queues=4") ||
+		strings.Index(ch, "tapeth0") > strings.Index(ch, "tapnet1") {
+		t.Errorf("cloud-hypervisor args: %s", ch)
+	}
+	q := c.ok("vmm-args", "vmnict-args", "--kind", "qemu", "--json")
+	var qa []string
+	if err := json.Unmarshal([]byte(q), &qa); err != nil || len(qa) != 8 || qa[0] != "-netdev" || !strings.Contains(qa[1], "ifname=tapeth0") {
+		t.Errorf("qemu args: %v %q", err, q)
+	}
+	// Firecracker opens TAPs single-queue: a multiqueue NIC is refused.
+	if code, _, errOut := c.run("vmm-args", "vmnict-args", "--kind", "fc"); code != 1 || !strings.Contains(errOut, "single-queue") {
+		t.Errorf("firecracker with a multiqueue NIC: %d %s", code, errOut)
+	}
+	writeRecordQ(t, c.state, "vmnict-fc", 2)
+	fc := c.ok("vmm-args", "vmnict-fc", "--kind", "firecracker", "--fc-version", "1.16.1")
+	var ifaces []map[string]any
+	if err := json.Unmarshal([]byte(fc), &ifaces); err != nil || len(ifaces) != 2 || ifaces[0]["host_dev_name"] != "tapeth0" || ifaces[0]["guest_mac"] != "02:00:00:00:00:01" {
+		t.Errorf("firecracker JSON: %v %s", err, fc)
+	}
+}
+
+func TestAttachVMM(t *testing.T) {
+	c := newCtl(t)
+	writeRecord(t, c.state, "vmnict-att")
+	sim := vmmsim.NewCH(t, vmmsim.CHConfig{State: vmmsim.CHRunning})
+	out := c.ok("attach-vmm", "vmnict-att", "--kind", "cloud-hypervisor", "--socket", sim.Socket(), "--json")
+	var rec netsetup.NetSetup
+	if err := json.Unmarshal([]byte(out), &rec); err != nil {
+		t.Fatal(err)
+	}
+	if rec.VMM == nil || rec.VMM.Kind != "cloud-hypervisor" || !rec.VMM.Booted || rec.VMM.APISocket != sim.Socket() {
+		t.Errorf("VMM %+v", rec.VMM)
+	}
+	for _, n := range rec.NetworkConfigs {
+		if n.State != netsetup.NICAttached || n.VMMDeviceID == "" {
+			t.Errorf("NIC %+v not attached", n)
+		}
+	}
+	if nets := sim.Net(); len(nets) != 2 {
+		t.Errorf("VMM nets %+v", nets)
+	}
+	// A VMM that is not there: the error says so, the record keeps its VMM.
+	code, _, errOut := c.run("attach-vmm", "vmnict-att", "--kind", "qemu", "--socket", t.TempDir()+"/none.sock")
+	if code != 1 || !strings.Contains(errOut, "qemu") {
+		t.Errorf("attach to a missing VMM: %d %s", code, errOut)
+	}
+}
+
+func TestPrepareTeardownGC(t *testing.T) {
+	testenv.RequireRoot(t)
+	c := newCtl(t)
+	path := strings.TrimSpace(c.ok("prepare", "vmnict-p1", "--pod-name", "web", "--pod-namespace", "default"))
+	if path != c.netnsDir+"/vmnic-vmnict-p1" {
+		t.Fatalf("prepare printed %q", path)
+	}
+	if again := strings.TrimSpace(c.ok("prepare", "vmnict-p1")); again != path {
+		t.Errorf("second prepare printed %q", again)
+	}
+	if _, err := netsetup.IdentifyNetns(path); err != nil {
+		t.Fatal(err)
+	}
+	show := c.ok("show", "vmnict-p1")
+	for _, want := range []string{"prepared", "(owned)", "default/web"} {
+		if !strings.Contains(show, want) {
+			t.Errorf("show lacks %q:\n%s", want, show)
+		}
+	}
+	// An orphan netns, and a sandbox whose adopted netns is gone.
+	orphan, err := netns.Create(c.netnsDir, "vmnic-vmnict-orphan")
+	if err != nil {
+		t.Fatal(err)
+	}
+	adopted, err := netns.Create(t.TempDir(), "adopted")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.ok("prepare", "vmnict-p2", "--netns", adopted)
+	if err := netns.Remove(adopted); err != nil {
+		t.Fatal(err)
+	}
+	dry := c.ok("gc", "--dry-run")
+	if !strings.Contains(dry, orphan) || !strings.Contains(dry, "vmnict-p2") || strings.Contains(dry, "vmnict-p1") {
+		t.Errorf("gc --dry-run:\n%s", dry)
+	}
+	if _, err := os.Lstat(orphan); err != nil {
+		t.Errorf("dry run removed the orphan: %v", err)
+	}
+	c.ok("gc")
+	if _, err := os.Lstat(orphan); !os.IsNotExist(err) {
+		t.Errorf("orphan netns after gc: %v", err)
+	}
+	if code, _, _ := c.run("show", "vmnict-p2"); code != 1 {
+		t.Error("record with a gone netns kept by gc")
+	}
+	c.ok("show", "vmnict-p1")
+	c.ok("teardown", "vmnict-p1")
+	c.ok("teardown", "vmnict-p1")
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Errorf("netns after teardown: %v", err)
+	}
+	if out := c.ok("list", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("records left: %s", out)
+	}
+}

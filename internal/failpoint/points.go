@@ -1,0 +1,130 @@
+// Package failpoint makes vmnic's crash-safety testable: named points in the
+// code where a test-only build can crash the process (SIGKILL), return an
+// injected error, or pause.
+//
+// Production builds compile Inject to a function that returns nil and is
+// inlined away: no lookup, no environment read, zero cost. Only a binary
+// built with `-tags vmnic_failpoints` honours
+//
+//	VMNIC_FAILPOINTS=name=action[,name=action...]
+//
+// where action is crash (the process kills itself with SIGKILL, exit status
+// 137 in a shell), error (Inject returns an error), or sleep:<duration>, each
+// optionally suffixed @N to fire on the N-th hit of the point only. With
+// VMNIC_FAILPOINTS_LOG=<file> every firing is appended to that file
+// ("<name> <action> <pid>") before it acts, so a test can prove the point
+// was reached.
+//
+// Every point is registered in Points, the one list tests enumerate.
+package failpoint
+
+import "sort"
+
+// Env is the environment variable that arms failpoints (failpoint builds only).
+const Env = "VMNIC_FAILPOINTS"
+
+// LogEnv names a file each firing is appended to (failpoint builds only).
+const LogEnv = "VMNIC_FAILPOINTS_LOG"
+
+// BuildTag is the build tag that compiles failpoints in.
+const BuildTag = "vmnic_failpoints"
+
+// Component says which program reaches a point.
+type Component string
+
+const (
+	// Engine points are in internal/sandbox: reached by the CNI plugin,
+	// vmnicctl and the NRI hook alike, depending on the operation.
+	Engine Component = "engine"
+	// NRI points are in the NRI hook's handlers.
+	NRI Component = "nri"
+)
+
+// Op is the operation during which a point is reached.
+type Op string
+
+const (
+	OpAdd      Op = "add"      // CNI ADD (sandbox.Manager.AddNIC)
+	OpDel      Op = "del"      // CNI DEL, GC, teardown (removal of one NIC)
+	OpTeardown Op = "teardown" // vmnicctl teardown, NRI Stop/RemovePodSandbox
+	OpPrepare  Op = "prepare"  // vmnicctl prepare, NRI RunPodSandbox
+	OpNRIRun   Op = "nri-run"  // NRI RunPodSandbox
+	OpNRIStop  Op = "nri-remove"
+)
+
+// Point is one registered failpoint.
+type Point struct {
+	Name      string
+	Component Component
+	Op        Op
+	// Backend limits an engine point to one backend ("cni", "bridge"); "" = both.
+	Backend string
+	// VMM: the point is reached only when the sandbox has a VMM attached.
+	VMM bool
+	// What happened before the point (what a crash there leaves behind).
+	Doc string
+}
+
+// Points is every failpoint in vmnic. The names are the engine's step names
+// (internal/sandbox) and the NRI hook's; code must only Inject a name listed
+// here (TestPointsUsed checks the source).
+var Points = []Point{
+	// CNI ADD.
+	{Name: "add-locked", Component: Engine, Op: OpAdd, Doc: "sandbox lock taken (lock file exists), nothing recorded"},
+	{Name: "pending-saved", Component: Engine, Op: OpAdd, Doc: "NIC recorded pending (record and container index written), no host change"},
+	{Name: "tap-created", Component: Engine, Op: OpAdd, Backend: "cni", Doc: "TAP created in the sandbox netns"},
+	{Name: "veth-filter-added", Component: Engine, Op: OpAdd, Backend: "cni", Doc: "ingress qdiscs and the veth→TAP redirect added"},
+	{Name: "bridge-tap-created", Component: Engine, Op: OpAdd, Backend: "bridge", Doc: "veth parked down, TAP created on the host"},
+	{Name: "host-ready", Component: Engine, Op: OpAdd, Doc: "every host change made (both redirects, or bridge port and FORWARD rules)"},
+	{Name: "vmm-added", Component: Engine, Op: OpAdd, VMM: true, Doc: "NIC hot-added into the VMM, not yet recorded attached"},
+	{Name: "add-saved", Component: Engine, Op: OpAdd, Doc: "NIC recorded host-ready, result not yet printed"},
+
+	// Removal of one NIC (CNI DEL, GC, teardown).
+	{Name: "detaching-saved", Component: Engine, Op: OpDel, VMM: true, Doc: "NIC recorded detaching, VMM not yet asked"},
+	{Name: "vmm-removed", Component: Engine, Op: OpDel, VMM: true, Doc: "NIC removed from the VMM, host side untouched"},
+	{Name: "remove-host", Component: Engine, Op: OpDel, Doc: "about to remove the host side (filters, qdisc, TAP, rules)"},
+	{Name: "host-removed", Component: Engine, Op: OpDel, Doc: "host side removed, record still lists the NIC"},
+
+	// Sandbox lifecycle.
+	{Name: "prepare-netns-created", Component: Engine, Op: OpPrepare, Doc: "owned netns created, no record yet"},
+	{Name: "teardown-saved", Component: Engine, Op: OpTeardown, Doc: "record marked tearing_down"},
+	{Name: "teardown-nic", Component: Engine, Op: OpTeardown, Doc: "about to remove one NIC of the sandbox"},
+	{Name: "teardown-netns", Component: Engine, Op: OpTeardown, Doc: "NICs removed, owned netns not yet removed"},
+	{Name: "netns-removed", Component: Engine, Op: OpTeardown, Doc: "owned netns removed, record not yet deleted"},
+
+	// NRI hook handlers.
+	{Name: "nri-runtime-dir", Component: NRI, Op: OpNRIRun, Doc: "RunPodSandbox: runtime dir made, sandbox not prepared"},
+	{Name: "nri-prepared", Component: NRI, Op: OpNRIRun, Doc: "RunPodSandbox: sandbox prepared, record not yet marked origin nri"},
+	{Name: "nri-torn-down", Component: NRI, Op: OpNRIStop, Doc: "RemovePodSandbox: sandbox torn down, leftovers (runtime dir) not yet removed"},
+}
+
+// Names lists the registered names, sorted.
+func Names() []string {
+	out := make([]string, len(Points))
+	for i, p := range Points {
+		out[i] = p.Name
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Lookup returns the registered point called name.
+func Lookup(name string) (Point, bool) {
+	for _, p := range Points {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return Point{}, false
+}
+
+// Select returns the points of a component and op, in registration order.
+func Select(c Component, op Op) []Point {
+	var out []Point
+	for _, p := range Points {
+		if p.Component == c && p.Op == op {
+			out = append(out, p)
+		}
+	}
+	return out
+}

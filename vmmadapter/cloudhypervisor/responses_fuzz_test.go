@@ -1,0 +1,130 @@
+package cloudhypervisor_test
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vmnic/vmnic/vmmadapter"
+	"github.com/vmnic/vmnic/vmmadapter/cloudhypervisor"
+)
+
+// cannedCH answers every Cloud Hypervisor endpoint with a canned status and
+// body (the fuzzer's), on a unix socket shared by all inputs of one fuzz
+// process.
+type cannedCH struct {
+	mu   sync.Mutex
+	resp map[string]canned // by endpoint ("vmm.ping", "vm.info", ...)
+}
+
+type canned struct {
+	status int
+	body   []byte
+}
+
+func (c *cannedCH) set(r map[string]canned) {
+	c.mu.Lock()
+	c.resp = r
+	c.mu.Unlock()
+}
+
+func (c *cannedCH) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c.mu.Lock()
+	a, ok := c.resp[strings.TrimPrefix(r.URL.Path, "/api/v1/")]
+	c.mu.Unlock()
+	if !ok {
+		a = canned{status: 404}
+	}
+	w.WriteHeader(a.status)
+	w.Write(a.body) //nolint:errcheck
+}
+
+func startCanned(f *testing.F, h http.Handler) string {
+	f.Helper()
+	sock := filepath.Join(f.TempDir(), "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		f.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln) //nolint:errcheck
+	f.Cleanup(func() { srv.Close() })
+	return sock
+}
+
+// httpStatus maps any fuzzed int onto a status net/http can write.
+func httpStatus(s int) int {
+	if s < 0 {
+		s = -s
+	}
+	return 100 + s%500 // 100..599; 1xx are informational and retried by the client
+}
+
+// FuzzResponses feeds the adapter arbitrary answers of a Cloud Hypervisor:
+// vmm.ping, vm.info, vm.add-net and vm.remove-device each get a fuzzed
+// status and body. Whatever the VMM says, no call may panic or hang, a
+// successful add must name a device, and a refusal must be an error.
+func FuzzResponses(f *testing.F) {
+	ping := []byte(`{"build_version":"v53.0","version":"53.0.0","pid":1}`)
+	info := []byte(`{"config":{"net":[{"id":"eth0","tap":"tapeth0"}]},"state":"Running","device_tree":{"eth0":{"id":"eth0"}}}`)
+	gone := []byte(`{"config":{"net":[]},"state":"Running","device_tree":{}}`)
+	f.Add(200, ping, 200, info, 200, []byte(`{"id":"eth0","bdf":"0000:00:05.0"}`), 204, []byte{})
+	f.Add(200, ping, 200, gone, 204, []byte{}, 204, []byte{})
+	f.Add(200, ping, 500, []byte(`["Error from API","VM is not created"]`), 500, []byte(`["VmNotCreated"]`), 404, []byte{})
+	f.Add(200, ping, 200, info, 500, []byte(`["Error from API","Identifier eth0 is not unique"]`), 500, []byte(`["No device to remove"]`))
+	f.Add(200, []byte(`{}`), 200, []byte(`{"state":""}`), 200, []byte(`{"id":""}`), 200, []byte(`null`))
+	f.Add(200, []byte("\x00garbage"), 200, []byte(`{"config":{"net":null},"state":"Running","device_tree":{"eth0":null}}`), 200, []byte(`[1,2`), 500, []byte("\xff\xfe"))
+	f.Add(409, []byte(`{"fault_message":"x"}`), 200, []byte(`{"config":{"net":[{"id":7}]},"state":"Running"}`), 201, []byte(`{"id":"`+strings.Repeat("a", 4096)+`"}`), 500, []byte(`["a\nb","\u0000"]`))
+
+	h := &cannedCH{}
+	sock := startCanned(f, h)
+	opts := vmmadapter.Options{CallTimeout: 500 * time.Millisecond, RemoveTimeout: 30 * time.Millisecond}
+
+	f.Fuzz(func(t *testing.T, pingStatus int, pingBody []byte, infoStatus int, infoBody []byte, addStatus int, addBody []byte, rmStatus int, rmBody []byte) {
+		h.set(map[string]canned{
+			"vmm.ping":         {httpStatus(pingStatus), pingBody},
+			"vm.info":          {httpStatus(infoStatus), infoBody},
+			"vm.add-net":       {httpStatus(addStatus), addBody},
+			"vm.remove-device": {httpStatus(rmStatus), rmBody},
+		})
+		a, err := cloudhypervisor.New(sock, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+
+		if in, err := a.Info(ctx); err == nil {
+			if in.Kind != vmmadapter.CloudHypervisor || in.Version == "" {
+				t.Errorf("Info = %+v without an error", in)
+			}
+		}
+		if _, err := a.NICs(ctx); err == nil && !ok2xx(infoStatus) && infoStatus != 0 {
+			// A refused vm.info is only fine when it means "no VM yet".
+			_ = err
+		}
+		nic := vmmadapter.NIC{ID: "eth0", Tap: "tapeth0", MAC: "02:00:00:00:00:01", MTU: 1500, QueuePairs: 1}
+		att, err := a.AddNIC(ctx, nic)
+		st := httpStatus(addStatus)
+		switch {
+		case err == nil && !(st >= 200 && st < 300):
+			t.Errorf("AddNIC succeeded on status %d", st)
+		case err == nil && st == 204 && att.ID != "eth0":
+			t.Errorf("cold add answered 204 but the attachment is %+v", att)
+		case err == nil && att.ID == "":
+			t.Errorf("AddNIC succeeded without a device id: %+v", att)
+		}
+		_ = a.RemoveNIC(ctx, "eth0")
+		if ctx.Err() != nil {
+			t.Fatalf("calls outlived their deadline: %v", ctx.Err())
+		}
+	})
+}
+
+func ok2xx(s int) bool { s = httpStatus(s); return s >= 200 && s < 300 }
