@@ -70,6 +70,7 @@ var SectionNames = []string{SecProcStart, SecCycle, SecSteps, SecEngine, SecConc
 type env struct {
 	cfg      Config
 	tmp      string // private temp dir, removed at the end
+	shm      string // private dir on tmpfs (/dev/shm), "" when there is none
 	cniBin   string // private copy of the plugin binaries
 	cni      *libcni.CNIConfig
 	exec     *timedexec.Exec
@@ -120,6 +121,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	defer os.RemoveAll(tmp)
 
 	e := &env{cfg: cfg, tmp: tmp, cniBin: filepath.Join(tmp, "cni")}
+	if shm, err := os.MkdirTemp("/dev/shm", "vmnb-bench-"); err == nil {
+		e.shm = shm
+		defer os.RemoveAll(shm)
+	}
 	e.report = &Report{Quick: cfg.Quick, Command: cfg.Command, PluginEnv: cfg.PluginEnv, Started: time.Now(), Machine: describeMachine(), Skipped: map[string]string{}}
 	if n, err := fixture.CleanupStale(); err != nil {
 		return nil, fmt.Errorf("remove leftovers of an earlier run: %w", err)

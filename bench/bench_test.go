@@ -67,8 +67,8 @@ func TestQuickRun(t *testing.T) {
 	if err := json.Unmarshal(data, &back); err != nil {
 		t.Fatalf("report.json: %v", err)
 	}
-	if back.Cycle == nil || len(back.Cycle.Variants) != 6 {
-		t.Errorf("cycle section: %+v, want 6 variants", back.Cycle)
+	if back.Cycle == nil || len(back.Cycle.Variants) != 7 {
+		t.Errorf("cycle section: %+v, want 7 variants", back.Cycle)
 	} else {
 		for _, v := range back.Cycle.Variants {
 			if v.Cycle.N == 0 || v.Ratio <= 0 {

@@ -74,9 +74,8 @@ func (e *env) runEngine(ctx context.Context) error {
 	if err := add("temp dir (same filesystem as /var/lib)", e.dir("engine-state")); err != nil {
 		return err
 	}
-	if shm, err := os.MkdirTemp("/dev/shm", "vmnb-state-"); err == nil {
-		defer os.RemoveAll(shm)
-		if err := add("/dev/shm (tmpfs)", shm); err != nil {
+	if e.shm != "" {
+		if err := add("/dev/shm (tmpfs)", filepath.Join(e.shm, "engine-state")); err != nil {
 			return err
 		}
 	}

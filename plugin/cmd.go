@@ -378,4 +378,3 @@ func buildResult(prev *current.Result, added *sandbox.AddedNIC, cniVersion strin
 	}
 	return &res
 }
-

@@ -119,15 +119,16 @@ type tnet struct {
 type netOpt func(*tnet)
 
 func withVmnic(k string, v any) netOpt { return func(n *tnet) { n.vmnic[k] = v } }
-func withPortmap() netOpt             { return func(n *tnet) { n.portmap = true } }
-func second() netOpt                  { return func(n *tnet) { n.subnet, n.prefix = subnet(true) } }
-func withState(dir string) netOpt     { return func(n *tnet) { n.state = dir } }
+func withPortmap() netOpt              { return func(n *tnet) { n.portmap = true } }
+func second() netOpt                   { return func(n *tnet) { n.subnet, n.prefix = subnet(true) } }
+func withState(dir string) netOpt      { return func(n *tnet) { n.state = dir } }
 
 // newNet builds a conflist: <first> + host-local, then vmnic (then portmap).
 // For the bridge plugin it pre-creates the host bridge (cleaned up at the
 // end), so snapshots of it stay comparable.
 func newNet(t *testing.T, version, first string, opts ...netOpt) *tnet {
 	t.Helper()
+	testenv.RequireRoot(t)
 	n := &tnet{name: fixture.Name("vmnict-n"), version: version, first: first, state: t.TempDir(), vmnic: map[string]any{}}
 	n.subnet, n.prefix = subnet(false)
 	n.log = filepath.Join(t.TempDir(), "vmnic.log")

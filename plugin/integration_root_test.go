@@ -332,7 +332,9 @@ func TestBadInput(t *testing.T) {
 		code   uint
 		msg    string
 	}{
-		{"malformed conf", func(t *testing.T, in *input) { in.run.stdin = []byte(`{"cniVersion":"1.0.0","name":"x","type":"vmnic",`) }, types.ErrDecodingFailure, ""},
+		{"malformed conf", func(t *testing.T, in *input) {
+			in.run.stdin = []byte(`{"cniVersion":"1.0.0","name":"x","type":"vmnic",`)
+		}, types.ErrDecodingFailure, ""},
 		{"queues wrong type", func(t *testing.T, in *input) { in.run.stdin = setKey(t, in.run.stdin, "queues", "four") }, types.ErrDecodingFailure, "queues"},
 		{"missing prevResult", func(t *testing.T, in *input) { in.run.stdin = setKey(t, in.run.stdin, "prevResult", nil) }, types.ErrInvalidNetworkConfig, "prevResult"},
 		{"empty prevResult", func(t *testing.T, in *input) { in.run.stdin = setKey(t, in.run.stdin, "prevResult", map[string]any{}) }, types.ErrInvalidNetworkConfig, "prevResult"},
@@ -477,9 +479,9 @@ func unmountNetns(p string) error {
 
 func TestCheckDetectsDrift(t *testing.T) {
 	cases := []struct {
-		name  string
+		name   string
 		break_ func(t *testing.T, netns string)
-		msg   string
+		msg    string
 	}{
 		{"missing TAP", func(t *testing.T, netns string) {
 			fixture.In(t, netns, func() error { return hostnet.DeleteTap("tapeth0") })
@@ -639,7 +641,9 @@ func TestZeroToNToZero(t *testing.T) {
 	}
 	id := fixture.Name("vmnict-z")
 	netns := strings.TrimSpace(ctl("prepare", id))
-	t.Cleanup(func() { exec.Command(bin+"/vmnicctl", "--state-dir", state, "--netns-dir", nsdir, "teardown", id).Run() })
+	t.Cleanup(func() {
+		exec.Command(bin+"/vmnicctl", "--state-dir", state, "--netns-dir", nsdir, "teardown", id).Run()
+	})
 	if netns != nsdir+"/vmnic-"+id {
 		t.Fatalf("prepare printed %q", netns)
 	}
@@ -693,5 +697,55 @@ func TestZeroToNToZero(t *testing.T) {
 	}
 	if ids, _ := a.store(t).IDs(); len(ids) != 0 {
 		t.Errorf("records after teardown: %v", ids)
+	}
+}
+
+// TestPreexistingQdiscThroughPlugin: a clsact or ingress qdisc with
+// somebody else's filter on the veth before vmnic's ADD is used, kept, and
+// left exactly as it was by DEL.
+func TestPreexistingQdiscThroughPlugin(t *testing.T) {
+	for _, kind := range []string{"clsact", "ingress"} {
+		t.Run(kind, func(t *testing.T) {
+			n := newNet(t, "1.1.0", "ptp")
+			netns := fixture.Netns(t, fixture.Name("vmnict-q"))
+			id := fixture.Name("ctr")
+			pr := prev(t, n, netns, id, "eth0")
+			fixture.In(t, netns, func() error {
+				veth, err := netlink.LinkByName("eth0")
+				if err != nil {
+					return err
+				}
+				attrs := netlink.QdiscAttrs{LinkIndex: veth.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}
+				var q netlink.Qdisc = &netlink.Ingress{QdiscAttrs: attrs}
+				if kind == "clsact" {
+					q = &netlink.Clsact{QdiscAttrs: attrs}
+				}
+				if err := netlink.QdiscAdd(q); err != nil {
+					return err
+				}
+				return netlink.FilterAdd(&netlink.U32{
+					FilterAttrs: netlink.FilterAttrs{LinkIndex: veth.Attrs().Index, Parent: netlink.HANDLE_MIN_INGRESS, Priority: 9, Protocol: unix.ETH_P_IP},
+					ClassId:     netlink.MakeHandle(1, 1),
+				})
+			})
+			before := fixture.Take(t, n.scope(netns))
+			add := pluginRun{command: "ADD", containerID: id, netns: netns, ifname: "eth0", stdin: n.vmnicConf(t, pr)}
+			if out := add.exec(t); out.err != nil {
+				t.Fatalf("ADD: %v %s", out.err, out.stdout)
+			}
+			mid := fixture.Take(t, n.scope(netns))
+			for _, want := range []string{"qdisc " + kind + " dev eth0", "filter dev eth0 parent ffff:fff2 u32 prio 9", fmt.Sprintf("filter dev eth0 parent ffff:fff2 u32 prio %d", hostnet.FilterPriority)} {
+				if !mid.Contains(want) {
+					t.Errorf("after ADD no %q:\n%s", want, strings.Join(mid, "\n"))
+				}
+			}
+			del := pluginRun{command: "DEL", containerID: id, netns: netns, ifname: "eth0", stdin: n.vmnicConf(t, nil)}
+			if out := del.exec(t); out.err != nil {
+				t.Fatalf("DEL: %v %s", out.err, out.stdout)
+			}
+			if d := before.Diff(fixture.Take(t, n.scope(netns))); d != "" {
+				t.Errorf("DEL did not leave the %s qdisc as it was:\n%s", kind, d)
+			}
+		})
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -133,4 +135,16 @@ func (d *demo) shell(pipeline string) string {
 	fmt.Print(indent(string(out)))
 	d.check(err, "command failed")
 	return string(out)
+}
+
+var receivedRE = regexp.MustCompile(`(\d+) (packets )?received`)
+
+// received is the reply count in a ping summary (iputils or busybox).
+func received(out string) int {
+	m := receivedRE.FindStringSubmatch(out)
+	if m == nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
 }

@@ -204,23 +204,24 @@ func (g *Guest) handle(hdr VnetHdr, frame []byte) {
 }
 
 func (g *Guest) handleARP(a ARP) {
-	// Learn the sender (as a host stack does for requests aimed at us and
-	// for replies); only a reply completes a Resolve.
-	if a.TargetIP == g.cfg.IP.Addr() {
-		g.learn(a.SenderIP, a.SenderMAC, a.Op == ARPReply)
+	if a.TargetIP != g.cfg.IP.Addr() {
+		g.ignored.Add(1)
+		return
 	}
-	switch {
-	case a.Op == ARPRequest && a.TargetIP == g.cfg.IP.Addr():
+	switch a.Op {
+	case ARPRequest:
+		// Learn the asker, as a host stack does, then answer.
+		g.learn(a.SenderIP, a.SenderMAC, false)
 		frame, err := EncodeARP(ARP{Op: ARPReply, SenderMAC: g.cfg.MAC, SenderIP: g.cfg.IP.Addr(), TargetMAC: a.SenderMAC, TargetIP: a.SenderIP})
 		if err != nil {
 			g.malformed.Add(1)
 			return
 		}
-		if g.send(frame) == nil {
-			g.arpAnswered.Add(1)
-		}
-	case a.Op == ARPReply && a.TargetIP == g.cfg.IP.Addr():
-		g.arpReplies.Add(1) // waiters were completed by learn
+		g.sendCounted(frame, &g.arpAnswered)
+	case ARPReply:
+		// Counted before the waiting Resolve is woken, so its caller sees it.
+		g.arpReplies.Add(1)
+		g.learn(a.SenderIP, a.SenderMAC, true)
 	default:
 		g.ignored.Add(1)
 	}
@@ -254,12 +255,10 @@ func (g *Guest) handleEcho(eth Ethernet, ip IPv4, m ICMPEcho) {
 			g.malformed.Add(1)
 			return
 		}
-		if g.send(frame) == nil {
-			g.echoAnswered.Add(1)
-			g.mu.Lock()
-			g.lastEcho = ip.Src
-			g.mu.Unlock()
-		}
+		g.mu.Lock()
+		g.lastEcho = ip.Src
+		g.mu.Unlock()
+		g.sendCounted(frame, &g.echoAnswered)
 	case ICMPEchoReply:
 		key := uint32(m.ID)<<16 | uint32(m.Seq)
 		g.mu.Lock()
@@ -285,12 +284,24 @@ func (g *Guest) nextIPID() uint16 {
 	return g.ipID
 }
 
-func (g *Guest) send(frame []byte) error {
+// send writes a frame. Counters go up before the write, so whoever sees
+// the frame's effect (a reply reaching the host) also sees the count; a
+// failed write takes them back.
+func (g *Guest) send(frame []byte) error { return g.sendCounted(frame, nil) }
+
+func (g *Guest) sendCounted(frame []byte, counter *atomic.Uint64) error {
+	g.framesOut.Add(1)
+	if counter != nil {
+		counter.Add(1)
+	}
 	if err := g.tap.WriteFrame(frame); err != nil {
+		g.framesOut.Add(^uint64(0))
+		if counter != nil {
+			counter.Add(^uint64(0))
+		}
 		g.log.Warn("send failed", "err", err)
 		return err
 	}
-	g.framesOut.Add(1)
 	return nil
 }
 

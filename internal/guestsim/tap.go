@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -74,6 +75,12 @@ func OpenTap(o TapOptions) (*Tap, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open tap %s (netns %q): %w", o.Name, o.NetnsPath, err)
 	}
+	// Attaching gives the TAP carrier, but the kernel activates its queue
+	// discipline (until then frames towards the guest are dropped) from
+	// the link watch, up to a second later. Wait for it (operstate UP,
+	// set in the same step), so the data path works once OpenTap returns.
+	// Best effort: a TAP that is administratively down never gets there.
+	_ = inNetns(o.NetnsPath, func() error { waitRunning(o.Name, 2*time.Second); return nil })
 	if hdr > 0 {
 		sz := int32(hdr)
 		if err := ioctlPtr(fd, unix.TUNSETVNETHDRSZ, unsafe.Pointer(&sz)); err != nil {
@@ -88,6 +95,22 @@ func OpenTap(o TapOptions) (*Tap, error) {
 		return nil, fmt.Errorf("open tap %s: set non-blocking: %w", o.Name, err)
 	}
 	return &Tap{f: os.NewFile(uintptr(fd), "tap:"+o.Name), name: o.Name, hdrLen: hdr, multiQueue: mq}, nil
+}
+
+// waitRunning polls until the interface is up and running (IFF_RUNNING:
+// carrier and operstate up) or the timeout passes.
+func waitRunning(name string, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		itf, err := net.InterfaceByName(name)
+		if err == nil && itf.Flags&net.FlagUp != 0 && itf.Flags&net.FlagRunning != 0 {
+			return true
+		}
+		if err != nil || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // attach opens the clone device in the current netns and attaches to name.

@@ -3,6 +3,7 @@ package hostnet
 import (
 	"errors"
 	"fmt"
+	"net"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -103,6 +104,7 @@ func configureTap(s TapSpec) (netlink.Link, error) {
 	if err := netlink.LinkSetUp(link); err != nil {
 		return nil, fmt.Errorf("create tap %s: set up: %w", s.Name, err)
 	}
+	link.Attrs().Flags |= net.FlagUp
 	return link, nil
 }
 

@@ -58,19 +58,28 @@ func Create(dir, name string) (string, error) {
 
 	errc := make(chan error, 1)
 	go func() {
-		// The thread is left in the new namespace and so is never unlocked:
-		// the Go runtime ends it when this goroutine returns.
+		// The thread goes back to its netns when done; if that fails it
+		// stays locked, and the Go runtime ends it with this goroutine.
 		runtime.LockOSThread()
+		self := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+		orig, err := unix.Open(self, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- fmt.Errorf("open the thread's netns: %w", err)
+			return
+		}
+		defer unix.Close(orig)
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 			errc <- fmt.Errorf("unshare network namespace: %w", err)
 			return
 		}
-		self := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-		if err := unix.Mount(self, path, "none", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("bind-mount the new netns on %s: %w", path, err)
-			return
+		err = unix.Mount(self, path, "none", unix.MS_BIND, "")
+		if err != nil {
+			err = fmt.Errorf("bind-mount the new netns on %s: %w", path, err)
 		}
-		errc <- nil
+		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	if err := <-errc; err != nil {
 		os.Remove(path)

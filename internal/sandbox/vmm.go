@@ -47,6 +47,11 @@ func (m *Manager) openVMM(v *netsetup.VMM) (vmmadapter.Adapter, error) {
 	}
 	a, err := open(vmmadapter.Kind(v.Kind), v.APISocket, m.VMMOptions)
 	if err != nil {
+		// No adapter means no VMM vmnic can reach: a DEL cleans the host
+		// side instead of failing for ever.
+		if !errors.Is(err, vmmadapter.ErrUnavailable) {
+			err = fmt.Errorf("%w: %w", vmmadapter.ErrUnavailable, err)
+		}
 		return nil, fmt.Errorf("open %s VMM at %s: %w", v.Kind, v.APISocket, err)
 	}
 	return a, nil

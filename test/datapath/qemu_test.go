@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnic/vmnic/internal/testenv"
 	"github.com/vmnic/vmnic/internal/testguest"
 	"github.com/vmnic/vmnic/netsetup"
@@ -57,24 +59,25 @@ func TestQEMUHotplugThroughPlugin(t *testing.T) {
 	bridge := "vmnbrd8"
 	deleteHostLinkAtCleanup(t, bridge)
 
-	// A sandbox at zero NICs, with a netns vmnic owns.
+	// A sandbox at zero NICs, with a netns vmnic owns. Cleanup (after the
+	// cleanups below: QEMU stopped, NIC deleted) tears it down, and removes
+	// the netns itself should teardown have failed.
+	var nsPath string
 	t.Cleanup(func() {
 		if _, err := runCtl(t, stateDir, "teardown", id); err != nil {
 			t.Logf("cleanup teardown: %v", err)
 		}
-	})
-	mustCtl(t, stateDir, "prepare", id)
-	rec := record(t, stateDir, id)
-	nsPath := rec.ResolvedNetnsPath()
-	if rec.Phase != netsetup.PhasePrepared || len(rec.NetworkConfigs) != 0 || !rec.NetnsOwned {
-		t.Fatalf("after prepare: %+v; want phase prepared, 0 NICs, an owned netns", rec)
-	}
-	t.Cleanup(func() { // should teardown have failed
-		if _, err := os.Stat(nsPath); err == nil {
-			exec.Command("umount", nsPath).Run()
+		if _, err := os.Stat(nsPath); nsPath != "" && err == nil {
+			unix.Unmount(nsPath, unix.MNT_DETACH)
 			os.Remove(nsPath)
 		}
 	})
+	mustCtl(t, stateDir, "prepare", id)
+	rec := record(t, stateDir, id)
+	nsPath = rec.ResolvedNetnsPath()
+	if rec.Phase != netsetup.PhasePrepared || len(rec.NetworkConfigs) != 0 || !rec.NetnsOwned || nsPath == "" {
+		t.Fatalf("after prepare: %+v; want phase prepared, 0 NICs, an owned netns", rec)
+	}
 
 	g, err := testguest.Boot(ctx, testguest.Config{Netns: nsPath, BootTimeout: 3 * time.Minute, Logf: t.Logf})
 	if err != nil {
@@ -87,6 +90,7 @@ func TestQEMUHotplugThroughPlugin(t *testing.T) {
 	}
 
 	mustCtl(t, stateDir, "attach-vmm", id, "--kind", "qemu", "--socket", g.QMPSocket())
+	t.Logf("sandbox %s: netns %s, QEMU pid %d attached", id, nsPath, qemuPID)
 	rec = record(t, stateDir, id)
 	if rec.VMM == nil || rec.VMM.Kind != "qemu" || rec.VMM.APISocket != g.QMPSocket() {
 		t.Fatalf("record VMM after attach-vmm: %+v", rec.VMM)
@@ -111,12 +115,14 @@ func TestQEMUHotplugThroughPlugin(t *testing.T) {
 	if err != nil {
 		t.Fatalf("hot-added NIC (MAC %s) never appeared in the guest: %v", nic.MAC, err)
 	}
+	t.Logf("hot-added %s (device %s, TAP %s) is %s in the guest", nic.IfName, nic.VMMDeviceID, nic.Tap, ifname)
 	ip := nic.IPs[0]
 	out, err := g.Run(ctx, fmt.Sprintf("ip addr add %s dev %s && ip link set %s up && ping -c 2 -W 3 %s", ip, ifname, ifname, nic.Gateway))
-	if err != nil || !strings.Contains(out, "2 packets received") {
+	if err != nil || received(out) < 2 {
 		t.Fatalf("guest → gateway ping over the hot-added NIC: %v\n%s", err, out)
 	}
 	hostPing(t, mustAddr(t, ip))
+	t.Logf("guest %s → gateway %s and host → guest answered", ip, nic.Gateway)
 
 	// DEL: the NIC leaves the guest, the TAP leaves the netns.
 	nw.mustCNI(t, "del", nsPath, "eth0", "")

@@ -1,0 +1,196 @@
+package hostnet
+
+import (
+	"errors"
+	"os"
+	"testing"
+
+	"github.com/coreos/go-iptables/iptables"
+	"github.com/vishvananda/netlink"
+
+	"github.com/vmnic/vmnic/internal/sandbox/fixture"
+	"github.com/vmnic/vmnic/internal/testenv"
+)
+
+func TestTapLifecycle(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := fixture.Netns(t, fixture.Name("vmnict-h"))
+	fixture.In(t, ns, func() error {
+		link, err := CreateTap(TapSpec{Name: "tapx0", MTU: 9000, QueuePairs: 2, Owner: 42, Group: -1})
+		if err != nil {
+			t.Fatalf("CreateTap: %v", err)
+		}
+		tt := link.(*netlink.Tuntap)
+		if link.Attrs().MTU != 9000 || link.Attrs().Flags&1 == 0 {
+			t.Errorf("mtu %d flags %v", link.Attrs().MTU, link.Attrs().Flags)
+		}
+		l2, _ := netlink.LinkByName("tapx0")
+		tt = l2.(*netlink.Tuntap)
+		if tt.Flags&netlink.TUNTAP_MULTI_QUEUE == 0 || tt.Owner != 42 || tt.NonPersist {
+			t.Errorf("tap %+v", tt)
+		}
+		if _, err := CreateTap(TapSpec{Name: "tapx0", Owner: -1, Group: -1}); !errors.Is(err, ErrNameTaken) {
+			t.Errorf("second CreateTap = %v, want ErrNameTaken", err)
+		}
+		if _, err := CreateTap(TapSpec{Name: "averyveryverylongname", Owner: -1, Group: -1}); err == nil {
+			t.Error("a 21-byte name was accepted")
+		}
+		// A failed create (MTU the TAP refuses) leaves no device.
+		if _, err := CreateTap(TapSpec{Name: "tapx1", MTU: 70000, Owner: -1, Group: -1}); err == nil {
+			t.Error("MTU 70000 accepted")
+		}
+		if _, err := netlink.LinkByName("tapx1"); err == nil {
+			t.Error("a failed CreateTap left tapx1")
+		}
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "notatap"}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := DeleteTap("notatap"); err == nil {
+			t.Error("DeleteTap removed a bridge")
+		}
+		for i := 0; i < 2; i++ {
+			if err := DeleteTap("tapx0"); err != nil {
+				t.Errorf("DeleteTap #%d: %v", i+1, err)
+			}
+		}
+		return nil
+	})
+}
+
+func TestRedirectAndIngress(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := fixture.Netns(t, fixture.Name("vmnict-h"))
+	fixture.In(t, ns, func() error {
+		a, err := CreateTap(TapSpec{Name: "tapa", Owner: -1, Group: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := CreateTap(TapSpec{Name: "tapb", Owner: -1, Group: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		created, err := EnsureIngress(a)
+		if err != nil || !created {
+			t.Fatalf("EnsureIngress on a bare link: %v %v", created, err)
+		}
+		if created, err := EnsureIngress(a); err != nil || created {
+			t.Errorf("EnsureIngress again: %v %v", created, err)
+		}
+		if kind, _ := IngressKind(a); kind != "ingress" {
+			t.Errorf("kind %q", kind)
+		}
+		if ok, _ := HasRedirect(a, b.Attrs().Index); ok {
+			t.Error("redirect before AddRedirect")
+		}
+		if err := AddRedirect(a, b); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := HasRedirect(a, b.Attrs().Index); !ok || err != nil {
+			t.Errorf("HasRedirect = %v %v", ok, err)
+		}
+		if ok, _ := HasRedirect(a, a.Attrs().Index); ok {
+			t.Error("redirect to the wrong device reported")
+		}
+		if err := RemoveIngressIfEmpty(a); err != nil {
+			t.Fatal(err)
+		}
+		if kind, _ := IngressKind(a); kind != "ingress" {
+			t.Error("ingress qdisc with a filter removed")
+		}
+		for i := 0; i < 2; i++ {
+			if err := DelRedirect(a); err != nil {
+				t.Errorf("DelRedirect #%d: %v", i+1, err)
+			}
+		}
+		if ok, _ := HasRedirect(a, b.Attrs().Index); ok {
+			t.Error("redirect after DelRedirect")
+		}
+		if err := RemoveIngressIfEmpty(a); err != nil {
+			t.Fatal(err)
+		}
+		if kind, _ := IngressKind(a); kind != "" {
+			t.Errorf("empty ingress qdisc kept: %q", kind)
+		}
+		// clsact: used as is, never removed by RemoveIngressIfEmpty.
+		if err := netlink.QdiscAdd(&netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: b.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}); err != nil {
+			t.Fatal(err)
+		}
+		if created, err := EnsureIngress(b); err != nil || created {
+			t.Errorf("EnsureIngress on clsact: %v %v", created, err)
+		}
+		if err := AddRedirect(b, a); err != nil {
+			t.Fatalf("redirect under clsact: %v", err)
+		}
+		if ok, err := HasRedirect(b, a.Attrs().Index); !ok || err != nil {
+			t.Errorf("HasRedirect under clsact = %v %v", ok, err)
+		}
+		DelRedirect(b)
+		RemoveIngressIfEmpty(b)
+		if kind, _ := IngressKind(b); kind != "clsact" {
+			t.Errorf("clsact removed: %q", kind)
+		}
+		return nil
+	})
+}
+
+func TestForwardRules(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.Command(t, "iptables")
+	dir := t.TempDir() + "/fw"
+	r := ForwardRules{Dir: dir}
+	br := fixture.Name("vmnbrt")
+	ipt, err := iptables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exists := func() bool {
+		ok, err := ipt.Exists("filter", "FORWARD", ForwardRuleSpec(br)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	t.Cleanup(func() { ipt.DeleteIfExists("filter", "FORWARD", ForwardRuleSpec(br)...) })
+	for _, u := range []string{"a/eth0", "a/eth0", "b/eth0"} {
+		if err := r.Acquire(br, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !exists() {
+		t.Fatal("rule missing after Acquire")
+	}
+	rules, _ := ipt.List("filter", "FORWARD")
+	n := 0
+	for _, rule := range rules {
+		if rule == "-A FORWARD -i "+br+" -o "+br+" -m comment --comment "+RuleComment+" -j ACCEPT" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("rule appears %d times: %v", n, rules)
+	}
+	if users, _ := r.Users(br); len(users) != 2 {
+		t.Errorf("users %v", users)
+	}
+	if err := r.Release(br, "a/eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Release(br, "nobody"); err != nil {
+		t.Fatal(err)
+	}
+	if !exists() {
+		t.Error("rule removed while b uses it")
+	}
+	if err := r.Release(br, "b/eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if exists() {
+		t.Error("rule kept after the last user")
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("state left in %s: %v", dir, err)
+	}
+	if err := r.Release(br, "b/eth0"); err != nil {
+		t.Errorf("release again: %v", err)
+	}
+}

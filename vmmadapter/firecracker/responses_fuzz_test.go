@@ -1,0 +1,118 @@
+package firecracker_test
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vmnic/vmnic/vmmadapter"
+	"github.com/vmnic/vmnic/vmmadapter/firecracker"
+)
+
+// cannedFC answers Firecracker's endpoints with canned statuses and bodies
+// (the fuzzer's), on a unix socket shared by all inputs of one fuzz process.
+type cannedFC struct {
+	mu   sync.Mutex
+	resp map[string]canned // "GET /", "GET /version", "GET /vm/config", "PUT", "DELETE"
+}
+
+type canned struct {
+	status int
+	body   []byte
+}
+
+func (c *cannedFC) set(r map[string]canned) {
+	c.mu.Lock()
+	c.resp = r
+	c.mu.Unlock()
+}
+
+func (c *cannedFC) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	key := r.Method + " " + r.URL.Path
+	if strings.HasPrefix(r.URL.Path, "/network-interfaces/") {
+		key = r.Method
+	}
+	c.mu.Lock()
+	a, ok := c.resp[key]
+	c.mu.Unlock()
+	if !ok {
+		a = canned{400, []byte(`{"fault_message":"Invalid request method and/or path"}`)}
+	}
+	w.WriteHeader(a.status)
+	w.Write(a.body) //nolint:errcheck
+}
+
+func httpStatus(s int) int {
+	if s < 0 {
+		s = -s
+	}
+	return 100 + s%500
+}
+
+// FuzzResponses feeds the adapter arbitrary answers of a Firecracker: the
+// instance info, version, VM config and the PUT/DELETE of an interface each
+// get a fuzzed status and body. No call may panic or hang; a hot-add that
+// succeeds must have been answered 2xx, and the iface_id returned must be
+// valid for Firecracker.
+func FuzzResponses(f *testing.F) {
+	started := []byte(`{"app_name":"Firecracker","id":"vm","state":"Running","vmm_version":"1.16.1"}`)
+	notStarted := []byte(`{"app_name":"Firecracker","id":"vm","state":"Not started","vmm_version":"1.14.0"}`)
+	cfg := []byte(`{"network-interfaces":[{"iface_id":"eth0","host_dev_name":"tapeth0"}]}`)
+	f.Add(200, started, 200, []byte(`{"firecracker_version":"1.16.1"}`), 200, cfg, 204, []byte{}, 204, []byte{})
+	f.Add(200, notStarted, 200, []byte(`{}`), 200, []byte(`{"network-interfaces":[]}`), 204, []byte{}, 400, []byte(`{"fault_message":"The requested operation is not supported before starting the microVM."}`))
+	f.Add(200, started, 200, []byte(`{}`), 200, cfg, 400, []byte(`{"fault_message":"PCI is not enabled"}`), 400, []byte(`{"fault_message":"Device not found"}`))
+	f.Add(200, []byte(`{"state":"Running","vmm_version":"dev"}`), 200, []byte(`{"firecracker_version":"x"}`), 200, []byte(`{"network-interfaces":null}`), 200, []byte(`null`), 500, []byte("\x00"))
+	f.Add(500, []byte(`{"fault_message":null}`), 404, []byte(`[]`), 200, []byte(`{"network-interfaces":[{"iface_id":1}]}`), 400, []byte(`{"fault_message":"Device ID in use"}`), 204, []byte{})
+	f.Add(200, []byte(`{"state":"Running","vmm_version":"999999999999999999999.1"}`), 200, []byte{}, 200, []byte(`{`), 400, []byte(`{"fault_message":"Resource busy (os error 16)"}`), 200, []byte(`{}`))
+
+	h := &cannedFC{}
+	sock := filepath.Join(f.TempDir(), "fc.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		f.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln) //nolint:errcheck
+	f.Cleanup(func() { srv.Close() })
+	opts := vmmadapter.Options{CallTimeout: 500 * time.Millisecond}
+
+	f.Fuzz(func(t *testing.T, inStatus int, inBody []byte, verStatus int, verBody []byte, cfgStatus int, cfgBody []byte, putStatus int, putBody []byte, delStatus int, delBody []byte) {
+		h.set(map[string]canned{
+			"GET /":          {httpStatus(inStatus), inBody},
+			"GET /version":   {httpStatus(verStatus), verBody},
+			"GET /vm/config": {httpStatus(cfgStatus), cfgBody},
+			"PUT":            {httpStatus(putStatus), putBody},
+			"DELETE":         {httpStatus(delStatus), delBody},
+		})
+		a, err := firecracker.New(sock, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+
+		if in, err := a.Info(ctx); err == nil && in.Kind != vmmadapter.Firecracker {
+			t.Errorf("Info = %+v", in)
+		}
+		_, _ = a.NICs(ctx)
+		att, err := a.AddNIC(ctx, vmmadapter.NIC{ID: "eth-0", Tap: "tapeth0", MAC: "02:00:00:00:00:01", MTU: 1500})
+		if err == nil {
+			if st := httpStatus(putStatus); st < 200 || st >= 300 {
+				t.Errorf("AddNIC succeeded on status %d", st)
+			}
+			if att.ID != firecracker.IfaceID("eth-0") {
+				t.Errorf("AddNIC attachment %+v, want iface_id %s", att, firecracker.IfaceID("eth-0"))
+			}
+		}
+		_ = a.RemoveNIC(ctx, "eth-0")
+		if ctx.Err() != nil {
+			t.Fatalf("calls outlived their deadline: %v", ctx.Err())
+		}
+	})
+}
