@@ -31,7 +31,7 @@ TEST_DEPS :=
 
 include $(sort $(wildcard mk/*.mk))
 
-.PHONY: build test unit-test demo tools apt clean fmt vet
+.PHONY: build test go-test unit-test demo tools apt clean fmt vet
 
 build:
 	@mkdir -p $(BIN)
@@ -74,7 +74,13 @@ unit-test:
 
 # test: all tests. As root the integration tests run (and must not skip:
 # VMNIC_REQUIRE_ROOT_TESTS makes a missing tool a failure, not a skip).
-test: apt tools build $(TEST_DEPS)
+# Order: the main module's tests, then each area's extra suites (TEST_DEPS,
+# from mk/*.mk), then the end-to-end suite on a real containerd.
+test: apt tools build
+	@$(MAKE) --no-print-directory go-test
+	@for t in $(TEST_DEPS) e2e; do echo "== make $$t"; $(MAKE) --no-print-directory $$t || exit 1; done
+
+go-test:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 	VMNIC_REQUIRE_ROOT_TESTS=$$([ "$$(id -u)" = 0 ] && echo 1) \

@@ -35,7 +35,7 @@ type HotplugVMM struct {
 	ChainDel stats.Summary `json:"chain_del"`
 	VmnicAdd stats.Summary `json:"vmnic_add"`
 	VmnicDel stats.Summary `json:"vmnic_del"`
-	// VMMStep is the "vmm" step of vmnic's ADD (the adapter call), when the
+	// VMMStep is the "vmm-added" step of vmnic's ADD (the adapter call), when the
 	// plugin records step times.
 	VMMStep stats.Summary `json:"vmm_step"`
 	// AdapterAdd and AdapterRemove are the adapter's AddNIC and RemoveNIC
@@ -153,7 +153,7 @@ func (a *hotAcc) result(name string, e *env, note string) HotplugVMM {
 			a.vadd = append(a.vadd, c.Duration())
 			if ok {
 				for _, st := range rec.Steps {
-					if st.Name == "vmm" {
+					if st.Name == "vmm-added" {
 						a.vmm = append(a.vmm, time.Duration(st.NS))
 					}
 				}

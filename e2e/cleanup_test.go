@@ -3,12 +3,14 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -71,7 +73,7 @@ func forceCleanup(dir string, p paths) []error {
 			errs = append(errs, fmt.Errorf("unmount %s: %w", mp, err))
 		}
 	}
-	removeCNICache(dir)
+	removeHostLeftovers(dir)
 	if err := os.RemoveAll(dir); err != nil {
 		errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
 	}
@@ -80,27 +82,40 @@ func forceCleanup(dir string, p paths) []error {
 	return errs
 }
 
-// removeCNICache removes go-cni's result cache entries (kept in
-// /var/lib/cni/results whatever containerd's root) of the pods of the run
-// rooted at dir: <network>-<sandbox-id>-<ifname>.
-func removeCNICache(dir string) {
+// sandboxIDs lists the pod sandboxes containerd recorded for the run rooted at dir.
+func sandboxIDs(dir string) []string {
 	var ids []string
 	for _, d := range []string{"root", "state"} {
 		ents, _ := os.ReadDir(filepath.Join(dir, d, "io.containerd.grpc.v1.cri", "sandboxes"))
 		for _, ent := range ents {
-			ids = append(ids, ent.Name())
+			if id := ent.Name(); len(id) >= 32 && !strings.ContainsAny(id, "/*?[\\") && !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
 		}
 	}
-	for _, id := range ids {
-		if len(id) < 32 || strings.ContainsAny(id, "/*?[") {
-			continue
-		}
+	return ids
+}
+
+// removeHostLeftovers removes what containerd keeps outside any directory
+// it can be given, for the pods of the run rooted at dir: go-cni's result
+// cache (/var/lib/cni/results/<network>-<sandbox-id>-<ifname>) and the
+// sockets of shims that were killed (/run/containerd/s/<sha256 of
+// <grpc address>/<namespace>/<sandbox id>>).
+func removeHostLeftovers(dir string) {
+	for _, id := range sandboxIDs(dir) {
 		files, _ := filepath.Glob(filepath.Join("/var/lib/cni/results", "*-"+id+"-*"))
 		for _, f := range files {
 			os.Remove(f)
 		}
+		sock := filepath.Join(dir, "containerd.sock", criNamespace, id)
+		for _, p := range []string{sock, filepath.Join(sock, "debug")} {
+			os.Remove(filepath.Join(shimSocketDir, fmt.Sprintf("%x", sha256.Sum256([]byte(p)))))
+		}
 	}
 }
+
+// shimSocketDir is where containerd's shims put their sockets when root.
+const shimSocketDir = "/run/containerd/s"
 
 // removeCgroups removes the (empty, once the containers are gone) pod cgroups
 // under the suite's cgroup parent, and the shim socket dir if it is empty.
@@ -113,8 +128,8 @@ func removeCgroups() {
 		}
 		os.Remove(p)
 	}
-	// containerd puts shim sockets in /run/containerd/s whatever its state dir.
-	os.Remove("/run/containerd/s")
+	// The shim socket dir, when nothing else uses it.
+	os.Remove(shimSocketDir)
 }
 
 // deleteHostLinks deletes the suite's bridges.

@@ -102,7 +102,7 @@ func testMain(m *testing.M) int {
 		}
 		return 1
 	}
-	fmt.Fprintf(os.Stderr, "e2e: containerd %s up in %s (dir %s, vmnic CNI %v, vmnic NRI %v)\n",
+	fmt.Fprintf(os.Stderr, "e2e: %s up in %s (dir %s, vmnic CNI %v, vmnic NRI %v)\n",
 		containerdVersion(e), time.Since(start).Round(time.Millisecond), e.Dir, e.HasVmnicCNI, e.HasVmnicNRI)
 	suite = e
 	code := m.Run()

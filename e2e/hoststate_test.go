@@ -107,7 +107,7 @@ func Taps(links map[string]Link) []Link {
 	return taps
 }
 
-// hasQdisc reports whether l has a qdisc other than the default ones, i.e.
+// hasTCHook reports whether l has a qdisc other than the default ones, i.e.
 // one a plugin added (ingress or clsact).
 func (l Link) hasTCHook() bool {
 	for _, q := range l.Qdiscs {

@@ -81,7 +81,7 @@ func simNIC(ch *vmmsim.CH, tap string) (vmmsim.CHNet, bool) {
 func TestHotAddSecondNetwork(t *testing.T) {
 	e := needVmnic(t, true, true)
 	needBinary(t, e.p.vmnic("vmnicctl"))
-	p := e.RunPod(t, podName(t, "hot"), podOpts{vm: true})
+	p := e.RunPod(t, podName("hot"), podOpts{vm: true})
 	st := e.Status(t, p)
 	ns := OpenNetns(t, st.NetnsPath)
 	rec := e.Record(t, p.ID)

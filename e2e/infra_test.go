@@ -12,7 +12,7 @@ import (
 // leaves nothing behind once removed.
 func TestPlainPod(t *testing.T) {
 	e := needSuite(t)
-	p := e.RunPod(t, podName(t, "plain"), podOpts{})
+	p := e.RunPod(t, podName("plain"), podOpts{})
 	st := e.Status(t, p)
 	_, subnet, _ := net.ParseCIDR(net0Subnet)
 	if ip := net.ParseIP(st.IP); ip == nil || !subnet.Contains(ip) {

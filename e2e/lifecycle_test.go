@@ -48,7 +48,7 @@ func TestConcurrentPods(t *testing.T) {
 			}
 			wg.Wait()
 			t.Cleanup(func() { // pods a failed check left behind
-				ctx, cancel := opCtx(t)
+				ctx, cancel := opCtx()
 				defer cancel()
 				for _, p := range pods {
 					if p != nil {
@@ -91,7 +91,7 @@ func TestConcurrentPods(t *testing.T) {
 					continue
 				}
 				wg.Go(func() {
-					ctx, cancel := opCtx(t)
+					ctx, cancel := opCtx()
 					defer cancel()
 					errs[i] = e.removePod(ctx, p.ID)
 				})
@@ -115,9 +115,9 @@ func TestContainerdRestart(t *testing.T) {
 	e, vm := vmMode(t)
 	ctx := context.Background()
 
-	a := e.RunPod(t, podName(t, "rsta"), podOpts{vm: vm})
-	b := e.RunPod(t, podName(t, "rstb"), podOpts{vm: vm, hostNetwork: vm})
-	c := e.RunPod(t, podName(t, "rstc"), podOpts{})
+	a := e.RunPod(t, podName("rsta"), podOpts{vm: vm})
+	b := e.RunPod(t, podName("rstb"), podOpts{vm: vm, hostNetwork: vm})
+	c := e.RunPod(t, podName("rstc"), podOpts{})
 	if vm {
 		e.StartVMM(t, a)
 		e.StartVMM(t, b)
@@ -140,7 +140,7 @@ func TestContainerdRestart(t *testing.T) {
 		if recA == nil || len(recA.NetworkConfigs) != 1 || recB == nil || !recB.NetnsOwned || !isNetnsMount(recB.NetnsPath) {
 			t.Fatalf("records after the restart: a %+v, b %+v; want both kept", recA, recB)
 		}
-		d := e.RunPod(t, podName(t, "rstd"), podOpts{vm: true})
+		d := e.RunPod(t, podName("rstd"), podOpts{vm: true})
 		if rec := e.Record(t, d.ID); rec == nil || rec.PodName != d.Name || len(rec.NetworkConfigs) != 1 {
 			t.Errorf("VM pod made after the restart: record %+v, want one with the pod's name and a NIC", rec)
 		}
@@ -232,8 +232,8 @@ func TestNRIReconcile(t *testing.T) {
 	// plugin is away; when it is back, it reconciles; a live pod is kept.
 	missed := func(t *testing.T, live *Pod, away, back func()) {
 		t.Helper()
-		a := e.RunPod(t, podName(t, "gone"), podOpts{vm: true})
-		b := e.RunPod(t, podName(t, "gonehost"), podOpts{vm: true, hostNetwork: true})
+		a := e.RunPod(t, podName("gone"), podOpts{vm: true})
+		b := e.RunPod(t, podName("gonehost"), podOpts{vm: true, hostNetwork: true})
 		e.StartVMM(t, b)
 		if rec := e.Record(t, b.ID); rec == nil || !rec.NetnsOwned {
 			t.Fatalf("host-network VM pod record %+v", rec)
@@ -276,7 +276,7 @@ func TestNRIReconcile(t *testing.T) {
 	}
 
 	t.Run("preinstalled", func(t *testing.T) {
-		live := e.RunPod(t, podName(t, "live"), podOpts{vm: true})
+		live := e.RunPod(t, podName("live"), podOpts{vm: true})
 		missed(t, live, killPlugin, restart)
 		removeAcrossRestart(t, live, func() { killPlugin(); restart() })
 		e.AssertClean(t)
@@ -306,7 +306,7 @@ func TestNRIReconcile(t *testing.T) {
 		}
 
 		// The daemon reconnects by itself when containerd restarts.
-		live := e.RunPod(t, podName(t, "live"), podOpts{vm: true})
+		live := e.RunPod(t, podName("live"), podOpts{vm: true})
 		syncs = e.nriLogCount(logSynchronize)
 		restart()
 		if !waitFor(ctx, 15*time.Second, func() bool { return e.nriLogCount(logSynchronize) > syncs }) {
@@ -315,7 +315,7 @@ func TestNRIReconcile(t *testing.T) {
 		if rec := e.Record(t, live.ID); rec == nil || len(rec.NetworkConfigs) != 1 {
 			t.Errorf("record of %s after the restart: %+v", live.Name, rec)
 		}
-		q := e.RunPod(t, podName(t, "ext"), podOpts{vm: true})
+		q := e.RunPod(t, podName("ext"), podOpts{vm: true})
 		if rec := e.Record(t, q.ID); rec == nil || rec.PodName != q.Name {
 			t.Errorf("VM pod made after the reconnect: record %+v", rec)
 		}

@@ -41,7 +41,7 @@ func randHex(n int) string {
 // opTimeout bounds every single runtime operation of the suite.
 const opTimeout = 2 * time.Minute
 
-func opCtx(t testing.TB) (context.Context, context.CancelFunc) {
+func opCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), opTimeout)
 }
 
@@ -86,7 +86,7 @@ func (e *Env) RunPod(t testing.TB, name string, o podOpts) *Pod {
 		t.Fatalf("RunPodSandbox %s: %v", name, err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := opCtx(t)
+		ctx, cancel := opCtx()
 		defer cancel()
 		if err := e.removePod(ctx, p.ID); err != nil {
 			t.Errorf("cleanup: %v", err)
@@ -112,7 +112,7 @@ func (e *Env) runPod(name string, o podOpts) (*Pod, error) {
 // RemovePod stops and removes a pod now (its t.Cleanup then finds it gone).
 func (e *Env) RemovePod(t testing.TB, p *Pod) {
 	t.Helper()
-	ctx, cancel := opCtx(t)
+	ctx, cancel := opCtx()
 	defer cancel()
 	if err := e.removePod(ctx, p.ID); err != nil {
 		t.Fatal(err)
@@ -122,7 +122,7 @@ func (e *Env) RemovePod(t testing.TB, p *Pod) {
 // StartVMM creates and starts the VMM stand-in container in pod p.
 func (e *Env) StartVMM(t testing.TB, p *Pod) string {
 	t.Helper()
-	ctx, cancel := opCtx(t)
+	ctx, cancel := opCtx()
 	defer cancel()
 	cfg := &runtimeapi.ContainerConfig{
 		Metadata: &runtimeapi.ContainerMetadata{Name: "vmm"},
@@ -148,7 +148,7 @@ func (e *Env) StartVMM(t testing.TB, p *Pod) string {
 // Probe asks the VMM stand-in what its container sees.
 func (e *Env) Probe(t testing.TB, containerID string) probe.Report {
 	t.Helper()
-	ctx, cancel := opCtx(t)
+	ctx, cancel := opCtx()
 	defer cancel()
 	stdout, stderr, err := e.RS.ExecSync(ctx, containerID, []string{"/vmmprobe", "report"}, 30*time.Second)
 	if err != nil {
@@ -173,7 +173,7 @@ type PodStatus struct {
 // from containerd's verbose info.
 func (e *Env) Status(t testing.TB, p *Pod) PodStatus {
 	t.Helper()
-	ctx, cancel := opCtx(t)
+	ctx, cancel := opCtx()
 	defer cancel()
 	resp, err := e.RS.PodSandboxStatus(ctx, p.ID, true)
 	if err != nil {
@@ -205,7 +205,7 @@ func (e *Env) Status(t testing.TB, p *Pod) PodStatus {
 	return st
 }
 
-// podName makes pod names unique per test.
-func podName(t testing.TB, suffix string) string {
-	return fmt.Sprintf("%s-%s", suffix, randHex(3))
+// podName makes a unique pod name.
+func podName(prefix string) string {
+	return fmt.Sprintf("%s-%s", prefix, randHex(3))
 }

@@ -60,7 +60,7 @@ func checkVMMContainer(t *testing.T, r probe.Report, p *Pod, rec *netsetup.NetSe
 // record, the runtime dir and the environment.
 func TestVMPod(t *testing.T) {
 	e := needVmnic(t, true, true)
-	p := e.RunPod(t, podName(t, "vm"), podOpts{vm: true})
+	p := e.RunPod(t, podName("vm"), podOpts{vm: true})
 	st := e.Status(t, p)
 	_, subnet, _ := net.ParseCIDR(net0Subnet)
 	if ip := net.ParseIP(st.IP); ip == nil || !subnet.Contains(ip) {
@@ -127,7 +127,7 @@ func TestVMPod(t *testing.T) {
 // NICs, and its VMM container runs inside that netns.
 func TestHostNetworkVMPod(t *testing.T) {
 	e := needVmnic(t, false, true)
-	p := e.RunPod(t, podName(t, "hostvm"), podOpts{vm: true, hostNetwork: true})
+	p := e.RunPod(t, podName("hostvm"), podOpts{vm: true, hostNetwork: true})
 	st := e.Status(t, p)
 	if st.NetnsPath != "" {
 		t.Fatalf("host-network pod has a runtime netns %q", st.NetnsPath)
@@ -172,7 +172,7 @@ func TestHostNetworkVMPod(t *testing.T) {
 // its containers get nothing from vmnic.
 func TestNonVMPodUntouched(t *testing.T) {
 	e := needVmnic(t, false, true)
-	p := e.RunPod(t, podName(t, "novm"), podOpts{})
+	p := e.RunPod(t, podName("novm"), podOpts{})
 	st := e.Status(t, p)
 	ns := OpenNetns(t, st.NetnsPath)
 	dev, ino := ns.ID(t)
@@ -201,7 +201,7 @@ func TestNonVMPodUntouched(t *testing.T) {
 // no netns, no record, no lease, no runtime dir.
 func TestVMPodTeardown(t *testing.T) {
 	e := needVmnic(t, true, true)
-	p := e.RunPod(t, podName(t, "vmdel"), podOpts{vm: true})
+	p := e.RunPod(t, podName("vmdel"), podOpts{vm: true})
 	st := e.Status(t, p)
 	ns := OpenNetns(t, st.NetnsPath)
 	if taps := Taps(ns.Links(t)); len(taps) != 1 {
@@ -213,7 +213,7 @@ func TestVMPodTeardown(t *testing.T) {
 	}
 	e.StartVMM(t, p)
 
-	ctx, cancel := opCtx(t)
+	ctx, cancel := opCtx()
 	defer cancel()
 	if err := e.RS.StopPodSandbox(ctx, p.ID); err != nil {
 		t.Fatalf("StopPodSandbox: %v", err)

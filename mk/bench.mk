@@ -12,7 +12,7 @@ BENCH_QUICK ?=
 BENCH_FLAGS ?=
 
 # The QEMU hot-plug measurement boots the test guest (internal/testguest).
-APT_PACKAGES += qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
+APT_PACKAGES += qemu-system-x86 linux-image-amd64 busybox-static xz-utils
 
 .PHONY: bench
 bench: apt tools build

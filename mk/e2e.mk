@@ -20,6 +20,11 @@ E2E_BENCH_PODS         ?= 20
 E2E_CONTAINERD_TAGS := no_btrfs no_devmapper no_zfs
 E2E_CONTAINERD_PKG  := github.com/containerd/containerd/v2/cmd
 
+# e2e/go.mod follows the main module through its replace directive; -mod=mod
+# lets a dependency the main module gained since e2e/go.sum was tidied be
+# added on the fly instead of failing the build.
+E2E_GOFLAGS := -buildvcs=false -mod=mod
+
 # The tests find the binaries and images through these.
 export VMNIC_E2E_TOOLS := $(E2E_DIR)
 
@@ -56,7 +61,7 @@ e2e-images: $(E2E_IMAGES)/pause.tar $(E2E_IMAGES)/vmm.tar
 
 $(E2E_DIR)/build/mkimage $(E2E_DIR)/build/pause $(E2E_DIR)/build/vmmprobe &: $(E2E_IMAGE_SRCS)
 	@mkdir -p $(E2E_DIR)/build
-	cd e2e && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(E2E_DIR)/build/ ./cmd/mkimage ./cmd/pause ./cmd/vmmprobe
+	cd e2e && GOFLAGS="$(E2E_GOFLAGS)" CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(E2E_DIR)/build/ ./cmd/mkimage ./cmd/pause ./cmd/vmmprobe
 
 $(E2E_IMAGES)/pause.tar: $(E2E_DIR)/build/mkimage $(E2E_DIR)/build/pause
 	@mkdir -p $(E2E_IMAGES)
@@ -71,12 +76,12 @@ $(E2E_IMAGES)/vmm.tar: $(E2E_DIR)/build/mkimage $(E2E_DIR)/build/vmmprobe
 # e2e: the end-to-end suite (root). As root a missing piece fails, never skips.
 e2e: apt $(E2E_DEPS)
 	@test -z "$$(gofmt -l e2e)" || { echo "gofmt needed:"; gofmt -l e2e; exit 1; }
-	cd e2e && $(GO) vet ./...
-	cd e2e && VMNIC_REQUIRE_ROOT_TESTS=$$([ "$$(id -u)" = 0 ] && echo 1) \
+	cd e2e && GOFLAGS="$(E2E_GOFLAGS)" $(GO) vet ./...
+	cd e2e && GOFLAGS="$(E2E_GOFLAGS)" VMNIC_REQUIRE_ROOT_TESTS=$$([ "$$(id -u)" = 0 ] && echo 1) \
 	  $(GO) test -count=1 -p 1 -timeout $(E2E_TIMEOUT) -v $(E2E_FLAGS) ./...
 
 # e2e-bench: RunPodSandbox wall time, E2E_BENCH_PODS pods each way, printed
 # as median, p90 and the with/without ratio.
 e2e-bench: apt $(E2E_DEPS)
-	cd e2e && VMNIC_REQUIRE_ROOT_TESTS=$$([ "$$(id -u)" = 0 ] && echo 1) VMNIC_E2E_BENCH_PODS=$(E2E_BENCH_PODS) \
+	cd e2e && GOFLAGS="$(E2E_GOFLAGS)" VMNIC_REQUIRE_ROOT_TESTS=$$([ "$$(id -u)" = 0 ] && echo 1) VMNIC_E2E_BENCH_PODS=$(E2E_BENCH_PODS) \
 	  $(GO) test -count=1 -p 1 -timeout $(E2E_TIMEOUT) -run '^$$' -bench BenchmarkRunPodSandbox -benchtime 1x .

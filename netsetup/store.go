@@ -23,22 +23,39 @@ const DefaultStateDir = "/var/lib/vmnic"
 var ErrNotFound = errors.New("no NetSetup record")
 
 // Store keeps one JSON file per sandbox under <stateDir>/sandboxes/, mode
-// 0600 in 0700 directories. Writes are atomic (temp file, fsync, rename,
-// fsync of the directory) and made under a per-sandbox flock held on
+// 0600 in 0700 directories. Writes are atomic (temp file, rename; with
+// Options.Durable also fsync of the file and the directory) and made under a per-sandbox flock held on
 // <stateDir>/locks/<id>.lock, so different sandboxes never wait on each
 // other. <stateDir>/netns/<dev>-<ino> maps a network namespace to the
 // sandbox that owns it, so finding a sandbox by netns is one file read.
+// See Options for durability.
 type Store struct {
+	durable    bool
 	dir        string
 	sandboxDir string
 	lockDir    string
 	netnsDir   string
 }
 
-// Open opens (creating when needed) the store rooted at stateDir. It refuses
-// a state directory, or a sub-directory, that is a symlink or is writable by
-// group or others.
-func Open(stateDir string) (*Store, error) {
+// Options tune a store.
+type Options struct {
+	// Durable makes every record write survive a power loss: the file is
+	// fsynced before the rename and the directory after it. Without it,
+	// writes are still atomic (temp file + rename), so no process crash can
+	// leave a torn or half-written record; a power loss may lose the last
+	// seconds of updates, which describe host objects (netns bind mounts,
+	// TAPs, VMM processes) that do not survive a power loss either. The
+	// netns index is a cache checked on every use and is never fsynced.
+	Durable bool
+}
+
+// Open opens (creating when needed) the store rooted at stateDir with
+// default options. It refuses a state directory, or a sub-directory, that is
+// a symlink or is writable by group or others.
+func Open(stateDir string) (*Store, error) { return OpenWithOptions(stateDir, Options{}) }
+
+// OpenWithOptions is Open with options.
+func OpenWithOptions(stateDir string, o Options) (*Store, error) {
 	if stateDir == "" {
 		stateDir = DefaultStateDir
 	}
@@ -47,6 +64,7 @@ func Open(stateDir string) (*Store, error) {
 		return nil, fmt.Errorf("state dir %q: %w", stateDir, err)
 	}
 	s := &Store{
+		durable:    o.Durable,
 		dir:        abs,
 		sandboxDir: filepath.Join(abs, "sandboxes"),
 		lockDir:    filepath.Join(abs, "locks"),
@@ -319,11 +337,14 @@ func (t *Tx) Save(rec *NetSetup) error {
 	}
 	data = append(data, '\n')
 	if rec.NetnsID != nil && (t.loaded == nil || t.loaded.NetnsID == nil || *t.loaded.NetnsID != *rec.NetnsID) {
-		if err := writeAtomic(t.s.netnsDir, t.s.netnsIndexPath(*rec.NetnsID), []byte(t.id+"\n")); err != nil {
+		if err := writeAtomic(t.s.netnsDir, t.s.netnsIndexPath(*rec.NetnsID), []byte(t.id+"\n"), false); err != nil {
 			return fmt.Errorf("save sandbox %s: netns index: %w", t.id, err)
 		}
 	}
-	if err := writeAtomic(t.s.sandboxDir, t.s.Path(t.id), data); err != nil {
+	if err := writeAtomic(t.s.sandboxDir, t.s.Path(t.id), data, t.s.durable); err != nil {
+		return fmt.Errorf("save sandbox %s: %w", t.id, err)
+	}
+	if err := writeMirror(rec, data); err != nil {
 		return fmt.Errorf("save sandbox %s: %w", t.id, err)
 	}
 	if t.loaded != nil && t.loaded.NetnsID != nil && (rec.NetnsID == nil || *rec.NetnsID != *t.loaded.NetnsID) {
@@ -342,11 +363,18 @@ func (t *Tx) Delete() error {
 	if err == nil && rec.NetnsID != nil {
 		t.s.removeIndex(*rec.NetnsID, t.id)
 	}
+	if err == nil {
+		if p := rec.MirrorPath(); p != "" {
+			os.Remove(p)
+		}
+	}
 	if err := os.Remove(t.s.Path(t.id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("delete record of sandbox %s: %w", t.id, err)
 	}
-	if err := syncDir(t.s.sandboxDir); err != nil {
-		return fmt.Errorf("delete record of sandbox %s: %w", t.id, err)
+	if t.s.durable {
+		if err := syncDir(t.s.sandboxDir); err != nil {
+			return fmt.Errorf("delete record of sandbox %s: %w", t.id, err)
+		}
 	}
 	t.loaded = nil
 	t.gone = true
@@ -410,9 +438,54 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*NetSetup) error)
 	return rec, nil
 }
 
-// writeAtomic writes data to path through a temp file in dir: write, fsync,
-// rename, fsync dir. The file is 0600 and never written through a symlink.
-func writeAtomic(dir, path string, data []byte) error {
+// MirrorFile is the name of the copy of a record kept in its sandbox's
+// runtime directory (see NetSetup.MirrorPath).
+const MirrorFile = "netsetup.json"
+
+// MirrorPath is where the record's live copy is kept: <runtime_dir>/netsetup.json,
+// or "" when the sandbox has no runtime directory. The runtime directory is
+// what the NRI hook mounts into the VMM container; a directory mount (unlike
+// a mount of the record file itself, which an atomic rename replaces) lets
+// the VMM see every update.
+func (s *NetSetup) MirrorPath() string {
+	if s.RuntimeDir == "" || !filepath.IsAbs(s.RuntimeDir) {
+		return ""
+	}
+	return filepath.Join(filepath.Clean(s.RuntimeDir), MirrorFile)
+}
+
+// writeMirror atomically refreshes the record's copy in its runtime
+// directory, when it has one that exists. The directory must be a real
+// directory (not a symlink) that is not writable by group or others.
+func writeMirror(rec *NetSetup, data []byte) error {
+	p := rec.MirrorPath()
+	if p == "" {
+		return nil
+	}
+	dir := filepath.Dir(p)
+	fi, err := os.Lstat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // not created yet (or already removed): nothing to mirror into
+	}
+	if err != nil {
+		return fmt.Errorf("runtime dir %s: %w", dir, err)
+	}
+	if !fi.IsDir() || fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("runtime dir %s is not a directory", dir)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("runtime dir %s has mode %o: it must not be writable by group or others", dir, fi.Mode().Perm())
+	}
+	if err := writeAtomic(dir, p, data, false); err != nil {
+		return fmt.Errorf("mirror record into %s: %w", p, err)
+	}
+	return nil
+}
+
+// writeAtomic writes data to path through a temp file in dir: write, rename
+// (with durable: fsync before the rename and of dir after it). The file is
+// 0600 and never written through a symlink.
+func writeAtomic(dir, path string, data []byte, durable bool) error {
 	tmp, err := os.CreateTemp(dir, ".tmp-*")
 	if err != nil {
 		return err
@@ -431,8 +504,10 @@ func writeAtomic(dir, path string, data []byte) error {
 	if _, err := tmp.Write(data); err != nil {
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		return err
+	if durable {
+		if err := tmp.Sync(); err != nil {
+			return err
+		}
 	}
 	if err := tmp.Close(); err != nil {
 		return err
@@ -441,6 +516,9 @@ func writeAtomic(dir, path string, data []byte) error {
 		return err
 	}
 	ok = true
+	if !durable {
+		return nil
+	}
 	return syncDir(dir)
 }
 

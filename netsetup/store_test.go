@@ -359,3 +359,87 @@ func TestConcurrentProcessesLoseNoUpdate(t *testing.T) {
 		t.Errorf("temp files left: %v", tmp)
 	}
 }
+
+func TestDurableStoreWritesAndDeletes(t *testing.T) {
+	s, err := OpenWithOptions(filepath.Join(t.TempDir(), "state"), Options{Durable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := s.Create(ctx, New("durable")); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := s.Get("durable"); err != nil || rec.Phase != PhasePrepared {
+		t.Fatalf("Get = %+v, %v", rec, err)
+	}
+	tx, _ := s.Lock(ctx, "durable")
+	if err := tx.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	tx.Unlock()
+	if _, err := s.Get("durable"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after Delete: %v", err)
+	}
+}
+
+func TestMirrorInRuntimeDirFollowsEverySave(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	rt := filepath.Join(t.TempDir(), "rt")
+	if err := os.Mkdir(rt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	rec := New("mirrored")
+	rec.RuntimeDir = rt
+	if err := s.Create(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	// Hold the mirror open like a bind mount of the directory would see it:
+	// by path, re-read after each save.
+	readMirror := func() *NetSetup {
+		t.Helper()
+		data, err := os.ReadFile(filepath.Join(rt, MirrorFile))
+		if err != nil {
+			t.Fatalf("mirror: %v", err)
+		}
+		m, err := Decode(data, "")
+		if err != nil {
+			t.Fatalf("mirror: %v", err)
+		}
+		return m
+	}
+	if m := readMirror(); m.SandboxID != "mirrored" || len(m.NetworkConfigs) != 0 {
+		t.Fatalf("mirror after create = %+v", m)
+	}
+	for _, ifname := range []string{"eth0", "net1"} {
+		if _, err := s.Update(ctx, "mirrored", func(r *NetSetup) error {
+			r.PutNIC(NIC{IfName: ifname, State: NICPending})
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := readMirror(); len(m.NetworkConfigs) != 2 || m.Phase != PhaseConfigured {
+		t.Fatalf("mirror must follow every save: %+v", m)
+	}
+	tx, _ := s.Lock(ctx, "mirrored")
+	tx.Delete()
+	tx.Unlock()
+	if _, err := os.Stat(filepath.Join(rt, MirrorFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Delete must remove the mirror: %v", err)
+	}
+
+	// A runtime dir that is not there yet is skipped; a loose one is refused.
+	rec = New("loose")
+	rec.RuntimeDir = filepath.Join(t.TempDir(), "missing")
+	if err := s.Create(ctx, rec); err != nil {
+		t.Fatalf("a missing runtime dir must not fail the save: %v", err)
+	}
+	loose := filepath.Join(t.TempDir(), "loose")
+	os.Mkdir(loose, 0o777)
+	os.Chmod(loose, 0o777)
+	if _, err := s.Update(ctx, "loose", func(r *NetSetup) error { r.RuntimeDir = loose; return nil }); err == nil ||
+		!strings.Contains(err.Error(), "writable by group or others") {
+		t.Fatalf("mirror into a 0777 dir = %v, want refusal", err)
+	}
+}

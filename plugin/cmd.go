@@ -52,7 +52,7 @@ func setup(args *skel.CmdArgs) (*env, error) {
 	}
 	log, c := conf.logger()
 	e := &env{conf: conf, log: log, closer: func() { c.Close() }}
-	st, err := netsetup.Open(conf.StateDir)
+	st, err := netsetup.OpenWithOptions(conf.StateDir, netsetup.Options{Durable: conf.Fsync})
 	if err != nil {
 		e.closer()
 		return nil, types.NewError(types.ErrIOFailure, fmt.Sprintf("stateDir %s", conf.StateDir), err.Error())

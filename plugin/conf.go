@@ -27,6 +27,10 @@ type NetConf struct {
 
 	// StateDir holds the NetSetup records (default /var/lib/vmnic).
 	StateDir string `json:"stateDir,omitempty"`
+	// Fsync makes every record write durable across a power loss (fsync of
+	// the file and the directory). Off by default: writes are atomic either
+	// way, and what a record describes does not survive a power loss.
+	Fsync bool `json:"fsync,omitempty"`
 	// Backend is "cni" (default: TAP joined to the veth by tc redirect in
 	// the sandbox netns) or "bridge" (TAP as a port of a host bridge).
 	Backend string `json:"backend,omitempty"`

@@ -10,6 +10,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
+	"github.com/vmnic/vmnic/internal/failpoint"
 	"github.com/vmnic/vmnic/internal/hostnet"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
@@ -238,6 +239,9 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		}
 		return nil, e
 	}
+	if err := m.step("add-locked"); err != nil {
+		return early(asCoded(err, "add NIC %s", s.IfName))
+	}
 	if err := m.admit(rec, &s, nsid); err != nil {
 		return early(err)
 	}
@@ -429,6 +433,9 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		}
 		u.host = append(u.host, func() error { return hostnet.DeleteTap(nic.Tap) })
 		res.TapMAC = tap.Attrs().HardwareAddr.String()
+		if err := m.step("bridge-tap-created"); err != nil {
+			return nil, rollback(asCoded(err, "set up NIC %s", s.IfName))
+		}
 		if err := hostnet.SetMaster(tap, brLink); err != nil {
 			return nil, rollback(coded(CodeInternal, err, "bridge port"))
 		}
@@ -464,12 +471,18 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		if res.Warning != "" {
 			m.log().Warn(res.Warning, "sandbox", s.SandboxID)
 		}
+		if err := m.step("vmm-added"); err != nil {
+			return nil, rollback(asCoded(err, "add NIC %s", s.IfName))
+		}
 	}
 
 	nic.HostReady = true
 	rec.PutNIC(nic)
 	if err := tx.Save(rec); err != nil {
 		return nil, rollback(coded(CodeIOFailure, err, "record NIC %s", s.IfName))
+	}
+	if err := m.step("add-saved"); err != nil {
+		return nil, rollback(asCoded(err, "add NIC %s", s.IfName))
 	}
 	res.NIC = nic
 	m.log().Info("NIC added", "sandbox", s.SandboxID, "ifname", s.IfName, "tap", nic.Tap, "state", nic.State)
@@ -629,8 +642,13 @@ func (m *Manager) admit(rec *netsetup.NetSetup, s *NICSpec, nsid netsetup.NetnsI
 	return nil
 }
 
-// step runs the test hook at a named point of a change.
+// step runs the test hook at a named point of a change. Each name is also
+// a failpoint (internal/failpoint; registered in failpoint.Points), armed
+// only in test builds made with -tags vmnic_failpoints.
 func (m *Manager) step(name string) error {
+	if err := failpoint.Inject(name); err != nil {
+		return err
+	}
 	if m.hook == nil {
 		return nil
 	}

@@ -66,6 +66,11 @@ func (m *Manager) Prepare(ctx context.Context, id string, o PrepareOptions) (*ne
 			return nil, fmt.Errorf("prepare sandbox %s: %w", id, err)
 		}
 		rec.NetnsPath, rec.NetnsID, rec.NetnsOwned = path, &nsid, true
+		if err := m.step("prepare-netns-created"); err != nil {
+			_ = netns.Remove(path)
+			_ = tx.Delete()
+			return nil, fmt.Errorf("prepare sandbox %s: %w", id, err)
+		}
 	}
 	if err := tx.Save(rec); err != nil {
 		if createdNetns != "" {
@@ -175,6 +180,9 @@ func (m *Manager) Teardown(ctx context.Context, id string, o TeardownOptions) er
 		return fmt.Errorf("teardown sandbox %s: %w", id, err)
 	}
 	var errs []error
+	if err := m.step("teardown-saved"); err != nil {
+		errs = append(errs, err)
+	}
 	var cids []string
 	for _, n := range append([]netsetup.NIC(nil), rec.NetworkConfigs...) {
 		cids = append(cids, n.ContainerID)
@@ -190,6 +198,8 @@ func (m *Manager) Teardown(ctx context.Context, id string, o TeardownOptions) er
 		if err := m.step("teardown-netns"); err != nil {
 			errs = append(errs, err)
 		} else if err := netns.Remove(rec.ResolvedNetnsPath()); err != nil {
+			errs = append(errs, err)
+		} else if err := m.step("netns-removed"); err != nil {
 			errs = append(errs, err)
 		}
 	}

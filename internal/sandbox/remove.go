@@ -70,6 +70,9 @@ func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.
 			if err := tx.Save(rec); err != nil {
 				return coded(CodeIOFailure, err, "record NIC %s as detaching", ifname)
 			}
+			if err := m.step("detaching-saved"); err != nil {
+				return asCoded(err, "remove NIC %s", ifname)
+			}
 		}
 		var err error
 		if fresh {
@@ -94,12 +97,18 @@ func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.
 			}
 			return coded(CodeInternal, err, "remove NIC %s from the %s VMM of sandbox %s", ifname, rec.VMM.Kind, rec.SandboxID)
 		}
+		if err := m.step("vmm-removed"); err != nil {
+			return asCoded(err, "remove NIC %s", ifname)
+		}
 	}
 	if err := m.step("remove-host"); err != nil {
 		return asCoded(err, "remove NIC %s", ifname)
 	}
 	if err := m.cleanupHost(rec, nic); err != nil {
 		return coded(CodeInternal, err, "remove NIC %s of sandbox %s", ifname, rec.SandboxID)
+	}
+	if err := m.step("host-removed"); err != nil {
+		return asCoded(err, "remove NIC %s", ifname)
 	}
 	rec.RemoveNIC(ifname)
 	if dropCNIRecord && len(rec.NetworkConfigs) == 0 && rec.CreatedBy == netsetup.CreatedByCNI {

@@ -127,3 +127,31 @@ func FuzzResponses(f *testing.F) {
 }
 
 func ok2xx(s int) bool { s = httpStatus(s); return s >= 200 && s < 300 }
+
+// FuzzNetArgs: a NIC the adapter accepts (Body succeeds) becomes exactly
+// one --net value whose fields are the ones vmnic sets: nothing in a NIC's
+// id, TAP or MAC can add a Cloud Hypervisor option of its own.
+func FuzzNetArgs(f *testing.F) {
+	f.Add("eth0", "tapeth0", "02:00:00:00:00:01", 1500, 1, 256)
+	f.Add("x,vhost_user=on", "tap,socket=/x", "02:00=1", 0, 2, 0)
+	f.Add("__x", "", "", -1, -1, -1)
+	f.Fuzz(func(t *testing.T, id, tap, mac string, mtu, queues, qsize int) {
+		nic := vmmadapter.NIC{ID: id, Tap: tap, MAC: mac, MTU: mtu, QueuePairs: queues, QueueSize: qsize}
+		if _, err := cloudhypervisor.Body(nic); err != nil {
+			return
+		}
+		args := cloudhypervisor.NetArgs([]vmmadapter.NIC{nic})
+		if len(args) != 2 || args[0] != "--net" {
+			t.Fatalf("NetArgs = %q", args)
+		}
+		allowed := map[string]bool{"tap": true, "mac": true, "mtu": true, "num_queues": true, "queue_size": true, "id": true}
+		seen := map[string]bool{}
+		for _, kv := range strings.Split(args[1], ",") {
+			k, _, ok := strings.Cut(kv, "=")
+			if !ok || !allowed[k] || seen[k] || strings.Count(kv, "=") != 1 {
+				t.Fatalf("--net %q: field %q injected (id %q, tap %q, mac %q)", args[1], kv, id, tap, mac)
+			}
+			seen[k] = true
+		}
+	})
+}

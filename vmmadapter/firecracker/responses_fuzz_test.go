@@ -116,3 +116,27 @@ func FuzzResponses(f *testing.F) {
 		}
 	})
 }
+
+// FuzzIfaceID: every NIC id maps to an iface_id Firecracker accepts
+// ([A-Za-z0-9_]+, at most MaxIfaceIDLen bytes), the same one each time,
+// and valid ids are kept as they are.
+func FuzzIfaceID(f *testing.F) {
+	for _, s := range []string{"eth0", "net1", "a-b", "a.b", "", "../../x", "eth0\n", "\x00", "ünï", strings.Repeat("x", 100)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		got := firecracker.IfaceID(id)
+		if got == "" || len(got) > firecracker.MaxIfaceIDLen {
+			t.Fatalf("IfaceID(%q) = %q: empty or too long", id, got)
+		}
+		for i := 0; i < len(got); i++ {
+			c := got[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+				t.Fatalf("IfaceID(%q) = %q: byte %q not allowed", id, got, c)
+			}
+		}
+		if firecracker.IfaceID(id) != got || firecracker.IfaceID(got) != got {
+			t.Fatalf("IfaceID(%q) = %q is not stable", id, got)
+		}
+	})
+}

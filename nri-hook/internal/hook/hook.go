@@ -19,6 +19,7 @@ import (
 
 	"github.com/containerd/nri/pkg/api"
 
+	"github.com/vmnic/vmnic/internal/failpoint"
 	"github.com/vmnic/vmnic/internal/sandbox"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/nri-hook/internal/config"
@@ -208,6 +209,10 @@ func (p *Plugin) prepare(ctx context.Context, st state, pod *api.PodSandbox) (*n
 	if err := ensureRuntimeDir(rtDir); err != nil {
 		return nil, fmt.Errorf("vmnic: VM pod %s: %w", podRef(pod), err)
 	}
+	if err := failpoint.Inject("nri-runtime-dir"); err != nil {
+		os.Remove(rtDir)
+		return nil, fmt.Errorf("vmnic: VM pod %s: %w", podRef(pod), err)
+	}
 	rec, err := st.mgr.Prepare(ctx, id, sandbox.PrepareOptions{
 		NetnsPath:    nsPath,
 		PodName:      pod.GetName(),
@@ -222,6 +227,9 @@ func (p *Plugin) prepare(ctx context.Context, st state, pod *api.PodSandbox) (*n
 			what = "create a network namespace for the host-network pod"
 		}
 		return nil, fmt.Errorf("vmnic: VM pod %s: cannot %s: %w", podRef(pod), what, timeoutHint(err))
+	}
+	if err := failpoint.Inject("nri-prepared"); err != nil {
+		return nil, fmt.Errorf("vmnic: VM pod %s: %w", podRef(pod), err)
 	}
 	if rec.Origin != OriginNRI {
 		rec, err = st.mgr.Store.Update(ctx, id, func(r *netsetup.NetSetup) error {
@@ -308,6 +316,9 @@ func (p *Plugin) teardown(ctx context.Context, pod *api.PodSandbox, event string
 		}
 	}
 	if !o.KeepNetns {
+		if err := failpoint.Inject("nri-torn-down"); err != nil {
+			return fmt.Errorf("vmnic: %s of VM pod %s: %w", event, podRef(pod), err)
+		}
 		if err := p.removeLeftovers(ctx, st, id); err != nil {
 			return fmt.Errorf("vmnic: %s of VM pod %s: %w", event, podRef(pod), err)
 		}

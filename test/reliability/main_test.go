@@ -1,0 +1,136 @@
+// Package reliability holds vmnic's crash, fault and hostile-input tests
+// (root): the plugin, vmnicctl and the NRI hook, built with failpoints
+// (-tags vmnic_failpoints), are killed at every registered failpoint and
+// the following DEL, teardown or GC must leave the host exactly as before;
+// VMM faults, a vanished netns, a read-only or full state directory and
+// racing calls must give a clear error or the right result, never a corrupt
+// record or a leaked device; hostile names and paths are refused.
+//
+// Names: netns vmnr-*, bridges vmnbrr*, subnets 10.207.0.0/16 and
+// 10.217.0.0/16 (see package soak).
+package reliability
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/soak"
+)
+
+var (
+	buildOnce sync.Once
+	bins      *soak.Binaries
+	buildErr  error
+	buildDir  string
+	slot      atomic.Int32
+)
+
+func TestMain(m *testing.M) {
+	slot.Store(int32(os.Getpid() % 200))
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// binaries builds the failpoint binaries once per test binary.
+func binaries(t *testing.T) *soak.Binaries {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "vmnr-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildDir = dir
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		bins, buildErr = soak.Build(ctx, dir)
+	})
+	if buildErr != nil {
+		t.Fatalf("build the failpoint binaries: %v", buildErr)
+	}
+	return bins
+}
+
+// newEnv makes an isolated vmnic environment (root only) and removes it at
+// the end of the test.
+func newEnv(t *testing.T) *soak.Env {
+	t.Helper()
+	testenv.RequireRoot(t)
+	ref := testenv.CNIBinDir(t, "bridge", "ptp", "host-local")
+	b := binaries(t)
+	root, err := os.MkdirTemp("", "vmnr-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := soak.NewEnv(root, b, ref, int(slot.Add(1)))
+	if err != nil {
+		os.RemoveAll(root)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			if data, err := os.ReadFile(filepath.Join(e.Root, "vmnic.log")); err == nil && len(data) > 0 {
+				t.Logf("vmnic log (tail):\n%s", tail(string(data), 4000))
+			}
+		}
+		if err := e.Close(); err != nil {
+			t.Errorf("env cleanup: %v", err)
+		}
+	})
+	return e
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "…" + s[len(s)-n:]
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return c
+}
+
+// audit takes the env's snapshot.
+func audit(t *testing.T, e *soak.Env) soak.Snapshot {
+	t.Helper()
+	s, err := e.Audit()
+	if err != nil {
+		t.Fatalf("audit: %v", err)
+	}
+	return s
+}
+
+// same fails the test when the host differs from before.
+func same(t *testing.T, what string, before, after soak.Snapshot) {
+	t.Helper()
+	if d := before.Diff(after); d != "" {
+		t.Errorf("%s: the host is not as before:\n%s", what, d)
+	}
+}
+
+func must(t *testing.T, what string, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+var seq atomic.Int64
+
+// id returns a fresh sandbox id with the harness prefix.
+func id(tag string) string {
+	return fmt.Sprintf("%s%s-%d", soak.NetnsPrefix, tag, seq.Add(1))
+}
