@@ -22,6 +22,9 @@ type ScaleResult struct {
 // ScaleLevel is the figures at one population.
 type ScaleLevel struct {
 	Live int `json:"live"`
+	// Phase is "grow" on the way up and "shrink" after the population
+	// was brought back down (the drift check).
+	Phase string `json:"phase"`
 	// Chain ADD/DEL of the vmnic chain (bridge + host-local + vmnic).
 	Add stats.Summary `json:"add"`
 	Del stats.Summary `json:"del"`
@@ -35,20 +38,29 @@ type ScaleLevel struct {
 	VmnicDelInProc stats.Summary `json:"vmnic_del_in_proc"`
 	Errors         int           `json:"errors"`
 	FirstError     string        `json:"first_error,omitempty"`
-	// Populate is how long it took to bring the population to Live.
-	Populate time.Duration `json:"populate_ns"`
+	// Resize is how long it took to bring the population to Live (not timed
+	// in the figures).
+	Resize time.Duration `json:"resize_ns"`
+	Load   string        `json:"load"`
+}
+
+type popEntry struct {
+	ns *fixture.Netns
+	id string
 }
 
 // runScale grows a population of live vmnic sandboxes (own netns, veth on
-// one bridge, TAP, record) to 10, 100 and 1,000 and, at each size, times the
-// ADD and DEL of one more sandbox, alternating with the baseline chain.
+// one bridge, TAP, record) to 10, 100 and 1,000, then deletes it back down
+// to 10 (CNI DEL of each); at each size it times the ADD and DEL of one
+// more sandbox, alternating with the baseline chain. The second 10 tells
+// drift (other load on the machine) apart from an effect of the population.
 func (e *env) runScale(ctx context.Context) error {
 	if !e.hasVmnic {
 		return skipf("the vmnic plugin is not built (bin/vmnic)")
 	}
-	levels, samples := []int{10, 100, 1000}, 30
+	levels, samples, settle := []int{10, 100, 1000, 10}, 30, 3*time.Second
 	if e.cfg.Quick {
-		levels, samples = []int{10, 100}, 5
+		levels, samples, settle = []int{10, 100, 10}, 5, 500*time.Millisecond
 	}
 	const br = "vmnbrb12"
 	state := e.dir("vmnic-state-scale")
@@ -60,24 +72,37 @@ func (e *env) runScale(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var pop []*fixture.Netns
+	var pop []popEntry
 	defer func() {
-		for _, ns := range pop {
-			ns.Delete()
+		for _, p := range pop {
+			p.ns.Delete()
 		}
 		deleteBridge(br)
 	}()
 
 	res := &ScaleResult{Samples: samples}
+	phase, peak := "grow", 0
 	for _, live := range levels {
+		if live < peak {
+			phase = "shrink"
+		}
+		peak = max(peak, live)
 		t0 := time.Now()
 		var err error
-		pop, err = e.populate(ctx, pop, live, vl)
+		if live >= len(pop) {
+			pop, err = e.populate(ctx, pop, live, vl)
+		} else {
+			pop, err = e.depopulate(ctx, pop, live, vl)
+		}
 		if err != nil {
 			return err
 		}
-		lvl := ScaleLevel{Live: live, Populate: time.Since(t0)}
-		e.logf("scale: %d live sandboxes (populated in %s)", live, lvl.Populate.Round(time.Millisecond))
+		resize := time.Since(t0)
+		// Let the kernel finish the deferred work of the resize (freeing
+		// namespaces, RCU callbacks) before measuring.
+		time.Sleep(settle)
+		lvl := ScaleLevel{Live: live, Phase: phase, Resize: resize, Load: loadAvg()}
+		e.logf("scale: %d live sandboxes (%s in %s)", live, phase, lvl.Resize.Round(time.Millisecond))
 		var add, del, badd, bdel []time.Duration
 		var logs []*timedexec.Log
 		var firstErr error
@@ -87,7 +112,7 @@ func (e *env) runScale(ctx context.Context) error {
 				if vmnic {
 					list, tag = vl, "vmnic"
 				}
-				o, err := e.cycle(ctx, list, "scale", fmt.Sprintf("vmnb-scale-%s-%d-%d", tag, live, s), 1)
+				o, err := e.cycle(ctx, list, "scale", fmt.Sprintf("vmnb-scale-%s-%s-%d-%d", tag, phase, live, s), 1)
 				if err != nil {
 					return err
 				}
@@ -137,27 +162,31 @@ func (e *env) runScale(ctx context.Context) error {
 						vdin = append(vdin, time.Duration(rec.TotalNS))
 					}
 				}
-				if live == levels[len(levels)-1] {
+				if phase == "grow" && (live == maxInt(levels) || live == levels[0]) {
 					e.vmnicCalls = append(e.vmnicCalls, vmnicCall{context: fmt.Sprintf("%d live sandboxes", live), call: c, rec: rec, hasRec: ok})
 				}
 			}
 		}
 		lvl.VmnicAdd, lvl.VmnicDel = stats.Summarize(vadd), stats.Summarize(vdel)
 		lvl.VmnicAddInProc, lvl.VmnicDelInProc = stats.Summarize(vain), stats.Summarize(vdin)
-		e.logf("scale %d: chain ADD %s, vmnic ADD exec %s (own %s), errors %d", live,
-			lvl.Add.Median.Round(time.Microsecond), lvl.VmnicAdd.Median.Round(time.Microsecond), lvl.VmnicAddInProc.Median.Round(time.Microsecond), lvl.Errors)
+		e.logf("scale %d (%s): chain ADD %s, vmnic ADD exec %s (own %s), errors %d, load %s", live, phase,
+			lvl.Add.Median.Round(time.Microsecond), lvl.VmnicAdd.Median.Round(time.Microsecond), lvl.VmnicAddInProc.Median.Round(time.Microsecond), lvl.Errors, lvl.Load)
 		res.Levels = append(res.Levels, lvl)
 	}
 	e.report.Scale = res
 	return nil
 }
 
-// populate adds vmnic sandboxes until there are n (4 workers; not timed).
-func (e *env) populate(ctx context.Context, pop []*fixture.Netns, n int, list *libcni.NetworkConfigList) ([]*fixture.Netns, error) {
-	need := n - len(pop)
-	if need <= 0 {
-		return pop, nil
+func maxInt(xs []int) int {
+	m := 0
+	for _, x := range xs {
+		m = max(m, x)
 	}
+	return m
+}
+
+// populate adds vmnic sandboxes until there are n (4 workers; not timed).
+func (e *env) populate(ctx context.Context, pop []popEntry, n int, list *libcni.NetworkConfigList) ([]popEntry, error) {
 	start := len(pop)
 	var mu sync.Mutex
 	var firstErr error
@@ -169,12 +198,13 @@ func (e *env) populate(ctx context.Context, pop []*fixture.Netns, n int, list *l
 			defer wg.Done()
 			for i := range next {
 				ns, err := fixture.NewNetns("pop")
+				id := fmt.Sprintf("vmnb-pop-%d-%d", time.Now().UnixNano(), i)
 				if err == nil {
-					_, err = e.add(ctx, list, fmt.Sprintf("vmnb-pop-%d", i), ns.Path, []string{"eth0"}, &timedexec.Log{})
+					_, err = e.add(ctx, list, id, ns.Path, []string{"eth0"}, &timedexec.Log{})
 				}
 				mu.Lock()
 				if ns != nil {
-					pop = append(pop, ns)
+					pop = append(pop, popEntry{ns, id})
 				}
 				if err != nil && firstErr == nil {
 					firstErr = err
@@ -198,4 +228,41 @@ func (e *env) populate(ctx context.Context, pop []*fixture.Netns, n int, list *l
 		return pop, fmt.Errorf("populate %d sandboxes: %w", n, firstErr)
 	}
 	return pop, ctx.Err()
+}
+
+// depopulate DELs (CNI DEL, then netns removal) sandboxes until n are left.
+func (e *env) depopulate(ctx context.Context, pop []popEntry, n int, list *libcni.NetworkConfigList) ([]popEntry, error) {
+	gone := pop[n:]
+	var mu sync.Mutex
+	var firstErr error
+	next := make(chan popEntry)
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range next {
+				_, err := e.del(ctx, list, p.id, p.ns.Path, []string{"eth0"}, &timedexec.Log{})
+				if derr := p.ns.Delete(); err == nil {
+					err = derr
+				}
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, p := range gone {
+		next <- p
+	}
+	close(next)
+	wg.Wait()
+	if firstErr != nil {
+		return pop[:n], fmt.Errorf("delete sandboxes down to %d: %w", n, firstErr)
+	}
+	return pop[:n], ctx.Err()
 }

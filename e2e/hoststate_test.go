@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -68,7 +69,7 @@ func (n *Netns) Links(t testing.TB) map[string]Link {
 
 func listLinks(t testing.TB, h *netlink.Handle) map[string]Link {
 	t.Helper()
-	links, err := h.LinkList()
+	links, err := retryDump(h.LinkList)
 	if err != nil {
 		t.Fatalf("list links: %v", err)
 	}
@@ -76,16 +77,16 @@ func listLinks(t testing.TB, h *netlink.Handle) map[string]Link {
 	for _, l := range links {
 		a := l.Attrs()
 		lk := Link{Name: a.Name, Type: l.Type(), MAC: a.HardwareAddr.String(), MTU: a.MTU}
-		addrs, _ := h.AddrList(l, netlink.FAMILY_V4)
+		addrs, _ := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_V4) })
 		for _, ad := range addrs {
 			lk.Addrs = append(lk.Addrs, ad.IPNet.String())
 		}
-		qds, _ := h.QdiscList(l)
+		qds, _ := retryDump(func() ([]netlink.Qdisc, error) { return h.QdiscList(l) })
 		for _, q := range qds {
 			lk.Qdiscs = append(lk.Qdiscs, q.Type())
 		}
 		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_INGRESS} {
-			fs, err := h.FilterList(l, parent)
+			fs, err := retryDump(func() ([]netlink.Filter, error) { return h.FilterList(l, parent) })
 			if err == nil {
 				lk.Filters += len(fs)
 			}
@@ -93,6 +94,23 @@ func listLinks(t testing.TB, h *netlink.Handle) map[string]Link {
 		out[a.Name] = lk
 	}
 	return out
+}
+
+// retryDump runs a netlink dump again when the kernel flags it interrupted
+// (NLM_F_DUMP_INTR: the table changed during the dump, as it does in the
+// host namespace while other work on the machine adds and removes links),
+// so the tests never judge a partial list. Bounded.
+func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
+	var out []T
+	var err error
+	for i := 0; i < 50; i++ {
+		out, err = dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return out, err
+		}
+		time.Sleep(time.Duration(i+1) * time.Millisecond)
+	}
+	return out, err
 }
 
 // Taps returns the TAP devices among links.
@@ -136,7 +154,7 @@ func BridgePorts(t testing.TB, name string) []string {
 	if err != nil {
 		return nil // no bridge, no ports
 	}
-	links, err := netlink.LinkList()
+	links, err := retryDump(netlink.LinkList)
 	if err != nil {
 		t.Fatal(err)
 	}

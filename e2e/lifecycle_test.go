@@ -110,7 +110,10 @@ func TestConcurrentPods(t *testing.T) {
 // Case g: containerd restarts while pods exist. The pods and their records
 // survive; the vmnic NRI plugin comes back (containerd relaunches it) and
 // synchronizes; a VM pod made after the restart is wired; and removing every
-// pod afterwards leaves nothing.
+// pod afterwards leaves nothing. containerd sends no NRI StopPodSandbox/
+// RemovePodSandbox for the pods older than the restart: vmnic-nri's sweep
+// tears them down (their netns is gone; the host-network pod's pause process
+// exited), within a few sweep intervals.
 func TestContainerdRestart(t *testing.T) {
 	e, vm := vmMode(t)
 	ctx := context.Background()
@@ -121,6 +124,10 @@ func TestContainerdRestart(t *testing.T) {
 	if vm {
 		e.StartVMM(t, a)
 		e.StartVMM(t, b)
+		// The sweep knows the host-network pod by its pause process.
+		if rec, pid := e.Record(t, b.ID), e.Status(t, b).Pid; rec == nil || pid == 0 || rec.PodPID != pid || rec.PodPIDStart == 0 {
+			t.Errorf("host-network VM pod %s: record pod_pid %v, want the pause pid %d with its start time", b.Name, rec, pid)
+		}
 	}
 	syncs := e.nriLogCount(logSynchronize)
 	if err := e.Restart(); err != nil {
@@ -149,6 +156,9 @@ func TestContainerdRestart(t *testing.T) {
 	for _, p := range pods {
 		e.RemovePod(t, p)
 	}
+	if vm {
+		e.waitSwept(t, a, b)
+	}
 	e.explainRestartLeaks(t, a, b)
 	e.AssertClean(t)
 	if t.Failed() && vm {
@@ -169,7 +179,7 @@ func (e *Env) explainRestartLeaks(t *testing.T, pods ...*Pod) {
 			t.Errorf("record of %s left after RemovePodSandbox: %s sends no NRI StopPodSandbox/RemovePodSandbox "+
 				"for a pod that existed before it restarted (its NRI layer forgets pod states on restart: internal/nri "+
 				"syncPlugin restores container states only, and needsStopping/needsRemoval are false for unknown pods), "+
-				"so vmnic-nri must tear such pods down some other way", p.Name, containerdVersion(e))
+				"and vmnic-nri's sweep did not tear it down", p.Name, containerdVersion(e))
 		}
 	}
 }
@@ -248,15 +258,11 @@ func TestNRIReconcile(t *testing.T) {
 	}
 	// removeAcrossRestart removes a pod that existed across a containerd
 	// restart: containerd sends no NRI event for it (see TestContainerdRestart),
-	// so its record goes only at the plugin's next reconcile, which resync()
-	// brings about.
-	removeAcrossRestart := func(t *testing.T, p *Pod, resync func()) {
+	// so the plugin's sweep tears it down.
+	removeAcrossRestart := func(t *testing.T, p *Pod) {
 		t.Helper()
 		e.RemovePod(t, p)
-		if e.Record(t, p.ID) != nil {
-			t.Logf("record of %s left by RemovePodSandbox (no NRI event for a pod older than the containerd restart); reconciling", p.Name)
-			reconciled(t, resync, p)
-		}
+		e.waitSwept(t, p)
 	}
 
 	killPlugin := func() {
@@ -278,7 +284,7 @@ func TestNRIReconcile(t *testing.T) {
 	t.Run("preinstalled", func(t *testing.T) {
 		live := e.RunPod(t, podName("live"), podOpts{vm: true})
 		missed(t, live, killPlugin, restart)
-		removeAcrossRestart(t, live, func() { killPlugin(); restart() })
+		removeAcrossRestart(t, live)
 		e.AssertClean(t)
 	})
 
@@ -325,9 +331,8 @@ func TestNRIReconcile(t *testing.T) {
 		}
 
 		// Missed events: the daemon stops, pods go, the daemon starts again.
-		bounce := func() { x.Stop(); x = e.StartExternalNRI(t) }
 		missed(t, live, x.Stop, func() { x = e.StartExternalNRI(t) })
-		removeAcrossRestart(t, live, bounce)
+		removeAcrossRestart(t, live)
 		e.AssertClean(t)
 	})
 }

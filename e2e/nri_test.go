@@ -27,6 +27,57 @@ func (e *Env) nriConfig() map[string]any {
 		"runtimeDir":      e.VmnicRun,
 		"logFile":         e.NRILog(),
 		"logLevel":        "debug",
+		// The sweep tears down VM pods that went without an NRI event
+		// (containerd sends none for pods older than its last restart);
+		// short here so the tests need not wait long for it.
+		"sweepInterval": sweepInterval.String(),
+	}
+}
+
+// sweepInterval is vmnic-nri's sweep interval in this suite.
+const sweepInterval = time.Second
+
+// waitSwept waits (bounded) until vmnic-nri's sweep has torn down removed VM
+// pods that it got no NRI event for: no record, no owned netns, no runtime
+// dir. It reports what is left.
+func (e *Env) waitSwept(t testing.TB, pods ...*Pod) {
+	t.Helper()
+	type leftover struct{ owned, rtDir string }
+	left := map[string]leftover{}
+	for _, p := range pods {
+		if rec := e.Record(t, p.ID); rec != nil {
+			l := leftover{rtDir: rec.RuntimeDir}
+			if rec.NetnsOwned {
+				l.owned = rec.NetnsPath
+			}
+			left[p.ID] = l
+		}
+	}
+	clean := func() bool {
+		for id, l := range left {
+			if e.Record(t, id) != nil || (l.owned != "" && exists(l.owned)) || (l.rtDir != "" && exists(l.rtDir)) {
+				return false
+			}
+		}
+		return true
+	}
+	if waitFor(context.Background(), 20*sweepInterval, clean) {
+		return
+	}
+	for _, p := range pods {
+		l, ok := left[p.ID]
+		if !ok {
+			continue
+		}
+		if e.Record(t, p.ID) != nil {
+			t.Errorf("record of removed pod %s left %s after its removal: the sweep did not tear it down", p.Name, 20*sweepInterval)
+		}
+		if l.owned != "" && exists(l.owned) {
+			t.Errorf("owned netns %s of removed pod %s left", l.owned, p.Name)
+		}
+		if l.rtDir != "" && exists(l.rtDir) {
+			t.Errorf("runtime dir %s of removed pod %s left", l.rtDir, p.Name)
+		}
 	}
 }
 

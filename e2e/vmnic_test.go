@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"net"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -12,8 +13,9 @@ import (
 )
 
 // checkVMMContainer checks what the VMM container of a VM pod was given by
-// the NRI plugin: /dev/net/tun, the NetSetup record (read-only), the runtime
-// dir and the VMNIC_* environment; and that it runs in netns (dev, ino).
+// the NRI plugin: /dev/net/tun, the runtime dir with the live copy of the
+// NetSetup record in it, the VMNIC_* environment; and that it runs in netns
+// (dev, ino).
 func checkVMMContainer(t *testing.T, r probe.Report, p *Pod, rec *netsetup.NetSetup, dev, ino uint64) {
 	t.Helper()
 	if !r.Tun.Exists || !r.Tun.Char || r.Tun.Major != 10 || r.Tun.Minor != 200 {
@@ -25,8 +27,8 @@ func checkVMMContainer(t *testing.T, r probe.Report, p *Pod, rec *netsetup.NetSe
 	if got := r.Env["VMNIC_SANDBOX_ID"]; got != p.ID {
 		t.Errorf("VMNIC_SANDBOX_ID = %q, want the sandbox id %s", got, p.ID)
 	}
-	if r.Env["VMNIC_NETSETUP"] == "" {
-		t.Errorf("VMNIC_NETSETUP not set; env %v", r.Env)
+	if want := filepath.Join(rec.RuntimeDir, netsetup.MirrorFile); r.Env["VMNIC_NETSETUP"] != want {
+		t.Errorf("VMNIC_NETSETUP = %q, want %s (the record's copy in the runtime dir); env %v", r.Env["VMNIC_NETSETUP"], want, r.Env)
 	}
 	if !r.NetSetup.Readable {
 		t.Errorf("VMM container cannot read its NetSetup file %q: %v", r.NetSetup.Path, r.Errors)
@@ -34,12 +36,10 @@ func checkVMMContainer(t *testing.T, r probe.Report, p *Pod, rec *netsetup.NetSe
 		var seen netsetup.NetSetup
 		if err := json.Unmarshal(r.NetSetup.Content, &seen); err != nil {
 			t.Errorf("NetSetup file seen in the container: %v", err)
-		} else if seen.SandboxID != p.ID {
-			t.Errorf("NetSetup file seen in the container is sandbox %q, want %s", seen.SandboxID, p.ID)
+		} else if seen.SandboxID != p.ID || len(seen.NetworkConfigs) != len(rec.NetworkConfigs) {
+			t.Errorf("NetSetup file seen in the container: sandbox %q with %d NICs, want %s with %d",
+				seen.SandboxID, len(seen.NetworkConfigs), p.ID, len(rec.NetworkConfigs))
 		}
-	}
-	if r.NetSetup.Writable {
-		t.Errorf("VMM container can write its NetSetup file %s (want read-only)", r.NetSetup.Path)
 	}
 	if rd := r.Env["VMNIC_RUNTIME_DIR"]; rd != "" {
 		if !slices.Contains(r.Mounts, rd) {

@@ -76,6 +76,14 @@ type NetSetup struct {
 	// empty for records of vmnicctl or the CNI plugin alone.
 	Origin string `json:"origin,omitempty"`
 
+	// PodPID is the pod sandbox's process (the pause process) as the runtime
+	// reported it, and PodPIDStart its start time (clock ticks after boot,
+	// field 22 of /proc/<pid>/stat), so that a reused pid is not taken for
+	// it. The NRI hook records them to notice a pod that went without
+	// telling it; 0 when unknown.
+	PodPID      int    `json:"pod_pid,omitempty"`
+	PodPIDStart uint64 `json:"pod_pid_start,omitempty"`
+
 	VMM            *VMM  `json:"vmm,omitempty"`
 	NetworkConfigs []NIC `json:"network_configs"`
 

@@ -34,6 +34,10 @@ type env struct {
 	fixtureDir string // netns fixtures standing in for the runtime's netns
 	logFile    string
 	store      *netsetup.Store
+	// sweep is the plugin's sweepInterval: off unless a test turns it on,
+	// so that tests that take a netns away under the plugin on purpose
+	// (as CRI-O does before StopPodSandbox) see the events do the work.
+	sweep string
 }
 
 func newEnv(t testing.TB) *env {
@@ -45,6 +49,7 @@ func newEnv(t testing.TB) *env {
 		netnsDir:   t.TempDir(),
 		runtimeDir: filepath.Join(t.TempDir(), "sandboxes"),
 		fixtureDir: t.TempDir(),
+		sweep:      "0s",
 	}
 	e.logFile = filepath.Join(t.TempDir(), "vmnic-nri.log")
 	// Registered after the TempDirs, so it runs before their removal: a
@@ -84,7 +89,8 @@ netnsDir: %s
 runtimeDir: %s
 logFile: %s
 logLevel: debug
-`, testVMHandler, e.stateDir, e.netnsDir, e.runtimeDir, e.logFile)
+sweepInterval: %s
+`, testVMHandler, e.stateDir, e.netnsDir, e.runtimeDir, e.logFile, e.sweep)
 }
 
 // fixture creates a netns standing in for one the runtime made for a pod.
@@ -137,6 +143,7 @@ type pod struct {
 	handler     string
 	annotations map[string]string
 	netns       string // "" = host network
+	pid         int    // the pod process the runtime reports (0: none)
 }
 
 func (p pod) api() *api.PodSandbox {
@@ -148,6 +155,7 @@ func (p pod) api() *api.PodSandbox {
 		RuntimeHandler: p.handler,
 		Annotations:    p.annotations,
 		Linux:          &api.LinuxPodSandbox{},
+		Pid:            uint32(p.pid),
 	}
 	ps.Linux.Namespaces = append(ps.Linux.Namespaces,
 		&api.LinuxNamespace{Type: "ipc"}, &api.LinuxNamespace{Type: "uts"})

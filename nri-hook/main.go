@@ -101,6 +101,7 @@ func run(args []string) int {
 		return 1
 	}
 	plugin.Runtime = s
+	defer plugin.Close()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -25,6 +25,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -45,6 +46,9 @@ type Scope struct {
 	HostSubnets []netip.Prefix
 	// StateDirs: every file (path, mode, content hash) and directory mode.
 	StateDirs []string
+	// RuntimeDirs: every file and directory under them (per-sandbox VMM
+	// socket directories).
+	RuntimeDirs []string
 	// IPAMDirs are host-local dataDirs: each lease (a file named after an IP).
 	IPAMDirs []string
 	// IPTablesMarkers select iptables-save lines (the bridge name, "vmnic").
@@ -59,7 +63,7 @@ type Scope struct {
 type Snapshot []string
 
 // Kinds are the resource kinds an audit counts, in report order.
-var Kinds = []string{"netns", "mount", "link", "tap", "qdisc", "filter", "file", "lock", "record", "lease", "iptables", "proc", "fd"}
+var Kinds = []string{"netns", "mount", "link", "tap", "qdisc", "filter", "file", "dir", "lock", "record", "lease", "iptables", "proc", "fd"}
 
 // Take audits the scope.
 func Take(sc Scope) (Snapshot, error) {
@@ -78,6 +82,9 @@ func Take(sc Scope) (Snapshot, error) {
 	add(hostLinkLines(sc))
 	for _, d := range sc.StateDirs {
 		add(stateLines(d))
+	}
+	for _, d := range sc.RuntimeDirs {
+		add(runtimeLines(d))
 	}
 	for _, d := range sc.IPAMDirs {
 		add(leaseLines(d))
@@ -253,7 +260,7 @@ func hostLinkLines(sc Scope) ([]string, error) {
 		return nil, err
 	}
 	defer nl.Close()
-	links, err := nl.LinkList()
+	links, err := dump(nl.LinkList)
 	if err != nil {
 		return nil, err
 	}
@@ -269,7 +276,7 @@ func hostLinkLines(sc Scope) ([]string, error) {
 	}
 	inSubnet := map[int]bool{}
 	if len(sc.HostSubnets) > 0 {
-		addrs, err := nl.AddrList(nil, netlink.FAMILY_ALL)
+		addrs, err := dump(func() ([]netlink.Addr, error) { return nl.AddrList(nil, netlink.FAMILY_ALL) })
 		if err != nil {
 			return nil, err
 		}
@@ -303,7 +310,7 @@ func hostLinkLines(sc Scope) ([]string, error) {
 // A host veth's name is random (the bridge plugin's), so links are keyed by
 // name only inside a namespace; on the host the line says what it is.
 func linkLines(nl *netlink.Handle, where string, keep func(netlink.Link) bool) []string {
-	links, err := nl.LinkList()
+	links, err := dump(nl.LinkList)
 	if err != nil {
 		return []string{"link " + where + " list error: " + err.Error()}
 	}
@@ -334,7 +341,7 @@ func linkLines(nl *netlink.Handle, where string, keep func(netlink.Link) bool) [
 			owner = fmt.Sprintf(" owner %d group %d", int32(t.Owner), int32(t.Group))
 		}
 		out = append(out, fmt.Sprintf("%s %s %s type %s mtu %d %s%s%s", kind, where, a.Name, l.Type(), a.MTU, up, master, owner))
-		if qs, err := nl.QdiscList(l); err == nil {
+		if qs, err := dump(func() ([]netlink.Qdisc, error) { return nl.QdiscList(l) }); err == nil {
 			for _, q := range qs {
 				if q.Attrs().Parent == netlink.HANDLE_ROOT && (q.Type() == "noqueue" || q.Type() == "fq_codel" || q.Type() == "pfifo_fast" || q.Type() == "mq") {
 					continue // the kernel's default root qdisc, not vmnic's
@@ -344,7 +351,7 @@ func linkLines(nl *netlink.Handle, where string, keep func(netlink.Link) bool) [
 			}
 		}
 		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
-			fs, err := nl.FilterList(l, parent)
+			fs, err := dump(func() ([]netlink.Filter, error) { return nl.FilterList(l, parent) })
 			if err != nil {
 				continue
 			}
@@ -408,6 +415,33 @@ func stateLines(dir string) ([]string, error) {
 			sum = " " + hex.EncodeToString(h[:6])
 		}
 		out = append(out, fmt.Sprintf("%s %s/%s mode %s%s", kind, dir, rel, mode, sum))
+		return nil
+	})
+	return out, err
+}
+
+// runtimeLines lists every file and directory under dir.
+func runtimeLines(dir string) ([]string, error) {
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if p == dir {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		kind := "file"
+		if d.IsDir() {
+			kind = "dir"
+		}
+		out = append(out, fmt.Sprintf("%s %s mode %04o", kind, p, fi.Mode().Perm()))
 		return nil
 	})
 	return out, err
@@ -514,4 +548,19 @@ func fdLines() ([]string, error) {
 		out = append(out, "fd "+target)
 	}
 	return out, nil
+}
+
+// dump repeats a netlink dump the kernel interrupted (links changing
+// meanwhile: other programs share the host), which would be incomplete.
+func dump[T any](f func() (T, error)) (T, error) {
+	var v T
+	var err error
+	for i := 0; i < 20; i++ {
+		v, err = f()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return v, err
+		}
+		time.Sleep(time.Duration(i+1) * 5 * time.Millisecond)
+	}
+	return v, err
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -161,7 +162,8 @@ func (e *Env) Scope() Scope {
 		NetnsDirs:       []string{e.NetnsDir},
 		HostLinks:       links,
 		HostSubnets:     []netip.Prefix{netip.MustParsePrefix(e.PtpSubnet())},
-		StateDirs:       []string{e.StateDir, e.CacheDir, e.RuntimeDir},
+		StateDirs:       []string{e.StateDir, e.CacheDir},
+		RuntimeDirs:     []string{e.RuntimeDir},
 		IPAMDirs:        []string{e.IPAMDir},
 		IPTablesMarkers: []string{e.Bridge},
 	}
@@ -280,3 +282,52 @@ func LinkInNetns(path, name string) (netlink.Link, error) {
 	}
 	return l, err
 }
+
+// Veth makes a veth pair: ifname (up, with mac when given) in the netns at
+// path, its peer in a fresh netns of the env (like a previous CNI plugin
+// would have left, without any IPAM).
+func (e *Env) Veth(path, ifname, mac string) error {
+	peerNS, err := e.NewNetns("peer-" + RandHex(4))
+	if err != nil {
+		return err
+	}
+	a, err := netnsFd(path)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	b, err := netnsFd(peerNS)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	la := netlink.NewLinkAttrs()
+	la.Name, la.Namespace = ifname, netlink.NsFd(int(a.Fd()))
+	if mac != "" {
+		hw, err := net.ParseMAC(mac)
+		if err != nil {
+			return err
+		}
+		la.HardwareAddr = hw
+	}
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "peer0", PeerNamespace: netlink.NsFd(int(b.Fd()))}); err != nil {
+		return fmt.Errorf("add veth %s: %w", ifname, err)
+	}
+	for _, x := range []struct{ ns, name string }{{path, ifname}, {peerNS, "peer0"}} {
+		h, err := netnsHandle(x.ns)
+		if err != nil {
+			return err
+		}
+		l, err := h.LinkByName(x.name)
+		if err == nil {
+			err = h.LinkSetUp(l)
+		}
+		h.Close()
+		if err != nil {
+			return fmt.Errorf("veth %s up: %w", x.name, err)
+		}
+	}
+	return nil
+}
+
+func netnsFd(path string) (*os.File, error) { return os.Open(path) }

@@ -31,7 +31,7 @@ func init() {
 		{name: "teardown", args: "<sandbox-id>", npos: 1, run: cmdTeardown, flags: teardownFlags,
 			help: "Remove a sandbox's NICs (VMM first), its owned netns and its record. Idempotent; finishes an invalid sandbox."},
 		{name: "gc", args: "", npos: 0, run: cmdGC, flags: gcFlags,
-			help: "Remove owned vmnic-* netns without a record and tear down records whose netns is gone."},
+			help: "Remove owned vmnic-* netns without a record and tear down records whose netns is gone; prune lock files and index entries left without a record."},
 		{name: "attach-vmm", args: "<sandbox-id> --kind K --socket S", npos: 1, run: cmdAttachVMM, flags: attachFlags,
 			help: "Record the sandbox's VMM (kind, API socket, booted) and bring in its pending NICs."},
 		{name: "vmm-args", args: "<sandbox-id> --kind K", npos: 1, run: cmdVMMArgs, flags: vmmArgsFlags,
@@ -272,6 +272,12 @@ func cmdGC(ctx context.Context, c *cli, _ *flag.FlagSet, _ []string) error {
 			continue
 		}
 		if err := m.Teardown(ctx, r.SandboxID, sandbox.TeardownOptions{}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if !o.dryRun {
+		// Lock files and index entries a killed vmnic left without a record.
+		if err := m.PruneStale(ctx); err != nil {
 			errs = append(errs, err)
 		}
 	}

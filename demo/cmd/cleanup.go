@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -63,7 +64,7 @@ func demoNetns() []string {
 
 // demoLinks lists host links named vmnic-demo* and links enslaved to them.
 func demoLinks() []string {
-	links, _ := netlink.LinkList()
+	links, _ := netlinksafe.LinkList()
 	masters := map[int]string{}
 	for _, l := range links {
 		if strings.HasPrefix(l.Attrs().Name, prefix) {

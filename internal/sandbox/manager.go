@@ -38,6 +38,9 @@ type PrepareOptions struct {
 	NetnsPath                     string // adopt this netns; empty = create and own <NetnsDir>/vmnic-<id>
 	PodName, PodNamespace, PodUID string
 	RuntimeDir                    string // per-sandbox dir for the VMM API socket (recorded)
+	// Origin is recorded with the record itself (NetSetup.Origin), so a
+	// crash right after the prepare cannot leave a record without it.
+	Origin string
 }
 
 // TeardownOptions say how much a teardown removes. KeepNetns (a pod stop)

@@ -252,6 +252,9 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		// A pending NIC that never became host-ready: the leftover of an
 		// ADD that crashed. Undo what it may have done and start again.
 		m.log().Warn("cleaning up a NIC left pending by an earlier ADD", "sandbox", s.SandboxID, "ifname", s.IfName, "tap", old.Tap)
+		if err := m.removeStray(ctx, rec, *old); err != nil {
+			return early(err)
+		}
 		if err := m.cleanupHost(rec, *old); err != nil {
 			return early(coded(CodeInternal, err, "clean up the pending NIC %s left by an earlier ADD", s.IfName))
 		}
@@ -466,6 +469,12 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		case errors.Is(err, vmmadapter.ErrUnavailable):
 			return nil, rollback(coded(CodeTryAgain, err, "add NIC %s to the %s VMM of sandbox %s", s.IfName, rec.VMM.Kind, s.SandboxID))
 		default:
+			if !errors.Is(err, vmmadapter.ErrDeviceIDInUse) && !errors.Is(err, vmmadapter.ErrTapBusy) {
+				// No answer, a lost connection or a garbled one: the VMM
+				// may have added the device anyway. Take it out again
+				// before the TAP goes (best effort; logged).
+				_ = m.removeStray(context.WithoutCancel(ctx), rec, nic)
+			}
 			return nil, rollback(coded(CodeInternal, err, "add NIC %s to the %s VMM of sandbox %s", s.IfName, rec.VMM.Kind, s.SandboxID))
 		}
 		if res.Warning != "" {

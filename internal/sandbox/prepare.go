@@ -48,6 +48,7 @@ func (m *Manager) Prepare(ctx context.Context, id string, o PrepareOptions) (*ne
 	rec = netsetup.New(id)
 	rec.PodName, rec.PodNamespace, rec.PodUID = o.PodName, o.PodNamespace, o.PodUID
 	rec.RuntimeDir = o.RuntimeDir
+	rec.Origin = o.Origin
 	createdNetns := ""
 	if adopt != nil {
 		rec.NetnsPath = o.NetnsPath
@@ -139,7 +140,7 @@ func (m *Manager) reprepare(tx *netsetup.Tx, rec *netsetup.NetSetup, o PrepareOp
 	for _, f := range []struct {
 		dst *string
 		v   string
-	}{{&rec.PodName, o.PodName}, {&rec.PodNamespace, o.PodNamespace}, {&rec.PodUID, o.PodUID}, {&rec.RuntimeDir, o.RuntimeDir}} {
+	}{{&rec.PodName, o.PodName}, {&rec.PodNamespace, o.PodNamespace}, {&rec.PodUID, o.PodUID}, {&rec.RuntimeDir, o.RuntimeDir}, {&rec.Origin, o.Origin}} {
 		if f.v != "" && *f.dst != f.v {
 			*f.dst = f.v
 			changed = true

@@ -74,12 +74,13 @@ func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.
 				return asCoded(err, "remove NIC %s", ifname)
 			}
 		}
-		var err error
-		if fresh {
-			err = m.vmmRemove(ctx, rec.VMM, nic.VMMDeviceID)
-		} else {
-			err = m.vmmWaitGone(ctx, rec.VMM, nic.VMMDeviceID)
-		}
+		// Also for a NIC already detaching: the removal may never have been
+		// sent (a crash right after recording "detaching"). The adapters
+		// make a repeated remove safe: Cloud Hypervisor's sends
+		// remove-device only while config.net still lists the id, QEMU's
+		// waits for a device_del in progress, Firecracker's DELETE of a
+		// missing id is success.
+		err := m.vmmRemove(ctx, rec.VMM, nic.VMMDeviceID)
 		switch {
 		case err == nil:
 		case errors.Is(err, vmmadapter.ErrUnavailable):
@@ -99,6 +100,11 @@ func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.
 		}
 		if err := m.step("vmm-removed"); err != nil {
 			return asCoded(err, "remove NIC %s", ifname)
+		}
+	}
+	if rec.VMM != nil && nic.State == netsetup.NICPending {
+		if err := m.removeStray(ctx, rec, nic); err != nil {
+			return err
 		}
 	}
 	if err := m.step("remove-host"); err != nil {
@@ -194,5 +200,42 @@ func (m *Manager) unpark(path, ifname, bridge string) error {
 	if err != nil && !netnsGone(err) {
 		return fmt.Errorf("bring %s back: %w", ifname, err)
 	}
+	return nil
+}
+
+// removeStray takes a NIC recorded pending out of the VMM when the VMM has
+// it anyway: the leftover of an ADD (or attach) killed between the hot-add
+// and the record update. A VMM that cannot be asked is logged and the host
+// side is removed regardless; only a guest still holding the device makes
+// the removal fail (to be retried).
+func (m *Manager) removeStray(ctx context.Context, rec *netsetup.NetSetup, nic netsetup.NIC) error {
+	if rec.VMM == nil || nic.ID == "" {
+		return nil
+	}
+	a, err := m.openVMM(rec.VMM)
+	if err == nil {
+		defer a.Close()
+		lctx, cancel := context.WithTimeout(ctx, m.callTimeout())
+		var have []string
+		have, err = a.NICs(lctx)
+		cancel()
+		if err == nil {
+			id, ok := vmmHas(have, nic.ID)
+			if !ok {
+				return nil
+			}
+			m.log().Warn("the VMM has a NIC recorded pending (an interrupted ADD): removing it", "sandbox", rec.SandboxID, "ifname", nic.IfName, "device", id)
+			rctx, cancel := context.WithTimeout(ctx, m.removeTimeout()+2*m.callTimeout())
+			err = a.RemoveNIC(rctx, id)
+			cancel()
+		}
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, vmmadapter.ErrEjectTimeout):
+		return coded(CodeTryAgain, err, "remove NIC %s from the %s VMM of sandbox %s", nic.IfName, rec.VMM.Kind, rec.SandboxID)
+	}
+	m.log().Warn("cannot check the VMM for a NIC left by an interrupted ADD; removing the host side only", "sandbox", rec.SandboxID, "ifname", nic.IfName, "error", err)
 	return nil
 }

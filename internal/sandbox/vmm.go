@@ -100,40 +100,6 @@ func (m *Manager) vmmRemove(ctx context.Context, v *netsetup.VMM, id string) err
 	return a.RemoveNIC(ctx, id)
 }
 
-// vmmWaitGone waits (bounded) until the VMM no longer lists id, without
-// asking for the removal again (a second remove can hurt some VMMs).
-func (m *Manager) vmmWaitGone(ctx context.Context, v *netsetup.VMM, id string) error {
-	a, err := m.openVMM(v)
-	if err != nil {
-		return err
-	}
-	defer a.Close()
-	deadline := time.Now().Add(m.removeTimeout())
-	wait := 50 * time.Millisecond
-	for {
-		cctx, cancel := context.WithTimeout(ctx, m.callTimeout())
-		ids, err := a.NICs(cctx)
-		cancel()
-		if err != nil {
-			return err
-		}
-		if !slices.Contains(ids, id) {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("device %s still present after %s: %w", id, m.removeTimeout(), vmmadapter.ErrEjectTimeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
-		}
-		if wait < time.Second {
-			wait *= 2
-		}
-	}
-}
-
 // AttachVMM records the sandbox's VMM (kind, API socket, booted and version
 // from the VMM itself) and brings in the NICs that are set up on the host
 // but not in the VMM yet. NICs the VMM refuses stay pending; their errors

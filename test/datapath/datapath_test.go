@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 
 	"github.com/vmnic/vmnic/internal/guestsim"
@@ -21,7 +22,7 @@ import (
 // or ptp's host veth).
 func hostLinkWithAddr(t *testing.T, ip netip.Addr) netlink.Link {
 	t.Helper()
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	addrs, err := netlinksafe.AddrList(nil, netlink.FAMILY_V4)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -77,7 +78,9 @@ func newEnv(t *testing.T) *soak.Env {
 		os.RemoveAll(root)
 		t.Fatal(err)
 	}
+	auditing = e
 	t.Cleanup(func() {
+		auditing = nil
 		if t.Failed() {
 			if data, err := os.ReadFile(filepath.Join(e.Root, "vmnic.log")); err == nil && len(data) > 0 {
 				t.Logf("vmnic log (tail):\n%s", tail(string(data), 4000))
@@ -113,13 +116,34 @@ func audit(t *testing.T, e *soak.Env) soak.Snapshot {
 	return s
 }
 
-// same fails the test when the host differs from before.
-func same(t *testing.T, what string, before, after soak.Snapshot) {
+// same fails the test when the host differs from before. The kernel
+// destroys a removed network namespace (and the veth peers in it)
+// asynchronously, so a difference is looked at again for a few seconds
+// before it counts.
+func same(t *testing.T, what string, before soak.Snapshot, after soak.Snapshot, kinds ...string) {
 	t.Helper()
-	if d := before.Diff(after); d != "" {
-		t.Errorf("%s: the host is not as before:\n%s", what, d)
+	e := auditing
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, a := before, after
+		if len(kinds) > 0 {
+			b, a = before.Filter(kinds...), after.Filter(kinds...)
+		}
+		d := b.Diff(a)
+		if d == "" {
+			return
+		}
+		if e == nil || time.Now().After(deadline) {
+			t.Errorf("%s: the host is not as before:\n%s", what, d)
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+		after = audit(t, e)
 	}
 }
+
+// auditing is the env whose audit same repeats (tests run one at a time).
+var auditing *soak.Env
 
 func must(t *testing.T, what string, err error) {
 	t.Helper()
@@ -133,4 +157,15 @@ var seq atomic.Int64
 // id returns a fresh sandbox id with the harness prefix.
 func id(tag string) string {
 	return fmt.Sprintf("%s%s-%d", soak.NetnsPrefix, tag, seq.Add(1))
+}
+
+// allKindsBut lists the audit's kinds except some.
+func allKindsBut(except ...string) []string {
+	var out []string
+	for _, k := range soak.Kinds {
+		if !slices.Contains(except, k) {
+			out = append(out, k)
+		}
+	}
+	return out
 }

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -255,7 +256,7 @@ func (f *fixture) assertGone(t *testing.T, qemuPID int) {
 	if _, err := os.Stat(f.Path); !os.IsNotExist(err) {
 		t.Errorf("netns %s still exists (%v)", f.Path, err)
 	}
-	links, err := netlink.LinkList()
+	links, err := netlinksafe.LinkList()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -221,16 +221,23 @@ func checkVMM(t *testing.T, e *env, id string, adj *Adjustment, ownedNetns strin
 		t.Errorf("no /dev/net/tun in %+v", adj.Devices)
 	}
 	rtDir := filepath.Join(e.runtimeDir, id)
-	var rec, dir bool
+	var dir bool
 	for _, m := range adj.Mounts {
-		rec = rec || (m.Source == filepath.Join(e.stateDir, "sandboxes", id+".json") && m.Destination == "/run/vmnic/netsetup.json" && contains(m.Options, "ro"))
-		dir = dir || (m.Source == rtDir && m.Destination == rtDir)
+		dir = dir || (m.Source == rtDir && m.Destination == rtDir && contains(m.Options, "rw"))
+		if m.Source == filepath.Join(e.stateDir, "sandboxes", id+".json") {
+			t.Errorf("the record file itself is mounted (its updates would not show): %+v", m)
+		}
 	}
-	if !rec || !dir {
-		t.Errorf("mounts %+v: record ro %v, runtime dir %v", adj.Mounts, rec, dir)
+	if !dir {
+		t.Errorf("mounts %+v: runtime dir %s not mounted read-write", adj.Mounts, rtDir)
 	}
-	if adj.Env["VMNIC_SANDBOX_ID"] != id || adj.Env["VMNIC_NETSETUP"] != "/run/vmnic/netsetup.json" {
-		t.Errorf("env %v", adj.Env)
+	// The VMM container reads the record's copy in its runtime dir.
+	mirror := filepath.Join(rtDir, "netsetup.json")
+	if adj.Env["VMNIC_SANDBOX_ID"] != id || adj.Env["VMNIC_NETSETUP"] != mirror {
+		t.Errorf("env %v, want VMNIC_NETSETUP=%s", adj.Env, mirror)
+	}
+	if data, err := os.ReadFile(mirror); err != nil || !strings.Contains(string(data), `"sandbox_id": "`+id+`"`) {
+		t.Errorf("record copy %s: %v %s", mirror, err, data)
 	}
 	if adj.NetworkNamespace != ownedNetns {
 		t.Errorf("network namespace adjustment %q, want %q", adj.NetworkNamespace, ownedNetns)

@@ -17,6 +17,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -38,6 +39,9 @@ const (
 	DefaultRuntimeDir        = "/run/vmnic/sandboxes"
 	DefaultNetSetupMountPath = "/run/vmnic/netsetup.json"
 	DefaultLogLevel          = "info"
+	// DefaultSweepInterval is how often the plugin looks for VM pods that
+	// went without a StopPodSandbox/RemovePodSandbox event.
+	DefaultSweepInterval = 30 * time.Second
 )
 
 // Config is the plugin configuration. Keys are camelCase in YAML and JSON.
@@ -56,9 +60,18 @@ type Config struct {
 	// RuntimeDir is the base of the per-sandbox directories for the VMM's
 	// API socket: <runtimeDir>/<sandbox-id> (default /run/vmnic/sandboxes).
 	RuntimeDir string `json:"runtimeDir,omitempty" yaml:"runtimeDir,omitempty"`
-	// NetSetupMountPath is where the VMM container sees its NetSetup record
-	// (default /run/vmnic/netsetup.json).
+	// NetSetupMountPath is no longer used and only accepted so that older
+	// configuration files still load: the VMM container reads the live copy
+	// of its record in its runtime directory (<runtimeDir>/<sandbox-id>/
+	// netsetup.json, named by VMNIC_NETSETUP); a mount of the record file
+	// itself would keep showing the record as it was at CreateContainer.
 	NetSetupMountPath string `json:"netsetupMountPath,omitempty" yaml:"netsetupMountPath,omitempty"`
+	// SweepInterval is how often the plugin tears down VM pods that are
+	// gone (their netns removed, or, for a netns vmnic owns, their pod
+	// process exited) without a StopPodSandbox/RemovePodSandbox event:
+	// containerd sends none for pods that existed before it restarted.
+	// A Go duration ("30s", "500ms"); default 30s; 0 disables the sweep.
+	SweepInterval *Duration `json:"sweepInterval,omitempty" yaml:"sweepInterval,omitempty"`
 	// LogFile receives the plugin's log (default: stderr, which a runtime
 	// discards for pre-installed plugins).
 	LogFile string `json:"logFile,omitempty" yaml:"logFile,omitempty"`
@@ -157,6 +170,63 @@ func (c *Config) setDefaults() {
 	if c.LogLevel == "" {
 		c.LogLevel = DefaultLogLevel
 	}
+	if c.SweepInterval == nil {
+		d := Duration(DefaultSweepInterval)
+		c.SweepInterval = &d
+	}
+}
+
+// Sweep is the sweep interval; 0 means no sweep.
+func (c *Config) Sweep() time.Duration {
+	if c.SweepInterval == nil {
+		return DefaultSweepInterval
+	}
+	return time.Duration(*c.SweepInterval)
+}
+
+// Duration is a time.Duration written as a Go duration string ("30s",
+// "1m30s"); a bare number is seconds.
+type Duration time.Duration
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// UnmarshalJSON reads a duration string or a number of seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	return d.set(v)
+}
+
+// UnmarshalYAML reads a duration string or a number of seconds.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var v any
+	if err := n.Decode(&v); err != nil {
+		return err
+	}
+	return d.set(v)
+}
+
+func (d *Duration) set(v any) error {
+	switch x := v.(type) {
+	case string:
+		p, err := time.ParseDuration(strings.TrimSpace(x))
+		if err != nil {
+			return fmt.Errorf("duration %q: use a Go duration such as 30s or 500ms", x)
+		}
+		*d = Duration(p)
+	case float64:
+		*d = Duration(x * float64(time.Second))
+	case int:
+		*d = Duration(time.Duration(x) * time.Second)
+	default:
+		return fmt.Errorf("duration %v: use a Go duration such as 30s or 500ms", v)
+	}
+	return nil
 }
 
 // Validate checks values a default cannot fix.
@@ -174,6 +244,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.Level(); err != nil {
 		return err
+	}
+	if c.Sweep() < 0 {
+		return fmt.Errorf("config: sweepInterval %s is negative (0 disables the sweep)", c.SweepInterval)
 	}
 	if !*c.VMAnnotation && len(c.RuntimeHandlers) == 0 {
 		return fmt.Errorf("config: vmAnnotation is false and runtimeHandlers is empty: no pod could ever be a VM pod")

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParse(t *testing.T) {
@@ -17,7 +18,8 @@ func TestParse(t *testing.T) {
 	}{
 		{name: "empty is the default", in: "", check: func(t *testing.T, c *Config) {
 			if c.StateDir != "/var/lib/vmnic" || c.NetnsDir != "/var/run/netns" || c.RuntimeDir != "/run/vmnic/sandboxes" ||
-				c.NetSetupMountPath != "/run/vmnic/netsetup.json" || !*c.VMAnnotation || c.LogLevel != "info" || c.LogFile != "" {
+				c.NetSetupMountPath != "/run/vmnic/netsetup.json" || !*c.VMAnnotation || c.LogLevel != "info" || c.LogFile != "" ||
+				c.Sweep() != 30*time.Second {
 				t.Errorf("defaults: %+v", c)
 			}
 		}},
@@ -36,6 +38,28 @@ func TestParse(t *testing.T) {
 				t.Errorf("parsed: %+v", c)
 			}
 		}},
+		{name: "yaml sweep interval", in: "sweepInterval: 500ms\n", check: func(t *testing.T, c *Config) {
+			if c.Sweep() != 500*time.Millisecond {
+				t.Errorf("sweep %v, want 500ms", c.Sweep())
+			}
+		}},
+		{name: "sweep disabled", in: "sweepInterval: 0\n", check: func(t *testing.T, c *Config) {
+			if c.Sweep() != 0 {
+				t.Errorf("sweep %v, want 0 (disabled)", c.Sweep())
+			}
+		}},
+		{name: "json sweep interval", in: `{"sweepInterval": "2m"}`, check: func(t *testing.T, c *Config) {
+			if c.Sweep() != 2*time.Minute {
+				t.Errorf("sweep %v, want 2m", c.Sweep())
+			}
+		}},
+		{name: "json sweep seconds", in: `{"sweepInterval": 5}`, check: func(t *testing.T, c *Config) {
+			if c.Sweep() != 5*time.Second {
+				t.Errorf("sweep %v, want 5s", c.Sweep())
+			}
+		}},
+		{name: "bad sweep interval", in: "sweepInterval: soon\n", err: "soon"},
+		{name: "negative sweep interval", in: "sweepInterval: -1s\n", err: "negative"},
 		{name: "yaml typo", in: "runtimeHandler: [x]\n", err: "runtimeHandler"},
 		{name: "json typo", in: `{"statedir": "/x"}`, err: "statedir"},
 		{name: "relative dir", in: "stateDir: var/lib\n", err: "absolute"},

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/containerd/nri/pkg/api"
 
@@ -26,9 +28,10 @@ const (
 )
 
 // CreateContainer wires the VMM container of a VM pod: /dev/net/tun (device
-// node and cgroup rule), the NetSetup record read-only, the per-sandbox
-// runtime directory (for the VMM's API socket, at the same path as on the
-// host), the VMNIC_* environment and, when vmnic owns the sandbox netns
+// node and cgroup rule), the per-sandbox runtime directory (for the VMM's
+// API socket, at the same path as on the host; it also holds the live copy
+// of the NetSetup record, netsetup.json, that every save of the record
+// refreshes), the VMNIC_* environment and, when vmnic owns the sandbox netns
 // (host-network VM pods), the move into that netns. A runtime whose NRI
 // cannot move a container into a namespace fails the container rather than
 // start the VMM in the host's network namespace.
@@ -71,14 +74,34 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 	if err := ensureRuntimeDir(rtDir); err != nil {
 		return nil, nil, fmt.Errorf("vmnic: container %s of VM pod %s: %w", ctr.GetName(), podRef(pod), err)
 	}
-	adj := Adjustment(st.cfg, id, st.mgr.Store.Path(id), rtDir, rec)
+	// The store keeps the record's copy in the runtime dir on every save,
+	// but only when the dir exists: save once more if it was (re)made just
+	// now, or the record did not name it.
+	if _, err := os.Lstat(filepath.Join(rtDir, netsetup.MirrorFile)); err != nil || rec.RuntimeDir != rtDir {
+		rec, err = st.mgr.Store.Update(ctx, id, func(r *netsetup.NetSetup) error {
+			if r.RuntimeDir == "" {
+				r.RuntimeDir = rtDir
+			}
+			return nil
+		})
+		if err != nil {
+			err = fmt.Errorf("vmnic: container %s of VM pod %s: write the record's copy into %s: %w", ctr.GetName(), podRef(pod), rtDir, timeoutHint(err))
+			p.logger().Error("CreateContainer failed", "err", err)
+			return nil, nil, err
+		}
+	}
+	adj := Adjustment(id, rtDir, rec)
 	p.logger().Info("VMM container wired", "pod", podRef(pod), "container", ctr.GetName(),
 		"netns", rec.NetnsPath, "owned", rec.NetnsOwned, "runtimeDir", rtDir)
 	return adj, nil, nil
 }
 
-// Adjustment is the change made to a VMM container of sandbox id.
-func Adjustment(cfg *config.Config, id, recordPath, runtimeDir string, rec *netsetup.NetSetup) *api.ContainerAdjustment {
+// Adjustment is the change made to a VMM container of sandbox id. The
+// container reads its record from the copy in the runtime directory
+// (VMNIC_NETSETUP): a mount of the directory shows every update, where a
+// mount of the record file itself would keep the file it found at
+// CreateContainer (the store replaces the record by an atomic rename).
+func Adjustment(id, runtimeDir string, rec *netsetup.NetSetup) *api.ContainerAdjustment {
 	adj := &api.ContainerAdjustment{}
 	adj.AddDevice(&api.LinuxDevice{
 		Path:     tunPath,
@@ -98,19 +121,13 @@ func Adjustment(cfg *config.Config, id, recordPath, runtimeDir string, rec *nets
 		Access: "rwm",
 	})
 	adj.AddMount(&api.Mount{
-		Source:      recordPath,
-		Destination: cfg.NetSetupMountPath,
-		Type:        "bind",
-		Options:     []string{"bind", "ro", "nosuid", "nodev", "noexec"},
-	})
-	adj.AddMount(&api.Mount{
 		Source:      runtimeDir,
 		Destination: runtimeDir,
 		Type:        "bind",
 		Options:     []string{"bind", "rw", "nosuid", "nodev", "noexec"},
 	})
 	adj.AddEnv(EnvSandboxID, id)
-	adj.AddEnv(EnvNetSetup, cfg.NetSetupMountPath)
+	adj.AddEnv(EnvNetSetup, filepath.Join(runtimeDir, netsetup.MirrorFile))
 	adj.AddEnv(EnvRuntimeDir, runtimeDir)
 	if rec.NetnsOwned {
 		adj.AddOrReplaceNamespace(&api.LinuxNamespace{Type: "network", Path: rec.NetnsPath})

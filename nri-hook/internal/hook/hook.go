@@ -67,6 +67,8 @@ type Plugin struct {
 	runtimeVersion string
 
 	reconcileMu sync.Mutex
+
+	sweep sweeper
 }
 
 type state struct {
@@ -116,11 +118,13 @@ func (p *Plugin) Configure(ctx context.Context, cfgText, runtime, version string
 	p.mu.Lock()
 	p.cfg, p.mgr, p.runtimeName, p.runtimeVersion = cfg, mgr, runtime, version
 	p.mu.Unlock()
+	p.startSweeper()
 
 	p.logger().Info("configured", "runtime", runtime, "runtimeVersion", version,
 		"runtimeNRI", p.runtimeNRIVersion(), "events", Events.PrettyString(),
 		"stateDir", cfg.StateDir, "netnsDir", cfg.NetnsDir, "runtimeDir", cfg.RuntimeDir,
-		"runtimeHandlers", cfg.RuntimeHandlers, "vmAnnotation", *cfg.VMAnnotation)
+		"runtimeHandlers", cfg.RuntimeHandlers, "vmAnnotation", *cfg.VMAnnotation,
+		"sweepInterval", cfg.Sweep())
 	if !atLeast(p.runtimeNRIVersion(), 0, 10) {
 		p.logger().Warn("this runtime's NRI cannot move a container into a namespace: "+
 			"the VMM containers of host-network VM pods will be refused (needs NRI v0.10+: containerd 2.2+, CRI-O 1.34+)",
@@ -219,6 +223,7 @@ func (p *Plugin) prepare(ctx context.Context, st state, pod *api.PodSandbox) (*n
 		PodNamespace: pod.GetNamespace(),
 		PodUID:       pod.GetUid(),
 		RuntimeDir:   rtDir,
+		Origin:       OriginNRI,
 	})
 	if err != nil {
 		os.Remove(rtDir)
@@ -231,9 +236,19 @@ func (p *Plugin) prepare(ctx context.Context, st state, pod *api.PodSandbox) (*n
 	if err := failpoint.Inject("nri-prepared"); err != nil {
 		return nil, fmt.Errorf("vmnic: VM pod %s: %w", podRef(pod), err)
 	}
-	if rec.Origin != OriginNRI {
+	// The pod process tells the sweep when a host-network pod (whose netns
+	// vmnic owns, so no runtime netns can vanish) went without an event.
+	pid, pidStart, why := podProcess(pod.GetPid(), id)
+	if pid == 0 && rec.NetnsOwned {
+		p.logger().Warn("host-network VM pod: its pod process is unknown, so its removal is noticed only at the next Synchronize if the runtime sends no RemovePodSandbox",
+			"pod", podRef(pod), "why", why)
+	}
+	if rec.Origin != OriginNRI || (pid != 0 && (rec.PodPID != pid || rec.PodPIDStart != pidStart)) {
 		rec, err = st.mgr.Store.Update(ctx, id, func(r *netsetup.NetSetup) error {
 			r.Origin = OriginNRI
+			if pid != 0 {
+				r.PodPID, r.PodPIDStart = pid, pidStart
+			}
 			return nil
 		})
 		if err != nil {

@@ -60,6 +60,7 @@ func newPlugin(t *testing.T, nriVersion string) (*Plugin, string, *netsetup.Stor
 	if _, err := p.Configure(context.Background(), cfg, "containerd", "v2.1.5"); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(p.Close)
 	store, err := netsetup.Open(state)
 	if err != nil {
 		t.Fatal(err)
@@ -116,6 +117,15 @@ func TestCreateContainerNamespaceSupport(t *testing.T) {
 			if fi, err := os.Stat(filepath.Join(rtBase, id)); err != nil || fi.Mode().Perm() != 0o700 {
 				t.Errorf("runtime dir: %v %v", fi, err)
 			}
+			// The record named no runtime dir: CreateContainer records it,
+			// and the record's copy the container reads is there.
+			mirror := filepath.Join(rtBase, id, netsetup.MirrorFile)
+			if got := envOf(adj)[EnvNetSetup]; got != mirror {
+				t.Errorf("%s=%q, want %s", EnvNetSetup, got, mirror)
+			}
+			if data, err := os.ReadFile(mirror); err != nil || !strings.Contains(string(data), `"sandbox_id": "`+id+`"`) {
+				t.Errorf("record copy %s: %v %s", mirror, err, data)
+			}
 		})
 	}
 }
@@ -136,4 +146,12 @@ func TestHandlerDeadline(t *testing.T) {
 			t.Errorf("request timeout %v: handler deadline %v, want %v", tc.timeout, got, tc.want)
 		}
 	}
+}
+
+func envOf(adj *api.ContainerAdjustment) map[string]string {
+	env := map[string]string{}
+	for _, kv := range adj.GetEnv() {
+		env[kv.Key] = kv.Value
+	}
+	return env
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -73,10 +74,13 @@ type reconcilePlan struct {
 	teardown []string
 	prepare  []*api.PodSandbox
 	orphans  []string
+	// runtimeDirs: per-sandbox runtime dirs of sandboxes neither listed
+	// nor recorded (a crash between making the dir and the record).
+	runtimeDirs []string
 }
 
 func (r reconcilePlan) empty() bool {
-	return len(r.teardown) == 0 && len(r.prepare) == 0 && len(r.orphans) == 0
+	return len(r.teardown) == 0 && len(r.prepare) == 0 && len(r.orphans) == 0 && len(r.runtimeDirs) == 0
 }
 
 func (p *Plugin) plan(ctx context.Context, st state, pods []*api.PodSandbox) (reconcilePlan, error) {
@@ -107,6 +111,14 @@ func (p *Plugin) plan(ctx context.Context, st state, pods []*api.PodSandbox) (re
 		if !recorded[pod.GetId()] && st.cfg.IsVMPod(pod.GetRuntimeHandler(), pod.GetAnnotations()) &&
 			netsetup.ValidateSandboxID(pod.GetId()) == nil {
 			plan.prepare = append(plan.prepare, pod)
+		}
+	}
+	if ents, err := os.ReadDir(st.cfg.RuntimeDir); err == nil {
+		for _, e := range ents {
+			id := e.Name()
+			if e.IsDir() && live[id] == nil && !recorded[id] && netsetup.ValidateSandboxID(id) == nil {
+				plan.runtimeDirs = append(plan.runtimeDirs, id)
+			}
 		}
 	}
 	orphans, err := st.mgr.OrphanNetns(ctx)
@@ -154,12 +166,38 @@ func (p *Plugin) execute(ctx context.Context, st state, plan reconcilePlan) {
 		}
 		log.Info("reconcile: prepared a VM pod whose RunPodSandbox was missed", "pod", podRef(pod))
 	}
+	for _, id := range plan.runtimeDirs {
+		if err := p.removeOrphanRuntimeDir(ctx, st, id); err != nil {
+			log.Error("reconcile: remove orphan runtime dir failed", "sandbox", id, "err", err)
+		}
+	}
 	for _, path := range plan.orphans {
 		if err := p.removeOrphan(ctx, st, path); err != nil {
 			log.Error("reconcile: remove orphan netns failed", "netns", path, "err", err)
 			continue
 		}
 	}
+}
+
+// removeOrphanRuntimeDir removes the runtime dir of a sandbox that has no
+// record, under the sandbox's lock.
+func (p *Plugin) removeOrphanRuntimeDir(ctx context.Context, st state, id string) error {
+	tx, err := st.mgr.Store.Lock(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer tx.Unlock()
+	if _, err := tx.Load(); err == nil {
+		return nil // recorded meanwhile
+	} else if !errors.Is(err, netsetup.ErrNotFound) {
+		return err
+	}
+	_ = tx.Delete() // no record: this only drops the lock file at Unlock
+	if err := os.RemoveAll(st.cfg.SandboxRuntimeDir(id)); err != nil {
+		return err
+	}
+	p.logger().Info("reconcile: removed the runtime dir of a sandbox without a record", "sandbox", id)
+	return nil
 }
 
 // removeOrphan removes an owned netns with no record, under the sandbox's
