@@ -121,6 +121,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	defer os.RemoveAll(tmp)
 
 	e := &env{cfg: cfg, tmp: tmp, cniBin: filepath.Join(tmp, "cni")}
+	// The VMM simulators' sockets are in tmp: let the plugin (which
+	// inherits this through libcni) dial them.
+	os.Setenv("VMNIC_VMM_SOCKET_DIRS", tmp)
 	if shm, err := os.MkdirTemp("/dev/shm", "vmnb-bench-"); err == nil {
 		e.shm = shm
 		defer os.RemoveAll(shm)

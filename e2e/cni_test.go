@@ -37,6 +37,8 @@ func (e *Env) vmnicPlugin() map[string]any {
 		"stateDir": e.VmnicState,
 		"logFile":  filepath.Join(e.Dir, "vmnic-cni.log"),
 		"logLevel": "debug",
+		// The VMM API sockets live in the suite's runtime dirs.
+		"vmmSocketDirs": []string{e.VmnicRun},
 	}
 }
 

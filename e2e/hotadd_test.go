@@ -21,7 +21,7 @@ func (e *Env) vmnicctl(t testing.TB, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	full := append([]string{"--state-dir", e.VmnicState, "--netns-dir", e.OwnedNetnsDir()}, args...)
+	full := append([]string{"--state-dir", e.VmnicState, "--netns-dir", e.OwnedNetnsDir(), "--vmm-socket-dirs", e.VmnicRun}, args...)
 	out, err := exec.CommandContext(ctx, e.p.vmnic("vmnicctl"), full...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("vmnicctl %s: %v\n%s", strings.Join(args, " "), err, out)

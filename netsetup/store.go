@@ -547,12 +547,27 @@ func IdentifyNetns(path string) (NetnsID, error) {
 	if path == "" {
 		return NetnsID{}, fmt.Errorf("netns path is empty")
 	}
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	// Look before opening: opening a FIFO blocks for ever, and opening a
+	// device can act on it. A namespace file is a regular file on nsfs.
+	var pre unix.Stat_t
+	if err := unix.Stat(path, &pre); err != nil {
+		return NetnsID{}, fmt.Errorf("netns %s: %w", path, err)
+	}
+	if pre.Mode&unix.S_IFMT != unix.S_IFREG {
+		return NetnsID{}, fmt.Errorf("netns %s is not a network namespace (not an nsfs file)", path)
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(path, &sfs); err != nil {
+		return NetnsID{}, fmt.Errorf("netns %s: %w", path, err)
+	}
+	if sfs.Type != nsfsMagic {
+		return NetnsID{}, fmt.Errorf("netns %s is not a network namespace (not an nsfs file)", path)
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {
 		return NetnsID{}, fmt.Errorf("netns %s: %w", path, err)
 	}
 	defer unix.Close(fd)
-	var sfs unix.Statfs_t
 	if err := unix.Fstatfs(fd, &sfs); err != nil {
 		return NetnsID{}, fmt.Errorf("netns %s: %w", path, err)
 	}

@@ -64,6 +64,7 @@ func setup(args *skel.CmdArgs) (*env, error) {
 			CallTimeout:   conf.VMMTimeout.Duration,
 			RemoveTimeout: conf.RemoveTimeout.Duration,
 		},
+		VMMSocketDirs: sandbox.SocketDirs(conf.VMMSocketDirs...),
 	}
 	return e, nil
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -53,6 +54,10 @@ type NetConf struct {
 	// the guest to eject a NIC. Go durations ("5s") or seconds.
 	VMMTimeout    Duration `json:"vmmTimeout,omitempty"`
 	RemoveTimeout Duration `json:"removeTimeout,omitempty"`
+	// VMMSocketDirs are directories (besides /run/vmnic and /var/lib/vmnic,
+	// and those in $VMNIC_VMM_SOCKET_DIRS) a VMM's API socket may be in:
+	// vmnic dials no socket outside them.
+	VMMSocketDirs []string `json:"vmmSocketDirs,omitempty"`
 
 	// LegacyAttachments is the GC key of the released spec-1.1.0 text.
 	LegacyAttachments []types.GCAttachment `json:"cni.dev/attachments,omitempty"`
@@ -221,6 +226,11 @@ func parseConf(stdin []byte) (*Resolved, error) {
 		r.Level = slog.LevelError
 	default:
 		return nil, bad("logLevel %q: must be debug, info, warn or error", conf.LogLevel)
+	}
+	for _, d := range conf.VMMSocketDirs {
+		if !filepath.IsAbs(d) {
+			return nil, bad("vmmSocketDirs: %q is not an absolute path", d)
+		}
 	}
 	if conf.StateDir == "" {
 		conf.StateDir = netsetup.DefaultStateDir

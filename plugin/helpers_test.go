@@ -149,7 +149,8 @@ func newNet(t *testing.T, version, first string, opts ...netOpt) *tnet {
 	default:
 		t.Fatalf("first plugin %q", first)
 	}
-	vm := map[string]any{"type": "vmnic", "stateDir": n.state, "logFile": n.log, "logLevel": "debug"}
+	vm := map[string]any{"type": "vmnic", "stateDir": n.state, "logFile": n.log, "logLevel": "debug",
+		"vmmSocketDirs": []string{os.TempDir()}} // the tests' VMM simulators keep their sockets in temp dirs
 	for k, v := range n.vmnic {
 		vm[k] = v
 	}

@@ -437,6 +437,9 @@ func runtimeLines(dir string) ([]string, error) {
 		if err != nil {
 			return nil
 		}
+		if fi.Mode()&fs.ModeSocket != 0 {
+			return nil // a VMM's API socket: the VMM's, not vmnic's
+		}
 		kind := "file"
 		if d.IsDir() {
 			kind = "dir"

@@ -27,13 +27,16 @@ type globals struct {
 	stateDir string
 	netnsDir string
 	timeout  time.Duration
-	verbose  bool
+	// socketDirs: more directories VMM API sockets may be in.
+	socketDirs string
+	verbose    bool
 }
 
 func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.stateDir, "state-dir", envOr("VMNIC_STATE_DIR", netsetup.DefaultStateDir), "directory of the NetSetup records ($VMNIC_STATE_DIR)")
 	fs.StringVar(&g.netnsDir, "netns-dir", envOr("VMNIC_NETNS_DIR", sandbox.DefaultNetnsDir), "directory of the network namespaces vmnic creates ($VMNIC_NETNS_DIR)")
 	fs.DurationVar(&g.timeout, "timeout", 2*time.Minute, "overall deadline of the command")
+	fs.StringVar(&g.socketDirs, "vmm-socket-dirs", "", "':'-separated directories VMM API sockets may be in, besides "+strings.Join(sandbox.DefaultVMMSocketDirs, " and ")+" and $"+sandbox.VMMSocketDirsEnv)
 	fs.BoolVar(&g.verbose, "v", false, "log what is done to stderr")
 }
 
@@ -72,9 +75,10 @@ func (c *cli) manager() (*sandbox.Manager, error) {
 		level = slog.LevelInfo
 	}
 	c.m = &sandbox.Manager{
-		Store:    st,
-		NetnsDir: c.g.netnsDir,
-		Logger:   slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: level})),
+		Store:         st,
+		NetnsDir:      c.g.netnsDir,
+		Logger:        slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: level})),
+		VMMSocketDirs: sandbox.SocketDirs(strings.FieldsFunc(c.g.socketDirs, func(r rune) bool { return r == ':' })...),
 	}
 	return c.m, nil
 }
@@ -145,6 +149,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			c.g.netnsDir = late.netnsDir
 		case "timeout":
 			c.g.timeout = late.timeout
+		case "vmm-socket-dirs":
+			c.g.socketDirs = late.socketDirs
 		case "v":
 			c.g.verbose = late.verbose
 		}

@@ -20,6 +20,8 @@ type ctl struct {
 }
 
 func newCtl(t *testing.T) *ctl {
+	// The tests' VMM simulators keep their API sockets in temp dirs.
+	t.Setenv("VMNIC_VMM_SOCKET_DIRS", os.TempDir())
 	return &ctl{t: t, state: t.TempDir(), netnsDir: t.TempDir()}
 }
 

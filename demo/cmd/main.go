@@ -147,6 +147,9 @@ func (d *demo) setup() {
 		d.fail("run the demo from the repository root (demo/demo.sh does)")
 	}
 	d.root = wd
+	// The QEMU guest's QMP socket is in a temp dir: allow vmnicctl and the
+	// plugin (both inherit this) to dial VMM sockets there.
+	os.Setenv("VMNIC_VMM_SOCKET_DIRS", os.TempDir())
 	binDir := envOr("VMNIC_BIN", filepath.Join(d.root, "bin"))
 	toolsDir := envOr("VMNIC_TOOLS", filepath.Join(d.root, ".tools"))
 	cniDir := envOr("VMNIC_CNI_BIN", filepath.Join(toolsDir, "cni"))

@@ -14,13 +14,26 @@ import (
 const MaxIfNameLen = 15
 
 // TapNameInNetns is the TAP name for the interface ifname in the sandbox
-// netns: "tap"+ifname when that fits, else "tap" and 12 hex digits of a hash
-// of ifname. It is unique within the netns as ifnames are.
+// netns: "tap"+ifname when that fits and ifname is plain ([A-Za-z0-9_.-]),
+// else "tap" and 12 hex digits of a hash of ifname. It is unique within the
+// netns as ifnames are. An ifname Linux allows but a VMM's option syntax
+// does not (',', '=', unicode…) never reaches a TAP name, so no NIC field
+// can smuggle an option into a VMM command line.
 func TapNameInNetns(ifname string) string {
-	if n := "tap" + ifname; len(n) <= MaxIfNameLen {
+	if n := "tap" + ifname; len(n) <= MaxIfNameLen && plainName(ifname) {
 		return n
 	}
 	return "tap" + hash12(ifname)
+}
+
+func plainName(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // TapNameOnHost is the TAP name of the bridge backend, where TAPs of all

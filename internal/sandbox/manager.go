@@ -24,6 +24,11 @@ type Manager struct {
 	NetnsDir   string             // where owned netns are bind-mounted; default /var/run/netns
 	Logger     *slog.Logger       // nil = discard
 	VMMOptions vmmadapter.Options // timeouts for VMM calls
+	// VMMSocketDirs confines the VMM API sockets vmnic dials (attach, and
+	// every socket read from a record) to these directories (see
+	// CheckVMMSocket); nil = no check (library use: the programs set it
+	// with SocketDirs).
+	VMMSocketDirs []string
 
 	// OpenVMM opens an adapter for a VMM; nil uses the default (vmmadapter/connect).
 	OpenVMM func(kind vmmadapter.Kind, socket string, opts vmmadapter.Options) (vmmadapter.Adapter, error)

