@@ -7,7 +7,7 @@
 #
 # Root only: it makes network namespaces, bridges, TAPs and boots a QEMU guest.
 
-BENCH_OUT   ?= $(CURDIR)/.bench
+BENCH_OUT   ?= .bench
 BENCH_QUICK ?=
 BENCH_FLAGS ?=
 

@@ -15,6 +15,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/vmnic/vmnic/internal/sandbox"
+	"github.com/vmnic/vmnic/internal/steptime"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
 )
@@ -97,12 +98,15 @@ func cniError(err error) error {
 	return types.NewError(types.ErrInternal, err.Error(), "")
 }
 
-func cmdAdd(args *skel.CmdArgs) error {
+func cmdAdd(args *skel.CmdArgs) (err error) {
+	st := steptime.FromEnv("ADD")
+	defer func() { st.Finish(err) }()
 	e, err := setup(args)
 	if err != nil {
 		return err
 	}
 	defer e.closer()
+	st.Step("setup")
 	if err := parsePrevResult(e.conf.NetConf); err != nil {
 		return err
 	}
@@ -130,6 +134,9 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := e.context()
 	defer cancel()
+	st.Label(id, args.IfName)
+	st.Step("resolve")
+	e.m.Steps = st
 	added, err := e.m.AddNIC(ctx, sandbox.NICSpec{
 		SandboxID:    id,
 		ContainerID:  args.ContainerID,
@@ -156,15 +163,20 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return cniError(err)
 	}
 	res := buildResult(prev, added, e.conf.CNIVersion)
-	return types.PrintResult(res, e.conf.CNIVersion)
+	err = types.PrintResult(res, e.conf.CNIVersion)
+	st.Step("result")
+	return err
 }
 
-func cmdDel(args *skel.CmdArgs) error {
+func cmdDel(args *skel.CmdArgs) (err error) {
+	st := steptime.FromEnv("DEL")
+	defer func() { st.Finish(err) }()
 	e, err := setup(args)
 	if err != nil {
 		return err
 	}
 	defer e.closer()
+	st.Step("setup")
 	// prevResult is optional at DEL and not needed: the record tells the TAP.
 	a, err := loadArgs(args.Args)
 	if err != nil {
@@ -176,6 +188,9 @@ func cmdDel(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := e.context()
 	defer cancel()
+	st.Label(id, args.IfName)
+	st.Step("resolve")
+	e.m.Steps = st
 	if err := e.m.DelNIC(ctx, sandbox.DelSpec{SandboxID: id, ContainerID: args.ContainerID, IfName: args.IfName}); err != nil {
 		e.log.Error("DEL failed", "sandbox", id, "ifname", args.IfName, "error", err)
 		return cniError(err)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 
+	"github.com/vmnic/vmnic/internal/steptime"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
 )
@@ -36,6 +37,10 @@ type Manager struct {
 	// hook, when set (tests), runs at named points of a change; an error
 	// it returns makes the change fail there.
 	hook func(step string) error
+
+	// Steps, when set, times the stretches between the named points of a
+	// change (the points step() marks); see internal/steptime.
+	Steps *steptime.Recorder
 }
 
 // PrepareOptions say how a sandbox is prepared.

@@ -655,6 +655,7 @@ func (m *Manager) admit(rec *netsetup.NetSetup, s *NICSpec, nsid netsetup.NetnsI
 // a failpoint (internal/failpoint; registered in failpoint.Points), armed
 // only in test builds made with -tags vmnic_failpoints.
 func (m *Manager) step(name string) error {
+	m.Steps.Step(name)
 	if err := failpoint.Inject(name); err != nil {
 		return err
 	}

@@ -228,6 +228,11 @@ func TestVMMSocketConfined(t *testing.T) {
 	if _, err := w.chain.Add(ctx(t), w.att); err == nil || !strings.Contains(err.Error(), "outside the allowed directories") {
 		t.Errorf("ADD with the outside socket recorded: want a refusal, got %v", err)
 	}
+	// The conf key must name absolute directories.
+	d := newDirect(t, w.e)
+	if r := d.call(t, "ADD", "eth0", map[string]any{"vmmSocketDirs": []string{"run/vmnic"}}); r.Err == nil || r.Err.Code != types.ErrInvalidNetworkConfig {
+		t.Errorf("a relative vmmSocketDirs entry: want CNI error 7, got %+v", r.Err)
+	}
 	if calls := sim.Calls(); len(calls) > 0 {
 		t.Errorf("the VMM behind a refused socket got %d requests: %+v", len(calls), calls)
 	}
