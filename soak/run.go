@@ -514,7 +514,9 @@ func (r *runner) vmmFault(ctx context.Context, sid string) error {
 			sim.SetFault(vmmsim.Fault{Mode: vmmsim.FaultLoseAnswer, Path: path, Times: 1})
 		}
 	}
-	r.fault("vmm-" + f + "@" + where)
+	if !strings.HasPrefix(f, "crash-") { // crashes are counted as crash@<point>
+		r.fault("vmm-" + f + "@" + where)
+	}
 	arm := func(point string) func() {
 		c.Exec.SetEnv(r.e.Arm(point, failpoint.Action{Kind: failpoint.Crash})...)
 		return func() { c.Exec.SetEnv() }
