@@ -82,6 +82,39 @@ func (e *env) context() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 4*call+remove+30*time.Second)
 }
 
+// prevResult parses the conf's prevResult, which ADD and CHECK require;
+// why completes the error when it is missing.
+func (e *env) prevResult(why string) (*current.Result, error) {
+	if err := parsePrevResult(e.conf.NetConf); err != nil {
+		return nil, err
+	}
+	if e.conf.PrevResult == nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "prevResult is missing or empty: "+why, "")
+	}
+	prev, err := current.NewResultFromResult(e.conf.PrevResult)
+	if err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, "convert prevResult", err.Error())
+	}
+	return prev, nil
+}
+
+// resolveInNetns reads CNI_ARGS, checks that CNI_NETNS is a network
+// namespace and finds the sandbox (ADD and CHECK need the netns).
+func (e *env) resolveInNetns(args *skel.CmdArgs) (*Args, string, error) {
+	a, err := loadArgs(args.Args)
+	if err != nil {
+		return nil, "", err
+	}
+	if _, err := netsetup.IdentifyNetns(args.Netns); err != nil {
+		return nil, "", types.NewError(types.ErrInvalidNetNS, "CNI_NETNS", err.Error())
+	}
+	id, err := e.m.Resolve(string(a.VMNIC_SANDBOX_ID), args.Netns, args.ContainerID)
+	if err != nil {
+		return nil, "", cniError(err)
+	}
+	return a, id, nil
+}
+
 // cniError turns an engine error into the CNI error the runtime sees.
 func cniError(err error) error {
 	if err == nil {
@@ -107,30 +140,17 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	}
 	defer e.closer()
 	st.Step("setup")
-	if err := parsePrevResult(e.conf.NetConf); err != nil {
-		return err
-	}
-	if e.conf.PrevResult == nil {
-		return types.NewError(types.ErrInvalidNetworkConfig, "prevResult is missing or empty: vmnic must be chained after a plugin that makes the interface (bridge, ptp, …)", "")
-	}
-	prev, err := current.NewResultFromResult(e.conf.PrevResult)
+	prev, err := e.prevResult("vmnic must be chained after a plugin that makes the interface (bridge, ptp, …)")
 	if err != nil {
-		return types.NewError(types.ErrDecodingFailure, "convert prevResult", err.Error())
+		return err
 	}
 	pick, err := pickInterface(prev, args.IfName, args.Netns)
 	if err != nil {
 		return err
 	}
-	a, err := loadArgs(args.Args)
+	a, id, err := e.resolveInNetns(args)
 	if err != nil {
 		return err
-	}
-	if _, err := netsetup.IdentifyNetns(args.Netns); err != nil {
-		return types.NewError(types.ErrInvalidNetNS, "CNI_NETNS", err.Error())
-	}
-	id, err := e.m.Resolve(string(a.VMNIC_SANDBOX_ID), args.Netns, args.ContainerID)
-	if err != nil {
-		return cniError(err)
 	}
 	ctx, cancel := e.context()
 	defer cancel()
@@ -204,26 +224,13 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return err
 	}
 	defer e.closer()
-	if err := parsePrevResult(e.conf.NetConf); err != nil {
-		return err
-	}
-	if e.conf.PrevResult == nil {
-		return types.NewError(types.ErrInvalidNetworkConfig, "prevResult is missing or empty: CHECK needs the result of ADD", "")
-	}
-	prev, err := current.NewResultFromResult(e.conf.PrevResult)
-	if err != nil {
-		return types.NewError(types.ErrDecodingFailure, "convert prevResult", err.Error())
-	}
-	a, err := loadArgs(args.Args)
+	prev, err := e.prevResult("CHECK needs the result of ADD")
 	if err != nil {
 		return err
 	}
-	if _, err := netsetup.IdentifyNetns(args.Netns); err != nil {
-		return types.NewError(types.ErrInvalidNetNS, "CNI_NETNS", err.Error())
-	}
-	id, err := e.m.Resolve(string(a.VMNIC_SANDBOX_ID), args.Netns, args.ContainerID)
+	_, id, err := e.resolveInNetns(args)
 	if err != nil {
-		return cniError(err)
+		return err
 	}
 	ctx, cancel := e.context()
 	defer cancel()
