@@ -80,6 +80,14 @@ func (e *env) dir(parts ...string) string {
 	return filepath.Join(append([]string{e.tmp}, parts...)...)
 }
 
+// shmDir is like dir, on tmpfs (/dev/shm); "" when there is none.
+func (e *env) shmDir(parts ...string) string {
+	if e.shm == "" {
+		return ""
+	}
+	return filepath.Join(append([]string{e.shm}, parts...)...)
+}
+
 // op is one ADD (of every ifname) then DEL (in reverse) in one sandbox.
 type op struct {
 	Add, Del time.Duration

@@ -75,6 +75,8 @@ func (e *env) cycleVariants() ([]*variant, error) {
 				p["fsync"] = true
 				return []pluginConf{br(i), p}
 			}},
+		{"vmnic-tmpfs", "bridge + host-local + vmnic, 1 NIC, `stateDir` on tmpfs (as under /run on a node)", "baseline", 1, true,
+			func(i int) []pluginConf { return []pluginConf{br(i), vmnicPlugin(e.shmDir("vmnic-state"))} }},
 		{"baseline-4nic", "bridge + host-local, 4 NICs in one sandbox", "baseline-4nic", 4, false,
 			func(i int) []pluginConf { return []pluginConf{br(i)} }},
 		{"vmnic-4nic", "bridge + host-local + vmnic, 4 NICs in one sandbox", "baseline-4nic", 4, true,
@@ -86,7 +88,7 @@ func (e *env) cycleVariants() ([]*variant, error) {
 	}
 	var out []*variant
 	for i, s := range specs {
-		if s.vmnic && !e.hasVmnic {
+		if s.vmnic && !e.hasVmnic || s.name == "vmnic-tmpfs" && e.shm == "" {
 			continue
 		}
 		list, err := e.confList("vmnb-"+s.name, s.plugins(i)...)
@@ -193,8 +195,9 @@ func (e *env) runCycle(ctx context.Context) error {
 
 	// The vmnic execs of this section feed the per-step table.
 	ix := e.loadSteps()
-	contexts := map[string]string{"vmnic": "no VMM (cycle section)", "vmnic-4nic": "no VMM (cycle section)", "vmnic-fsync": "no VMM, fsync on (cycle section)"}
-	for _, name := range []string{"vmnic", "vmnic-4nic", "vmnic-fsync"} {
+	contexts := map[string]string{"vmnic": "no VMM (cycle section)", "vmnic-4nic": "no VMM (cycle section)",
+		"vmnic-fsync": "no VMM, fsync on (cycle section)", "vmnic-tmpfs": "no VMM, state on tmpfs (cycle section)"}
+	for _, name := range []string{"vmnic", "vmnic-4nic", "vmnic-fsync", "vmnic-tmpfs"} {
 		for _, s := range samples[name] {
 			for _, c := range s.calls {
 				if c.Plugin != "vmnic" {

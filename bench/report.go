@@ -72,6 +72,9 @@ func (r *Report) evaluateTargets() {
 		if sc.Recorded > 0 {
 			t.Measured = fmt.Sprintf("%s ms in-process (exec %s ms, process start %s ms)", ms(sc.InProc.Median), ms(sc.Exec.Median), ms(sc.ProcStart.Median))
 			t.Status = status(sc.InProc.Median <= 3*time.Millisecond)
+			if tm := r.stepContext("no VMM, state on tmpfs (cycle section)", "ADD"); tm != nil && tm.Recorded > 0 {
+				t.Measured += fmt.Sprintf("; with the state dir on tmpfs %s ms", ms(tm.InProc.Median))
+			}
 		} else if floor := r.goFloor(); floor > 0 {
 			own := sc.Exec.Median - floor
 			t.Measured = fmt.Sprintf("≈ %s ms (exec %s ms minus the empty Go program's %s ms; the plugin writes no step times)", ms(own), ms(sc.Exec.Median), ms(floor))
