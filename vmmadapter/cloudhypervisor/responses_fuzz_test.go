@@ -2,68 +2,15 @@ package cloudhypervisor_test
 
 import (
 	"context"
-	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/vmnic/vmnic/internal/vmmsim"
 	"github.com/vmnic/vmnic/vmmadapter"
 	"github.com/vmnic/vmnic/vmmadapter/cloudhypervisor"
 )
-
-// cannedCH answers every Cloud Hypervisor endpoint with a canned status and
-// body (the fuzzer's), on a unix socket shared by all inputs of one fuzz
-// process.
-type cannedCH struct {
-	mu   sync.Mutex
-	resp map[string]canned // by endpoint ("vmm.ping", "vm.info", ...)
-}
-
-type canned struct {
-	status int
-	body   []byte
-}
-
-func (c *cannedCH) set(r map[string]canned) {
-	c.mu.Lock()
-	c.resp = r
-	c.mu.Unlock()
-}
-
-func (c *cannedCH) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	c.mu.Lock()
-	a, ok := c.resp[strings.TrimPrefix(r.URL.Path, "/api/v1/")]
-	c.mu.Unlock()
-	if !ok {
-		a = canned{status: 404}
-	}
-	w.WriteHeader(a.status)
-	w.Write(a.body) //nolint:errcheck
-}
-
-func startCanned(f *testing.F, h http.Handler) string {
-	f.Helper()
-	sock := filepath.Join(f.TempDir(), "api.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		f.Fatal(err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln) //nolint:errcheck
-	f.Cleanup(func() { srv.Close() })
-	return sock
-}
-
-// httpStatus maps any fuzzed int onto a status net/http can write.
-func httpStatus(s int) int {
-	if s < 0 {
-		s = -s
-	}
-	return 100 + s%500 // 100..599; 1xx are informational and retried by the client
-}
 
 // FuzzResponses feeds the adapter arbitrary answers of a Cloud Hypervisor:
 // vmm.ping, vm.info, vm.add-net and vm.remove-device each get a fuzzed
@@ -81,16 +28,20 @@ func FuzzResponses(f *testing.F) {
 	f.Add(200, []byte("\x00garbage"), 200, []byte(`{"config":{"net":null},"state":"Running","device_tree":{"eth0":null}}`), 200, []byte(`[1,2`), 500, []byte("\xff\xfe"))
 	f.Add(409, []byte(`{"fault_message":"x"}`), 200, []byte(`{"config":{"net":[{"id":7}]},"state":"Running"}`), 201, []byte(`{"id":"`+strings.Repeat("a", 4096)+`"}`), 500, []byte(`["a\nb","\u0000"]`))
 
-	h := &cannedCH{}
-	sock := startCanned(f, h)
+	// Every endpoint gets the fuzzer's answer (404 when it has none).
+	h := &vmmsim.Canned{
+		Key:     func(r *http.Request) string { return strings.TrimPrefix(r.URL.Path, "/api/v1/") },
+		Default: vmmsim.Answer{Status: 404},
+	}
+	sock := vmmsim.ServeUnix(f, "api.sock", h)
 	opts := vmmadapter.Options{CallTimeout: 500 * time.Millisecond, RemoveTimeout: 30 * time.Millisecond}
 
 	f.Fuzz(func(t *testing.T, pingStatus int, pingBody []byte, infoStatus int, infoBody []byte, addStatus int, addBody []byte, rmStatus int, rmBody []byte) {
-		h.set(map[string]canned{
-			"vmm.ping":         {httpStatus(pingStatus), pingBody},
-			"vm.info":          {httpStatus(infoStatus), infoBody},
-			"vm.add-net":       {httpStatus(addStatus), addBody},
-			"vm.remove-device": {httpStatus(rmStatus), rmBody},
+		h.Set(map[string]vmmsim.Answer{
+			"vmm.ping":         {Status: vmmsim.FuzzStatus(pingStatus), Body: pingBody},
+			"vm.info":          {Status: vmmsim.FuzzStatus(infoStatus), Body: infoBody},
+			"vm.add-net":       {Status: vmmsim.FuzzStatus(addStatus), Body: addBody},
+			"vm.remove-device": {Status: vmmsim.FuzzStatus(rmStatus), Body: rmBody},
 		})
 		a, err := cloudhypervisor.New(sock, opts)
 		if err != nil {
@@ -106,11 +57,11 @@ func FuzzResponses(f *testing.F) {
 			}
 		}
 		if ids, err := a.NICs(ctx); err == nil && !ok2xx(infoStatus) && len(ids) > 0 {
-			t.Errorf("NICs = %v from a refused vm.info (status %d)", ids, httpStatus(infoStatus))
+			t.Errorf("NICs = %v from a refused vm.info (status %d)", ids, vmmsim.FuzzStatus(infoStatus))
 		}
 		nic := vmmadapter.NIC{ID: "eth0", Tap: "tapeth0", MAC: "02:00:00:00:00:01", MTU: 1500, QueuePairs: 1}
 		att, err := a.AddNIC(ctx, nic)
-		st := httpStatus(addStatus)
+		st := vmmsim.FuzzStatus(addStatus)
 		switch {
 		case err == nil && !(st >= 200 && st < 300):
 			t.Errorf("AddNIC succeeded on status %d", st)
@@ -126,7 +77,7 @@ func FuzzResponses(f *testing.F) {
 	})
 }
 
-func ok2xx(s int) bool { s = httpStatus(s); return s >= 200 && s < 300 }
+func ok2xx(s int) bool { s = vmmsim.FuzzStatus(s); return s >= 200 && s < 300 }
 
 // FuzzNetArgs: a NIC the adapter accepts (Body succeeds) becomes exactly
 // one --net value whose fields are the ones vmnic sets: nothing in a NIC's

@@ -2,57 +2,15 @@ package firecracker_test
 
 import (
 	"context"
-	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/vmnic/vmnic/internal/vmmsim"
 	"github.com/vmnic/vmnic/vmmadapter"
 	"github.com/vmnic/vmnic/vmmadapter/firecracker"
 )
-
-// cannedFC answers Firecracker's endpoints with canned statuses and bodies
-// (the fuzzer's), on a unix socket shared by all inputs of one fuzz process.
-type cannedFC struct {
-	mu   sync.Mutex
-	resp map[string]canned // "GET /", "GET /version", "GET /vm/config", "PUT", "DELETE"
-}
-
-type canned struct {
-	status int
-	body   []byte
-}
-
-func (c *cannedFC) set(r map[string]canned) {
-	c.mu.Lock()
-	c.resp = r
-	c.mu.Unlock()
-}
-
-func (c *cannedFC) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	key := r.Method + " " + r.URL.Path
-	if strings.HasPrefix(r.URL.Path, "/network-interfaces/") {
-		key = r.Method
-	}
-	c.mu.Lock()
-	a, ok := c.resp[key]
-	c.mu.Unlock()
-	if !ok {
-		a = canned{400, []byte(`{"fault_message":"Invalid request method and/or path"}`)}
-	}
-	w.WriteHeader(a.status)
-	w.Write(a.body) //nolint:errcheck
-}
-
-func httpStatus(s int) int {
-	if s < 0 {
-		s = -s
-	}
-	return 100 + s%500
-}
 
 // FuzzResponses feeds the adapter arbitrary answers of a Firecracker: the
 // instance info, version, VM config and the PUT/DELETE of an interface each
@@ -70,24 +28,27 @@ func FuzzResponses(f *testing.F) {
 	f.Add(500, []byte(`{"fault_message":null}`), 404, []byte(`[]`), 200, []byte(`{"network-interfaces":[{"iface_id":1}]}`), 400, []byte(`{"fault_message":"Device ID in use"}`), 204, []byte{})
 	f.Add(200, []byte(`{"state":"Running","vmm_version":"999999999999999999999.1"}`), 200, []byte{}, 200, []byte(`{`), 400, []byte(`{"fault_message":"Resource busy (os error 16)"}`), 200, []byte(`{}`))
 
-	h := &cannedFC{}
-	sock := filepath.Join(f.TempDir(), "fc.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		f.Fatal(err)
+	// Keys: "GET /", "GET /version", "GET /vm/config", and "PUT" or
+	// "DELETE" for any interface; anything else is an invalid request.
+	h := &vmmsim.Canned{
+		Key: func(r *http.Request) string {
+			if strings.HasPrefix(r.URL.Path, "/network-interfaces/") {
+				return r.Method
+			}
+			return r.Method + " " + r.URL.Path
+		},
+		Default: vmmsim.Answer{Status: 400, Body: []byte(`{"fault_message":"Invalid request method and/or path"}`)},
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln) //nolint:errcheck
-	f.Cleanup(func() { srv.Close() })
+	sock := vmmsim.ServeUnix(f, "fc.sock", h)
 	opts := vmmadapter.Options{CallTimeout: 500 * time.Millisecond}
 
 	f.Fuzz(func(t *testing.T, inStatus int, inBody []byte, verStatus int, verBody []byte, cfgStatus int, cfgBody []byte, putStatus int, putBody []byte, delStatus int, delBody []byte) {
-		h.set(map[string]canned{
-			"GET /":          {httpStatus(inStatus), inBody},
-			"GET /version":   {httpStatus(verStatus), verBody},
-			"GET /vm/config": {httpStatus(cfgStatus), cfgBody},
-			"PUT":            {httpStatus(putStatus), putBody},
-			"DELETE":         {httpStatus(delStatus), delBody},
+		h.Set(map[string]vmmsim.Answer{
+			"GET /":          {Status: vmmsim.FuzzStatus(inStatus), Body: inBody},
+			"GET /version":   {Status: vmmsim.FuzzStatus(verStatus), Body: verBody},
+			"GET /vm/config": {Status: vmmsim.FuzzStatus(cfgStatus), Body: cfgBody},
+			"PUT":            {Status: vmmsim.FuzzStatus(putStatus), Body: putBody},
+			"DELETE":         {Status: vmmsim.FuzzStatus(delStatus), Body: delBody},
 		})
 		a, err := firecracker.New(sock, opts)
 		if err != nil {
@@ -103,7 +64,7 @@ func FuzzResponses(f *testing.F) {
 		_, _ = a.NICs(ctx)
 		att, err := a.AddNIC(ctx, vmmadapter.NIC{ID: "eth-0", Tap: "tapeth0", MAC: "02:00:00:00:00:01", MTU: 1500})
 		if err == nil {
-			if st := httpStatus(putStatus); st < 200 || st >= 300 {
+			if st := vmmsim.FuzzStatus(putStatus); st < 200 || st >= 300 {
 				t.Errorf("AddNIC succeeded on status %d", st)
 			}
 			if att.ID != firecracker.IfaceID("eth-0") {
