@@ -10,8 +10,6 @@
 package soak
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -20,15 +18,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+
+	"github.com/vmnic/vmnic/internal/hostaudit"
 )
 
 // Scope says what an audit covers. Other programs may change the host at
@@ -104,29 +101,7 @@ func Take(sc Scope) (Snapshot, error) {
 
 // Diff is "" when the snapshots are equal, else the differing lines
 // ("- " only before, "+ " only after).
-func (s Snapshot) Diff(after Snapshot) string {
-	count := map[string]int{}
-	for _, l := range s {
-		count[l]++
-	}
-	for _, l := range after {
-		count[l]--
-	}
-	var b strings.Builder
-	for _, l := range s {
-		if count[l] > 0 {
-			fmt.Fprintf(&b, "- %s\n", l)
-			count[l]--
-		}
-	}
-	for _, l := range after {
-		if count[l] < 0 {
-			fmt.Fprintf(&b, "+ %s\n", l)
-			count[l]++
-		}
-	}
-	return b.String()
-}
+func (s Snapshot) Diff(after Snapshot) string { return hostaudit.Diff(s, after) }
 
 // Count counts lines per kind.
 func (s Snapshot) Count() map[string]int {
@@ -190,15 +165,9 @@ func netnsLines(dir string) ([]string, error) {
 		}
 		p := filepath.Join(dir, e.Name())
 		out = append(out, "netns "+p)
-		h, err := netns.GetFromPath(p)
+		nl, err := hostaudit.HandleAt(p)
 		if err != nil {
-			out = append(out, "netns "+p+" (not a namespace: "+err.Error()+")")
-			continue
-		}
-		nl, err := netlink.NewHandleAt(h)
-		h.Close()
-		if err != nil {
-			out = append(out, "netns "+p+" (no netlink handle: "+err.Error()+")")
+			out = append(out, "netns "+p+" ("+err.Error()+")")
 			continue
 		}
 		out = append(out, linkLines(nl, "in "+e.Name(), func(netlink.Link) bool { return true })...)
@@ -260,72 +229,26 @@ func hostLinkLines(sc Scope) ([]string, error) {
 		return nil, err
 	}
 	defer nl.Close()
-	links, err := dump(nl.LinkList)
+	keep, err := hostaudit.Selector(nl, hostaudit.HostSelection{Names: sc.HostLinks, Prefixes: sc.HostLinkPrefixes, Subnets: sc.HostSubnets})
 	if err != nil {
 		return nil, err
 	}
-	named := map[string]bool{}
-	for _, n := range sc.HostLinks {
-		named[n] = true
-	}
-	masters := map[int]bool{}
-	for _, l := range links {
-		if named[l.Attrs().Name] {
-			masters[l.Attrs().Index] = true
-		}
-	}
-	inSubnet := map[int]bool{}
-	if len(sc.HostSubnets) > 0 {
-		addrs, err := dump(func() ([]netlink.Addr, error) { return nl.AddrList(nil, netlink.FAMILY_ALL) })
-		if err != nil {
-			return nil, err
-		}
-		for _, a := range addrs {
-			ip, ok := netip.AddrFromSlice(a.IP)
-			if !ok {
-				continue
-			}
-			for _, p := range sc.HostSubnets {
-				if p.Contains(ip.Unmap()) {
-					inSubnet[a.LinkIndex] = true
-				}
-			}
-		}
-	}
-	return linkLines(nl, "host", func(l netlink.Link) bool {
-		a := l.Attrs()
-		if named[a.Name] || masters[a.MasterIndex] || inSubnet[a.Index] {
-			return true
-		}
-		for _, p := range sc.HostLinkPrefixes {
-			if strings.HasPrefix(a.Name, p) {
-				return true
-			}
-		}
-		return false
-	}), nil
+	return linkLines(nl, "host", keep), nil
 }
 
 // linkLines describes the links keep selects, their qdiscs and filters.
 // A host veth's name is random (the bridge plugin's), so links are keyed by
 // name only inside a namespace; on the host the line says what it is.
 func linkLines(nl *netlink.Handle, where string, keep func(netlink.Link) bool) []string {
-	links, err := dump(nl.LinkList)
+	links, err := hostaudit.Links(nl, keep)
 	if err != nil {
 		return []string{"link " + where + " list error: " + err.Error()}
 	}
-	names := map[int]string{}
-	for _, l := range links {
-		names[l.Attrs().Index] = l.Attrs().Name
-	}
 	var out []string
 	for _, l := range links {
-		if !keep(l) {
-			continue
-		}
 		a := l.Attrs()
 		kind := "link"
-		if t, ok := l.(*netlink.Tuntap); ok && t.Mode == netlink.TUNTAP_MODE_TAP {
+		if t, ok := l.Link.(*netlink.Tuntap); ok && t.Mode == netlink.TUNTAP_MODE_TAP {
 			kind = "tap"
 		}
 		up := "down"
@@ -334,39 +257,31 @@ func linkLines(nl *netlink.Handle, where string, keep func(netlink.Link) bool) [
 		}
 		master := ""
 		if a.MasterIndex != 0 {
-			master = " master " + names[a.MasterIndex]
+			master = " master " + l.Master()
 		}
 		owner := ""
-		if t, ok := l.(*netlink.Tuntap); ok {
+		if t, ok := l.Link.(*netlink.Tuntap); ok {
 			owner = fmt.Sprintf(" owner %d group %d", int32(t.Owner), int32(t.Group))
 		}
 		out = append(out, fmt.Sprintf("%s %s %s type %s mtu %d %s%s%s", kind, where, a.Name, l.Type(), a.MTU, up, master, owner))
-		if qs, err := dump(func() ([]netlink.Qdisc, error) { return nl.QdiscList(l) }); err == nil {
-			for _, q := range qs {
-				if q.Attrs().Parent == netlink.HANDLE_ROOT && (q.Type() == "noqueue" || q.Type() == "fq_codel" || q.Type() == "pfifo_fast" || q.Type() == "mq") {
-					continue // the kernel's default root qdisc, not vmnic's
-				}
-				out = append(out, fmt.Sprintf("qdisc %s %s %s handle %s parent %s", where, a.Name, q.Type(),
-					netlink.HandleStr(q.Attrs().Handle), netlink.HandleStr(q.Attrs().Parent)))
+		for _, q := range l.Qdiscs {
+			if q.Attrs().Parent == netlink.HANDLE_ROOT && (q.Type() == "noqueue" || q.Type() == "fq_codel" || q.Type() == "pfifo_fast" || q.Type() == "mq") {
+				continue // the kernel's default root qdisc, not vmnic's
 			}
+			out = append(out, fmt.Sprintf("qdisc %s %s %s handle %s parent %s", where, a.Name, q.Type(),
+				netlink.HandleStr(q.Attrs().Handle), netlink.HandleStr(q.Attrs().Parent)))
 		}
-		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
-			fs, err := dump(func() ([]netlink.Filter, error) { return nl.FilterList(l, parent) })
-			if err != nil {
-				continue
-			}
-			for _, f := range fs {
-				fa := f.Attrs()
-				desc := fmt.Sprintf("%s prio %d proto %#x", f.Type(), fa.Priority, fa.Protocol)
-				if u, ok := f.(*netlink.U32); ok {
-					for _, act := range u.Actions {
-						if m, ok := act.(*netlink.MirredAction); ok {
-							desc += " mirred to " + names[m.Ifindex]
-						}
+		for _, f := range l.Filters {
+			fa := f.Attrs()
+			desc := fmt.Sprintf("%s prio %d proto %#x", f.Type(), fa.Priority, fa.Protocol)
+			if u, ok := f.Filter.(*netlink.U32); ok {
+				for _, act := range u.Actions {
+					if m, ok := act.(*netlink.MirredAction); ok {
+						desc += " mirred to " + l.Names[m.Ifindex]
 					}
 				}
-				out = append(out, fmt.Sprintf("filter %s %s parent %s %s", where, a.Name, netlink.HandleStr(parent), desc))
 			}
+			out = append(out, fmt.Sprintf("filter %s %s parent %s %s", where, a.Name, netlink.HandleStr(f.Parent), desc))
 		}
 	}
 	return out
@@ -376,13 +291,7 @@ func linkLines(nl *netlink.Handle, where string, keep func(netlink.Link) bool) [
 // other file, with their modes, and the modes of its directories.
 func stateLines(dir string) ([]string, error) {
 	var out []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
+	err := hostaudit.Walk(dir, func(p string, d fs.DirEntry) error {
 		rel, _ := filepath.Rel(dir, p)
 		fi, err := d.Info()
 		if err != nil {
@@ -423,13 +332,7 @@ func stateLines(dir string) ([]string, error) {
 // runtimeLines lists every file and directory under dir.
 func runtimeLines(dir string) ([]string, error) {
 	var out []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
+	err := hostaudit.Walk(dir, func(p string, d fs.DirEntry) error {
 		if p == dir {
 			return nil
 		}
@@ -454,13 +357,7 @@ func runtimeLines(dir string) ([]string, error) {
 // under <dataDir>/<network>/ (last_reserved_ip.* and lock are bookkeeping).
 func leaseLines(dir string) ([]string, error) {
 	var out []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
+	err := hostaudit.Walk(dir, func(p string, d fs.DirEntry) error {
 		if d.IsDir() {
 			return nil
 		}
@@ -477,31 +374,15 @@ func leaseLines(dir string) ([]string, error) {
 }
 
 func iptablesLines(markers []string) ([]string, error) {
+	rules, err := hostaudit.IPTables(markers)
 	var out []string
-	for _, bin := range []string{"iptables-save", "ip6tables-save"} {
-		path, err := exec.LookPath(bin)
-		if err != nil {
-			continue
+	for _, r := range rules {
+		if strings.HasPrefix(r.Line, ":") {
+			continue // a chain's policy and counters
 		}
-		data, err := exec.Command(path).Output()
-		if err != nil {
-			return out, fmt.Errorf("%s: %w", bin, err)
-		}
-		sc := bufio.NewScanner(bytes.NewReader(data))
-		for sc.Scan() {
-			line := sc.Text()
-			if strings.HasPrefix(line, "#") || strings.HasPrefix(line, ":") {
-				continue
-			}
-			for _, m := range markers {
-				if strings.Contains(line, m) {
-					out = append(out, "iptables "+bin+" "+line)
-					break
-				}
-			}
-		}
+		out = append(out, "iptables "+r.Bin+" "+r.Line)
 	}
-	return out, nil
+	return out, err
 }
 
 // procLines lists processes running one of exes.
@@ -551,19 +432,4 @@ func fdLines() ([]string, error) {
 		out = append(out, "fd "+target)
 	}
 	return out, nil
-}
-
-// dump repeats a netlink dump the kernel interrupted (links changing
-// meanwhile: other programs share the host), which would be incomplete.
-func dump[T any](f func() (T, error)) (T, error) {
-	var v T
-	var err error
-	for i := 0; i < 20; i++ {
-		v, err = f()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return v, err
-		}
-		time.Sleep(time.Duration(i+1) * 5 * time.Millisecond)
-	}
-	return v, err
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	sbfixture "github.com/vmnic/vmnic/internal/sandbox/fixture"
 	"github.com/vmnic/vmnic/internal/testenv"
 )
 
@@ -86,36 +87,19 @@ func newFixture(t *testing.T, octet, queues int) *fixture {
 	}
 	f.nsPath = "/var/run/netns/" + f.nsName
 
-	// Named netns (NewNamed switches the calling thread: do it on a locked,
-	// restored thread).
-	var ns netns.NsHandle
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		ns, err = netns.NewNamed(f.nsName)
-		if rerr := netns.Set(orig); rerr != nil {
-			errc <- errors.Join(err, rerr)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
+	if err := sbfixture.CreateNamedNetns(f.nsName); err != nil {
 		t.Fatalf("create netns %s: %v", f.nsName, err)
 	}
 	t.Cleanup(func() {
-		ns.Close()
 		if err := netns.DeleteNamed(f.nsName); err != nil {
 			t.Errorf("delete netns %s: %v", f.nsName, err)
 		}
 	})
+	ns, err := netns.GetFromName(f.nsName)
+	if err != nil {
+		t.Fatalf("open netns %s: %v", f.nsName, err)
+	}
+	t.Cleanup(func() { ns.Close() })
 
 	nsh, err := netlink.NewHandleAt(ns)
 	if err != nil {

@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -24,6 +23,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/vmnic/vmnic/internal/guestsim"
+	"github.com/vmnic/vmnic/internal/sandbox/fixture"
 	"github.com/vmnic/vmnic/internal/testenv"
 	"github.com/vmnic/vmnic/netsetup"
 )
@@ -41,28 +41,7 @@ func randHex(t *testing.T, n int) string {
 // cleanup (unless it is already gone).
 func newNetns(t *testing.T, name string) string {
 	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.NewNamed(name)
-		if err == nil {
-			ns.Close()
-		}
-		if rerr := netns.Set(orig); rerr != nil {
-			errc <- errors.Join(err, rerr) // the thread stays locked and is discarded
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
+	if err := fixture.CreateNamedNetns(name); err != nil {
 		t.Fatalf("create netns %s: %v", name, err)
 	}
 	t.Cleanup(func() {

@@ -24,14 +24,7 @@ var fastOpts = vmmadapter.Options{CallTimeout: 2 * time.Second, RemoveTimeout: 3
 func sim(t *testing.T, cfg vmmsim.CHConfig) *vmmsim.CH {
 	t.Helper()
 	s := vmmsim.NewCH(t, cfg)
-	t.Cleanup(func() {
-		if v := s.Violations(); len(v) > 0 {
-			t.Errorf("requests that violate the Cloud Hypervisor spec: %v", v)
-		}
-		if v := s.ResponseViolations(); len(v) > 0 {
-			t.Errorf("simulator answers that violate the spec: %v", v)
-		}
-	})
+	vmmsim.FailOnViolations(t, s, "Cloud Hypervisor")
 	return s
 }
 

@@ -21,14 +21,7 @@ var fastOpts = vmmadapter.Options{CallTimeout: 2 * time.Second}
 func sim(t *testing.T, cfg vmmsim.FCConfig) *vmmsim.FC {
 	t.Helper()
 	s := vmmsim.NewFC(t, cfg)
-	t.Cleanup(func() {
-		if v := s.Violations(); len(v) > 0 {
-			t.Errorf("requests that violate the Firecracker spec: %v", v)
-		}
-		if v := s.ResponseViolations(); len(v) > 0 {
-			t.Errorf("simulator answers that violate the spec: %v", v)
-		}
-	})
+	vmmsim.FailOnViolations(t, s, "Firecracker")
 	return s
 }
 
