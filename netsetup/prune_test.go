@@ -1,0 +1,83 @@
+package netsetup
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPruneRemovesOnlyLeftovers(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	self, err := IdentifyNetns("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A live sandbox: its record, lock file and netns index entry stay.
+	live := New("live")
+	live.NetnsPath = "/proc/self/ns/net"
+	live.NetnsID = &self
+	if err := s.Create(ctx, live); err != nil {
+		t.Fatal(err)
+	}
+	// Leftovers of killed processes: a lock file without a record, an index
+	// entry naming a sandbox without a record, an index entry with garbage,
+	// an old temp file of an interrupted write, and a fresh temp file (a
+	// write that may still be running: kept).
+	write := func(p, data string, age time.Duration) {
+		t.Helper()
+		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if age > 0 {
+			old := time.Now().Add(-age)
+			os.Chtimes(p, old, old)
+		}
+	}
+	dir := s.Dir()
+	write(filepath.Join(dir, "locks", "dead.lock"), "", 0)
+	write(filepath.Join(dir, "netns", "1-2"), "dead\n", 0)
+	write(filepath.Join(dir, "netns", "3-4"), "../x\n", 0)
+	write(filepath.Join(dir, "sandboxes", ".tmp-old"), "{", 2*time.Minute)
+	write(filepath.Join(dir, "sandboxes", ".tmp-new"), "{", 0)
+
+	removed, err := s.Prune(ctx, time.Second)
+	if err != nil {
+		t.Fatalf("Prune: %v", err)
+	}
+	var got []string
+	for _, p := range removed {
+		rel, _ := filepath.Rel(dir, p)
+		got = append(got, rel)
+	}
+	sort.Strings(got)
+	want := []string{"locks/dead.lock", "netns/1-2", "netns/3-4", "sandboxes/.tmp-old"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("Prune removed %v, want %v", got, want)
+	}
+	for _, keep := range []string{"sandboxes/live.json", "sandboxes/.tmp-new", "netns/" + strings.ReplaceAll(self.String(), ":", "-")} {
+		if _, err := os.Stat(filepath.Join(dir, keep)); err != nil {
+			t.Errorf("Prune removed %s, which a live sandbox or a running write uses: %v", keep, err)
+		}
+	}
+	if id, err := s.FindByNetns(self); err != nil || id != "live" {
+		t.Fatalf("the live sandbox is no longer found by its netns: %q, %v", id, err)
+	}
+
+	// A lock held by a live process is skipped, not waited on forever.
+	tx, err := s.Lock(ctx, "busy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Unlock()
+	if _, err := s.Prune(ctx, 50*time.Millisecond); err != nil {
+		t.Fatalf("Prune with a busy lock: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "locks", "busy.lock")); err != nil {
+		t.Fatalf("Prune removed a lock file a live process holds: %v", err)
+	}
+}
