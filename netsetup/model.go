@@ -151,10 +151,13 @@ type NIC struct {
 	Routes  []Route  `json:"routes,omitempty"`
 	DNS     *DNS     `json:"dns,omitempty"`
 
-	State       NICState `json:"state"`
-	HostReady   bool     `json:"host_ready,omitempty"`
-	VMMDeviceID string   `json:"vmm_device_id,omitempty"`
-	BDF         string   `json:"bdf,omitempty"`
+	State NICState `json:"state"`
+	// Note says why a NIC is still pending (e.g. a VMM that cannot
+	// hot-plug); cleared when it is attached.
+	Note        string `json:"note,omitempty"`
+	HostReady   bool   `json:"host_ready,omitempty"`
+	VMMDeviceID string `json:"vmm_device_id,omitempty"`
+	BDF         string `json:"bdf,omitempty"`
 
 	// VethQdiscOwned: vmnic added the ingress qdisc on the veth (there was
 	// none), so it removes it again at DEL when no filter is left on it.

@@ -213,6 +213,11 @@ func printRecord(c *cli, r *netsetup.NetSetup) {
 			dash(n.Network), dash(strings.Join(n.IPs, ",")), dash(n.Gateway), dash(dev))
 	}
 	tw.Flush()
+	for _, n := range r.NetworkConfigs {
+		if n.Note != "" {
+			fmt.Fprintf(c.stdout, "%s: %s\n", n.IfName, n.Note)
+		}
+	}
 }
 
 func dash(s string) string {

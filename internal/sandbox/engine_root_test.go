@@ -709,6 +709,13 @@ func TestVMMHotplugUnsupportedStaysPending(t *testing.T) {
 	if added.NIC.State != netsetup.NICPending || !added.NIC.HostReady || added.Warning == "" {
 		t.Errorf("NIC %+v warning %q: want pending, host-ready, with a warning", added.NIC, added.Warning)
 	}
+	rec, err := e.m.Store.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := rec.NIC("eth0"); n == nil || !strings.Contains(n.Note, "cannot hot-plug") {
+		t.Errorf("the record must say why the NIC stays pending: %+v", n)
+	}
 	if fixture.LinkIn(t, e.netns, "tapeth0") == nil {
 		t.Error("TAP missing")
 	}

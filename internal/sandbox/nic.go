@@ -478,6 +478,7 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 			return nil, rollback(coded(CodeInternal, err, "add NIC %s to the %s VMM of sandbox %s", s.IfName, rec.VMM.Kind, s.SandboxID))
 		}
 		if res.Warning != "" {
+			nic.Note = res.Warning
 			m.log().Warn(res.Warning, "sandbox", s.SandboxID)
 		}
 		if err := m.step("vmm-added"); err != nil {

@@ -168,6 +168,7 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 		if id, ok := vmmHas(have, n.ID); ok {
 			n.State = netsetup.NICAttached
 			n.VMMDeviceID = id
+			n.Note = ""
 			continue
 		}
 		actx, cancel := context.WithTimeout(ctx, 2*m.callTimeout())
@@ -175,9 +176,11 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 		cancel()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("NIC %s stays pending: %w", n.IfName, err))
+			n.Note = fmt.Sprintf("NIC %s stays pending: %v", n.IfName, err)
 			continue
 		}
 		n.State = netsetup.NICAttached
+		n.Note = ""
 		n.VMMDeviceID = att.ID
 		if n.VMMDeviceID == "" {
 			n.VMMDeviceID = n.ID
