@@ -203,15 +203,22 @@ func crashAdd(t *testing.T, p failpoint.Point, backend, repair string) {
 		must(t, "GC after the crash", w.chain.GC(ctx(t)))
 		gcThenDel(t, w, "crash in ADD at "+p.Name+", netns removed, then GC", base)
 	case "teardown":
-		_, err := w.e.Vmnicctl(ctx(t), nil, "teardown", w.sid)
-		must(t, "vmnicctl teardown after the crash", err)
-		must(t, "DEL after the teardown", w.chain.Del(ctx(t), w.att))
-		w.noVMMNICs(t)
-		w.stopVMM()
-		must(t, "remove netns", w.e.RemoveNetns(w.att.Netns))
-		same(t, "crash in ADD at "+p.Name+", then teardown, DEL and netns removal", base, audit(t, w.e))
+		teardownRepair(t, w, "crash in ADD at "+p.Name, base)
 	}
 	w.noVMMNICs(t)
+}
+
+// teardownRepair repairs a crash with vmnicctl teardown, the chain's DEL
+// and the runtime's removal of the netns, then checks the host is as at base.
+func teardownRepair(t *testing.T, w *world, what string, base soak.Snapshot) {
+	t.Helper()
+	_, err := w.e.Vmnicctl(ctx(t), nil, "teardown", w.sid)
+	must(t, "vmnicctl teardown after the crash", err)
+	must(t, "DEL after the teardown", w.chain.Del(ctx(t), w.att))
+	w.noVMMNICs(t)
+	w.stopVMM()
+	must(t, "remove netns", w.e.RemoveNetns(w.att.Netns))
+	same(t, what+", then teardown, DEL and netns removal", base, audit(t, w.e))
 }
 
 // gcThenDel checks the host after a GC: everything but the IPAM lease must
@@ -260,13 +267,7 @@ func crashDel(t *testing.T, p failpoint.Point, backend, repair string) {
 		must(t, "GC after the crash", w.chain.GC(ctx(t)))
 		gcThenDel(t, w, "crash in GC at "+p.Name+", then GC", base)
 	case "teardown":
-		_, err := w.e.Vmnicctl(ctx(t), nil, "teardown", w.sid)
-		must(t, "vmnicctl teardown after the crash", err)
-		must(t, "DEL after the teardown", w.chain.Del(ctx(t), w.att))
-		w.noVMMNICs(t)
-		w.stopVMM()
-		must(t, "remove netns", w.e.RemoveNetns(w.att.Netns))
-		same(t, "crash in DEL at "+p.Name+", then teardown, DEL and netns removal", base, audit(t, w.e))
+		teardownRepair(t, w, "crash in DEL at "+p.Name, base)
 	}
 	w.noVMMNICs(t)
 }
