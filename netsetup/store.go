@@ -512,7 +512,7 @@ func writeAtomic(dir, path string, data []byte, durable bool) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmpName, path); err != nil {
+	if err := replaceFile(tmpName, path); err != nil {
 		return err
 	}
 	ok = true
@@ -520,6 +520,21 @@ func writeAtomic(dir, path string, data []byte, durable bool) error {
 		return nil
 	}
 	return syncDir(dir)
+}
+
+// replaceFile moves tmp to path atomically. An existing path is swapped
+// with tmp (RENAME_EXCHANGE) and the old content, now at tmp, removed: a
+// plain rename over an existing file makes ext4 start writing the new file's
+// data back at once (auto_da_alloc), which costs more than the exchange.
+func replaceFile(tmp, path string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_EXCHANGE)
+	if err == nil {
+		return os.Remove(tmp)
+	}
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+		return os.Rename(tmp, path)
+	}
+	return &os.LinkError{Op: "exchange", Old: tmp, New: path, Err: err}
 }
 
 func syncDir(dir string) error {

@@ -2,11 +2,13 @@ package hostnet
 
 import (
 	"errors"
+	"net"
 	"os"
 	"testing"
 
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/vmnic/vmnic/internal/sandbox/fixture"
 	"github.com/vmnic/vmnic/internal/testenv"
@@ -25,6 +27,9 @@ func TestTapLifecycle(t *testing.T) {
 			t.Errorf("mtu %d flags %v", link.Attrs().MTU, link.Attrs().Flags)
 		}
 		l2, _ := netlink.LinkByName("tapx0")
+		if l2.Attrs().MTU != 9000 || l2.Attrs().Flags&net.FlagUp == 0 || l2.Attrs().RawFlags&unix.IFF_UP == 0 {
+			t.Errorf("in the kernel: mtu %d flags %v", l2.Attrs().MTU, l2.Attrs().Flags)
+		}
 		tt = l2.(*netlink.Tuntap)
 		if tt.Flags&netlink.TUNTAP_MULTI_QUEUE == 0 || tt.Owner != 42 || tt.NonPersist {
 			t.Errorf("tap %+v", tt)

