@@ -1,12 +1,12 @@
 // Package harness is the version-independent part of the vmnic NRI plugin's
-// compatibility tests. Each sibling module (v080, v0100, v0110) pins
-// github.com/containerd/nri to the version a family of runtimes vendors,
-// wraps that version's pkg/adaptation (the runtime side of NRI) in Runtime,
-// and runs Suite against the real vmnic-nri binary (path in VMNIC_NRI_BIN,
-// built from the main module on NRI v0.12.5).
+// compatibility tests. The compat test builds against one
+// github.com/containerd/nri version at a time (one module file each, see
+// the compat package), wraps that version's pkg/adaptation (the runtime side
+// of NRI) in Runtime, and runs Suite against the real vmnic-nri binary (path
+// in VMNIC_NRI_BIN, built from the main module on NRI v0.12.5).
 //
-// This module must not depend on the main module or on NRI: either would
-// pull github.com/containerd/nri up to the main module's version.
+// It must not import the main module or NRI: either would pull
+// github.com/containerd/nri up past the version under test.
 package harness
 
 import (

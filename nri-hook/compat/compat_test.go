@@ -1,11 +1,21 @@
-// Compatibility of vmnic-nri with runtimes that vendor NRI v0.8.0:
-// containerd 2.0.x and 2.1.x (and 1.7.26+). They know no namespace
-// adjustment, so a host-network VM pod's VMM container must be refused.
-package v080
+// Package compat tests vmnic-nri against the NRI versions that runtimes
+// vendor. One test, three module files, each pinning
+// github.com/containerd/nri to one version and built with its tag
+// (mk/nri.mk runs them all):
+//
+//	go.mod       NRI v0.11.0: containerd 2.2.1+, CRI-O 1.35/1.36 (no tag)
+//	go.v0100.mod NRI v0.10.0: containerd 2.2.0, CRI-O 1.34 (-tags nri0100)
+//	go.v080.mod  NRI v0.8.0: containerd 2.0.x and 2.1.x, 1.7.26+ (-tags nri080)
+//
+// The test starts that version's pkg/adaptation (the runtime side of NRI) as
+// a fake runtime and runs harness.Suite against the real vmnic-nri binary
+// (VMNIC_NRI_BIN, built from the main module on a newer NRI).
+package compat
 
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,12 +27,17 @@ import (
 	"github.com/vmnic/vmnic/nri-hook/compat/harness"
 )
 
-func TestCompatNRI080(t *testing.T) {
+const nriModule = "github.com/containerd/nri"
+
+func TestCompat(t *testing.T) {
+	// The build tag names the version; the module file decides it. A
+	// mismatch would label one version's results as another's. mk/nri.mk
+	// passes the version the module file resolves (go list -m).
+	if got := os.Getenv("VMNIC_NRI_MODULE_VERSION"); got != "" && got != version.NRI {
+		t.Fatalf("built with %s %s, but the build tag is for %s: use that version's module file (mk/nri.mk)", nriModule, got, version.NRI)
+	}
 	nrilog.Set(quiet{})
-	harness.Suite(t, harness.Version{
-		NRI: "v0.8.0", RuntimeName: "containerd", RuntimeVersion: "v2.1.5",
-		NamespaceAdjustment: false,
-	}, start)
+	harness.Suite(t, version, start)
 }
 
 type runtime struct {
@@ -116,7 +131,7 @@ func (rt *runtime) CreateContainer(ctx context.Context, p harness.Pod, c harness
 	for _, kv := range a.GetEnv() {
 		out.Env[kv.Key] = kv.Value
 	}
-	// NRI v0.8.0 has no namespace adjustment: NetworkNamespace stays "".
+	out.NetworkNamespace = networkNamespace(a)
 	return out, nil
 }
 
