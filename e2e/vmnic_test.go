@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"net"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -27,8 +26,11 @@ func checkVMMContainer(t *testing.T, r probe.Report, p *Pod, rec *netsetup.NetSe
 	if got := r.Env["VMNIC_SANDBOX_ID"]; got != p.ID {
 		t.Errorf("VMNIC_SANDBOX_ID = %q, want the sandbox id %s", got, p.ID)
 	}
-	if want := filepath.Join(rec.RuntimeDir, netsetup.MirrorFile); r.Env["VMNIC_NETSETUP"] != want {
+	if want := rec.MirrorPath(); r.Env["VMNIC_NETSETUP"] != want {
 		t.Errorf("VMNIC_NETSETUP = %q, want %s (the record's copy in the runtime dir); env %v", r.Env["VMNIC_NETSETUP"], want, r.Env)
+	}
+	if r.NetSetup.Writable {
+		t.Errorf("VMM container can open its NetSetup file %q for writing: it must be mounted read-only", r.NetSetup.Path)
 	}
 	if !r.NetSetup.Readable {
 		t.Errorf("VMM container cannot read its NetSetup file %q: %v", r.NetSetup.Path, r.Errors)

@@ -438,46 +438,82 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*NetSetup) error)
 	return rec, nil
 }
 
-// MirrorFile is the name of the copy of a record kept in its sandbox's
-// runtime directory (see NetSetup.MirrorPath).
+// MirrorDir is the subdirectory of a sandbox's runtime directory that holds
+// the live copy of its record, MirrorFile. The NRI hook mounts the runtime
+// directory read-write into the VMM container (for the VMM's API socket) and
+// this subdirectory read-only over it: the VMM reads every update of the
+// record (a mount of the record file itself would keep the file it found,
+// since a save replaces the file) and cannot change it.
+const MirrorDir = "netsetup"
+
+// MirrorFile is the name of the record's live copy in MirrorDir.
 const MirrorFile = "netsetup.json"
 
-// MirrorPath is where the record's live copy is kept: <runtime_dir>/netsetup.json,
-// or "" when the sandbox has no runtime directory. The runtime directory is
-// what the NRI hook mounts into the VMM container; a directory mount (unlike
-// a mount of the record file itself, which an atomic rename replaces) lets
-// the VMM see every update.
-func (s *NetSetup) MirrorPath() string {
-	if s.RuntimeDir == "" || !filepath.IsAbs(s.RuntimeDir) {
+// MirrorDirIn is the directory of the record's live copy for a sandbox
+// whose runtime directory is runtimeDir ("" when runtimeDir is not an
+// absolute path).
+func MirrorDirIn(runtimeDir string) string {
+	if runtimeDir == "" || !filepath.IsAbs(runtimeDir) {
 		return ""
 	}
-	return filepath.Join(filepath.Clean(s.RuntimeDir), MirrorFile)
+	return filepath.Join(filepath.Clean(runtimeDir), MirrorDir)
 }
 
+// MirrorPathIn is the path of the record's live copy for a sandbox whose
+// runtime directory is runtimeDir: <runtimeDir>/netsetup/netsetup.json.
+func MirrorPathIn(runtimeDir string) string {
+	d := MirrorDirIn(runtimeDir)
+	if d == "" {
+		return ""
+	}
+	return filepath.Join(d, MirrorFile)
+}
+
+// MirrorPath is where the record's live copy is kept (see MirrorPathIn), or
+// "" when the sandbox has no runtime directory.
+func (s *NetSetup) MirrorPath() string { return MirrorPathIn(s.RuntimeDir) }
+
 // writeMirror atomically refreshes the record's copy in its runtime
-// directory, when it has one that exists. The directory must be a real
-// directory (not a symlink) that is not writable by group or others.
+// directory, when it has one that exists; the copy's subdirectory is made
+// (0700) when missing. Both must be real directories (not symlinks) that are
+// not writable by group or others.
 func writeMirror(rec *NetSetup, data []byte) error {
 	p := rec.MirrorPath()
 	if p == "" {
 		return nil
 	}
-	dir := filepath.Dir(p)
-	fi, err := os.Lstat(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil // not created yet (or already removed): nothing to mirror into
+	mdir := filepath.Dir(p)
+	rtDir := filepath.Dir(mdir)
+	if err := privateDir(rtDir, "runtime dir"); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // not created yet (or already removed): nothing to mirror into
+		}
+		return err
 	}
+	if err := os.Mkdir(mdir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("record copy dir %s: %w", mdir, err)
+	}
+	if err := privateDir(mdir, "record copy dir"); err != nil {
+		return err
+	}
+	if err := writeAtomic(mdir, p, data, false); err != nil {
+		return fmt.Errorf("mirror record into %s: %w", p, err)
+	}
+	return nil
+}
+
+// privateDir checks that dir is a directory (not a symlink) that group and
+// others cannot write; a missing dir gives an error matching fs.ErrNotExist.
+func privateDir(dir, what string) error {
+	fi, err := os.Lstat(dir)
 	if err != nil {
-		return fmt.Errorf("runtime dir %s: %w", dir, err)
+		return fmt.Errorf("%s %s: %w", what, dir, err)
 	}
 	if !fi.IsDir() || fi.Mode()&fs.ModeSymlink != 0 {
-		return fmt.Errorf("runtime dir %s is not a directory", dir)
+		return fmt.Errorf("%s %s is not a directory", what, dir)
 	}
 	if fi.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("runtime dir %s has mode %o: it must not be writable by group or others", dir, fi.Mode().Perm())
-	}
-	if err := writeAtomic(dir, p, data, false); err != nil {
-		return fmt.Errorf("mirror record into %s: %w", p, err)
+		return fmt.Errorf("%s %s has mode %o: it must not be writable by group or others", what, dir, fi.Mode().Perm())
 	}
 	return nil
 }

@@ -398,7 +398,7 @@ func TestMirrorInRuntimeDirFollowsEverySave(t *testing.T) {
 	// by path, re-read after each save.
 	readMirror := func() *NetSetup {
 		t.Helper()
-		data, err := os.ReadFile(filepath.Join(rt, MirrorFile))
+		data, err := os.ReadFile(filepath.Join(rt, MirrorDir, MirrorFile))
 		if err != nil {
 			t.Fatalf("mirror: %v", err)
 		}
@@ -410,6 +410,12 @@ func TestMirrorInRuntimeDirFollowsEverySave(t *testing.T) {
 	}
 	if m := readMirror(); m.SandboxID != "mirrored" || len(m.NetworkConfigs) != 0 {
 		t.Fatalf("mirror after create = %+v", m)
+	}
+	if got := rec.MirrorPath(); got != filepath.Join(rt, "netsetup", "netsetup.json") {
+		t.Errorf("MirrorPath = %s", got)
+	}
+	if fi, err := os.Lstat(filepath.Join(rt, MirrorDir)); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("mirror dir: %v %v, want a 0700 directory", fi, err)
 	}
 	for _, ifname := range []string{"eth0", "net1"} {
 		if _, err := s.Update(ctx, "mirrored", func(r *NetSetup) error {
@@ -425,7 +431,7 @@ func TestMirrorInRuntimeDirFollowsEverySave(t *testing.T) {
 	tx, _ := s.Lock(ctx, "mirrored")
 	tx.Delete()
 	tx.Unlock()
-	if _, err := os.Stat(filepath.Join(rt, MirrorFile)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(rt, MirrorDir, MirrorFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("Delete must remove the mirror: %v", err)
 	}
 
@@ -441,5 +447,18 @@ func TestMirrorInRuntimeDirFollowsEverySave(t *testing.T) {
 	if _, err := s.Update(ctx, "loose", func(r *NetSetup) error { r.RuntimeDir = loose; return nil }); err == nil ||
 		!strings.Contains(err.Error(), "writable by group or others") {
 		t.Fatalf("mirror into a 0777 dir = %v, want refusal", err)
+	}
+	// The copy's directory replaced by a symlink is refused, and nothing
+	// is written through it.
+	rt2 := filepath.Join(t.TempDir(), "rt2")
+	os.Mkdir(rt2, 0o700)
+	elsewhere := t.TempDir()
+	os.Symlink(elsewhere, filepath.Join(rt2, MirrorDir))
+	if _, err := s.Update(ctx, "loose", func(r *NetSetup) error { r.RuntimeDir = rt2; return nil }); err == nil ||
+		!strings.Contains(err.Error(), "not a directory") {
+		t.Fatalf("mirror through a symlinked dir = %v, want refusal", err)
+	}
+	if ents, _ := os.ReadDir(elsewhere); len(ents) != 0 {
+		t.Fatalf("wrote through the symlink: %v", ents)
 	}
 }

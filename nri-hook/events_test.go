@@ -67,7 +67,7 @@ func TestVMPodLifecycle(t *testing.T) {
 				return nil
 			})
 			mustOK(t, "record a hot-added NIC", err)
-			if seen := readMirror(t, filepath.Join(rtDir, "netsetup.json")); seen == nil || len(seen.NetworkConfigs) != 1 {
+			if seen := readMirror(t, filepath.Join(rtDir, "netsetup", "netsetup.json")); seen == nil || len(seen.NetworkConfigs) != 1 {
 				t.Errorf("record copy after the hot-add: %+v, want the new NIC", seen)
 			}
 			_, err = e.store.Update(context.Background(), p.id, func(r *netsetup.NetSetup) error {
@@ -169,11 +169,15 @@ func checkVMMAdjustment(t *testing.T, e *env, id string, adj *api.ContainerAdjus
 		t.Errorf("no device cgroup rule allowing c 10:200 rw")
 	}
 	rtDir := filepath.Join(e.runtimeDir, id)
-	var dirMount bool
+	mirrorDir := filepath.Join(rtDir, "netsetup")
+	var dirMount, roMount bool
 	for _, m := range adj.Mounts {
 		switch {
 		case m.Source == rtDir && m.Destination == rtDir:
 			dirMount = slices.Contains(m.Options, "rw")
+		case m.Source == mirrorDir && m.Destination == mirrorDir:
+			// Read-only, and after its parent so that it lands on top.
+			roMount = slices.Contains(m.Options, "ro") && !slices.Contains(m.Options, "rw") && dirMount
 		case m.Source == e.store.Path(id):
 			// A mount of the record file keeps the inode it had at
 			// CreateContainer: every save replaces it by a rename.
@@ -183,11 +187,14 @@ func checkVMMAdjustment(t *testing.T, e *env, id string, adj *api.ContainerAdjus
 	if !dirMount {
 		t.Errorf("runtime dir %s not mounted read-write: %+v", rtDir, adj.Mounts)
 	}
+	if !roMount {
+		t.Errorf("record copy dir %s not mounted read-only after the runtime dir: %+v", mirrorDir, adj.Mounts)
+	}
 	env := map[string]string{}
 	for _, kv := range adj.Env {
 		env[kv.Key] = kv.Value
 	}
-	mirror := filepath.Join(rtDir, "netsetup.json")
+	mirror := filepath.Join(mirrorDir, "netsetup.json")
 	if env["VMNIC_SANDBOX_ID"] != id || env["VMNIC_NETSETUP"] != mirror || env["VMNIC_RUNTIME_DIR"] != rtDir {
 		t.Errorf("environment %v, want VMNIC_NETSETUP=%s (the record's copy in the runtime dir)", env, mirror)
 	}

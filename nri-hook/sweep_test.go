@@ -94,7 +94,7 @@ func TestSweepGonePods(t *testing.T) {
 				if !isNetns(rec.NetnsPath) {
 					t.Errorf("%s: netns %s removed", p.id, rec.NetnsPath)
 				}
-				if _, err := os.Stat(filepath.Join(e.runtimeDir, p.id, "netsetup.json")); err != nil {
+				if _, err := os.Stat(filepath.Join(e.runtimeDir, p.id, "netsetup", "netsetup.json")); err != nil {
 					t.Errorf("%s: record copy in the runtime dir: %v", p.id, err)
 				}
 			}

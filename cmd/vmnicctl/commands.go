@@ -62,7 +62,7 @@ func prepareFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.podName, "pod-name", "", "pod name to record")
 	fs.StringVar(&o.podNS, "pod-namespace", "", "pod namespace to record")
 	fs.StringVar(&o.podUID, "pod-uid", "", "pod UID to record")
-	fs.StringVar(&o.runtimeDir, "runtime-dir", "", "per-sandbox directory for the VMM API socket (recorded)")
+	fs.StringVar(&o.runtimeDir, "runtime-dir", "", "per-sandbox directory for the VMM API socket (recorded; when it exists, the record is copied to its netsetup/netsetup.json on every change)")
 	jsonFlag(fs)
 }
 

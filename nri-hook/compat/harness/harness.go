@@ -221,9 +221,12 @@ func checkVMM(t *testing.T, e *env, id string, adj *Adjustment, ownedNetns strin
 		t.Errorf("no /dev/net/tun in %+v", adj.Devices)
 	}
 	rtDir := filepath.Join(e.runtimeDir, id)
-	var dir bool
+	mirrorDir := filepath.Join(rtDir, "netsetup")
+	var dir, ro bool
 	for _, m := range adj.Mounts {
 		dir = dir || (m.Source == rtDir && m.Destination == rtDir && contains(m.Options, "rw"))
+		// The record copy's dir read-only, after its parent so it lands on top.
+		ro = ro || (dir && m.Source == mirrorDir && m.Destination == mirrorDir && contains(m.Options, "ro") && !contains(m.Options, "rw"))
 		if m.Source == filepath.Join(e.stateDir, "sandboxes", id+".json") {
 			t.Errorf("the record file itself is mounted (its updates would not show): %+v", m)
 		}
@@ -231,8 +234,11 @@ func checkVMM(t *testing.T, e *env, id string, adj *Adjustment, ownedNetns strin
 	if !dir {
 		t.Errorf("mounts %+v: runtime dir %s not mounted read-write", adj.Mounts, rtDir)
 	}
+	if !ro {
+		t.Errorf("mounts %+v: record copy dir %s not mounted read-only after the runtime dir", adj.Mounts, mirrorDir)
+	}
 	// The VMM container reads the record's copy in its runtime dir.
-	mirror := filepath.Join(rtDir, "netsetup.json")
+	mirror := filepath.Join(mirrorDir, "netsetup.json")
 	if adj.Env["VMNIC_SANDBOX_ID"] != id || adj.Env["VMNIC_NETSETUP"] != mirror {
 		t.Errorf("env %v, want VMNIC_NETSETUP=%s", adj.Env, mirror)
 	}

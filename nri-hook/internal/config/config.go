@@ -63,7 +63,8 @@ type Config struct {
 	// NetSetupMountPath is no longer used and only accepted so that older
 	// configuration files still load: the VMM container reads the live copy
 	// of its record in its runtime directory (<runtimeDir>/<sandbox-id>/
-	// netsetup.json, named by VMNIC_NETSETUP); a mount of the record file
+	// netsetup/netsetup.json, named by VMNIC_NETSETUP, a read-only mount of
+	// its directory); a mount of the record file
 	// itself would keep showing the record as it was at CreateContainer.
 	NetSetupMountPath string `json:"netsetupMountPath,omitempty" yaml:"netsetupMountPath,omitempty"`
 	// SweepInterval is how often the plugin tears down VM pods that are

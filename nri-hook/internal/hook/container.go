@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/containerd/nri/pkg/api"
 
@@ -29,9 +28,10 @@ const (
 
 // CreateContainer wires the VMM container of a VM pod: /dev/net/tun (device
 // node and cgroup rule), the per-sandbox runtime directory (for the VMM's
-// API socket, at the same path as on the host; it also holds the live copy
-// of the NetSetup record, netsetup.json, that every save of the record
-// refreshes), the VMNIC_* environment and, when vmnic owns the sandbox netns
+// API socket, at the same path as on the host, read-write) with its
+// netsetup/ subdirectory read-only on top (the live copy of the NetSetup
+// record, netsetup.json, that every save of the record refreshes), the
+// VMNIC_* environment and, when vmnic owns the sandbox netns
 // (host-network VM pods), the move into that netns. A runtime whose NRI
 // cannot move a container into a namespace fails the container rather than
 // start the VMM in the host's network namespace.
@@ -77,7 +77,7 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 	// The store keeps the record's copy in the runtime dir on every save,
 	// but only when the dir exists: save once more if it was (re)made just
 	// now, or the record did not name it.
-	if _, err := os.Lstat(filepath.Join(rtDir, netsetup.MirrorFile)); err != nil || rec.RuntimeDir != rtDir {
+	if _, err := os.Lstat(netsetup.MirrorPathIn(rtDir)); err != nil || rec.RuntimeDir != rtDir {
 		rec, err = st.mgr.Store.Update(ctx, id, func(r *netsetup.NetSetup) error {
 			if r.RuntimeDir == "" {
 				r.RuntimeDir = rtDir
@@ -97,10 +97,11 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 }
 
 // Adjustment is the change made to a VMM container of sandbox id. The
-// container reads its record from the copy in the runtime directory
-// (VMNIC_NETSETUP): a mount of the directory shows every update, where a
-// mount of the record file itself would keep the file it found at
-// CreateContainer (the store replaces the record by an atomic rename).
+// container reads its record from the copy in the runtime directory's
+// netsetup/ subdirectory (VMNIC_NETSETUP), mounted read-only: a mount of the
+// directory shows every update, where a mount of the record file itself
+// would keep the file it found at CreateContainer (the store replaces the
+// record by an atomic rename).
 func Adjustment(id, runtimeDir string, rec *netsetup.NetSetup) *api.ContainerAdjustment {
 	adj := &api.ContainerAdjustment{}
 	adj.AddDevice(&api.LinuxDevice{
@@ -126,8 +127,16 @@ func Adjustment(id, runtimeDir string, rec *netsetup.NetSetup) *api.ContainerAdj
 		Type:        "bind",
 		Options:     []string{"bind", "rw", "nosuid", "nodev", "noexec"},
 	})
+	// Listed after its parent: runtimes mount in order (and containerd and
+	// CRI-O sort by depth), so the read-only mount lands on top.
+	adj.AddMount(&api.Mount{
+		Source:      netsetup.MirrorDirIn(runtimeDir),
+		Destination: netsetup.MirrorDirIn(runtimeDir),
+		Type:        "bind",
+		Options:     []string{"bind", "ro", "nosuid", "nodev", "noexec"},
+	})
 	adj.AddEnv(EnvSandboxID, id)
-	adj.AddEnv(EnvNetSetup, filepath.Join(runtimeDir, netsetup.MirrorFile))
+	adj.AddEnv(EnvNetSetup, netsetup.MirrorPathIn(runtimeDir))
 	adj.AddEnv(EnvRuntimeDir, runtimeDir)
 	if rec.NetnsOwned {
 		adj.AddOrReplaceNamespace(&api.LinuxNamespace{Type: "network", Path: rec.NetnsPath})

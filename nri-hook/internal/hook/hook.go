@@ -215,7 +215,7 @@ func (p *Plugin) prepare(ctx context.Context, st state, pod *api.PodSandbox) (*n
 		return nil, fmt.Errorf("vmnic: VM pod %s: %w", podRef(pod), err)
 	}
 	if err := failpoint.Inject("nri-runtime-dir"); err != nil {
-		os.Remove(rtDir)
+		removeEmptyRuntimeDir(rtDir)
 		return nil, fmt.Errorf("vmnic: VM pod %s: %w", podRef(pod), err)
 	}
 	rec, err := st.mgr.Prepare(ctx, id, sandbox.PrepareOptions{
@@ -227,7 +227,7 @@ func (p *Plugin) prepare(ctx context.Context, st state, pod *api.PodSandbox) (*n
 		Origin:       OriginNRI,
 	})
 	if err != nil {
-		os.Remove(rtDir)
+		removeEmptyRuntimeDir(rtDir)
 		what := "adopt the pod's network namespace " + nsPath
 		if nsPath == "" {
 			what = "create a network namespace for the host-network pod"
@@ -268,15 +268,24 @@ func timeoutHint(err error) error {
 }
 
 // ensureRuntimeDir creates the per-sandbox directory for the VMM's API
-// socket, mode 0700.
+// socket and its netsetup/ subdirectory for the record's copy, mode 0700.
 func ensureRuntimeDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("runtime dir: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return fmt.Errorf("runtime dir: %w", err)
+	for _, d := range []string{dir, netsetup.MirrorDirIn(dir)} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("runtime dir: %w", err)
+		}
+		if err := os.Chmod(d, 0o700); err != nil {
+			return fmt.Errorf("runtime dir: %w", err)
+		}
 	}
 	return nil
+}
+
+// removeEmptyRuntimeDir undoes ensureRuntimeDir when nothing was put in
+// the directories.
+func removeEmptyRuntimeDir(dir string) {
+	os.Remove(netsetup.MirrorDirIn(dir))
+	os.Remove(dir)
 }
 
 // managed says whether the plugin acts on this pod's stop and removal: a

@@ -119,7 +119,7 @@ func TestCreateContainerNamespaceSupport(t *testing.T) {
 			}
 			// The record named no runtime dir: CreateContainer records it,
 			// and the record's copy the container reads is there.
-			mirror := filepath.Join(rtBase, id, netsetup.MirrorFile)
+			mirror := filepath.Join(rtBase, id, netsetup.MirrorDir, netsetup.MirrorFile)
 			if got := envOf(adj)[EnvNetSetup]; got != mirror {
 				t.Errorf("%s=%q, want %s", EnvNetSetup, got, mirror)
 			}
