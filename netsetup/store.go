@@ -562,10 +562,13 @@ func writeAtomic(dir, path string, data []byte, durable bool) error {
 // with tmp (RENAME_EXCHANGE) and the old content, now at tmp, removed: a
 // plain rename over an existing file makes ext4 start writing the new file's
 // data back at once (auto_da_alloc), which costs more than the exchange.
+// Once swapped the write is done: an old copy that cannot be removed is a
+// stale temp file, which Prune removes.
 func replaceFile(tmp, path string) error {
 	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_EXCHANGE)
 	if err == nil {
-		return os.Remove(tmp)
+		os.Remove(tmp)
+		return nil
 	}
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
 		return os.Rename(tmp, path)
