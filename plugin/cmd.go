@@ -99,20 +99,22 @@ func (e *env) prevResult(why string) (*current.Result, error) {
 }
 
 // resolveInNetns reads CNI_ARGS, checks that CNI_NETNS is a network
-// namespace and finds the sandbox (ADD and CHECK need the netns).
-func (e *env) resolveInNetns(args *skel.CmdArgs) (*Args, string, error) {
+// namespace and finds the sandbox (ADD and CHECK need the netns). It
+// returns the netns identity too, for AddNIC.
+func (e *env) resolveInNetns(args *skel.CmdArgs) (*Args, string, *netsetup.NetnsID, error) {
 	a, err := loadArgs(args.Args)
 	if err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
-	if _, err := netsetup.IdentifyNetns(args.Netns); err != nil {
-		return nil, "", types.NewError(types.ErrInvalidNetNS, "CNI_NETNS", err.Error())
-	}
-	id, err := e.m.Resolve(string(a.VMNIC_SANDBOX_ID), args.Netns, args.ContainerID)
+	nsid, err := netsetup.IdentifyNetns(args.Netns)
 	if err != nil {
-		return nil, "", cniError(err)
+		return nil, "", nil, types.NewError(types.ErrInvalidNetNS, "CNI_NETNS", err.Error())
 	}
-	return a, id, nil
+	id, err := e.m.ResolveIdentified(string(a.VMNIC_SANDBOX_ID), args.Netns, &nsid, args.ContainerID)
+	if err != nil {
+		return nil, "", nil, cniError(err)
+	}
+	return a, id, &nsid, nil
 }
 
 // cniError turns an engine error into the CNI error the runtime sees.
@@ -148,7 +150,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
-	a, id, err := e.resolveInNetns(args)
+	a, id, nsid, err := e.resolveInNetns(args)
 	if err != nil {
 		return err
 	}
@@ -163,6 +165,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		Network:      e.conf.Name,
 		IfName:       args.IfName,
 		NetnsPath:    args.Netns,
+		NetnsID:      nsid,
 		Backend:      e.conf.Backend,
 		Bridge:       e.conf.Bridge,
 		QueuePairs:   e.conf.Queues,
@@ -228,7 +231,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	_, id, err := e.resolveInNetns(args)
+	_, id, _, err := e.resolveInNetns(args)
 	if err != nil {
 		return err
 	}

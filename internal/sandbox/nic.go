@@ -26,13 +26,16 @@ type NICSpec struct {
 	Network     string // CNI network name
 	IfName      string // the veth (CNI_IFNAME) the TAP is joined to
 	NetnsPath   string // CNI_NETNS
-	Backend     netsetup.Backend
-	Bridge      string // host bridge of the bridge backend
-	QueuePairs  int    // TAP queue pairs; > 1 makes a multiqueue TAP
-	QueueSize   int    // 0 = DefaultQueueSize
-	TapOwner    int    // uid; < 0 = not set
-	TapGroup    int    // gid; < 0 = not set
-	MAC         string // the interface's MAC in prevResult (checked; the live veth MAC is used)
+	// NetnsID is NetnsPath's identity when the caller has just taken it
+	// (netsetup.IdentifyNetns); nil: AddNIC takes it.
+	NetnsID    *netsetup.NetnsID
+	Backend    netsetup.Backend
+	Bridge     string // host bridge of the bridge backend
+	QueuePairs int    // TAP queue pairs; > 1 makes a multiqueue TAP
+	QueueSize  int    // 0 = DefaultQueueSize
+	TapOwner   int    // uid; < 0 = not set
+	TapGroup   int    // gid; < 0 = not set
+	MAC        string // the interface's MAC in prevResult (checked; the live veth MAC is used)
 
 	IPs     []string
 	Gateway string
@@ -198,9 +201,15 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 	if err := s.validate(); err != nil {
 		return nil, err
 	}
-	nsid, err := netsetup.IdentifyNetns(s.NetnsPath)
-	if err != nil {
-		return nil, coded(CodeInvalidNetns, err, "CNI_NETNS")
+	var nsid netsetup.NetnsID
+	if s.NetnsID != nil {
+		nsid = *s.NetnsID
+	} else {
+		id, err := netsetup.IdentifyNetns(s.NetnsPath)
+		if err != nil {
+			return nil, coded(CodeInvalidNetns, err, "CNI_NETNS")
+		}
+		nsid = id
 	}
 	tx, err := m.Store.Lock(ctx, s.SandboxID)
 	if err != nil {

@@ -23,21 +23,31 @@ const containerIndexDir = "cni-containers"
 // netns is the namespace at netnsPath (device and inode compared); else the
 // sandbox the container id was recorded under; else the container id.
 func (m *Manager) Resolve(explicit, netnsPath, containerID string) (string, error) {
+	var nsid *netsetup.NetnsID
+	if explicit == "" && netnsPath != "" {
+		if id, err := netsetup.IdentifyNetns(netnsPath); err == nil {
+			nsid = &id
+		}
+	}
+	return m.ResolveIdentified(explicit, netnsPath, nsid, containerID)
+}
+
+// ResolveIdentified is Resolve for a caller that has already identified
+// the netns at netnsPath as nsid (nil: none, or not a netns).
+func (m *Manager) ResolveIdentified(explicit, netnsPath string, nsid *netsetup.NetnsID, containerID string) (string, error) {
 	if explicit != "" {
 		if err := netsetup.ValidateSandboxID(explicit); err != nil {
 			return "", coded(CodeInvalidEnv, err, "CNI_ARGS VMNIC_SANDBOX_ID")
 		}
 		return explicit, nil
 	}
-	if netnsPath != "" {
-		if nsid, err := netsetup.IdentifyNetns(netnsPath); err == nil {
-			id, err := m.Store.FindByNetns(nsid)
-			if err == nil {
-				return id, nil
-			}
-			if !errors.Is(err, netsetup.ErrNotFound) {
-				return "", coded(CodeIOFailure, err, "find the sandbox of netns %s", netnsPath)
-			}
+	if nsid != nil {
+		id, err := m.Store.FindByNetns(*nsid)
+		if err == nil {
+			return id, nil
+		}
+		if !errors.Is(err, netsetup.ErrNotFound) {
+			return "", coded(CodeIOFailure, err, "find the sandbox of netns %s", netnsPath)
 		}
 	}
 	if id := m.containerSandbox(containerID); id != "" {
