@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnic/vmnic/internal/netns"
 )
 
 // TapOptions say how to open a TAP, as a VMM would.
@@ -156,43 +157,13 @@ func ioctlPtr(fd int, req uint, arg unsafe.Pointer) error {
 	return nil
 }
 
-// inNetns runs fn on a locked OS thread switched into the netns at path
-// (path "" runs fn in the caller's netns). If the thread cannot be switched
-// back it is left locked so the runtime discards it.
+// inNetns runs fn in the netns at path (path "" runs fn in the caller's
+// netns); see netns.Do.
 func inNetns(path string, fn func() error) error {
 	if path == "" {
 		return fn()
 	}
-	target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open netns: %w", err)
-	}
-	defer unix.Close(target)
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- fmt.Errorf("open current netns: %w", err)
-			return
-		}
-		defer unix.Close(orig)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			done <- fmt.Errorf("setns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			// Leave the thread locked: it dies with this goroutine.
-			done <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		done <- ferr
-	}()
-	return <-done
+	return netns.Do(path, fn)
 }
 
 // Name is the TAP's name.

@@ -170,13 +170,6 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// inNetns runs fn with the calling goroutine's thread in the netns at path.
-func inNetns(path string, fn func() error) error { return netns.Do(path, fn) }
-
-// netnsGone reports that a netns path no longer exists, or no longer holds
-// a namespace (its bind mount is gone).
-func netnsGone(err error) bool { return netns.IsGone(err) }
-
 // undo is a rollback stack; steps that must run inside the sandbox netns are
 // kept apart from those that run in the host netns.
 type undo struct {
@@ -304,7 +297,7 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		}
 		if len(u.ns) > 0 {
 			steps := u.ns
-			if err := inNetns(s.NetnsPath, func() error { return runReverse(steps) }); err != nil && !netnsGone(err) {
+			if err := netns.Do(s.NetnsPath, func() error { return runReverse(steps) }); err != nil && !netns.IsGone(err) {
 				errs = append(errs, err)
 			}
 		}
@@ -334,7 +327,7 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		return cause
 	}
 
-	err = inNetns(s.NetnsPath, func() error {
+	err = netns.Do(s.NetnsPath, func() error {
 		veth, err := netlink.LinkByName(s.IfName)
 		if err != nil {
 			if hostnet.IsNotFound(err) {
@@ -421,7 +414,7 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		return nil
 	})
 	if err != nil {
-		if netnsGone(err) {
+		if netns.IsGone(err) {
 			err = coded(CodeInvalidNetns, err, "CNI_NETNS")
 		}
 		return nil, rollback(asCoded(err, "set up NIC %s", s.IfName))

@@ -8,6 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/vmnic/vmnic/internal/hostnet"
+	"github.com/vmnic/vmnic/internal/netns"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
 )
@@ -160,7 +161,7 @@ func (m *Manager) cleanupHost(rec *netsetup.NetSetup, nic netsetup.NIC) error {
 	if path == "" {
 		return nil
 	}
-	err := inNetns(path, func() error {
+	err := netns.Do(path, func() error {
 		var errs []error
 		veth, err := netlink.LinkByName(nic.IfName)
 		switch {
@@ -182,7 +183,7 @@ func (m *Manager) cleanupHost(rec *netsetup.NetSetup, nic netsetup.NIC) error {
 		}
 		return errors.Join(errs...)
 	})
-	if err != nil && !netnsGone(err) {
+	if err != nil && !netns.IsGone(err) {
 		return err
 	}
 	return nil
@@ -196,8 +197,8 @@ func (m *Manager) unpark(path, ifname, bridge string) error {
 	}
 	defer host.Close()
 	br, _ := host.LinkByName(bridge)
-	err = inNetns(path, func() error { return unparkVeth(ifname, host, br) })
-	if err != nil && !netnsGone(err) {
+	err = netns.Do(path, func() error { return unparkVeth(ifname, host, br) })
+	if err != nil && !netns.IsGone(err) {
 		return fmt.Errorf("bring %s back: %w", ifname, err)
 	}
 	return nil
