@@ -85,29 +85,15 @@ func (s *Store) Dir() string { return s.dir }
 func (s *Store) Path(id string) string { return filepath.Join(s.sandboxDir, id+".json") }
 
 func ensurePrivateDir(d string) error {
-	fi, err := os.Lstat(d)
-	if errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Lstat(d); errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(filepath.Dir(d), 0o755); err != nil {
 			return fmt.Errorf("state dir %s: %w", d, err)
 		}
 		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("state dir %s: %w", d, err)
 		}
-		fi, err = os.Lstat(d)
 	}
-	if err != nil {
-		return fmt.Errorf("state dir %s: %w", d, err)
-	}
-	if fi.Mode()&fs.ModeSymlink != 0 {
-		return fmt.Errorf("state dir %s is a symlink: refusing to use it", d)
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("state dir %s is not a directory", d)
-	}
-	if fi.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("state dir %s has mode %o: it must not be writable by group or others", d, fi.Mode().Perm())
-	}
-	return nil
+	return privateDir(d, "state dir")
 }
 
 // Get reads a sandbox's record without locking (writes are atomic renames,
@@ -509,7 +495,10 @@ func privateDir(dir, what string) error {
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", what, dir, err)
 	}
-	if !fi.IsDir() || fi.Mode()&fs.ModeSymlink != 0 {
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("%s %s is a symlink: refusing to use it", what, dir)
+	}
+	if !fi.IsDir() {
 		return fmt.Errorf("%s %s is not a directory", what, dir)
 	}
 	if fi.Mode().Perm()&0o022 != 0 {

@@ -455,7 +455,7 @@ func TestMirrorInRuntimeDirFollowsEverySave(t *testing.T) {
 	elsewhere := t.TempDir()
 	os.Symlink(elsewhere, filepath.Join(rt2, MirrorDir))
 	if _, err := s.Update(ctx, "loose", func(r *NetSetup) error { r.RuntimeDir = rt2; return nil }); err == nil ||
-		!strings.Contains(err.Error(), "not a directory") {
+		!strings.Contains(err.Error(), "is a symlink") {
 		t.Fatalf("mirror through a symlinked dir = %v, want refusal", err)
 	}
 	if ents, _ := os.ReadDir(elsewhere); len(ents) != 0 {
