@@ -68,13 +68,13 @@ func TestSweepGonePods(t *testing.T) {
 			hostGoneProc.Wait()
 
 			for _, p := range []pod{gone, repl, hostGone} {
-				eventually(t, "the sweep tears down "+p.id, func() bool {
+				// The sweep deletes the record, then the runtime dir: wait
+				// for the whole teardown, not just its first half.
+				eventually(t, "the sweep tears down "+p.id+" (record and runtime dir)", func() bool {
 					_, err := e.store.Get(p.id)
-					return err != nil
+					_, dirErr := os.Stat(filepath.Join(e.runtimeDir, p.id))
+					return err != nil && os.IsNotExist(dirErr)
 				})
-				if _, err := os.Stat(filepath.Join(e.runtimeDir, p.id)); !os.IsNotExist(err) {
-					t.Errorf("%s: runtime dir left (%v)", p.id, err)
-				}
 			}
 			if _, err := os.Lstat(ownedGone); !os.IsNotExist(err) {
 				t.Errorf("owned netns %s of the gone host-network pod left (%v)", ownedGone, err)
