@@ -278,8 +278,11 @@ func (s *server) serve(rw http.ResponseWriter, r *http.Request) {
 	if w.die != "" {
 		s.dead, s.deathNote = true, w.die
 		s.mu.Unlock()
+		// Stop accepting before the caller sees its connection drop, as a
+		// dead process does: a connection it makes next is refused, not
+		// accepted into the backlog and then reset.
+		s.ln.Close()
 		s.hijack(rw, nil)
-		s.ln.Close() // stop accepting: later connections are refused
 		return
 	}
 	s.calls[idx].Status = w.status
