@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 )
 
 // TestQuickRun runs the whole benchmark in quick mode and checks that the

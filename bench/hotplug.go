@@ -12,8 +12,8 @@ import (
 	"github.com/vmnic/vmnic/bench/internal/stats"
 	"github.com/vmnic/vmnic/bench/internal/timedexec"
 	"github.com/vmnic/vmnic/internal/sandbox"
-	"github.com/vmnic/vmnic/internal/testguest"
-	"github.com/vmnic/vmnic/internal/vmmsim"
+	"github.com/vmnic/vmnic/internal/testkit/qemuguest"
+	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
 	"github.com/vmnic/vmnic/vmmadapter/connect"
@@ -55,7 +55,7 @@ type hotplugTarget struct {
 	name   string
 	kind   vmmadapter.Kind
 	socket string
-	guest  *testguest.Guest
+	guest  *qemuguest.Guest
 	netns  *fixture.Netns // QEMU: the guest's (one sandbox for all samples)
 }
 
@@ -119,7 +119,7 @@ func (e *env) runHotplug(ctx context.Context) error {
 	}
 
 	// QEMU.
-	if err := testguest.Available(); err != nil {
+	if err := qemuguest.Available(); err != nil {
 		res.VMMs = append(res.VMMs, HotplugVMM{VMM: "QEMU guest", Note: "not measured: " + err.Error()})
 	} else {
 		hv, err := e.hotplugQEMU(ctx, m, list, qemuSamples)
@@ -251,7 +251,7 @@ func (e *env) hotplugQEMU(ctx context.Context, m *sandbox.Manager, list *libcni.
 	bctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	t0 := time.Now()
-	g, err := testguest.Boot(bctx, testguest.Config{Netns: ns.Path, WorkDir: e.dir("qemu"), Logf: func(f string, args ...any) { e.logf(f, args...) }})
+	g, err := qemuguest.Boot(bctx, qemuguest.Config{Netns: ns.Path, WorkDir: e.dir("qemu"), Logf: func(f string, args ...any) { e.logf(f, args...) }})
 	if err != nil {
 		return HotplugVMM{VMM: name, Errors: 1, FirstError: err.Error()}, nil
 	}
@@ -281,7 +281,7 @@ func (e *env) hotplugQEMU(ctx context.Context, m *sandbox.Manager, list *libcni.
 	return a.result(name, e, note), nil
 }
 
-func (e *env) qemuSample(ctx context.Context, g *testguest.Guest, list *libcni.NetworkConfigList, id, netns string, ifs []string, a *hotAcc) error {
+func (e *env) qemuSample(ctx context.Context, g *qemuguest.Guest, list *libcni.NetworkConfigList, id, netns string, ifs []string, a *hotAcc) error {
 	// The guest waits for a second interface (lo is the first) in a tight
 	// loop started before the ADD; its answer marks the link's arrival.
 	wait := "i=0; while [ $(ls /sys/class/net | wc -l) -lt 2 ]; do usleep 5000; i=$((i+1)); [ $i -gt 12000 ] && exit 1; done; ls /sys/class/net"

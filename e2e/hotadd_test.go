@@ -17,8 +17,8 @@ import (
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/vmnic/vmnic/e2e/internal/probe"
-	"github.com/vmnic/vmnic/internal/testguest"
-	"github.com/vmnic/vmnic/internal/vmmsim"
+	"github.com/vmnic/vmnic/internal/testkit/qemuguest"
+	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/netsetup"
 )
 
@@ -162,7 +162,7 @@ const qemuBootTimeout = 2 * time.Minute
 // socket is in the sandbox's runtime dir (vmnic's socket confinement), the
 // harness's own QMP socket and logs in a temp dir.
 type qemuVMM struct {
-	g      *testguest.Guest
+	g      *qemuguest.Guest
 	pid    int
 	guests map[string]string // MAC → guest interface name
 	closed bool
@@ -170,13 +170,13 @@ type qemuVMM struct {
 
 func startQEMUVMM(t testing.TB, e *Env, netnsPath, runtimeDir string) *qemuVMM {
 	t.Helper()
-	cache := testguest.DefaultCacheDir()
+	cache := qemuguest.DefaultCacheDir()
 	if os.Getenv("VMNIC_TOOLS") == "" {
 		cache = filepath.Join(e.p.repo, ".tools", "guest")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), qemuBootTimeout+30*time.Second)
 	defer cancel()
-	g, err := testguest.Boot(ctx, testguest.Config{
+	g, err := qemuguest.Boot(ctx, qemuguest.Config{
 		Netns:       netnsPath,
 		CacheDir:    cache,
 		QMPSocket:   filepath.Join(runtimeDir, "qmp.sock"),
@@ -269,7 +269,7 @@ func TestHotAddSecondNetwork(t *testing.T) {
 
 	// The VMM: its API socket in the runtime dir the VMM container sees.
 	var vmm hotVMM
-	if err := testguest.Available(); err == nil {
+	if err := qemuguest.Available(); err == nil {
 		vmm = startQEMUVMM(t, e, st.NetnsPath, rec.RuntimeDir)
 	} else {
 		t.Logf("QEMU guest unavailable (%v): the VMM is the Cloud Hypervisor simulator", err)

@@ -11,7 +11,7 @@ BENCH_OUT   ?= .bench
 BENCH_QUICK ?=
 BENCH_FLAGS ?=
 
-# The QEMU hot-plug measurement boots the test guest (internal/testguest).
+# The QEMU hot-plug measurement boots the test guest (internal/testkit/qemuguest).
 APT_PACKAGES += qemu-system-x86 linux-image-amd64 busybox-static xz-utils
 
 .PHONY: bench

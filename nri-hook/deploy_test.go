@@ -13,7 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/nri-hook/internal/config"
 )
 

@@ -17,7 +17,7 @@ import (
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/vmnic/vmnic/internal/netns"
-	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/netsetup"
 )
 

@@ -8,13 +8,13 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 
-	"github.com/vmnic/vmnic/internal/sandbox/fixture"
+	"github.com/vmnic/vmnic/internal/testkit/netfixture"
 )
 
 // TestConflists loads every example in conflists/ with libcni and decodes
 // vmnic's entry with the plugin's own conf parser.
 func TestConflists(t *testing.T) {
-	dir := filepath.Join(fixture.RepoRoot(t), "conflists")
+	dir := filepath.Join(netfixture.RepoRoot(t), "conflists")
 	files, err := libcni.ConfFiles(dir, []string{".conflist"})
 	if err != nil {
 		t.Fatal(err)

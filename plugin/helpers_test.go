@@ -17,8 +17,8 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/vmnic/vmnic/internal/sandbox/fixture"
-	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/internal/testkit/netfixture"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/netsetup"
 )
 
@@ -48,7 +48,7 @@ func buildBinaries(t *testing.T) string {
 			return
 		}
 		built.dir = dir
-		root := fixture.RepoRoot(t)
+		root := netfixture.RepoRoot(t)
 		for _, b := range []struct{ out, pkg string }{{"vmnic", "./plugin"}, {"vmnicctl", "./cmd/vmnicctl"}} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.out), b.pkg)
 			cmd.Dir = root
@@ -129,7 +129,7 @@ func withState(dir string) netOpt      { return func(n *tnet) { n.state = dir } 
 func newNet(t *testing.T, version, first string, opts ...netOpt) *tnet {
 	t.Helper()
 	testenv.RequireRoot(t)
-	n := &tnet{name: fixture.Name("vmnict-n"), version: version, first: first, state: t.TempDir(), vmnic: map[string]any{}}
+	n := &tnet{name: netfixture.Name("vmnict-n"), version: version, first: first, state: t.TempDir(), vmnic: map[string]any{}}
 	n.subnet, n.prefix = subnet(false)
 	n.log = filepath.Join(t.TempDir(), "vmnic.log")
 	for _, o := range opts {
@@ -141,8 +141,8 @@ func newNet(t *testing.T, version, first string, opts ...netOpt) *tnet {
 	var p0 map[string]any
 	switch first {
 	case "bridge":
-		n.bridge = fixture.Name("vmnbrt")
-		fixture.Bridge(t, n.bridge)
+		n.bridge = netfixture.Name("vmnbrt")
+		netfixture.Bridge(t, n.bridge)
 		p0 = map[string]any{"type": "bridge", "bridge": n.bridge, "isGateway": true, "ipMasq": false, "ipam": ipam}
 	case "ptp":
 		p0 = map[string]any{"type": "ptp", "ipMasq": false, "ipam": ipam}
@@ -286,8 +286,8 @@ func cnitool(t *testing.T, n *tnet, ifname, cniArgs string, args ...string) (str
 }
 
 // scope is what a vmnic call may touch for this network and netns.
-func (n *tnet) scope(netns ...string) fixture.Scope {
-	sc := fixture.Scope{Netns: netns, Dirs: []string{n.state}, HostPrefix: []string{"vmt"}, IPTables: []string{"vmnic", n.prefix}}
+func (n *tnet) scope(netns ...string) netfixture.Scope {
+	sc := netfixture.Scope{Netns: netns, Dirs: []string{n.state}, HostPrefix: []string{"vmt"}, IPTables: []string{"vmnic", n.prefix}}
 	if n.bridge != "" {
 		sc.HostLinks = []string{n.bridge}
 		sc.IPTables = append(sc.IPTables, n.bridge)

@@ -18,8 +18,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmnic/vmnic/internal/hostnet"
-	"github.com/vmnic/vmnic/internal/sandbox/fixture"
-	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/internal/testkit/netfixture"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/netsetup"
 )
 
@@ -65,15 +65,15 @@ func checkAdded(t *testing.T, n *tnet, raw []byte, netns, id, ifname string) {
 			t.Errorf("IP %s not on the veth entry %d", ip.Address.String(), vethIdx)
 		}
 	}
-	tap := fixture.LinkIn(t, netns, tapName)
-	veth := fixture.LinkIn(t, netns, ifname)
+	tap := netfixture.LinkIn(t, netns, tapName)
+	veth := netfixture.LinkIn(t, netns, ifname)
 	if tap == nil || veth == nil || !hostnet.IsTap(tap) {
 		t.Fatalf("netns lacks %s/%s", ifname, tapName)
 	}
 	if tap.Attrs().MTU != veth.Attrs().MTU {
 		t.Errorf("TAP MTU %d != veth MTU %d", tap.Attrs().MTU, veth.Attrs().MTU)
 	}
-	fixture.In(t, netns, func() error {
+	netfixture.In(t, netns, func() error {
 		for _, c := range [][2]netlink.Link{{veth, tap}, {tap, veth}} {
 			if ok, err := hostnet.HasRedirect(c[0], c[1].Attrs().Index); !ok || err != nil {
 				t.Errorf("no redirect %s -> %s (%v)", c[0].Attrs().Name, c[1].Attrs().Name, err)
@@ -95,10 +95,10 @@ func checkAdded(t *testing.T, n *tnet, raw []byte, netns, id, ifname string) {
 // checkGone asserts the NIC's TAP and filters are gone and the record too.
 func checkGone(t *testing.T, n *tnet, netns, id, ifname string) {
 	t.Helper()
-	if fixture.LinkIn(t, netns, hostnet.TapNameInNetns(ifname)) != nil {
+	if netfixture.LinkIn(t, netns, hostnet.TapNameInNetns(ifname)) != nil {
 		t.Errorf("TAP of %s still there", ifname)
 	}
-	snap := fixture.Take(t, fixture.Scope{Netns: []string{netns}})
+	snap := netfixture.Take(t, netfixture.Scope{Netns: []string{netns}})
 	if snap.Contains(fmt.Sprintf("prio %d", hostnet.FilterPriority)) {
 		t.Errorf("vmnic filters left:\n%s", strings.Join(snap, "\n"))
 	}
@@ -114,10 +114,10 @@ func TestChainsLibcni(t *testing.T) {
 		for _, v := range versions {
 			t.Run(first+"/"+v, func(t *testing.T) {
 				n := newNet(t, v, first)
-				netns := fixture.Netns(t, fixture.Name("vmnict-c"))
+				netns := netfixture.Netns(t, netfixture.Name("vmnict-c"))
 				cfg := cniConfig(t)
-				rt := &libcni.RuntimeConf{ContainerID: fixture.Name("ctr"), NetNS: netns, IfName: "eth0"}
-				before := fixture.Take(t, n.scope(netns))
+				rt := &libcni.RuntimeConf{ContainerID: netfixture.Name("ctr"), NetNS: netns, IfName: "eth0"}
+				before := netfixture.Take(t, n.scope(netns))
 				res, err := cfg.AddNetworkList(tctx(t), n.list, rt)
 				if err != nil {
 					t.Fatalf("ADD: %v", err)
@@ -145,7 +145,7 @@ func TestChainsLibcni(t *testing.T) {
 					}
 				}
 				checkGone(t, n, netns, rt.ContainerID, "eth0")
-				if d := before.Diff(fixture.Take(t, n.scope(netns))); d != "" {
+				if d := before.Diff(netfixture.Take(t, n.scope(netns))); d != "" {
 					t.Errorf("ADD+DEL left changes:\n%s", d)
 				}
 			})
@@ -157,8 +157,8 @@ func TestChainsLibcni(t *testing.T) {
 // knows the attachment (so libcni sends only GC, no DEL).
 func TestGCRemovesStaleAttachments(t *testing.T) {
 	n := newNet(t, "1.1.0", "bridge")
-	netns := fixture.Netns(t, fixture.Name("vmnict-g"))
-	rt := &libcni.RuntimeConf{ContainerID: fixture.Name("ctr"), NetNS: netns, IfName: "eth0"}
+	netns := netfixture.Netns(t, netfixture.Name("vmnict-g"))
+	rt := &libcni.RuntimeConf{ContainerID: netfixture.Name("ctr"), NetNS: netns, IfName: "eth0"}
 	if _, err := cniConfig(t).AddNetworkList(tctx(t), n.list, rt); err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func TestGCRemovesStaleAttachments(t *testing.T) {
 	if _, err := n.store(t).Get(rt.ContainerID); !errors.Is(err, netsetup.ErrNotFound) {
 		t.Errorf("CNI-made record kept by GC: %v", err)
 	}
-	if fixture.LinkIn(t, netns, "eth0") == nil {
+	if netfixture.LinkIn(t, netns, "eth0") == nil {
 		t.Error("GC touched the veth (it belongs to the bridge plugin)")
 	}
 }
@@ -179,8 +179,8 @@ func TestChainsCnitool(t *testing.T) {
 		for _, v := range versions {
 			t.Run(first+"/"+v, func(t *testing.T) {
 				n := newNet(t, v, first)
-				netns := fixture.Netns(t, fixture.Name("vmnict-t"))
-				before := fixture.Take(t, n.scope(netns))
+				netns := netfixture.Netns(t, netfixture.Name("vmnict-t"))
+				before := netfixture.Take(t, n.scope(netns))
 				out, err := cnitool(t, n, "eth0", "", "add", n.name, netns)
 				if err != nil {
 					t.Fatal(err)
@@ -209,7 +209,7 @@ func TestChainsCnitool(t *testing.T) {
 					}
 				}
 				checkGone(t, n, netns, recs[0], "eth0")
-				if d := before.Diff(fixture.Take(t, n.scope(netns))); d != "" {
+				if d := before.Diff(netfixture.Take(t, n.scope(netns))); d != "" {
 					t.Errorf("add+del left changes:\n%s", d)
 				}
 			})
@@ -221,9 +221,9 @@ func TestTwoNICsOneSandbox(t *testing.T) {
 	state := t.TempDir()
 	a := newNet(t, "1.1.0", "bridge", withState(state))
 	b := newNet(t, "1.0.0", "ptp", withState(state), second())
-	netns := fixture.Netns(t, fixture.Name("vmnict-2"))
+	netns := netfixture.Netns(t, netfixture.Name("vmnict-2"))
 	cfg := cniConfig(t)
-	id := fixture.Name("pod")
+	id := netfixture.Name("pod")
 	rtA := &libcni.RuntimeConf{ContainerID: id, NetNS: netns, IfName: "eth0"}
 	rtB := &libcni.RuntimeConf{ContainerID: id, NetNS: netns, IfName: "net1"}
 	// net1 first: the record still lists eth0 first.
@@ -261,7 +261,7 @@ func TestTwoNICsOneSandbox(t *testing.T) {
 	if err != nil || len(rec.NetworkConfigs) != 1 || rec.NetworkConfigs[0].IfName != "net1" {
 		t.Fatalf("after DEL eth0: %v %+v", err, rec)
 	}
-	if fixture.LinkIn(t, netns, "tapnet1") == nil {
+	if netfixture.LinkIn(t, netns, "tapnet1") == nil {
 		t.Error("DEL of eth0 removed net1's TAP")
 	}
 	if err := cfg.DelNetworkList(tctx(t), b.list, rtB); err != nil {
@@ -275,10 +275,10 @@ func TestTwoNICsOneSandbox(t *testing.T) {
 func TestPortmapAfterVmnic(t *testing.T) {
 	testenv.Command(t, "iptables-save")
 	n := newNet(t, "1.0.0", "bridge", withPortmap())
-	netns := fixture.Netns(t, fixture.Name("vmnict-m"))
+	netns := netfixture.Netns(t, netfixture.Name("vmnict-m"))
 	cfg := cniConfig(t)
 	port := 31000 + int(subnetSeq.Add(1))
-	rt := &libcni.RuntimeConf{ContainerID: fixture.Name("ctr"), NetNS: netns, IfName: "eth0",
+	rt := &libcni.RuntimeConf{ContainerID: netfixture.Name("ctr"), NetNS: netns, IfName: "eth0",
 		CapabilityArgs: map[string]any{"portMappings": []map[string]any{{"hostPort": port, "containerPort": 80, "protocol": "tcp"}}}}
 	res, err := cfg.AddNetworkList(tctx(t), n.list, rt)
 	if err != nil {
@@ -289,7 +289,7 @@ func TestPortmapAfterVmnic(t *testing.T) {
 	r100, _ := current.NewResultFromResult(res)
 	ip := r100.IPs[0].Address.IP.String()
 	want := fmt.Sprintf("--to-destination %s:80", ip)
-	rules := fixture.Take(t, fixture.Scope{IPTables: []string{want}})
+	rules := netfixture.Take(t, netfixture.Scope{IPTables: []string{want}})
 	if len(rules) == 0 {
 		t.Fatalf("portmap's DNAT to %s:80 missing", ip)
 	}
@@ -299,7 +299,7 @@ func TestPortmapAfterVmnic(t *testing.T) {
 	if err := cfg.DelNetworkList(tctx(t), n.list, rt); err != nil {
 		t.Fatal(err)
 	}
-	if rules := fixture.Take(t, fixture.Scope{IPTables: []string{want}}); len(rules) != 0 {
+	if rules := netfixture.Take(t, netfixture.Scope{IPTables: []string{want}}); len(rules) != 0 {
 		t.Errorf("portmap rules left: %v", rules)
 	}
 	checkGone(t, n, netns, rt.ContainerID, "eth0")
@@ -349,7 +349,7 @@ func TestBadInput(t *testing.T) {
 			in.run.netns = p
 		}, types.ErrInvalidNetNS, "CNI_NETNS"},
 		{"netns missing", func(t *testing.T, in *input) { in.run.netns = t.TempDir() + "/gone" }, types.ErrInvalidNetNS, "CNI_NETNS"},
-		{"tap name taken", func(t *testing.T, in *input) { fixture.Blocker(t, in.netns, "tapeth0") }, types.ErrInvalidEnvironmentVariables, "TAP name tapeth0"},
+		{"tap name taken", func(t *testing.T, in *input) { netfixture.Blocker(t, in.netns, "tapeth0") }, types.ErrInvalidEnvironmentVariables, "TAP name tapeth0"},
 		{"invalid mac", func(t *testing.T, in *input) { in.run.stdin = setPrevMAC(t, in.run.stdin, "eth0", "zz:zz") }, types.ErrInvalidNetworkConfig, "mac"},
 		{"multicast mac", func(t *testing.T, in *input) { in.run.stdin = setPrevMAC(t, in.run.stdin, "eth0", "01:00:5e:00:00:01") }, types.ErrInvalidNetworkConfig, "multicast"},
 		{"invalid queues", func(t *testing.T, in *input) { in.run.stdin = setKey(t, in.run.stdin, "queues", 1000) }, types.ErrInvalidNetworkConfig, "queues 1000"},
@@ -370,12 +370,12 @@ func TestBadInput(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			n := newNet(t, "1.0.0", "bridge")
-			netns := fixture.Netns(t, fixture.Name("vmnict-b"))
-			id := fixture.Name("ctr")
+			netns := netfixture.Netns(t, netfixture.Name("vmnict-b"))
+			id := netfixture.Name("ctr")
 			pr := prev(t, n, netns, id, "eth0")
 			in := &input{n: n, netns: netns, run: pluginRun{command: "ADD", containerID: id, netns: netns, ifname: "eth0", stdin: n.vmnicConf(t, pr)}}
 			c.mutate(t, in)
-			before := fixture.Take(t, n.scope(netns))
+			before := netfixture.Take(t, n.scope(netns))
 			out := in.run.exec(t)
 			if out.err == nil {
 				t.Fatalf("ADD succeeded: %s", out.stdout)
@@ -386,7 +386,7 @@ func TestBadInput(t *testing.T) {
 			if out.cniErr.Code != c.code || !strings.Contains(out.cniErr.Msg+" "+out.cniErr.Details, c.msg) {
 				t.Errorf("error %+v, want code %d mentioning %q", out.cniErr, c.code, c.msg)
 			}
-			if d := before.Diff(fixture.Take(t, n.scope(netns))); d != "" {
+			if d := before.Diff(netfixture.Take(t, n.scope(netns))); d != "" {
 				t.Errorf("a refused ADD changed the host:\n%s", d)
 			}
 		})
@@ -442,8 +442,8 @@ func TestDelVariants(t *testing.T) {
 	for _, variant := range []string{"no prevResult", "netns gone", "empty CNI_NETNS"} {
 		t.Run(variant, func(t *testing.T) {
 			n := newNet(t, "1.1.0", "ptp")
-			netns := fixture.Netns(t, fixture.Name("vmnict-d"))
-			id := fixture.Name("ctr")
+			netns := netfixture.Netns(t, netfixture.Name("vmnict-d"))
+			id := netfixture.Name("ctr")
 			pr := prev(t, n, netns, id, "eth0")
 			add := pluginRun{command: "ADD", containerID: id, netns: netns, ifname: "eth0", stdin: n.vmnicConf(t, pr)}
 			if out := add.exec(t); out.err != nil {
@@ -484,22 +484,22 @@ func TestCheckDetectsDrift(t *testing.T) {
 		msg    string
 	}{
 		{"missing TAP", func(t *testing.T, netns string) {
-			fixture.In(t, netns, func() error { return hostnet.DeleteTap("tapeth0") })
+			netfixture.In(t, netns, func() error { return hostnet.DeleteTap("tapeth0") })
 		}, "TAP tapeth0 missing"},
 		{"missing filter", func(t *testing.T, netns string) {
-			fixture.In(t, netns, func() error {
+			netfixture.In(t, netns, func() error {
 				l, _ := netlink.LinkByName("tapeth0")
 				return hostnet.DelRedirect(l)
 			})
 		}, "filter tapeth0 -> eth0 missing"},
 		{"MTU mismatch", func(t *testing.T, netns string) {
-			fixture.In(t, netns, func() error {
+			netfixture.In(t, netns, func() error {
 				l, _ := netlink.LinkByName("tapeth0")
 				return netlink.LinkSetMTU(l, 1280)
 			})
 		}, "MTU mismatch"},
 		{"MAC mismatch", func(t *testing.T, netns string) {
-			fixture.In(t, netns, func() error {
+			netfixture.In(t, netns, func() error {
 				l, _ := netlink.LinkByName("eth0")
 				mac, _ := net.ParseMAC("02:11:22:33:44:55")
 				return netlink.LinkSetHardwareAddr(l, mac)
@@ -509,9 +509,9 @@ func TestCheckDetectsDrift(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			n := newNet(t, "1.0.0", "ptp")
-			netns := fixture.Netns(t, fixture.Name("vmnict-k"))
+			netns := netfixture.Netns(t, netfixture.Name("vmnict-k"))
 			cfg := cniConfig(t)
-			rt := &libcni.RuntimeConf{ContainerID: fixture.Name("ctr"), NetNS: netns, IfName: "eth0"}
+			rt := &libcni.RuntimeConf{ContainerID: netfixture.Name("ctr"), NetNS: netns, IfName: "eth0"}
 			if _, err := cfg.AddNetworkList(tctx(t), n.list, rt); err != nil {
 				t.Fatal(err)
 			}
@@ -558,10 +558,10 @@ func TestBridgeBackendPlugin(t *testing.T) {
 	n := newNet(t, "1.1.0", "bridge")
 	// vmnic's TAP joins the bridge the bridge plugin uses.
 	n = rebuildWith(t, n, map[string]any{"backend": "bridge", "bridge": n.bridge})
-	netns := fixture.Netns(t, fixture.Name("vmnict-h"))
+	netns := netfixture.Netns(t, netfixture.Name("vmnict-h"))
 	cfg := cniConfig(t)
-	rt := &libcni.RuntimeConf{ContainerID: fixture.Name("ctr"), NetNS: netns, IfName: "eth0"}
-	before := fixture.Take(t, n.scope(netns))
+	rt := &libcni.RuntimeConf{ContainerID: netfixture.Name("ctr"), NetNS: netns, IfName: "eth0"}
+	before := netfixture.Take(t, n.scope(netns))
 	res, err := cfg.AddNetworkList(tctx(t), n.list, rt)
 	if err != nil {
 		t.Fatal(err)
@@ -580,15 +580,15 @@ func TestBridgeBackendPlugin(t *testing.T) {
 		t.Error("TAP is not a port of the bridge")
 	}
 	// The veth's host side is parked (down); the container side stays up.
-	for _, l := range fixture.Take(t, fixture.Scope{HostLinks: []string{n.bridge}}) {
+	for _, l := range netfixture.Take(t, netfixture.Scope{HostLinks: []string{n.bridge}}) {
 		if strings.Contains(l, "type veth") && !strings.Contains(l, " down ") {
 			t.Errorf("veth port not parked: %s", l)
 		}
 	}
-	if v := fixture.LinkIn(t, netns, "eth0"); v == nil || v.Attrs().Flags&net.FlagUp == 0 {
+	if v := netfixture.LinkIn(t, netns, "eth0"); v == nil || v.Attrs().Flags&net.FlagUp == 0 {
 		t.Error("container veth went down")
 	}
-	if !fixture.Take(t, fixture.Scope{IPTables: []string{"-i " + n.bridge + " -o " + n.bridge}}).Contains(`--comment vmnic -j ACCEPT`) {
+	if !netfixture.Take(t, netfixture.Scope{IPTables: []string{"-i " + n.bridge + " -o " + n.bridge}}).Contains(`--comment vmnic -j ACCEPT`) {
 		t.Error("FORWARD ACCEPT rule missing")
 	}
 	if err := cfg.CheckNetworkList(tctx(t), n.list, rt); err != nil {
@@ -600,7 +600,7 @@ func TestBridgeBackendPlugin(t *testing.T) {
 	if _, err := netlink.LinkByName(tapItf.Name); err == nil {
 		t.Error("TAP left on the host")
 	}
-	if d := before.Diff(fixture.Take(t, n.scope(netns))); d != "" {
+	if d := before.Diff(netfixture.Take(t, n.scope(netns))); d != "" {
 		t.Errorf("bridge backend ADD+DEL left changes:\n%s", d)
 	}
 }
@@ -639,7 +639,7 @@ func TestZeroToNToZero(t *testing.T) {
 		}
 		return string(out)
 	}
-	id := fixture.Name("vmnict-z")
+	id := netfixture.Name("vmnict-z")
 	netns := strings.TrimSpace(ctl("prepare", id))
 	t.Cleanup(func() {
 		exec.Command(bin+"/vmnicctl", "--state-dir", state, "--netns-dir", nsdir, "teardown", id).Run()
@@ -707,10 +707,10 @@ func TestPreexistingQdiscThroughPlugin(t *testing.T) {
 	for _, kind := range []string{"clsact", "ingress"} {
 		t.Run(kind, func(t *testing.T) {
 			n := newNet(t, "1.1.0", "ptp")
-			netns := fixture.Netns(t, fixture.Name("vmnict-q"))
-			id := fixture.Name("ctr")
+			netns := netfixture.Netns(t, netfixture.Name("vmnict-q"))
+			id := netfixture.Name("ctr")
 			pr := prev(t, n, netns, id, "eth0")
-			fixture.In(t, netns, func() error {
+			netfixture.In(t, netns, func() error {
 				veth, err := netlink.LinkByName("eth0")
 				if err != nil {
 					return err
@@ -728,12 +728,12 @@ func TestPreexistingQdiscThroughPlugin(t *testing.T) {
 					ClassId:     netlink.MakeHandle(1, 1),
 				})
 			})
-			before := fixture.Take(t, n.scope(netns))
+			before := netfixture.Take(t, n.scope(netns))
 			add := pluginRun{command: "ADD", containerID: id, netns: netns, ifname: "eth0", stdin: n.vmnicConf(t, pr)}
 			if out := add.exec(t); out.err != nil {
 				t.Fatalf("ADD: %v %s", out.err, out.stdout)
 			}
-			mid := fixture.Take(t, n.scope(netns))
+			mid := netfixture.Take(t, n.scope(netns))
 			for _, want := range []string{"qdisc " + kind + " dev eth0", "filter dev eth0 parent ffff:fff2 u32 prio 9", fmt.Sprintf("filter dev eth0 parent ffff:fff2 u32 prio %d", hostnet.FilterPriority)} {
 				if !mid.Contains(want) {
 					t.Errorf("after ADD no %q:\n%s", want, strings.Join(mid, "\n"))
@@ -743,7 +743,7 @@ func TestPreexistingQdiscThroughPlugin(t *testing.T) {
 			if out := del.exec(t); out.err != nil {
 				t.Fatalf("DEL: %v %s", out.err, out.stdout)
 			}
-			if d := before.Diff(fixture.Take(t, n.scope(netns))); d != "" {
+			if d := before.Diff(netfixture.Take(t, n.scope(netns))); d != "" {
 				t.Errorf("DEL did not leave the %s qdisc as it was:\n%s", kind, d)
 			}
 		})

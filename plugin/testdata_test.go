@@ -9,7 +9,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/vmnic/vmnic/internal/sandbox"
-	"github.com/vmnic/vmnic/internal/sandbox/fixture"
+	"github.com/vmnic/vmnic/internal/testkit/netfixture"
 	"github.com/vmnic/vmnic/netsetup"
 )
 
@@ -29,7 +29,7 @@ func TestPrevResultFixtures(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.file, func(t *testing.T) {
-			data, err := os.ReadFile(filepath.Join(fixture.RepoRoot(t), "testdata", "conf", c.file))
+			data, err := os.ReadFile(filepath.Join(netfixture.RepoRoot(t), "testdata", "conf", c.file))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -10,8 +10,8 @@ import (
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/vmnic/vmnic/internal/sandbox"
-	"github.com/vmnic/vmnic/internal/sandbox/fixture"
-	"github.com/vmnic/vmnic/internal/vmmsim"
+	"github.com/vmnic/vmnic/internal/testkit/netfixture"
+	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
 )
@@ -34,11 +34,11 @@ func preparedWithCH(t *testing.T, n *tnet, netns, id string) *vmmsim.CH {
 
 func TestHotAddThroughPlugin(t *testing.T) {
 	n := newNet(t, "1.1.0", "ptp")
-	netns := fixture.Netns(t, fixture.Name("vmnict-v"))
-	id := fixture.Name("pod")
+	netns := netfixture.Netns(t, netfixture.Name("vmnict-v"))
+	id := netfixture.Name("pod")
 	sim := preparedWithCH(t, n, netns, id)
 	cfg := cniConfig(t)
-	rt := &libcni.RuntimeConf{ContainerID: fixture.Name("ctr"), NetNS: netns, IfName: "eth0"}
+	rt := &libcni.RuntimeConf{ContainerID: netfixture.Name("ctr"), NetNS: netns, IfName: "eth0"}
 	res, err := cfg.AddNetworkList(tctx(t), n.list, rt)
 	if err != nil {
 		t.Fatal(err)
@@ -70,28 +70,28 @@ func TestHotAddThroughPlugin(t *testing.T) {
 
 func TestVMMRefusalFailsADD(t *testing.T) {
 	n := newNet(t, "1.0.0", "ptp")
-	netns := fixture.Netns(t, fixture.Name("vmnict-r"))
-	id := fixture.Name("pod")
+	netns := netfixture.Netns(t, netfixture.Name("vmnict-r"))
+	id := netfixture.Name("pod")
 	sim := preparedWithCH(t, n, netns, id)
 	sim.HoldTap("tapeth0")
 	pr := prev(t, n, netns, "ctr-r", "eth0")
-	before := fixture.Take(t, n.scope(netns))
+	before := netfixture.Take(t, n.scope(netns))
 	out := pluginRun{command: "ADD", containerID: "ctr-r", netns: netns, ifname: "eth0", stdin: n.vmnicConf(t, pr)}.exec(t)
 	if out.cniErr == nil || !strings.Contains(out.cniErr.Msg, "cloud-hypervisor") || !strings.Contains(out.cniErr.Msg, "busy") {
 		t.Fatalf("ADD = %+v %s, want the VMM's reason", out.cniErr, out.stdout)
 	}
-	if d := before.Diff(fixture.Take(t, n.scope(netns))); d != "" {
+	if d := before.Diff(netfixture.Take(t, n.scope(netns))); d != "" {
 		t.Errorf("a VMM refusal left changes:\n%s", d)
 	}
 }
 
 func TestVMMGoneDELSucceeds(t *testing.T) {
 	n := newNet(t, "1.1.0", "ptp")
-	netns := fixture.Netns(t, fixture.Name("vmnict-o"))
-	id := fixture.Name("pod")
+	netns := netfixture.Netns(t, netfixture.Name("vmnict-o"))
+	id := netfixture.Name("pod")
 	sim := preparedWithCH(t, n, netns, id)
 	cfg := cniConfig(t)
-	rt := &libcni.RuntimeConf{ContainerID: fixture.Name("ctr"), NetNS: netns, IfName: "eth0"}
+	rt := &libcni.RuntimeConf{ContainerID: netfixture.Name("ctr"), NetNS: netns, IfName: "eth0"}
 	if _, err := cfg.AddNetworkList(tctx(t), n.list, rt); err != nil {
 		t.Fatal(err)
 	}
@@ -108,8 +108,8 @@ func TestVMMGoneDELSucceeds(t *testing.T) {
 // TestSandboxIDFromArgs: VMNIC_SANDBOX_ID in CNI_ARGS names the record.
 func TestSandboxIDFromArgs(t *testing.T) {
 	n := newNet(t, "1.0.0", "ptp")
-	netns := fixture.Netns(t, fixture.Name("vmnict-i"))
-	id := fixture.Name("vmnict-sb")
+	netns := netfixture.Netns(t, netfixture.Name("vmnict-i"))
+	id := netfixture.Name("vmnict-sb")
 	if _, err := cnitool(t, n, "eth0", "IgnoreUnknown=1;K8S_POD_NAME=web;K8S_POD_NAMESPACE=default;VMNIC_SANDBOX_ID="+id, "add", n.name, netns); err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/vmnic/vmnic/internal/hostaudit"
+	"github.com/vmnic/vmnic/internal/testkit/hostaudit"
 )
 
 // Scope says what an audit covers. Other programs may change the host at

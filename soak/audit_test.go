@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmnic/vmnic/internal/hostnet"
-	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 )
 
 // TestAuditSeesEveryKind proves the audit would notice a leak of each kind

@@ -19,7 +19,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/vmnic/vmnic/internal/failpoint"
-	"github.com/vmnic/vmnic/internal/vmmsim"
+	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/netsetup"
 )
 

@@ -9,8 +9,8 @@ import (
 	"testing"
 
 	"github.com/vmnic/vmnic/internal/netns"
-	"github.com/vmnic/vmnic/internal/testenv"
-	"github.com/vmnic/vmnic/internal/vmmsim"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
+	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/netsetup"
 )
 

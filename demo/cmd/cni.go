@@ -7,7 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/vmnic/vmnic/internal/guestsim"
+	"github.com/vmnic/vmnic/internal/testkit/tapguest"
 	"github.com/vmnic/vmnic/netsetup"
 )
 
@@ -93,7 +93,7 @@ func (d *demo) record(id string) *netsetup.NetSetup {
 }
 
 // guestConfig is the stand-in's configuration for a recorded NIC.
-func (d *demo) guestConfig(netnsPath string, nic netsetup.NIC) guestsim.Config {
+func (d *demo) guestConfig(netnsPath string, nic netsetup.NIC) tapguest.Config {
 	mac, err := net.ParseMAC(nic.MAC)
 	d.check(err, "recorded MAC of %s", nic.IfName)
 	if len(nic.IPs) == 0 {
@@ -103,5 +103,5 @@ func (d *demo) guestConfig(netnsPath string, nic netsetup.NIC) guestsim.Config {
 	d.check(err, "recorded IP of %s", nic.IfName)
 	gw, err := netip.ParseAddr(nic.Gateway)
 	d.check(err, "recorded gateway of %s", nic.IfName)
-	return guestsim.Config{NetnsPath: netnsPath, Tap: nic.Tap, MAC: mac, IP: ip, Gateway: gw, MultiQueue: nic.QueuePairs() > 1}
+	return tapguest.Config{NetnsPath: netnsPath, Tap: nic.Tap, MAC: mac, IP: ip, Gateway: gw, MultiQueue: nic.QueuePairs() > 1}
 }

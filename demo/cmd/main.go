@@ -20,7 +20,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vmnic/vmnic/internal/testguest"
+	"github.com/vmnic/vmnic/internal/testkit/qemuguest"
 )
 
 const (
@@ -60,7 +60,7 @@ type demo struct {
 
 	added     []attachment
 	sandboxes []string
-	guest     *testguest.Guest
+	guest     *qemuguest.Guest
 	qemuPID   int
 
 	step      int
@@ -116,7 +116,7 @@ func (d *demo) runAll() (err error) {
 	}()
 	d.setup()
 	d.standIn()
-	if qerr := testguest.Available(); qerr != nil {
+	if qerr := qemuguest.Available(); qerr != nil {
 		d.header("Real QEMU guest: skipped")
 		d.note("QEMU guest not available here: %v", qerr)
 		d.note("(make demo installs qemu-system-x86, linux-image-amd64 and busybox-static)")

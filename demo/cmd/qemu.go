@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vmnic/vmnic/internal/testguest"
+	"github.com/vmnic/vmnic/internal/testkit/qemuguest"
 	"github.com/vmnic/vmnic/netsetup"
 )
 
@@ -22,7 +22,7 @@ func (d *demo) realGuest() {
 	bootCtx, cancel := context.WithTimeout(d.ctx, 3*time.Minute)
 	defer cancel()
 	d.note("booting QEMU (TCG, Debian kernel, busybox initramfs, -nic none) inside %s …", ns)
-	g, err := testguest.Boot(bootCtx, testguest.Config{
+	g, err := qemuguest.Boot(bootCtx, qemuguest.Config{
 		Netns: ns,
 		Logf:  func(format string, args ...any) { d.note("qemu: "+format, args...) },
 	})

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vmnic/vmnic/internal/guestsim"
+	"github.com/vmnic/vmnic/internal/testkit/tapguest"
 	"github.com/vmnic/vmnic/netsetup"
 )
 
@@ -83,7 +83,7 @@ func (d *demo) standInTraffic(ns string, nic netsetup.NIC) {
 	cfg := d.guestConfig(ns, nic)
 	d.note("guest stand-in: opens %s in %s (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR), MAC %s, IP %s, gateway %s",
 		cfg.Tap, ns, cfg.MAC, cfg.IP, cfg.Gateway)
-	g, err := guestsim.Open(cfg)
+	g, err := tapguest.Open(cfg)
 	d.check(err, "open the TAP")
 	defer g.Close()
 

@@ -10,14 +10,14 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/vmnic/vmnic/internal/sandbox/fixture"
-	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/internal/testkit/netfixture"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 )
 
 func TestTapLifecycle(t *testing.T) {
 	testenv.RequireRoot(t)
-	ns := fixture.Netns(t, fixture.Name("vmnict-h"))
-	fixture.In(t, ns, func() error {
+	ns := netfixture.Netns(t, netfixture.Name("vmnict-h"))
+	netfixture.In(t, ns, func() error {
 		link, err := CreateTap(TapSpec{Name: "tapx0", MTU: 9000, QueuePairs: 2, Owner: 42, Group: -1})
 		if err != nil {
 			t.Fatalf("CreateTap: %v", err)
@@ -64,8 +64,8 @@ func TestTapLifecycle(t *testing.T) {
 
 func TestRedirectAndIngress(t *testing.T) {
 	testenv.RequireRoot(t)
-	ns := fixture.Netns(t, fixture.Name("vmnict-h"))
-	fixture.In(t, ns, func() error {
+	ns := netfixture.Netns(t, netfixture.Name("vmnict-h"))
+	netfixture.In(t, ns, func() error {
 		a, err := CreateTap(TapSpec{Name: "tapa", Owner: -1, Group: -1})
 		if err != nil {
 			t.Fatal(err)
@@ -143,7 +143,7 @@ func TestForwardRules(t *testing.T) {
 	testenv.Command(t, "iptables")
 	dir := t.TempDir() + "/fw"
 	r := ForwardRules{Dir: dir}
-	br := fixture.Name("vmnbrt")
+	br := netfixture.Name("vmnbrt")
 	ipt, err := iptables.New()
 	if err != nil {
 		t.Fatal(err)

@@ -10,7 +10,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/netsetup"
 )
 

@@ -5,8 +5,8 @@ import (
 	"os"
 	"testing"
 
-	"github.com/vmnic/vmnic/internal/sandbox/fixture"
-	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/internal/testkit/netfixture"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/netsetup"
 )
 
@@ -25,9 +25,9 @@ func BenchmarkAddNIC(b *testing.B) {
 		b.Fatal(err)
 	}
 	m := &Manager{Store: st}
-	ns := fixture.Netns(b, fixture.Name("vmnict-b"))
-	peer := fixture.Netns(b, fixture.Name("vmnict-p"))
-	fixture.Veth(b, ns, "eth0", peer, "peer0", 0, "")
+	ns := netfixture.Netns(b, netfixture.Name("vmnict-b"))
+	peer := netfixture.Netns(b, netfixture.Name("vmnict-p"))
+	netfixture.Veth(b, ns, "eth0", peer, "peer0", 0, "")
 	spec := NICSpec{SandboxID: "vmnict-bench", ContainerID: "vmnict-bench", IfName: "eth0", NetnsPath: ns, TapOwner: -1, TapGroup: -1,
 		IPs: []string{"10.201.0.5/24"}, Gateway: "10.201.0.1"}
 	ctx := context.Background()

@@ -15,9 +15,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmnic/vmnic/internal/hostnet"
-	"github.com/vmnic/vmnic/internal/sandbox/fixture"
-	"github.com/vmnic/vmnic/internal/testenv"
-	"github.com/vmnic/vmnic/internal/vmmsim"
+	"github.com/vmnic/vmnic/internal/testkit/netfixture"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
+	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
 )
@@ -43,11 +43,11 @@ func newEnv(t *testing.T) *env {
 	e := &env{
 		m:     &Manager{Store: st, NetnsDir: t.TempDir(), VMMOptions: vmmadapter.Options{CallTimeout: 2 * time.Second, RemoveTimeout: 2 * time.Second}},
 		state: state,
-		netns: fixture.Netns(t, fixture.Name("vmnict-s")),
-		peer:  fixture.Netns(t, fixture.Name("vmnict-p")),
+		netns: netfixture.Netns(t, netfixture.Name("vmnict-s")),
+		peer:  netfixture.Netns(t, netfixture.Name("vmnict-p")),
 	}
 	e.vethMAC = "02:00:0a:c9:00:05"
-	fixture.Veth(t, e.netns, "eth0", e.peer, "peer0", 1400, e.vethMAC)
+	netfixture.Veth(t, e.netns, "eth0", e.peer, "peer0", 1400, e.vethMAC)
 	return e
 }
 
@@ -58,8 +58,8 @@ func (e *env) spec(id string) NICSpec {
 	}
 }
 
-func (e *env) scope() fixture.Scope {
-	return fixture.Scope{Netns: []string{e.netns}, Dirs: []string{e.state}, HostPrefix: []string{"vmt"}}
+func (e *env) scope() netfixture.Scope {
+	return netfixture.Scope{Netns: []string{e.netns}, Dirs: []string{e.state}, HostPrefix: []string{"vmt"}}
 }
 
 func ctx(t *testing.T) context.Context {
@@ -70,7 +70,7 @@ func ctx(t *testing.T) context.Context {
 
 func TestAddDelNICCNIBackend(t *testing.T) {
 	e := newEnv(t)
-	before := fixture.Take(t, e.scope())
+	before := netfixture.Take(t, e.scope())
 	added, err := e.m.AddNIC(ctx(t), e.spec("vmnict-sb1"))
 	if err != nil {
 		t.Fatalf("AddNIC: %v", err)
@@ -78,7 +78,7 @@ func TestAddDelNICCNIBackend(t *testing.T) {
 	if added.NIC.Tap != "tapeth0" || added.Sandbox != e.netns || added.TapMAC == "" {
 		t.Errorf("AddNIC result = %+v", added)
 	}
-	tap := fixture.LinkIn(t, e.netns, "tapeth0")
+	tap := netfixture.LinkIn(t, e.netns, "tapeth0")
 	if tap == nil {
 		t.Fatal("TAP tapeth0 not created")
 	}
@@ -98,8 +98,8 @@ func TestAddDelNICCNIBackend(t *testing.T) {
 			t.Errorf("TAP owner/group %d/%d: want unset", tt.Owner, tt.Group)
 		}
 	}
-	veth := fixture.LinkIn(t, e.netns, "eth0")
-	fixture.In(t, e.netns, func() error {
+	veth := netfixture.LinkIn(t, e.netns, "eth0")
+	netfixture.In(t, e.netns, func() error {
 		for _, c := range []struct {
 			from, to netlink.Link
 		}{{veth, tap}, {tap, veth}} {
@@ -130,7 +130,7 @@ func TestAddDelNICCNIBackend(t *testing.T) {
 			t.Fatalf("DelNIC #%d: %v", i+1, err)
 		}
 	}
-	if d := before.Diff(fixture.Take(t, e.scope())); d != "" {
+	if d := before.Diff(netfixture.Take(t, e.scope())); d != "" {
 		t.Errorf("ADD+DEL left changes:\n%s", d)
 	}
 }
@@ -143,7 +143,7 @@ func TestAddNICMultiqueueOwner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tt := fixture.LinkIn(t, e.netns, added.NIC.Tap).(*netlink.Tuntap)
+	tt := netfixture.LinkIn(t, e.netns, added.NIC.Tap).(*netlink.Tuntap)
 	if tt.Flags&netlink.TUNTAP_MULTI_QUEUE == 0 {
 		t.Errorf("TAP is not multiqueue: %v", tt.Flags)
 	}
@@ -174,7 +174,7 @@ func TestPreexistingIngressQdisc(t *testing.T) {
 	for _, kind := range []string{"ingress", "clsact"} {
 		t.Run(kind, func(t *testing.T) {
 			e := newEnv(t)
-			fixture.In(t, e.netns, func() error {
+			netfixture.In(t, e.netns, func() error {
 				veth, err := netlink.LinkByName("eth0")
 				if err != nil {
 					return err
@@ -189,7 +189,7 @@ func TestPreexistingIngressQdisc(t *testing.T) {
 				}
 				return foreignFilter(veth)
 			})
-			before := fixture.Take(t, e.scope())
+			before := netfixture.Take(t, e.scope())
 			if !before.Contains("filter dev eth0 parent ffff:fff2 u32 prio 7") {
 				t.Fatalf("fixture filter missing:\n%s", strings.Join(before, "\n"))
 			}
@@ -200,7 +200,7 @@ func TestPreexistingIngressQdisc(t *testing.T) {
 			if added.NIC.VethQdiscOwned {
 				t.Error("vmnic claims the pre-existing qdisc")
 			}
-			mid := fixture.Take(t, e.scope())
+			mid := netfixture.Take(t, e.scope())
 			for _, want := range []string{"qdisc " + kind + " dev eth0", "filter dev eth0 parent ffff:fff2 u32 prio 7", fmt.Sprintf("filter dev eth0 parent ffff:fff2 u32 prio %d", hostnet.FilterPriority)} {
 				if !mid.Contains(want) {
 					t.Errorf("after ADD, no %q:\n%s", want, strings.Join(mid, "\n"))
@@ -212,7 +212,7 @@ func TestPreexistingIngressQdisc(t *testing.T) {
 			if err := e.m.DelNIC(ctx(t), DelSpec{SandboxID: "vmnict-q", IfName: "eth0"}); err != nil {
 				t.Fatal(err)
 			}
-			if d := before.Diff(fixture.Take(t, e.scope())); d != "" {
+			if d := before.Diff(netfixture.Take(t, e.scope())); d != "" {
 				t.Errorf("DEL did not restore the %s qdisc state:\n%s", kind, d)
 			}
 		})
@@ -231,7 +231,7 @@ func TestAddNICRollback(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				before := fixture.Take(t, e.scope())
+				before := netfixture.Take(t, e.scope())
 				injected := errors.New("injected failure")
 				e.m.hook = func(s string) error {
 					if s == step {
@@ -243,7 +243,7 @@ func TestAddNICRollback(t *testing.T) {
 				if !errors.Is(err, injected) {
 					t.Fatalf("AddNIC error = %v, want the injected failure", err)
 				}
-				if d := before.Diff(fixture.Take(t, e.scope())); d != "" {
+				if d := before.Diff(netfixture.Take(t, e.scope())); d != "" {
 					t.Errorf("rollback after %s left changes:\n%s", step, d)
 				}
 				e.m.hook = nil
@@ -268,7 +268,7 @@ func TestPendingLeftover(t *testing.T) {
 	if err := e.m.Store.Create(ctx(t), rec); err != nil {
 		t.Fatal(err)
 	}
-	fixture.In(t, e.netns, func() error {
+	netfixture.In(t, e.netns, func() error {
 		_, err := hostnet.CreateTap(hostnet.TapSpec{Name: "tapeth0", Owner: -1, Group: -1})
 		return err
 	})
@@ -281,7 +281,7 @@ func TestPendingLeftover(t *testing.T) {
 	if err := e.m.DelNIC(ctx(t), DelSpec{SandboxID: id, IfName: "eth0"}); err != nil {
 		t.Fatal(err)
 	}
-	if fixture.LinkIn(t, e.netns, "tapeth0") != nil {
+	if netfixture.LinkIn(t, e.netns, "tapeth0") != nil {
 		t.Error("TAP left after DEL")
 	}
 
@@ -289,14 +289,14 @@ func TestPendingLeftover(t *testing.T) {
 	if err := e.m.Store.Create(ctx(t), rec); err != nil {
 		t.Fatal(err)
 	}
-	fixture.In(t, e.netns, func() error {
+	netfixture.In(t, e.netns, func() error {
 		_, err := hostnet.CreateTap(hostnet.TapSpec{Name: "tapeth0", Owner: -1, Group: -1})
 		return err
 	})
 	if err := e.m.DelNIC(ctx(t), DelSpec{SandboxID: id, IfName: "eth0"}); err != nil {
 		t.Fatal(err)
 	}
-	if fixture.LinkIn(t, e.netns, "tapeth0") != nil {
+	if netfixture.LinkIn(t, e.netns, "tapeth0") != nil {
 		t.Error("pending TAP left after DEL")
 	}
 	if _, err := e.m.Store.Get(id); !errors.Is(err, netsetup.ErrNotFound) {
@@ -311,7 +311,7 @@ func TestAddNICBadInput(t *testing.T) {
 		code  uint
 		msg   string
 	}{
-		{"tap name taken", func(t *testing.T, e *env, s *NICSpec) { fixture.Blocker(t, e.netns, "tapeth0") }, CodeInvalidEnv, "TAP name tapeth0 is already taken"},
+		{"tap name taken", func(t *testing.T, e *env, s *NICSpec) { netfixture.Blocker(t, e.netns, "tapeth0") }, CodeInvalidEnv, "TAP name tapeth0 is already taken"},
 		{"ifname missing in netns", func(t *testing.T, e *env, s *NICSpec) { s.IfName = "net9" }, CodeInvalidEnv, "CNI_IFNAME net9: no such interface"},
 		{"not a netns", func(t *testing.T, e *env, s *NICSpec) {
 			p := t.TempDir() + "/file"
@@ -347,7 +347,7 @@ func TestAddNICBadInput(t *testing.T) {
 			e := newEnv(t)
 			s := e.spec("vmnict-bad")
 			c.setup(t, e, &s)
-			before := fixture.Take(t, e.scope())
+			before := netfixture.Take(t, e.scope())
 			_, err := e.m.AddNIC(ctx(t), s)
 			if err == nil {
 				t.Fatal("AddNIC succeeded")
@@ -355,7 +355,7 @@ func TestAddNICBadInput(t *testing.T) {
 			if Code(err) != c.code || !strings.Contains(err.Error(), c.msg) {
 				t.Errorf("error = code %d %q, want code %d with %q", Code(err), err, c.code, c.msg)
 			}
-			if d := before.Diff(fixture.Take(t, e.scope())); d != "" {
+			if d := before.Diff(netfixture.Take(t, e.scope())); d != "" {
 				t.Errorf("a refused ADD changed things:\n%s", d)
 			}
 		})
@@ -384,7 +384,7 @@ func TestPrepareStopTeardown(t *testing.T) {
 	if got, _ := e.m.Resolve("", path, "cnitool-xyz"); got != id {
 		t.Errorf("Resolve by netns = %q, want %q", got, id)
 	}
-	fixture.Veth(t, path, "eth0", e.peer, "peer1", 0, "")
+	netfixture.Veth(t, path, "eth0", e.peer, "peer1", 0, "")
 	s := e.spec(id)
 	s.NetnsPath, s.ContainerID = path, "cnitool-xyz"
 	if _, err := e.m.AddNIC(ctx(t), s); err != nil {
@@ -401,7 +401,7 @@ func TestPrepareStopTeardown(t *testing.T) {
 	if err != nil || rec.Phase != netsetup.PhasePrepared || len(rec.NetworkConfigs) != 0 {
 		t.Fatalf("after stop: %v %+v", err, rec)
 	}
-	if fixture.LinkIn(t, path, "tapeth0") != nil {
+	if netfixture.LinkIn(t, path, "tapeth0") != nil {
 		t.Error("TAP left after stop")
 	}
 	if _, err := netsetup.IdentifyNetns(path); err != nil {
@@ -433,7 +433,7 @@ func TestTeardownFailureThenRetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := e.m.OwnedNetnsPath(id)
-	fixture.Veth(t, path, "eth0", e.peer, "peer2", 0, "")
+	netfixture.Veth(t, path, "eth0", e.peer, "peer2", 0, "")
 	s := e.spec(id)
 	s.NetnsPath = path
 	if _, err := e.m.AddNIC(ctx(t), s); err != nil {
@@ -528,16 +528,16 @@ func forwardRuleExists(t *testing.T, br string) bool {
 func TestBridgeBackend(t *testing.T) {
 	e := newEnv(t)
 	testenv.Command(t, "iptables")
-	br := fixture.Name("vmnbrt")
-	fixture.Bridge(t, br)
+	br := netfixture.Name("vmnbrt")
+	netfixture.Bridge(t, br)
 	// A second sandbox on the same bridge.
-	ns2 := fixture.Netns(t, fixture.Name("vmnict-s"))
-	fixture.Veth(t, ns2, "eth0", e.peer, "peer3", 0, "")
+	ns2 := netfixture.Netns(t, netfixture.Name("vmnict-s"))
+	netfixture.Veth(t, ns2, "eth0", e.peer, "peer3", 0, "")
 	scope := e.scope()
 	scope.Netns = append(scope.Netns, ns2)
 	scope.HostLinks = []string{br}
 	scope.IPTables = []string{br}
-	before := fixture.Take(t, scope)
+	before := netfixture.Take(t, scope)
 
 	s1 := e.spec("vmnict-br1")
 	s1.Backend, s1.Bridge = netsetup.BackendBridge, br
@@ -561,7 +561,7 @@ func TestBridgeBackend(t *testing.T) {
 		if tap.Attrs().MasterIndex != brl.Attrs().Index {
 			t.Errorf("TAP %s is not a port of %s", added.NIC.Tap, br)
 		}
-		if v := fixture.LinkIn(t, s.NetnsPath, "eth0"); v.Attrs().Flags&1 != 0 {
+		if v := netfixture.LinkIn(t, s.NetnsPath, "eth0"); v.Attrs().Flags&1 != 0 {
 			t.Errorf("veth of %s not parked (down)", s.SandboxID)
 		}
 		if err := e.m.CheckNIC(ctx(t), s.SandboxID, "eth0"); err != nil {
@@ -590,7 +590,7 @@ func TestBridgeBackend(t *testing.T) {
 	if forwardRuleExists(t, br) {
 		t.Error("FORWARD rule left after the last user")
 	}
-	after := fixture.Take(t, scope)
+	after := netfixture.Take(t, scope)
 	if d := before.Diff(after); d != "" {
 		t.Errorf("bridge ADD+DEL left changes:\n%s", d)
 	}
@@ -636,7 +636,7 @@ func TestVMMHotAddRemove(t *testing.T) {
 	if n := sim.Net(); len(n) != 0 {
 		t.Errorf("VMM still has %+v", n)
 	}
-	if fixture.LinkIn(t, e.netns, "tapeth0") != nil {
+	if netfixture.LinkIn(t, e.netns, "tapeth0") != nil {
 		t.Error("TAP left")
 	}
 	rec, _ := e.m.Store.Get(id)
@@ -650,12 +650,12 @@ func TestVMMRefusalRollsBack(t *testing.T) {
 	id := "vmnict-ref"
 	sim := attachCH(t, e, id, vmmsim.CHRunning)
 	sim.HoldTap("tapeth0")
-	before := fixture.Take(t, e.scope())
+	before := netfixture.Take(t, e.scope())
 	_, err := e.m.AddNIC(ctx(t), e.spec(id))
 	if err == nil || !strings.Contains(err.Error(), "busy") {
 		t.Fatalf("AddNIC = %v, want the VMM's refusal (TAP busy)", err)
 	}
-	if d := before.Diff(fixture.Take(t, e.scope())); d != "" {
+	if d := before.Diff(netfixture.Take(t, e.scope())); d != "" {
 		t.Errorf("VMM refusal left changes:\n%s", d)
 	}
 }
@@ -674,7 +674,7 @@ func TestVMMGoneAtDel(t *testing.T) {
 	if err := e.m.DelNIC(ctx(t), DelSpec{SandboxID: id, IfName: "eth0"}); err != nil {
 		t.Fatalf("DelNIC with the VMM gone: %v", err)
 	}
-	if fixture.LinkIn(t, e.netns, "tapeth0") != nil {
+	if netfixture.LinkIn(t, e.netns, "tapeth0") != nil {
 		t.Error("TAP left")
 	}
 }
@@ -716,7 +716,7 @@ func TestVMMHotplugUnsupportedStaysPending(t *testing.T) {
 	if n, _ := rec.NIC("eth0"); n == nil || !strings.Contains(n.Note, "cannot hot-plug") {
 		t.Errorf("the record must say why the NIC stays pending: %+v", n)
 	}
-	if fixture.LinkIn(t, e.netns, "tapeth0") == nil {
+	if netfixture.LinkIn(t, e.netns, "tapeth0") == nil {
 		t.Error("TAP missing")
 	}
 }
@@ -749,10 +749,10 @@ func TestAttachVMMBringsInPendingNICs(t *testing.T) {
 
 func TestGC(t *testing.T) {
 	e := newEnv(t)
-	ns2 := fixture.Netns(t, fixture.Name("vmnict-s"))
-	fixture.Veth(t, ns2, "eth0", e.peer, "peer4", 0, "")
-	ns3 := fixture.Netns(t, fixture.Name("vmnict-s"))
-	fixture.Veth(t, ns3, "eth0", e.peer, "peer5", 0, "")
+	ns2 := netfixture.Netns(t, netfixture.Name("vmnict-s"))
+	netfixture.Veth(t, ns2, "eth0", e.peer, "peer4", 0, "")
+	ns3 := netfixture.Netns(t, netfixture.Name("vmnict-s"))
+	netfixture.Veth(t, ns3, "eth0", e.peer, "peer5", 0, "")
 	s1 := e.spec("vmnict-gc1")
 	s2 := e.spec("vmnict-gc2")
 	s2.NetnsPath = ns2
@@ -787,11 +787,11 @@ func TestGC(t *testing.T) {
 		t.Errorf("prepared sandbox after GC: %v %+v", err, rec)
 	}
 	for _, p := range []string{ns2, ns3} {
-		if fixture.LinkIn(t, p, "tapeth0") != nil {
+		if netfixture.LinkIn(t, p, "tapeth0") != nil {
 			t.Errorf("TAP left in %s", p)
 		}
 	}
-	if fixture.LinkIn(t, e.netns, "tapeth0") == nil {
+	if netfixture.LinkIn(t, e.netns, "tapeth0") == nil {
 		t.Error("valid attachment's TAP removed")
 	}
 }

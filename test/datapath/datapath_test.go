@@ -13,8 +13,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 
-	"github.com/vmnic/vmnic/internal/guestsim"
-	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/internal/testkit/tapguest"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/netsetup"
 )
 
@@ -160,7 +160,7 @@ func runNICCase(t *testing.T, tc nicCase) {
 	if !netip.MustParsePrefix(subnet).Contains(cfg.IP.Addr()) {
 		t.Fatalf("recorded IP %s not in %s", cfg.IP, subnet)
 	}
-	g, err := guestsim.Open(cfg)
+	g, err := tapguest.Open(cfg)
 	if err != nil {
 		t.Fatalf("open the recorded TAP as a VMM would: %v", err)
 	}
@@ -189,7 +189,7 @@ func runNICCase(t *testing.T, tc nicCase) {
 
 // checkGuestTraffic proves both directions: guest → gateway (ARP + ICMP)
 // and host → guest (ping answered by the stand-in).
-func checkGuestTraffic(t *testing.T, g *guestsim.Guest, cfg guestsim.Config, gateway netip.Addr) {
+func checkGuestTraffic(t *testing.T, g *tapguest.Guest, cfg tapguest.Config, gateway netip.Addr) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -271,7 +271,7 @@ func TestTwoNICsOneSandbox(t *testing.T) {
 	}
 	for i, n := range nets {
 		cfg := guestConfig(t, nsPath, rec.NetworkConfigs[i])
-		g, err := guestsim.Open(cfg)
+		g, err := tapguest.Open(cfg)
 		if err != nil {
 			t.Fatalf("%s: %v", n.ifname, err)
 		}
@@ -290,7 +290,7 @@ func TestTwoNICsOneSandbox(t *testing.T) {
 		t.Fatalf("after DEL of net1: phase %s, NICs %+v; want configured with eth0 only", rec.Phase, rec.NetworkConfigs)
 	}
 	cfg := guestConfig(t, nsPath, rec.NetworkConfigs[0])
-	g, err := guestsim.Open(cfg)
+	g, err := tapguest.Open(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,9 +22,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"github.com/vmnic/vmnic/internal/guestsim"
-	"github.com/vmnic/vmnic/internal/sandbox/fixture"
-	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/internal/testkit/netfixture"
+	"github.com/vmnic/vmnic/internal/testkit/tapguest"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/netsetup"
 )
 
@@ -41,7 +41,7 @@ func randHex(t *testing.T, n int) string {
 // cleanup (unless it is already gone).
 func newNetns(t *testing.T, name string) string {
 	t.Helper()
-	if err := fixture.CreateNamedNetns(name); err != nil {
+	if err := netfixture.CreateNamedNetns(name); err != nil {
 		t.Fatalf("create netns %s: %v", name, err)
 	}
 	t.Cleanup(func() {
@@ -227,7 +227,7 @@ type cniResult struct {
 }
 
 // guestConfig turns a recorded NIC into the stand-in's configuration.
-func guestConfig(t *testing.T, nsPath string, nic netsetup.NIC) guestsim.Config {
+func guestConfig(t *testing.T, nsPath string, nic netsetup.NIC) tapguest.Config {
 	t.Helper()
 	mac, err := net.ParseMAC(nic.MAC)
 	if err != nil {
@@ -244,7 +244,7 @@ func guestConfig(t *testing.T, nsPath string, nic netsetup.NIC) guestsim.Config 
 	if err != nil {
 		t.Fatalf("recorded gateway %q: %v", nic.Gateway, err)
 	}
-	return guestsim.Config{NetnsPath: nsPath, Tap: nic.Tap, MAC: mac, IP: ip, Gateway: gw, MultiQueue: nic.QueuePairs() > 1}
+	return tapguest.Config{NetnsPath: nsPath, Tap: nic.Tap, MAC: mac, IP: ip, Gateway: gw, MultiQueue: nic.QueuePairs() > 1}
 }
 
 // hostPing pings ip from the host and fails unless every echo is answered.

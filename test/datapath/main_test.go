@@ -15,7 +15,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 )
 
 var (

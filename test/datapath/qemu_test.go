@@ -15,8 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vmnic/vmnic/internal/testenv"
-	"github.com/vmnic/vmnic/internal/testguest"
+	"github.com/vmnic/vmnic/internal/testkit/qemuguest"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/netsetup"
 )
 
@@ -47,7 +47,7 @@ func mustCtl(t *testing.T, stateDir string, args ...string) string {
 // teardown leaves nothing on the host.
 func TestQEMUHotplugThroughPlugin(t *testing.T) {
 	testenv.RequireRoot(t)
-	if err := testguest.Available(); err != nil {
+	if err := qemuguest.Available(); err != nil {
 		testenv.Unavailable(t, "QEMU guest: %v", err)
 	}
 	testenv.Command(t, "ping")
@@ -79,7 +79,7 @@ func TestQEMUHotplugThroughPlugin(t *testing.T) {
 		t.Fatalf("after prepare: %+v; want phase prepared, 0 NICs, an owned netns", rec)
 	}
 
-	g, err := testguest.Boot(ctx, testguest.Config{Netns: nsPath, BootTimeout: 3 * time.Minute, Logf: t.Logf})
+	g, err := qemuguest.Boot(ctx, qemuguest.Config{Netns: nsPath, BootTimeout: 3 * time.Minute, Logf: t.Logf})
 	if err != nil {
 		t.Fatalf("boot QEMU in %s: %v", nsPath, err)
 	}

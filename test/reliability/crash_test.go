@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/vmnic/vmnic/internal/failpoint"
-	"github.com/vmnic/vmnic/internal/vmmsim"
+	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/soak"
 )
 

@@ -14,7 +14,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/vmnic/vmnic/internal/vmmsim"
+	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/soak"
 )

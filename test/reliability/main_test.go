@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/soak"
 )
 

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnic/vmnic/internal/vmmsim"
+	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/vmmadapter"
 	"github.com/vmnic/vmnic/vmmadapter/cloudhypervisor"
 )

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnic/vmnic/internal/vmmsim"
+	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/vmmadapter"
 	"github.com/vmnic/vmnic/vmmadapter/cloudhypervisor"
 	"github.com/vmnic/vmnic/vmmadapter/connect"

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnic/vmnic/internal/openapi"
-	"github.com/vmnic/vmnic/internal/vmmsim"
+	"github.com/vmnic/vmnic/internal/testkit/openapi"
+	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/vmmadapter"
 	"github.com/vmnic/vmnic/vmmadapter/firecracker"
 )

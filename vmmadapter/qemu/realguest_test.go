@@ -23,8 +23,8 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/vmnic/vmnic/internal/testenv"
-	"github.com/vmnic/vmnic/internal/testguest"
+	"github.com/vmnic/vmnic/internal/testkit/qemuguest"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/vmmadapter"
 	"github.com/vmnic/vmnic/vmmadapter/qemu"
 )
@@ -35,7 +35,7 @@ import (
 func requireRealGuest(t *testing.T) {
 	t.Helper()
 	testenv.RequireRoot(t)
-	if err := testguest.Available(); err != nil {
+	if err := qemuguest.Available(); err != nil {
 		testenv.Unavailable(t, "QEMU guest: %v", err)
 	}
 	testenv.Command(t, "ping")
@@ -280,7 +280,7 @@ func retry(ctx context.Context, tries int, fn func() error) error {
 }
 
 // checkTraffic configures the guest interface and pings both ways.
-func checkTraffic(ctx context.Context, t *testing.T, g *testguest.Guest, ifname string, n hostNIC) {
+func checkTraffic(ctx context.Context, t *testing.T, g *qemuguest.Guest, ifname string, n hostNIC) {
 	t.Helper()
 	if _, err := g.Run(ctx, fmt.Sprintf("ip link set %s up && ip addr add %s/24 dev %s", ifname, n.GuestIP, ifname)); err != nil {
 		t.Fatalf("configure guest %s: %v", ifname, err)
@@ -305,7 +305,7 @@ func checkTraffic(ctx context.Context, t *testing.T, g *testguest.Guest, ifname 
 }
 
 // guestHasLink asserts, without waiting, whether the guest has ifname.
-func guestHasLink(ctx context.Context, t *testing.T, g *testguest.Guest, ifname string, want bool) {
+func guestHasLink(ctx context.Context, t *testing.T, g *qemuguest.Guest, ifname string, want bool) {
 	t.Helper()
 	links, err := g.Links(ctx)
 	if err != nil {
@@ -318,7 +318,7 @@ func guestHasLink(ctx context.Context, t *testing.T, g *testguest.Guest, ifname 
 
 // qemuView asserts QEMU's view: the adapter's NICs(), the device tree as
 // seen through the harness's own QMP socket, and the netdevs.
-func qemuView(ctx context.Context, t *testing.T, g *testguest.Guest, a *qemu.Adapter, want []string) {
+func qemuView(ctx context.Context, t *testing.T, g *qemuguest.Guest, a *qemu.Adapter, want []string) {
 	t.Helper()
 	got, err := a.NICs(ctx)
 	if err != nil {
@@ -369,7 +369,7 @@ func TestRealGuestHotplug(t *testing.T) {
 	fx := newFixture(t, 1, 2)
 	n := fx.NICs[0]
 
-	g, err := testguest.Boot(ctx, testguest.Config{Netns: fx.Path, Logf: t.Logf})
+	g, err := qemuguest.Boot(ctx, qemuguest.Config{Netns: fx.Path, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -485,7 +485,7 @@ func TestRealGuestColdAttach(t *testing.T) {
 	argNIC := vmmadapter.NIC{ID: "net0", Tap: fx.NICs[0].Tap, MAC: fx.NICs[0].MAC}
 	qmpNIC := vmmadapter.NIC{ID: "net1", Tap: fx.NICs[1].Tap, MAC: fx.NICs[1].MAC}
 
-	g, err := testguest.Boot(ctx, testguest.Config{
+	g, err := qemuguest.Boot(ctx, qemuguest.Config{
 		Netns: fx.Path, Prelaunch: true, Logf: t.Logf,
 		ExtraArgs: qemu.Args([]vmmadapter.NIC{argNIC}),
 	})

@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// required mirrors the main module's internal/testenv: with
+// required mirrors the main module's internal/testkit/testenv: with
 // VMNIC_REQUIRE_ROOT_TESTS=1 (make test as root) a missing prerequisite
 // fails the test instead of skipping it.
 func required() bool { return os.Getenv("VMNIC_REQUIRE_ROOT_TESTS") == "1" }

@@ -1,4 +1,4 @@
-package testguest
+package qemuguest
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnic/vmnic/internal/testenv"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 )
 
 // requireGuest skips (or, under VMNIC_REQUIRE_ROOT_TESTS=1, fails) when a

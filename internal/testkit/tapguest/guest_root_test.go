@@ -1,4 +1,4 @@
-package guestsim
+package tapguest
 
 import (
 	"context"
@@ -19,8 +19,8 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	sbfixture "github.com/vmnic/vmnic/internal/sandbox/fixture"
-	"github.com/vmnic/vmnic/internal/testenv"
+	sbfixture "github.com/vmnic/vmnic/internal/testkit/netfixture"
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 )
 
 // fixture is a hand-made tc-redirect data path: a netns holding a TAP and

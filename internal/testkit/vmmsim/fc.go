@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vmnic/vmnic/internal/openapi"
+	"github.com/vmnic/vmnic/internal/testkit/openapi"
 )
 
 // FCState is Firecracker's instance state (InstanceInfo.state).

@@ -1,4 +1,4 @@
-package testguest
+package qemuguest
 
 import (
 	"bytes"

@@ -1,10 +1,10 @@
-// Package guestsim is a guest stand-in for data-path tests and the demo: it
+// Package tapguest is a guest stand-in for data-path tests and the demo: it
 // opens a TAP exactly as a VMM does (inside the sandbox netns, by name, with
 // IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, IFF_MULTI_QUEUE when the TAP is multiqueue)
 // and then behaves as a minimal IPv4 guest with a given MAC, IP and gateway:
 // it answers ARP requests for its IP and ICMP echo requests to it, and can
 // itself resolve and ping the gateway.
-package guestsim
+package tapguest
 
 import (
 	"context"
@@ -413,7 +413,7 @@ func (g *Guest) Ping(ctx context.Context, dst netip.Addr) (time.Duration, error)
 			return 0, fmt.Errorf("ping %v: %w", dst, err)
 		}
 	}
-	payload := []byte("vmnic guestsim ping")
+	payload := []byte("vmnic tapguest ping")
 	tick := time.NewTicker(g.cfg.RetryInterval)
 	defer tick.Stop()
 	replied := make(chan uint32, 1)

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnic/vmnic/internal/openapi"
+	"github.com/vmnic/vmnic/internal/testkit/openapi"
 )
 
 // SpecChecker is a simulator that validates the traffic it sees against its

@@ -24,7 +24,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnic/vmnic/internal/openapi"
+	"github.com/vmnic/vmnic/internal/testkit/openapi"
 )
 
 // Call is one request the simulator received.

@@ -1,4 +1,4 @@
-package guestsim
+package tapguest
 
 import (
 	"bytes"

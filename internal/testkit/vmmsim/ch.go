@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmnic/vmnic/internal/openapi"
+	"github.com/vmnic/vmnic/internal/testkit/openapi"
 )
 
 // CHState is the Cloud Hypervisor VM state as vm.info reports it, plus

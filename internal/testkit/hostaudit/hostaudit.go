@@ -1,7 +1,7 @@
 // Package hostaudit lists what vmnic may create on a host or in a network
 // namespace — links with their qdiscs and tc filters, iptables rules, files
 // under a directory — for the test fixture's before/after snapshots
-// (internal/sandbox/fixture) and the soak's resource audit (soak). It only
+// (internal/testkit/netfixture) and the soak's resource audit (soak). It only
 // reads; each caller turns what it lists into its own lines.
 package hostaudit
 

@@ -1,8 +1,8 @@
-// Package testguest boots a real QEMU guest (TCG, Debian's kernel, a busybox
+// Package qemuguest boots a real QEMU guest (TCG, Debian's kernel, a busybox
 // initramfs with the virtio-net modules) for tests and the demo, and drives
 // it through its serial console.
 //
-//	g, err := testguest.Boot(ctx, testguest.Config{Netns: "/var/run/netns/x"})
+//	g, err := qemuguest.Boot(ctx, qemuguest.Config{Netns: "/var/run/netns/x"})
 //	defer g.Close()
 //	// hot-add a NIC through g.QMPSocket() (vmmadapter/qemu), then:
 //	err = g.WaitForLink(ctx, "eth0")
@@ -12,7 +12,7 @@
 // TAPs named in netdev_add are looked up there. The public QMP socket
 // (QMPSocket) is left to the code under test; the harness keeps a second,
 // private QMP socket for Start and Close.
-package testguest
+package qemuguest
 
 import (
 	"bytes"
@@ -240,7 +240,7 @@ func Boot(ctx context.Context, cfg Config) (_ *Guest, err error) {
 	g.cmd = cmd
 	g.started = time.Now()
 	go g.con.readFrom(stdout)
-	cfg.Logf("testguest: started QEMU pid %d (kernel %s, netns %q)", cmd.Process.Pid, k.Version, cfg.Netns)
+	cfg.Logf("qemuguest: started QEMU pid %d (kernel %s, netns %q)", cmd.Process.Pid, k.Version, cfg.Netns)
 
 	bctx, cancel := context.WithTimeout(ctx, cfg.BootTimeout)
 	defer cancel()
@@ -331,7 +331,7 @@ func (g *Guest) waitShell(ctx context.Context) error {
 		return fmt.Errorf("guest console shell: unexpected output %q", out)
 	}
 	g.bootTime = time.Since(g.started)
-	g.cfg.Logf("testguest: guest booted in %s", g.bootTime.Round(time.Millisecond))
+	g.cfg.Logf("qemuguest: guest booted in %s", g.bootTime.Round(time.Millisecond))
 	return nil
 }
 
