@@ -59,27 +59,24 @@ func setup(args *skel.CmdArgs) (*env, error) {
 		return nil, types.NewError(types.ErrIOFailure, fmt.Sprintf("stateDir %s", conf.StateDir), err.Error())
 	}
 	e.m = &sandbox.Manager{
-		Store:  st,
-		Logger: log,
-		VMMOptions: vmmadapter.Options{
-			CallTimeout:   conf.VMMTimeout.Duration,
-			RemoveTimeout: conf.RemoveTimeout.Duration,
-		},
+		Store:         st,
+		Logger:        log,
+		VMMOptions:    conf.vmmOptions(),
 		VMMSocketDirs: sandbox.SocketDirs(conf.VMMSocketDirs...),
 	}
 	return e, nil
 }
 
+// vmmOptions are the adapter options of the conf's vmmTimeout and
+// removeTimeout (unset: the adapter's defaults).
+func (r *Resolved) vmmOptions() vmmadapter.Options {
+	return vmmadapter.Options{CallTimeout: r.VMMTimeout.Duration, RemoveTimeout: r.RemoveTimeout.Duration}
+}
+
 // deadline bounds a whole command: lock waits, netlink and VMM calls.
 func (e *env) context() (context.Context, context.CancelFunc) {
-	call, remove := e.conf.VMMTimeout.Duration, e.conf.RemoveTimeout.Duration
-	if call == 0 {
-		call = 5 * time.Second
-	}
-	if remove == 0 {
-		remove = 30 * time.Second
-	}
-	return context.WithTimeout(context.Background(), 4*call+remove+30*time.Second)
+	o := e.conf.vmmOptions().WithDefaults()
+	return context.WithTimeout(context.Background(), 4*o.CallTimeout+o.RemoveTimeout+30*time.Second)
 }
 
 // prevResult parses the conf's prevResult, which ADD and CHECK require;

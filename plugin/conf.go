@@ -51,7 +51,8 @@ type NetConf struct {
 	// LogLevel is debug, info, warn (default) or error.
 	LogLevel string `json:"logLevel,omitempty"`
 	// VMMTimeout bounds each VMM API call; RemoveTimeout bounds the wait for
-	// the guest to eject a NIC. Go durations ("5s") or seconds.
+	// the guest to eject a NIC. Go durations ("5s") or seconds; unset means
+	// vmmadapter.DefaultCallTimeout and vmmadapter.DefaultRemoveTimeout.
 	VMMTimeout    Duration `json:"vmmTimeout,omitempty"`
 	RemoveTimeout Duration `json:"removeTimeout,omitempty"`
 	// VMMSocketDirs are directories (besides /run/vmnic and /var/lib/vmnic,

@@ -1,7 +1,8 @@
 // Package vmmadapter is vmnic's one small interface to a running (or not yet
 // booted) VMM: bring a NIC in, take it out, list what the VMM has. Each VMM
 // has its own package (cloudhypervisor, firecracker, qemu) that talks to the
-// VMM's own control socket; Open picks one by kind.
+// VMM's own control socket; vmmadapter/connect is the one package that picks
+// one by kind (Open, launch arguments, device ids).
 package vmmadapter
 
 import (
@@ -64,14 +65,33 @@ type Adapter interface {
 	Close() error
 }
 
+// The defaults of Options' timeouts. Every adapter, and every caller that
+// bounds its own wait by them, reads them here (through WithDefaults).
+const (
+	DefaultCallTimeout   = 5 * time.Second
+	DefaultRemoveTimeout = 30 * time.Second
+)
+
 // Options tune an adapter; zero values mean the defaults.
 type Options struct {
-	CallTimeout   time.Duration // per request; default 5 s
-	RemoveTimeout time.Duration // wait for the guest to eject a NIC; default 30 s
+	CallTimeout   time.Duration // per request; default DefaultCallTimeout
+	RemoveTimeout time.Duration // wait for the guest to eject a NIC; default DefaultRemoveTimeout
 	// PCI says whether the VMM was started with a PCI transport when its API
 	// cannot tell (Firecracker's --enable-pci). PCIUnknown lets the adapter try
 	// and map the VMM's refusal to ErrHotplugUnsupported.
 	PCI PCIMode
+}
+
+// WithDefaults returns o with every unset (zero or negative) timeout
+// replaced by its default.
+func (o Options) WithDefaults() Options {
+	if o.CallTimeout <= 0 {
+		o.CallTimeout = DefaultCallTimeout
+	}
+	if o.RemoveTimeout <= 0 {
+		o.RemoveTimeout = DefaultRemoveTimeout
+	}
+	return o
 }
 
 // PCIMode is what the caller knows about the VMM's PCI transport.

@@ -32,10 +32,8 @@ import (
 
 const (
 	apiPrefix = "/api/v1"
-	// DefaultRemoveTimeout bounds the wait for the guest to eject a NIC.
-	DefaultRemoveTimeout = 30 * time.Second
-	pollFirst            = 50 * time.Millisecond
-	pollMax              = 100 * time.Millisecond
+	pollFirst = 50 * time.Millisecond
+	pollMax   = 100 * time.Millisecond
 )
 
 // Adapter is a vmmadapter.Adapter for one Cloud Hypervisor API socket. It is
@@ -56,13 +54,10 @@ func New(socket string, opts vmmadapter.Options) (*Adapter, error) {
 	if socket == "" {
 		return nil, errors.New("cloud-hypervisor: empty API socket path")
 	}
-	rt := opts.RemoveTimeout
-	if rt <= 0 {
-		rt = DefaultRemoveTimeout
-	}
+	opts = opts.WithDefaults()
 	return &Adapter{
 		c:             apiclient.New(vmmadapter.CloudHypervisor, socket, opts.CallTimeout),
-		removeTimeout: rt,
+		removeTimeout: opts.RemoveTimeout,
 		removed:       map[string]bool{},
 	}, nil
 }

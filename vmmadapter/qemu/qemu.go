@@ -29,8 +29,6 @@ import (
 )
 
 const (
-	defaultCallTimeout   = 5 * time.Second
-	defaultRemoveTimeout = 30 * time.Second
 	// removePoll is how often RemoveNIC also looks at the device tree while
 	// it waits for DEVICE_DELETED (covers a reconnect or an earlier device_del).
 	removePoll = time.Second
@@ -68,12 +66,7 @@ func Open(socket string, opts vmmadapter.Options) (*Adapter, error) {
 	if socket == "" {
 		return nil, errors.New("qemu: no QMP socket path")
 	}
-	if opts.CallTimeout <= 0 {
-		opts.CallTimeout = defaultCallTimeout
-	}
-	if opts.RemoveTimeout <= 0 {
-		opts.RemoveTimeout = defaultRemoveTimeout
-	}
+	opts = opts.WithDefaults()
 	a := &Adapter{socket: socket, opts: opts}
 	ctx, cancel := context.WithTimeout(context.Background(), opts.CallTimeout)
 	defer cancel()

@@ -21,9 +21,6 @@ import (
 	"github.com/vmnic/vmnic/vmmadapter"
 )
 
-// DefaultCallTimeout applies when Options.CallTimeout is zero.
-const DefaultCallTimeout = 5 * time.Second
-
 // maxBody bounds what is read of a response (vm.info of a big VM is a few
 // hundred KiB at most).
 const maxBody = 8 << 20
@@ -36,10 +33,11 @@ type Client struct {
 	http    *http.Client
 }
 
-// New returns a client for socket. It does not connect.
+// New returns a client for socket. It does not connect. A timeout of zero
+// (or less) is vmmadapter.DefaultCallTimeout.
 func New(kind vmmadapter.Kind, socket string, timeout time.Duration) *Client {
 	if timeout <= 0 {
-		timeout = DefaultCallTimeout
+		timeout = vmmadapter.DefaultCallTimeout
 	}
 	dialer := &net.Dialer{}
 	tr := &http.Transport{
