@@ -12,10 +12,7 @@ import (
 	"github.com/vmnic/vmnic/internal/sandbox"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
-	"github.com/vmnic/vmnic/vmmadapter/cloudhypervisor"
 	"github.com/vmnic/vmnic/vmmadapter/connect"
-	"github.com/vmnic/vmnic/vmmadapter/firecracker"
-	"github.com/vmnic/vmnic/vmmadapter/qemu"
 )
 
 var commands []command
@@ -333,20 +330,16 @@ func cmdVMMArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error 
 			nics = append(nics, sandbox.AdapterNIC(n))
 		}
 	}
-	switch kind {
-	case vmmadapter.Firecracker:
-		out, err := firecracker.NetworkInterfacesJSON(nics, o.fcVersion)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(c.stdout, strings.TrimSpace(string(out)))
-		return nil
-	case vmmadapter.CloudHypervisor:
-		return printArgs(c, cloudhypervisor.NetArgs(nics))
-	case vmmadapter.QEMU:
-		return printArgs(c, qemu.Args(nics))
+	launch, err := connect.LaunchNICs(kind, nics, connect.LaunchOptions{Version: o.fcVersion})
+	if err != nil {
+		return fmt.Errorf("--kind %s: %w", kind, err)
 	}
-	return fmt.Errorf("--kind %s: no pre-boot arguments for this VMM", kind)
+	if launch.Config != nil {
+		// A configuration-file fragment (Firecracker) is JSON already.
+		fmt.Fprintln(c.stdout, strings.TrimSpace(string(launch.Config)))
+		return nil
+	}
+	return printArgs(c, launch.Args)
 }
 
 // printArgs prints arguments as shell words on one line, or a JSON array.

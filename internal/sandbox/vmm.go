@@ -10,32 +10,16 @@ import (
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
 	"github.com/vmnic/vmnic/vmmadapter/connect"
-	"github.com/vmnic/vmnic/vmmadapter/firecracker"
-	"github.com/vmnic/vmnic/vmmadapter/qemu"
-)
-
-// Defaults of vmmadapter.Options, used to bound the engine's own waits.
-const (
-	defaultCallTimeout   = 5 * time.Second
-	defaultRemoveTimeout = 30 * time.Second
 )
 
 // defaultOpenVMM opens an adapter when Manager.OpenVMM is nil.
 var defaultOpenVMM = connect.Open
 
-func (m *Manager) callTimeout() time.Duration {
-	if m.VMMOptions.CallTimeout > 0 {
-		return m.VMMOptions.CallTimeout
-	}
-	return defaultCallTimeout
-}
+// callTimeout and removeTimeout are the adapter's timeouts (defaults
+// applied), used to bound the engine's own waits.
+func (m *Manager) callTimeout() time.Duration { return m.VMMOptions.WithDefaults().CallTimeout }
 
-func (m *Manager) removeTimeout() time.Duration {
-	if m.VMMOptions.RemoveTimeout > 0 {
-		return m.VMMOptions.RemoveTimeout
-	}
-	return defaultRemoveTimeout
-}
+func (m *Manager) removeTimeout() time.Duration { return m.VMMOptions.WithDefaults().RemoveTimeout }
 
 func (m *Manager) openVMM(v *netsetup.VMM) (vmmadapter.Adapter, error) {
 	open := m.OpenVMM
@@ -196,7 +180,7 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 // vmmHas finds the device of NIC id among the VMM's device ids, as given or
 // as a VMM sanitises it.
 func vmmHas(have []string, id string) (string, bool) {
-	for _, cand := range []string{id, firecracker.IfaceID(id), qemu.SanitizeID(id)} {
+	for _, cand := range connect.DeviceIDs(id) {
 		if slices.Contains(have, cand) {
 			return cand, true
 		}

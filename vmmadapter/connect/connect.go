@@ -1,9 +1,21 @@
-// Package connect opens the vmmadapter.Adapter for a VMM kind. It is the one
-// place that imports every per-VMM package.
+// Package connect is vmnic's one seam to the VMMs: the only package that
+// imports the per-VMM packages (cloudhypervisor, firecracker, qemu). The
+// engine and vmnicctl reach everything that differs by VMM kind through it:
+// the adapter (Open), the pre-boot NIC arguments for a launcher
+// (LaunchNICs) and the device ids a VMM gives vmnic's NICs (DeviceIDs).
+//
+// It is a package of its own, not part of vmmadapter, because the per-VMM
+// packages import vmmadapter for its types: vmmadapter importing them back
+// would be an import cycle.
+//
+// A new VMM is one more package under vmmadapter/, one more Kind in
+// vmmadapter.Kinds and one more entry in vmms below.
 package connect
 
 import (
+	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/vmnic/vmnic/vmmadapter"
@@ -12,35 +24,125 @@ import (
 	"github.com/vmnic/vmnic/vmmadapter/qemu"
 )
 
+// vmm is what vmnic needs of one VMM kind.
+type vmm struct {
+	// open returns the adapter for an API socket.
+	open func(socket string, opts vmmadapter.Options) (vmmadapter.Adapter, error)
+	// deviceID is the device id the VMM's adapter and launch arguments give
+	// a NIC id (the id unchanged when the VMM accepts it as it is).
+	deviceID func(nicID string) string
+	// launch renders the NICs a launcher passes at boot.
+	launch func(nics []vmmadapter.NIC, o LaunchOptions) (Launch, error)
+}
+
+// vmms holds one entry per vmmadapter.Kinds element (a test checks both
+// lists agree). It is never written after init.
+var vmms = map[vmmadapter.Kind]vmm{
+	vmmadapter.CloudHypervisor: {
+		open:     adapter(cloudhypervisor.New),
+		deviceID: func(id string) string { return id }, // vm.add-net and --net take the id as given
+		launch: func(nics []vmmadapter.NIC, _ LaunchOptions) (Launch, error) {
+			return Launch{Args: cloudhypervisor.NetArgs(nics)}, nil
+		},
+	},
+	vmmadapter.Firecracker: {
+		open:     adapter(firecracker.New),
+		deviceID: firecracker.IfaceID,
+		launch: func(nics []vmmadapter.NIC, o LaunchOptions) (Launch, error) {
+			out, err := firecracker.NetworkInterfacesJSON(nics, o.Version)
+			if err != nil {
+				return Launch{}, err
+			}
+			return Launch{Config: out}, nil
+		},
+	},
+	vmmadapter.QEMU: {
+		open:     adapter(qemu.New),
+		deviceID: qemu.SanitizeID,
+		launch: func(nics []vmmadapter.NIC, _ LaunchOptions) (Launch, error) {
+			return Launch{Args: qemu.Args(nics)}, nil
+		},
+	},
+}
+
+// adapter turns a per-VMM constructor into vmm.open, so that a failed
+// constructor yields a nil interface, never a typed nil pointer.
+func adapter[A vmmadapter.Adapter](newAdapter func(string, vmmadapter.Options) (A, error)) func(string, vmmadapter.Options) (vmmadapter.Adapter, error) {
+	return func(socket string, opts vmmadapter.Options) (vmmadapter.Adapter, error) {
+		a, err := newAdapter(socket, opts)
+		if err != nil {
+			return nil, err
+		}
+		return a, nil
+	}
+}
+
+func lookup(kind vmmadapter.Kind) (vmm, error) {
+	v, ok := vmms[kind]
+	if !ok {
+		return vmm{}, fmt.Errorf("unknown VMM kind %q (known: %s)", kind, kindList())
+	}
+	return v, nil
+}
+
 // Open returns the adapter for kind talking to socket (Cloud Hypervisor's
-// --api-socket, Firecracker's --api-sock, QEMU's QMP socket). It does not
-// connect: an absent VMM shows up as vmmadapter.ErrUnavailable on the first
-// call.
+// --api-socket, Firecracker's --api-sock, QEMU's QMP socket). Cloud
+// Hypervisor and Firecracker adapters do not connect here: an absent VMM
+// shows up as vmmadapter.ErrUnavailable on the first call. QEMU's connects
+// (QMP needs a capabilities handshake), so an absent QEMU is
+// vmmadapter.ErrUnavailable here.
 func Open(kind vmmadapter.Kind, socket string, opts vmmadapter.Options) (vmmadapter.Adapter, error) {
 	if socket == "" {
 		return nil, fmt.Errorf("open %s adapter: no API socket given", kind)
 	}
-	switch kind {
-	case vmmadapter.CloudHypervisor:
-		a, err := cloudhypervisor.New(socket, opts)
-		if err != nil {
-			return nil, err
-		}
-		return a, nil
-	case vmmadapter.Firecracker:
-		a, err := firecracker.New(socket, opts)
-		if err != nil {
-			return nil, err
-		}
-		return a, nil
-	case vmmadapter.QEMU:
-		a, err := qemu.New(socket, opts)
-		if err != nil {
-			return nil, err
-		}
-		return a, nil
+	v, err := lookup(kind)
+	if err != nil {
+		return nil, fmt.Errorf("open adapter: %w", err)
 	}
-	return nil, fmt.Errorf("open adapter: unknown VMM kind %q (known: %s)", kind, kindList())
+	return v.open(socket, opts)
+}
+
+// LaunchOptions is what a launcher's arguments depend on besides the NICs.
+type LaunchOptions struct {
+	// Version of the VMM that will boot ("1.16.1"), for kinds whose
+	// arguments depend on it: Firecracker writes mtu only from 1.16.0, and
+	// an empty Version leaves it out. Other kinds ignore it.
+	Version string
+}
+
+// Launch is how a VMM launcher passes NICs at boot: command-line arguments
+// (Cloud Hypervisor "--net …", QEMU "-netdev …" "-device …" pairs), or a
+// fragment of the VMM's configuration file (Firecracker's
+// "network-interfaces" array for --config-file). Exactly one is set for a
+// kind; Args is nil when there are no NICs.
+type Launch struct {
+	Args   []string
+	Config json.RawMessage
+}
+
+// LaunchNICs renders nics for a launcher of kind, with the device ids the
+// kind's adapter would use, so that RemoveNIC works on them later.
+func LaunchNICs(kind vmmadapter.Kind, nics []vmmadapter.NIC, o LaunchOptions) (Launch, error) {
+	v, err := lookup(kind)
+	if err != nil {
+		return Launch{}, fmt.Errorf("launch arguments: %w", err)
+	}
+	return v.launch(nics, o)
+}
+
+// DeviceIDs lists the device ids under which a VMM may hold the NIC with id
+// nicID: nicID itself first, then the id each supported VMM makes of it
+// when it does not accept nicID as it is (Firecracker's iface_id, QEMU's
+// device id), without repeats. A caller matches it against what
+// Adapter.NICs reports.
+func DeviceIDs(nicID string) []string {
+	ids := []string{nicID}
+	for _, k := range vmmadapter.Kinds {
+		if id := vmms[k].deviceID(nicID); !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // ParseKind reads a kind as users type it: the stored names
