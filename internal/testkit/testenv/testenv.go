@@ -38,14 +38,15 @@ func RequireRoot(t testing.TB) {
 	}
 }
 
-// RepoRoot is the directory holding go.mod of the vmnic module.
+// RepoRoot is the directory holding go.mod of the vmnic module (found from
+// this file, internal/testkit/testenv/testenv.go).
 func RepoRoot(t testing.TB) string {
 	t.Helper()
 	_, file, _, ok := runtime.Caller(0)
 	if !ok {
 		t.Fatal("cannot locate the repository root")
 	}
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", "..", ".."))
 }
 
 func envOr(t testing.TB, key, rel string) string {
