@@ -30,7 +30,7 @@ func TestQuickRun(t *testing.T) {
 	defer cancel()
 	var log bytes.Buffer
 	rep, err := Run(ctx, Config{Quick: true, OutDir: out, RepoRoot: testenv.RepoRoot(t),
-		CNIBinDir: cniBin, BinDir: filepath.Dir(vmnic), Log: &log, Command: "go test ./bench"})
+		CNIBinDir: cniBin, BinDir: filepath.Dir(vmnic), Log: &log, Command: "make bench-test"})
 	t.Log(log.String())
 	if err != nil {
 		t.Fatalf("Run: %v", err)

@@ -4,8 +4,12 @@
 #   make bench                 full run (< 10 min), report in $(BENCH_OUT)
 #   make bench BENCH_QUICK=1   smoke run (1–2 min)
 #   make bench BENCH_FLAGS='-sections cycle,steps'
+#   make bench-test            vet the bench module and run its tests (the quick
+#                              run as a test, TestQuickRun; part of `make test`)
 #
 # Root only: it makes network namespaces, bridges, TAPs and boots a QEMU guest.
+# bench/ is a Go module of its own (its plot code's golang.org/x/image stays
+# out of the main go.mod); MODULE_GOFLAGS is in the Makefile.
 
 BENCH_OUT   ?= .bench
 BENCH_QUICK ?=
@@ -14,7 +18,15 @@ BENCH_FLAGS ?=
 # The QEMU hot-plug measurement boots the test guest (internal/testkit/qemuguest).
 APT_PACKAGES += qemu-system-x86 linux-image-amd64 busybox-static xz-utils
 
-.PHONY: bench
+.PHONY: bench bench-test
 bench: apt tools build
 	@test "$$(id -u)" = 0 || { echo "make bench needs root (network namespaces, links, tc)" >&2; exit 1; }
-	$(GO) run ./bench/cmd/vmnic-bench -out $(BENCH_OUT) $(if $(filter 1 true yes,$(BENCH_QUICK)),-quick) $(BENCH_FLAGS)
+	cd bench && GOFLAGS="$(MODULE_GOFLAGS)" $(GO) run ./cmd/vmnic-bench -out $(abspath $(BENCH_OUT)) $(if $(filter 1 true yes,$(BENCH_QUICK)),-quick) $(BENCH_FLAGS)
+
+# bench-test: as root the quick run must not skip (VMNIC_REQUIRE_ROOT_TESTS).
+bench-test: tools build
+	cd bench && GOFLAGS="$(MODULE_GOFLAGS)" $(GO) vet ./...
+	cd bench && GOFLAGS="$(MODULE_GOFLAGS)" VMNIC_REQUIRE_ROOT_TESTS=$$([ "$$(id -u)" = 0 ] && echo 1) \
+	  $(GO) test -count=1 -p 1 -timeout 40m $(GOTEST_FLAGS) ./...
+
+TEST_DEPS += bench-test

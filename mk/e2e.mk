@@ -20,10 +20,9 @@ E2E_BENCH_PODS         ?= 20
 E2E_CONTAINERD_TAGS := no_btrfs no_devmapper no_zfs
 E2E_CONTAINERD_PKG  := github.com/containerd/containerd/v2/cmd
 
-# e2e/go.mod follows the main module through its replace directive; -mod=mod
-# lets a dependency the main module gained since e2e/go.sum was tidied be
-# added on the fly instead of failing the build.
-E2E_GOFLAGS := -buildvcs=false -mod=mod
+# e2e/go.mod follows the main module through its replace directive (see
+# MODULE_GOFLAGS in the Makefile).
+E2E_GOFLAGS := $(MODULE_GOFLAGS)
 
 # The tests find the binaries and images through these.
 export VMNIC_E2E_TOOLS := $(E2E_DIR)

@@ -7,9 +7,13 @@
 #   make fuzz-short    every fuzz target for its input budget, about 10 s each
 #                      (part of `make test`)
 #   make failpoint-test  the failpoint package built with -tags vmnic_failpoints
+#   make soak-test     vet the soak module and run its tests (part of `make test`)
 #
 # The crash, fault and security tests are in test/reliability (plain
-# `go test`; they build the failpoint binaries themselves).
+# `go test`; they build the failpoint binaries themselves). They and the soak
+# share internal/testkit/faultenv (the isolated installation) and
+# internal/testkit/hostaudit (the audit). soak/ is a Go module of its own;
+# MODULE_GOFLAGS is in the Makefile.
 
 SOAK_CYCLES       ?= 2000
 SOAK_SHORT_CYCLES ?= 200
@@ -37,7 +41,7 @@ FUZZ_TARGETS := \
 	./vmmadapter/internal/apiclient:FuzzDecodeErrorBody:200000 \
 	./vmmadapter/internal/apiclient:FuzzParseVersion:200000
 
-.PHONY: soak soak-short fuzz-short failpoint-test
+.PHONY: soak soak-short soak-test fuzz-short failpoint-test
 
 # soak-run CYCLES: the soak program (root); without root it says why and
 # skips, or fails when root tests are required (VMNIC_REQUIRE_ROOT_TESTS=1).
@@ -45,8 +49,8 @@ define soak-run
 	@if [ "$$(id -u)" != 0 ]; then \
 	  if [ "$(VMNIC_REQUIRE_ROOT_TESTS)" = 1 ]; then echo "soak: needs root" >&2; exit 1; fi; \
 	  echo "soak: skipped (needs root: network namespaces, links, tc, iptables)"; exit 0; fi; \
-	mkdir -p $(SOAK_OUT) && \
-	$(GO) run ./soak/cmd/vmnic-soak -cycles $(1) -seed $(SOAK_SEED) -cni-bin $(CNI_BIN) -timeout $(2) -out $(SOAK_OUT)/soak-$(1).json
+	mkdir -p $(SOAK_OUT) && cd soak && GOFLAGS="$(MODULE_GOFLAGS)" \
+	$(GO) run ./cmd/vmnic-soak -cycles $(1) -seed $(SOAK_SEED) -cni-bin $(CNI_BIN) -timeout $(2) -out $(SOAK_OUT)/soak-$(1).json
 endef
 
 soak: apt tools
@@ -54,6 +58,11 @@ soak: apt tools
 
 soak-short: apt tools
 	$(call soak-run,$(SOAK_SHORT_CYCLES),10m)
+
+soak-test:
+	cd soak && GOFLAGS="$(MODULE_GOFLAGS)" $(GO) vet ./...
+	cd soak && GOFLAGS="$(MODULE_GOFLAGS)" VMNIC_REQUIRE_ROOT_TESTS=$$([ "$$(id -u)" = 0 ] && echo 1) \
+	  $(GO) test -count=1 -p 1 -timeout 20m $(GOTEST_FLAGS) ./...
 
 # fuzz-short: each target for its input count (or FUZZ_TIME), seeded from its
 # testdata/fuzz corpus. A failing input is written to the package's
@@ -70,4 +79,4 @@ failpoint-test:
 	$(GO) vet -tags vmnic_failpoints ./internal/failpoint/
 	$(GO) test -count=1 -tags vmnic_failpoints ./internal/failpoint/
 
-TEST_DEPS += failpoint-test fuzz-short soak-short
+TEST_DEPS += failpoint-test fuzz-short soak-test soak-short

@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/vmnic/vmnic/internal/testkit/hostaudit"
 	"github.com/vmnic/vmnic/internal/testkit/netfixture"
 	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/netsetup"
@@ -286,11 +287,11 @@ func cnitool(t *testing.T, n *tnet, ifname, cniArgs string, args ...string) (str
 }
 
 // scope is what a vmnic call may touch for this network and netns.
-func (n *tnet) scope(netns ...string) netfixture.Scope {
-	sc := netfixture.Scope{Netns: netns, Dirs: []string{n.state}, HostPrefix: []string{"vmt"}, IPTables: []string{"vmnic", n.prefix}}
+func (n *tnet) scope(netns ...string) hostaudit.Scope {
+	sc := hostaudit.Scope{Netns: netns, StateDirs: []string{n.state}, HostLinkPrefixes: []string{"vmt"}, IPTablesMarkers: []string{"vmnic", n.prefix}}
 	if n.bridge != "" {
 		sc.HostLinks = []string{n.bridge}
-		sc.IPTables = append(sc.IPTables, n.bridge)
+		sc.IPTablesMarkers = append(sc.IPTablesMarkers, n.bridge)
 	}
 	return sc
 }

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmnic/vmnic/internal/hostnet"
+	"github.com/vmnic/vmnic/internal/testkit/hostaudit"
 	"github.com/vmnic/vmnic/internal/testkit/netfixture"
 	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/netsetup"
@@ -98,7 +99,7 @@ func checkGone(t *testing.T, n *tnet, netns, id, ifname string) {
 	if netfixture.LinkIn(t, netns, hostnet.TapNameInNetns(ifname)) != nil {
 		t.Errorf("TAP of %s still there", ifname)
 	}
-	snap := netfixture.Take(t, netfixture.Scope{Netns: []string{netns}})
+	snap := netfixture.Take(t, hostaudit.Scope{Netns: []string{netns}})
 	if snap.Contains(fmt.Sprintf("prio %d", hostnet.FilterPriority)) {
 		t.Errorf("vmnic filters left:\n%s", strings.Join(snap, "\n"))
 	}
@@ -289,7 +290,7 @@ func TestPortmapAfterVmnic(t *testing.T) {
 	r100, _ := current.NewResultFromResult(res)
 	ip := r100.IPs[0].Address.IP.String()
 	want := fmt.Sprintf("--to-destination %s:80", ip)
-	rules := netfixture.Take(t, netfixture.Scope{IPTables: []string{want}})
+	rules := netfixture.Take(t, hostaudit.Scope{IPTablesMarkers: []string{want}})
 	if len(rules) == 0 {
 		t.Fatalf("portmap's DNAT to %s:80 missing", ip)
 	}
@@ -299,7 +300,7 @@ func TestPortmapAfterVmnic(t *testing.T) {
 	if err := cfg.DelNetworkList(tctx(t), n.list, rt); err != nil {
 		t.Fatal(err)
 	}
-	if rules := netfixture.Take(t, netfixture.Scope{IPTables: []string{want}}); len(rules) != 0 {
+	if rules := netfixture.Take(t, hostaudit.Scope{IPTablesMarkers: []string{want}}); len(rules) != 0 {
 		t.Errorf("portmap rules left: %v", rules)
 	}
 	checkGone(t, n, netns, rt.ContainerID, "eth0")
@@ -580,7 +581,7 @@ func TestBridgeBackendPlugin(t *testing.T) {
 		t.Error("TAP is not a port of the bridge")
 	}
 	// The veth's host side is parked (down); the container side stays up.
-	for _, l := range netfixture.Take(t, netfixture.Scope{HostLinks: []string{n.bridge}}) {
+	for _, l := range netfixture.Take(t, hostaudit.Scope{HostLinks: []string{n.bridge}}) {
 		if strings.Contains(l, "type veth") && !strings.Contains(l, " down ") {
 			t.Errorf("veth port not parked: %s", l)
 		}
@@ -588,7 +589,7 @@ func TestBridgeBackendPlugin(t *testing.T) {
 	if v := netfixture.LinkIn(t, netns, "eth0"); v == nil || v.Attrs().Flags&net.FlagUp == 0 {
 		t.Error("container veth went down")
 	}
-	if !netfixture.Take(t, netfixture.Scope{IPTables: []string{"-i " + n.bridge + " -o " + n.bridge}}).Contains(`--comment vmnic -j ACCEPT`) {
+	if !netfixture.Take(t, hostaudit.Scope{IPTablesMarkers: []string{"-i " + n.bridge + " -o " + n.bridge}}).Contains(`--comment vmnic -j ACCEPT`) {
 		t.Error("FORWARD ACCEPT rule missing")
 	}
 	if err := cfg.CheckNetworkList(tctx(t), n.list, rt); err != nil {

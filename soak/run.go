@@ -1,3 +1,9 @@
+// Package soak is vmnic's soak run: many ADD/DEL cycles, each a random
+// scenario (clean, crashes at the failpoints, VMM faults, racing DELs, GC
+// racing ADD, both backends, a ptp chain), on an isolated installation
+// (internal/testkit/faultenv), with the host audited against the baseline
+// after every cycle (internal/testkit/hostaudit). soak/cmd/vmnic-soak is
+// the program; soak/ is a Go module of its own.
 package soak
 
 import (
@@ -19,6 +25,8 @@ import (
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/vmnic/vmnic/internal/failpoint"
+	"github.com/vmnic/vmnic/internal/testkit/faultenv"
+	"github.com/vmnic/vmnic/internal/testkit/hostaudit"
 	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/netsetup"
 )
@@ -32,7 +40,7 @@ type Config struct {
 	Timeout time.Duration // whole run
 	Log     io.Writer     // progress (nil = none)
 	// Bins, when set, are used instead of building the failpoint binaries.
-	Bins *Binaries
+	Bins *faultenv.Binaries
 }
 
 // Report is what a run did and found.
@@ -66,10 +74,10 @@ func (r *Report) OK() bool {
 
 type runner struct {
 	cfg    Config
-	e      *Env
+	e      *faultenv.Env
 	rnd    *rand.Rand
 	rep    *Report
-	chains map[string]*Chain
+	chains map[string]*faultenv.Chain
 	seq    int
 	mu     sync.Mutex
 }
@@ -109,26 +117,26 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	defer os.RemoveAll(root)
 	bins := cfg.Bins
 	if bins == nil {
-		if bins, err = Build(ctx, filepath.Join(root, "bin")); err != nil {
+		if bins, err = faultenv.Build(ctx, filepath.Join(root, "bin")); err != nil {
 			return nil, err
 		}
 	}
-	e, err := NewEnv(filepath.Join(root, "env"), bins, cfg.RefCNI, int(cfg.Seed%200)+20)
+	e, err := faultenv.NewEnv(filepath.Join(root, "env"), bins, cfg.RefCNI, int(cfg.Seed%200)+20)
 	if err != nil {
 		return nil, err
 	}
 	defer e.Close()
-	r := &runner{cfg: cfg, e: e, rnd: rand.New(rand.NewSource(cfg.Seed)), chains: map[string]*Chain{},
+	r := &runner{cfg: cfg, e: e, rnd: rand.New(rand.NewSource(cfg.Seed)), chains: map[string]*faultenv.Chain{},
 		rep: &Report{Seed: cfg.Seed, Kinds: map[string]int{}, Faults: map[string]int{}}}
 	fast := map[string]any{"vmmTimeout": "1s", "removeTimeout": "1s", "logLevel": "warn"}
 	bridgeConf := map[string]any{"backend": "bridge", "bridge": e.Bridge}
 	for k, v := range fast {
 		bridgeConf[k] = v
 	}
-	for name, mk := range map[string]func() (*Chain, error){
-		"bridge": func() (*Chain, error) { return e.BridgeChain("vmnr-soak", fast) },
-		"brtap":  func() (*Chain, error) { return e.BridgeChain("vmnr-soak-br", bridgeConf) },
-		"ptp":    func() (*Chain, error) { return e.PtpChain("vmnr-soak-ptp", fast) },
+	for name, mk := range map[string]func() (*faultenv.Chain, error){
+		"bridge": func() (*faultenv.Chain, error) { return e.BridgeChain("vmnr-soak", fast) },
+		"brtap":  func() (*faultenv.Chain, error) { return e.BridgeChain("vmnr-soak-br", bridgeConf) },
+		"ptp":    func() (*faultenv.Chain, error) { return e.PtpChain("vmnr-soak-ptp", fast) },
 	} {
 		c, err := mk()
 		if err != nil {
@@ -152,7 +160,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	r.rep.Audited = map[string]int{}
-	for _, k := range Kinds {
+	for _, k := range hostaudit.Kinds {
 		if k != "fd" { // the runner's fds are counted on their own
 			r.rep.Audited[k] = 0
 		}
@@ -160,7 +168,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	for k, n := range base.Count() {
 		r.rep.Audited[k] = n
 	}
-	fds0, _ := fdLines()
+	fds0, _ := hostaudit.Take(hostaudit.Scope{OwnFDs: true})
 	r.rep.FDs[0] = len(fds0)
 
 	total := 0
@@ -204,7 +212,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	orig := r.rep.Audited
 	r.rep.Final = map[string]int{}
-	for _, k := range Kinds {
+	for _, k := range hostaudit.Kinds {
 		if k != "fd" {
 			r.rep.Final[k] = 0
 		}
@@ -221,10 +229,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	runtime.GC()
 	time.Sleep(100 * time.Millisecond)
-	fds1, _ := fdLines()
+	fds1, _ := hostaudit.Take(hostaudit.Scope{OwnFDs: true})
 	r.rep.FDs[1] = len(fds1)
 	if len(fds1) != len(fds0) {
-		r.rep.Failures = append(r.rep.Failures, "runner fds: "+Snapshot(fds0).Diff(fds1))
+		r.rep.Failures = append(r.rep.Failures, "runner fds: "+fds0.Diff(fds1))
 	}
 	r.rep.Duration = time.Since(start).Round(time.Second).String()
 	return r.rep, nil
@@ -232,7 +240,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 // settle compares the host with base, looking again for a few seconds (the
 // kernel frees a removed netns' devices asynchronously).
-func (r *runner) settle(base Snapshot) string {
+func (r *runner) settle(base hostaudit.Snapshot) string {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		now, err := r.e.Audit()
@@ -255,7 +263,7 @@ func (r *runner) logf(format string, args ...any) {
 
 func (r *runner) cycle(ctx context.Context, name string, fn func(*runner, context.Context, string) error) error {
 	r.seq++
-	sid := fmt.Sprintf("%ss%d", NetnsPrefix, r.seq)
+	sid := fmt.Sprintf("%ss%d", faultenv.NetnsPrefix, r.seq)
 	r.e.Track(sid, "eth0")
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -285,7 +293,7 @@ func (r *runner) janitor(ctx context.Context, sid string) {
 		}
 		for _, c := range r.chains {
 			c.Exec.SetEnv()
-			_ = c.Del(ctx, Attachment{ContainerID: sid, Netns: ns, IfName: "eth0", SandboxID: sid})
+			_ = c.Del(ctx, faultenv.Attachment{ContainerID: sid, Netns: ns, IfName: "eth0", SandboxID: sid})
 		}
 	}
 	_, _ = r.e.Vmnicctl(ctx, nil, "teardown", sid)
@@ -310,11 +318,11 @@ func (r *runner) fault(name string) {
 }
 
 func (r *runner) netns(sid string) (string, error) {
-	return r.e.NewNetns(strings.TrimPrefix(sid, NetnsPrefix))
+	return r.e.NewNetns(strings.TrimPrefix(sid, faultenv.NetnsPrefix))
 }
 
-func (r *runner) att(sid, ns string) Attachment {
-	return Attachment{ContainerID: sid, Netns: ns, IfName: "eth0"}
+func (r *runner) att(sid, ns string) faultenv.Attachment {
+	return faultenv.Attachment{ContainerID: sid, Netns: ns, IfName: "eth0"}
 }
 
 // addDel is a plain ADD then DEL on chain name.
@@ -352,7 +360,7 @@ func (r *runner) points(op failpoint.Op, backend string, vmm bool) []string {
 
 // crashed checks an injected crash took place at point.
 func (r *runner) crashed(err error, point string) error {
-	if !IsCrash(err) {
+	if !faultenv.IsCrash(err) {
 		return fmt.Errorf("with a crash armed at %s: want the plugin killed, got %v", point, err)
 	}
 	if !slices.Contains(r.e.FiredNames(), point) {
@@ -430,7 +438,7 @@ func (r *runner) crashTeardown(ctx context.Context, sid string) error {
 	}
 	ns := strings.TrimSpace(res.Stdout)
 	c := r.chains["bridge"]
-	a := Attachment{ContainerID: sid, Netns: ns, IfName: "eth0", SandboxID: sid}
+	a := faultenv.Attachment{ContainerID: sid, Netns: ns, IfName: "eth0", SandboxID: sid}
 	if _, err := c.Add(ctx, a); err != nil {
 		return fmt.Errorf("ADD: %w", err)
 	}
@@ -465,7 +473,7 @@ func (r *runner) vmmFault(ctx context.Context, sid string) error {
 	if err != nil {
 		return err
 	}
-	short := strings.TrimPrefix(sid, NetnsPrefix)
+	short := strings.TrimPrefix(sid, faultenv.NetnsPrefix)
 	sockDir := filepath.Join(r.e.RuntimeDir, short)
 	if err := os.MkdirAll(sockDir, 0o700); err != nil {
 		return err
@@ -483,7 +491,7 @@ func (r *runner) vmmFault(ctx context.Context, sid string) error {
 		return err
 	}
 	c := r.chains["bridge"]
-	a := Attachment{ContainerID: sid, Netns: ns, IfName: "eth0", SandboxID: sid}
+	a := faultenv.Attachment{ContainerID: sid, Netns: ns, IfName: "eth0", SandboxID: sid}
 	f := vmmFaults[r.rnd.Intn(len(vmmFaults))]
 	atAdd := r.rnd.Intn(2) == 0
 	switch f {
@@ -626,13 +634,13 @@ func (r *runner) raceDel(ctx context.Context, sid string) error {
 	errs := make([]error, 2)
 	for i := range errs {
 		wg.Add(1)
-		go func() { defer wg.Done(); errs[i] = c.CNI.DelNetwork(ctx, vconf, a.rt()) }()
+		go func() { defer wg.Done(); errs[i] = c.CNI.DelNetwork(ctx, vconf, a.RuntimeConf()) }()
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("racing vmnic DELs: %w", err)
 	}
-	if l, err := LinkInNetns(ns, "tapeth0"); err != nil || l != nil {
+	if l, err := faultenv.LinkInNetns(ns, "tapeth0"); err != nil || l != nil {
 		return fmt.Errorf("TAP left after racing DELs (%v)", err)
 	}
 	return c.Del(ctx, a)
@@ -751,4 +759,9 @@ func sum(m map[string]int) int {
 		n += v
 	}
 	return n
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

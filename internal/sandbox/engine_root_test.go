@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmnic/vmnic/internal/hostnet"
+	"github.com/vmnic/vmnic/internal/testkit/hostaudit"
 	"github.com/vmnic/vmnic/internal/testkit/netfixture"
 	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
@@ -58,8 +59,8 @@ func (e *env) spec(id string) NICSpec {
 	}
 }
 
-func (e *env) scope() netfixture.Scope {
-	return netfixture.Scope{Netns: []string{e.netns}, Dirs: []string{e.state}, HostPrefix: []string{"vmt"}}
+func (e *env) scope() hostaudit.Scope {
+	return hostaudit.Scope{Netns: []string{e.netns}, StateDirs: []string{e.state}, HostLinkPrefixes: []string{"vmt"}}
 }
 
 func ctx(t *testing.T) context.Context {
@@ -536,7 +537,7 @@ func TestBridgeBackend(t *testing.T) {
 	scope := e.scope()
 	scope.Netns = append(scope.Netns, ns2)
 	scope.HostLinks = []string{br}
-	scope.IPTables = []string{br}
+	scope.IPTablesMarkers = []string{br}
 	before := netfixture.Take(t, scope)
 
 	s1 := e.spec("vmnict-br1")

@@ -8,17 +8,18 @@ import (
 	"testing"
 
 	"github.com/vmnic/vmnic/internal/failpoint"
+	"github.com/vmnic/vmnic/internal/testkit/faultenv"
+	"github.com/vmnic/vmnic/internal/testkit/hostaudit"
 	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
-	"github.com/vmnic/vmnic/soak"
 )
 
 var crash = failpoint.Action{Kind: failpoint.Crash}
 
 // world is one crash case's setup: an env, a chain and one attachment.
 type world struct {
-	e      *soak.Env
-	chain  *soak.Chain
-	att    soak.Attachment
+	e      *faultenv.Env
+	chain  *faultenv.Chain
+	att    faultenv.Attachment
 	sid    string
 	sim    *vmmsim.CH // the sandbox's VMM, when it has one
 	simDir string
@@ -44,13 +45,13 @@ func newWorld(t *testing.T, backend string) *world {
 	must(t, "chain", err)
 	sid := id("c")
 	e.Track(sid, "eth0")
-	return &world{e: e, chain: chain, sid: sid, att: soak.Attachment{ContainerID: sid, IfName: "eth0"}}
+	return &world{e: e, chain: chain, sid: sid, att: faultenv.Attachment{ContainerID: sid, IfName: "eth0"}}
 }
 
 // runtimeNetns gives the attachment a netns "made by the runtime".
 func (w *world) runtimeNetns(t *testing.T) {
 	t.Helper()
-	ns, err := w.e.NewNetns(strings.TrimPrefix(w.sid, soak.NetnsPrefix))
+	ns, err := w.e.NewNetns(strings.TrimPrefix(w.sid, faultenv.NetnsPrefix))
 	must(t, "netns", err)
 	w.att.Netns = ns
 }
@@ -76,7 +77,7 @@ func (w *world) prepare(t *testing.T) {
 // runtime dir and attaches it with vmnicctl.
 func (w *world) attachVMM(t *testing.T) {
 	t.Helper()
-	sock := filepath.Join(w.e.RuntimeDir, strings.TrimPrefix(w.sid, soak.NetnsPrefix), "api.sock")
+	sock := filepath.Join(w.e.RuntimeDir, strings.TrimPrefix(w.sid, faultenv.NetnsPrefix), "api.sock")
 	must(t, "socket dir", os.MkdirAll(filepath.Dir(sock), 0o700))
 	sim, err := vmmsim.StartCH(sock, vmmsim.CHConfig{})
 	must(t, "CH simulator", err)
@@ -90,7 +91,7 @@ func (w *world) attachVMM(t *testing.T) {
 // crashed checks that err is the injected crash at point.
 func (w *world) crashed(t *testing.T, point, what string, err error, crashedCtl bool) {
 	t.Helper()
-	if !soak.IsCrash(err) && !crashedCtl {
+	if !faultenv.IsCrash(err) && !crashedCtl {
 		t.Fatalf("%s with a crash armed at %s: want the process killed, got %v", what, point, err)
 	}
 	if fired := w.e.FiredNames(); !slices.Contains(fired, point) {
@@ -210,7 +211,7 @@ func crashAdd(t *testing.T, p failpoint.Point, backend, repair string) {
 
 // teardownRepair repairs a crash with vmnicctl teardown, the chain's DEL
 // and the runtime's removal of the netns, then checks the host is as at base.
-func teardownRepair(t *testing.T, w *world, what string, base soak.Snapshot) {
+func teardownRepair(t *testing.T, w *world, what string, base hostaudit.Snapshot) {
 	t.Helper()
 	_, err := w.e.Vmnicctl(ctx(t), nil, "teardown", w.sid)
 	must(t, "vmnicctl teardown after the crash", err)
@@ -225,7 +226,7 @@ func teardownRepair(t *testing.T, w *world, what string, base soak.Snapshot) {
 // be as before (host-local, as of plugins v1.9.1, implements no GC: its
 // leases go with the chain's DEL, which the runtime still runs for a
 // sandbox it removes); then the DEL must release the lease too.
-func gcThenDel(t *testing.T, w *world, what string, base soak.Snapshot) {
+func gcThenDel(t *testing.T, w *world, what string, base hostaudit.Snapshot) {
 	t.Helper()
 	same(t, what+" (all but the IPAM lease)", base, audit(t, w.e), allKindsBut("lease")...)
 	must(t, "DEL after GC", w.chain.Del(ctx(t), w.att))

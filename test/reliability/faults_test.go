@@ -14,9 +14,9 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/vmnic/vmnic/internal/testkit/faultenv"
 	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/netsetup"
-	"github.com/vmnic/vmnic/soak"
 )
 
 // vmmWorld is a prepared sandbox (the runtime's netns adopted) with a
@@ -32,7 +32,7 @@ func vmmWorld(t *testing.T) *world {
 
 // record reads the sandbox's record; it must decode and validate (a
 // missing record is fine, a corrupt one never).
-func record(t *testing.T, e *soak.Env, sid string) *netsetup.NetSetup {
+func record(t *testing.T, e *faultenv.Env, sid string) *netsetup.NetSetup {
 	t.Helper()
 	st, err := netsetup.Open(e.StateDir)
 	must(t, "open store", err)
@@ -59,7 +59,7 @@ func nicCount(rec *netsetup.NetSetup) int {
 // tapIn reports whether the netns has the TAP.
 func tapIn(t *testing.T, ns, name string) bool {
 	t.Helper()
-	l, err := soak.LinkInNetns(ns, name)
+	l, err := faultenv.LinkInNetns(ns, name)
 	if err != nil && !os.IsNotExist(err) {
 		t.Fatalf("look up %s: %v", name, err)
 	}
@@ -272,8 +272,8 @@ func TestNetnsDeletedUnderSandbox(t *testing.T) {
 			same(t, "netns deleted, then "+repair, base, audit(t, w.e))
 
 			// ADD into the gone netns path.
-			r, err := soak.RunPlugin(ctx(t), w.e.Bins.Plugin, soak.PluginCall{Command: "ADD", ContainerID: w.sid,
-				Netns: w.att.Netns, IfName: "eth0", Path: w.e.RefCNI, Stdin: soak.VmnicStdin("vmnr-net", "1.1.0", w.e.VmnicConf(nil), "eth0", "", w.att.Netns, "10.207.0.5/24", "10.207.0.1")})
+			r, err := faultenv.RunPlugin(ctx(t), w.e.Bins.Plugin, faultenv.PluginCall{Command: "ADD", ContainerID: w.sid,
+				Netns: w.att.Netns, IfName: "eth0", Path: w.e.RefCNI, Stdin: faultenv.VmnicStdin("vmnr-net", "1.1.0", w.e.VmnicConf(nil), "eth0", "", w.att.Netns, "10.207.0.5/24", "10.207.0.1")})
 			must(t, "run plugin", err)
 			if r.Err == nil || r.Err.Code != types.ErrInvalidNetNS {
 				t.Errorf("ADD into a gone netns: want CNI error 4, got %+v (stdout %s)", r.Err, r.Stdout)
@@ -285,7 +285,7 @@ func TestNetnsDeletedUnderSandbox(t *testing.T) {
 
 // stateTmpfs mounts a small tmpfs as the env's state dir (unmounted at
 // cleanup) and returns a function that remounts it read-only or back.
-func stateTmpfs(t *testing.T, e *soak.Env, size string) (readonly func(bool)) {
+func stateTmpfs(t *testing.T, e *faultenv.Env, size string) (readonly func(bool)) {
 	t.Helper()
 	must(t, "mkdir", os.MkdirAll(e.StateDir, 0o700))
 	must(t, "mount tmpfs", mount("tmpfs", e.StateDir, "tmpfs", 0, "size="+size+",mode=0700"))
@@ -303,15 +303,15 @@ func stateTmpfs(t *testing.T, e *soak.Env, size string) (readonly func(bool)) {
 // directWorld is a sandbox netns with a veth eth0 (no IPAM), for runs of
 // the plugin binary alone.
 type directWorld struct {
-	e   *soak.Env
+	e   *faultenv.Env
 	ns  string
 	sid string
 }
 
-func newDirect(t *testing.T, e *soak.Env, ifnames ...string) *directWorld {
+func newDirect(t *testing.T, e *faultenv.Env, ifnames ...string) *directWorld {
 	t.Helper()
 	d := &directWorld{e: e, sid: id("d")}
-	ns, err := e.NewNetns(strings.TrimPrefix(d.sid, soak.NetnsPrefix))
+	ns, err := e.NewNetns(strings.TrimPrefix(d.sid, faultenv.NetnsPrefix))
 	must(t, "netns", err)
 	d.ns = ns
 	if len(ifnames) == 0 {
@@ -323,13 +323,13 @@ func newDirect(t *testing.T, e *soak.Env, ifnames ...string) *directWorld {
 	return d
 }
 
-func (d *directWorld) call(t *testing.T, cmd, ifname string, extra map[string]any) soak.PluginResult {
+func (d *directWorld) call(t *testing.T, cmd, ifname string, extra map[string]any) faultenv.PluginResult {
 	t.Helper()
-	stdin := soak.VmnicStdin("vmnr-net", "1.1.0", d.e.VmnicConf(extra), ifname, "", d.ns, "10.207.9.5/24", "10.207.9.1")
+	stdin := faultenv.VmnicStdin("vmnr-net", "1.1.0", d.e.VmnicConf(extra), ifname, "", d.ns, "10.207.9.5/24", "10.207.9.1")
 	if cmd == "DEL" {
-		stdin = soak.VmnicStdin("vmnr-net", "1.1.0", d.e.VmnicConf(extra), "", "", "", "", "")
+		stdin = faultenv.VmnicStdin("vmnr-net", "1.1.0", d.e.VmnicConf(extra), "", "", "", "", "")
 	}
-	r, err := soak.RunPlugin(ctx(t), d.e.Bins.Plugin, soak.PluginCall{Command: cmd, ContainerID: d.sid, Netns: d.ns, IfName: ifname, Path: d.e.RefCNI, Stdin: stdin})
+	r, err := faultenv.RunPlugin(ctx(t), d.e.Bins.Plugin, faultenv.PluginCall{Command: cmd, ContainerID: d.sid, Netns: d.ns, IfName: ifname, Path: d.e.RefCNI, Stdin: stdin})
 	must(t, "run plugin", err)
 	if r.Crashed {
 		t.Fatalf("plugin %s crashed: %s", cmd, r.Stderr)
@@ -427,7 +427,7 @@ func fill(t *testing.T, path string) {
 	}
 }
 
-func errOf(r soak.PluginResult) error {
+func errOf(r faultenv.PluginResult) error {
 	if r.Err != nil {
 		return r.Err
 	}
@@ -443,7 +443,7 @@ func TestRacingAdds(t *testing.T) {
 	for round := 0; round < 5; round++ {
 		d := newDirect(t, e, "eth0", "net1")
 		var wg sync.WaitGroup
-		res := make([]soak.PluginResult, 2)
+		res := make([]faultenv.PluginResult, 2)
 		for i, ifn := range []string{"eth0", "net1"} {
 			wg.Add(1)
 			go func() { defer wg.Done(); res[i] = d.call(t, "ADD", ifn, nil) }()
@@ -493,11 +493,11 @@ func TestRacingAdds(t *testing.T) {
 }
 
 // removePeers removes the peer namespaces of the env's veths.
-func removePeers(t *testing.T, e *soak.Env) {
+func removePeers(t *testing.T, e *faultenv.Env) {
 	t.Helper()
 	ents, _ := os.ReadDir(e.NetnsDir)
 	for _, ent := range ents {
-		if strings.HasPrefix(ent.Name(), soak.NetnsPrefix+"peer-") {
+		if strings.HasPrefix(ent.Name(), faultenv.NetnsPrefix+"peer-") {
 			must(t, "remove peer netns", e.RemoveNetns(filepath.Join(e.NetnsDir, ent.Name())))
 		}
 	}
@@ -514,7 +514,7 @@ func TestGCRacingAdd(t *testing.T) {
 			base := audit(t, w.e)
 			for round := 0; round < 8; round++ {
 				w.sid = id("g")
-				w.att = soak.Attachment{ContainerID: w.sid, IfName: "eth0"}
+				w.att = faultenv.Attachment{ContainerID: w.sid, IfName: "eth0"}
 				w.runtimeNetns(t)
 				var wg sync.WaitGroup
 				var addErr, gcErr error

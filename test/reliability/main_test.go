@@ -7,7 +7,7 @@
 // record or a leaked device; hostile names and paths are refused.
 //
 // Names: netns vmnr-*, bridges vmnbrr*, subnets 10.207.0.0/16 and
-// 10.217.0.0/16 (see package soak).
+// 10.217.0.0/16 (see internal/testkit/faultenv).
 package reliability
 
 import (
@@ -21,13 +21,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmnic/vmnic/internal/testkit/faultenv"
+	"github.com/vmnic/vmnic/internal/testkit/hostaudit"
 	"github.com/vmnic/vmnic/internal/testkit/testenv"
-	"github.com/vmnic/vmnic/soak"
 )
 
 var (
 	buildOnce sync.Once
-	bins      *soak.Binaries
+	bins      *faultenv.Binaries
 	buildErr  error
 	buildDir  string
 	slot      atomic.Int32
@@ -43,7 +44,7 @@ func TestMain(m *testing.M) {
 }
 
 // binaries builds the failpoint binaries once per test binary.
-func binaries(t *testing.T) *soak.Binaries {
+func binaries(t *testing.T) *faultenv.Binaries {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "vmnr-bin-")
@@ -54,7 +55,7 @@ func binaries(t *testing.T) *soak.Binaries {
 		buildDir = dir
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
-		bins, buildErr = soak.Build(ctx, dir)
+		bins, buildErr = faultenv.Build(ctx, dir)
 	})
 	if buildErr != nil {
 		t.Fatalf("build the failpoint binaries: %v", buildErr)
@@ -64,7 +65,7 @@ func binaries(t *testing.T) *soak.Binaries {
 
 // newEnv makes an isolated vmnic environment (root only) and removes it at
 // the end of the test.
-func newEnv(t *testing.T) *soak.Env {
+func newEnv(t *testing.T) *faultenv.Env {
 	t.Helper()
 	testenv.RequireRoot(t)
 	ref := testenv.CNIBinDir(t, "bridge", "ptp", "host-local")
@@ -73,7 +74,7 @@ func newEnv(t *testing.T) *soak.Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := soak.NewEnv(root, b, ref, int(slot.Add(1)))
+	e, err := faultenv.NewEnv(root, b, ref, int(slot.Add(1)))
 	if err != nil {
 		os.RemoveAll(root)
 		t.Fatal(err)
@@ -107,7 +108,7 @@ func ctx(t *testing.T) context.Context {
 }
 
 // audit takes the env's snapshot.
-func audit(t *testing.T, e *soak.Env) soak.Snapshot {
+func audit(t *testing.T, e *faultenv.Env) hostaudit.Snapshot {
 	t.Helper()
 	s, err := e.Audit()
 	if err != nil {
@@ -120,7 +121,7 @@ func audit(t *testing.T, e *soak.Env) soak.Snapshot {
 // destroys a removed network namespace (and the veth peers in it)
 // asynchronously, so a difference is looked at again for a few seconds
 // before it counts.
-func same(t *testing.T, what string, before soak.Snapshot, after soak.Snapshot, kinds ...string) {
+func same(t *testing.T, what string, before hostaudit.Snapshot, after hostaudit.Snapshot, kinds ...string) {
 	t.Helper()
 	e := auditing
 	deadline := time.Now().Add(10 * time.Second)
@@ -143,7 +144,7 @@ func same(t *testing.T, what string, before soak.Snapshot, after soak.Snapshot, 
 }
 
 // auditing is the env whose audit same repeats (tests run one at a time).
-var auditing *soak.Env
+var auditing *faultenv.Env
 
 func must(t *testing.T, what string, err error) {
 	t.Helper()
@@ -156,13 +157,13 @@ var seq atomic.Int64
 
 // id returns a fresh sandbox id with the harness prefix.
 func id(tag string) string {
-	return fmt.Sprintf("%s%s-%d", soak.NetnsPrefix, tag, seq.Add(1))
+	return fmt.Sprintf("%s%s-%d", faultenv.NetnsPrefix, tag, seq.Add(1))
 }
 
 // allKindsBut lists the audit's kinds except some.
 func allKindsBut(except ...string) []string {
 	var out []string
-	for _, k := range soak.Kinds {
+	for _, k := range hostaudit.Kinds {
 		if !slices.Contains(except, k) {
 			out = append(out, k)
 		}

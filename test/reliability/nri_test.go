@@ -18,14 +18,14 @@ import (
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/vmnic/vmnic/internal/failpoint"
-	"github.com/vmnic/vmnic/soak"
+	"github.com/vmnic/vmnic/internal/testkit/faultenv"
 )
 
 // nriRuntime is a fake NRI runtime (the real pkg/adaptation) with the
 // failpoint build of vmnic-nri connected as an external plugin.
 type nriRuntime struct {
 	t      *testing.T
-	e      *soak.Env
+	e      *faultenv.Env
 	r      *adaptation.Adaptation
 	socket string
 	cfg    string
@@ -40,7 +40,7 @@ type nriRuntime struct {
 	out  *bytes.Buffer
 }
 
-func startNRI(t *testing.T, e *soak.Env) *nriRuntime {
+func startNRI(t *testing.T, e *faultenv.Env) *nriRuntime {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "vmnr-nri-")
 	must(t, "socket dir", err)
@@ -179,7 +179,7 @@ func crashNRI(t *testing.T, p failpoint.Point, hostNetwork bool, repair string) 
 	var nsPath string
 	if !hostNetwork {
 		var err error
-		nsPath, err = e.NewNetns(strings.TrimPrefix(sid, soak.NetnsPrefix))
+		nsPath, err = e.NewNetns(strings.TrimPrefix(sid, faultenv.NetnsPrefix))
 		must(t, "netns", err)
 	}
 	pod := vmPodSandbox(sid, nsPath)

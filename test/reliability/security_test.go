@@ -15,9 +15,9 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/vmnic/vmnic/internal/hostnet"
+	"github.com/vmnic/vmnic/internal/testkit/faultenv"
 	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/netsetup"
-	"github.com/vmnic/vmnic/soak"
 )
 
 // checkPrivate walks dir: every file 0600 (or stricter), every directory
@@ -83,36 +83,36 @@ func TestStateFilesPrivate(t *testing.T) {
 // or writable by others: the plugin fails with an error naming the cause
 // and the symlink's target is untouched.
 func TestStateSymlinksRefused(t *testing.T) {
-	target := func(t *testing.T, e *soak.Env) string {
+	target := func(t *testing.T, e *faultenv.Env) string {
 		p := filepath.Join(e.Root, "victim")
 		must(t, "victim", os.WriteFile(p, []byte("precious\n"), 0o644))
 		return p
 	}
 	cases := []struct {
 		name   string
-		plant  func(t *testing.T, e *soak.Env, d *directWorld, victim string)
+		plant  func(t *testing.T, e *faultenv.Env, d *directWorld, victim string)
 		saying string
 	}{
-		{"state dir is a symlink", func(t *testing.T, e *soak.Env, d *directWorld, victim string) {
+		{"state dir is a symlink", func(t *testing.T, e *faultenv.Env, d *directWorld, victim string) {
 			real := filepath.Join(e.Root, "real-state")
 			must(t, "mkdir", os.Mkdir(real, 0o700))
 			must(t, "rm", os.RemoveAll(e.StateDir))
 			must(t, "symlink", os.Symlink(real, e.StateDir))
 		}, "symlink"},
-		{"sandboxes dir is a symlink", func(t *testing.T, e *soak.Env, d *directWorld, victim string) {
+		{"sandboxes dir is a symlink", func(t *testing.T, e *faultenv.Env, d *directWorld, victim string) {
 			must(t, "open", errOpen(e.StateDir))
 			must(t, "rm", os.RemoveAll(filepath.Join(e.StateDir, "sandboxes")))
 			must(t, "symlink", os.Symlink(filepath.Dir(victim), filepath.Join(e.StateDir, "sandboxes")))
 		}, "symlink"},
-		{"record is a symlink", func(t *testing.T, e *soak.Env, d *directWorld, victim string) {
+		{"record is a symlink", func(t *testing.T, e *faultenv.Env, d *directWorld, victim string) {
 			must(t, "open", errOpen(e.StateDir))
 			must(t, "symlink", os.Symlink(victim, filepath.Join(e.StateDir, "sandboxes", d.sid+".json")))
 		}, "symlink"},
-		{"lock file is a symlink", func(t *testing.T, e *soak.Env, d *directWorld, victim string) {
+		{"lock file is a symlink", func(t *testing.T, e *faultenv.Env, d *directWorld, victim string) {
 			must(t, "open", errOpen(e.StateDir))
 			must(t, "symlink", os.Symlink(victim, filepath.Join(e.StateDir, "locks", d.sid+".lock")))
 		}, "too many levels of symbolic links"},
-		{"state dir writable by others", func(t *testing.T, e *soak.Env, d *directWorld, victim string) {
+		{"state dir writable by others", func(t *testing.T, e *faultenv.Env, d *directWorld, victim string) {
 			must(t, "open", errOpen(e.StateDir))
 			must(t, "chmod", os.Chmod(e.StateDir, 0o777))
 		}, "writable by group or others"},
@@ -160,8 +160,8 @@ func TestCNINetnsMustBeNetns(t *testing.T) {
 	before := audit(t, e)
 	for _, ns := range []string{file, e.Root, "/dev/null", link, fifo, "/proc/self/ns/uts", "/proc/self/ns/mnt",
 		"/proc/self/ns/pid", filepath.Join(e.Root, "missing"), "relative/netns", "/proc/1/ns/../ns/uts"} {
-		stdin := soak.VmnicStdin("vmnr-net", "1.1.0", e.VmnicConf(nil), "eth0", "", ns, "10.207.9.5/24", "10.207.9.1")
-		r, err := soak.RunPlugin(ctx(t), e.Bins.Plugin, soak.PluginCall{Command: "ADD", ContainerID: d.sid, Netns: ns, IfName: "eth0", Path: e.RefCNI, Stdin: stdin})
+		stdin := faultenv.VmnicStdin("vmnr-net", "1.1.0", e.VmnicConf(nil), "eth0", "", ns, "10.207.9.5/24", "10.207.9.1")
+		r, err := faultenv.RunPlugin(ctx(t), e.Bins.Plugin, faultenv.PluginCall{Command: "ADD", ContainerID: d.sid, Netns: ns, IfName: "eth0", Path: e.RefCNI, Stdin: stdin})
 		must(t, "run", err)
 		if r.Err == nil || r.Err.Code != types.ErrInvalidNetNS {
 			t.Errorf("CNI_NETNS=%s: want CNI error %d (invalid netns), got %+v (%s)", ns, types.ErrInvalidNetNS, r.Err, r.Stdout)
@@ -298,10 +298,10 @@ func TestHostileNames(t *testing.T) {
 	before := audit(t, e)
 	rootBefore := listDir(t, e.Root)
 	n := 0
-	run := func(what, value string, c soak.PluginCall) {
+	run := func(what, value string, c faultenv.PluginCall) {
 		t.Helper()
 		n++
-		r, err := soak.RunPlugin(ctx(t), e.Bins.Plugin, c)
+		r, err := faultenv.RunPlugin(ctx(t), e.Bins.Plugin, c)
 		if err != nil {
 			if strings.Contains(err.Error(), "invalid argument") {
 				return // exec refuses the value itself
@@ -322,9 +322,9 @@ func TestHostileNames(t *testing.T) {
 		if bridge != "" {
 			conf["backend"], conf["bridge"] = "bridge", bridge
 		}
-		return soak.VmnicStdin(name, "1.1.0", conf, ifname, "", d.ns, "10.207.9.5/24", "10.207.9.1")
+		return faultenv.VmnicStdin(name, "1.1.0", conf, ifname, "", d.ns, "10.207.9.5/24", "10.207.9.1")
 	}
-	base := soak.PluginCall{Command: "ADD", ContainerID: d.sid, Netns: d.ns, IfName: "eth0", Path: e.RefCNI, Stdin: stdin("vmnr-net", "eth0", "")}
+	base := faultenv.PluginCall{Command: "ADD", ContainerID: d.sid, Netns: d.ns, IfName: "eth0", Path: e.RefCNI, Stdin: stdin("vmnr-net", "eth0", "")}
 	for _, h := range hostile {
 		for _, cmd := range []string{"ADD", "DEL"} {
 			c := base
@@ -346,11 +346,11 @@ func TestHostileNames(t *testing.T) {
 		if h == strings.Repeat("x", 300) {
 			// Valid by the CNI spec (no length limit; it names no file or
 			// device for vmnic): added, then deleted.
-			if r, err := soak.RunPlugin(ctx(t), e.Bins.Plugin, c); err != nil || r.Err != nil {
+			if r, err := faultenv.RunPlugin(ctx(t), e.Bins.Plugin, c); err != nil || r.Err != nil {
 				t.Errorf("ADD with a 300-byte network name: %v %+v", err, r.Err)
 			}
 			c.Command = "DEL"
-			if r, err := soak.RunPlugin(ctx(t), e.Bins.Plugin, c); err != nil || r.Err != nil {
+			if r, err := faultenv.RunPlugin(ctx(t), e.Bins.Plugin, c); err != nil || r.Err != nil {
 				t.Errorf("DEL with a 300-byte network name: %v %+v", err, r.Err)
 			}
 			continue

@@ -83,18 +83,29 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// findRepoRoot walks up from the working directory to the directory with go.mod.
+// findRepoRoot walks up from the working directory to the vmnic checkout:
+// the directory whose go.mod declares the main module (bench/ is a module of
+// its own, github.com/vmnic/vmnic/bench, inside it).
 func findRepoRoot() string {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "."
 	}
 	for d := dir; ; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+		if data, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil && declaresMainModule(data) {
 			return d
 		}
 		if filepath.Dir(d) == d {
 			return dir
 		}
 	}
+}
+
+func declaresMainModule(gomod []byte) bool {
+	for _, line := range strings.Split(string(gomod), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "module" {
+			return f[1] == "github.com/vmnic/vmnic"
+		}
+	}
+	return false
 }

@@ -1,8 +1,12 @@
 // Package hostaudit lists what vmnic may create on a host or in a network
-// namespace — links with their qdiscs and tc filters, iptables rules, files
-// under a directory — for the test fixture's before/after snapshots
-// (internal/testkit/netfixture) and the soak's resource audit (soak). It only
-// reads; each caller turns what it lists into its own lines.
+// namespace — namespaces and their mounts, links with their qdiscs and tc
+// filters, TAPs, state files, records and lock files, runtime directories,
+// host-local leases, iptables rules, processes, the caller's file
+// descriptors — as a Snapshot of "<kind> <detail>" lines. It only reads.
+// One snapshot serves both users: the root test suites' before/after
+// comparisons (Scope.Exact: MACs, default qdiscs, filter handles, every
+// state directory) and the leak audit of the soak and the reliability tests
+// (internal/testkit/faultenv), which counts the lines per kind.
 package hostaudit
 
 import (

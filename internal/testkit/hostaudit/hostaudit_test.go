@@ -52,3 +52,16 @@ func TestWalk(t *testing.T) {
 		t.Errorf("walking a missing dir: %v, visited %q; want nothing", err, got)
 	}
 }
+
+func TestChainCounters(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{":CNI-FORWARD - [0:0]", ":CNI-FORWARD -"},
+		{":FORWARD ACCEPT [12:3456]", ":FORWARD ACCEPT"},
+		{"-A FORWARD -i br0 -o br0 -m comment --comment vmnic -j ACCEPT", "-A FORWARD -i br0 -o br0 -m comment --comment vmnic -j ACCEPT"},
+	}
+	for _, tt := range tests {
+		if got := chainCounters.ReplaceAllString(tt.in, ""); got != tt.want {
+			t.Errorf("%q without counters = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

@@ -38,7 +38,8 @@ func RequireRoot(t testing.TB) {
 	}
 }
 
-// RepoRoot is the directory holding go.mod of the vmnic module.
+// RepoRoot is the directory holding go.mod of the vmnic module (found from
+// this file, internal/testkit/testenv/testenv.go).
 func RepoRoot(t testing.TB) string {
 	t.Helper()
 	_, file, _, ok := runtime.Caller(0)

@@ -17,13 +17,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vmnic/vmnic/internal/testkit/faultenv"
 	"github.com/vmnic/vmnic/soak"
 )
 
 func main() {
 	cycles := flag.Int("cycles", 2000, "ADD/DEL cycles")
 	seed := flag.Int64("seed", 0, "random seed (0: from the clock; printed)")
-	cni := flag.String("cni-bin", envOr("VMNIC_CNI_BIN", filepath.Join(soak.RepoRoot(), ".tools", "cni")), "reference CNI plugins (bridge, ptp, host-local)")
+	cni := flag.String("cni-bin", envOr("VMNIC_CNI_BIN", filepath.Join(faultenv.RepoRoot(), ".tools", "cni")), "reference CNI plugins (bridge, ptp, host-local)")
 	out := flag.String("out", "", "write the report as JSON to this file")
 	timeout := flag.Duration("timeout", 60*time.Minute, "bound on the whole run")
 	flag.Parse()

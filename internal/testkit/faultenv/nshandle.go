@@ -1,4 +1,4 @@
-package soak
+package faultenv
 
 import (
 	"github.com/vishvananda/netlink"

@@ -1,4 +1,4 @@
-package soak
+package faultenv
 
 import (
 	"bytes"
@@ -120,7 +120,8 @@ type Attachment struct {
 	SandboxID   string // VMNIC_SANDBOX_ID, when set
 }
 
-func (a Attachment) rt() *libcni.RuntimeConf {
+// RuntimeConf is the attachment as libcni runtime parameters.
+func (a Attachment) RuntimeConf() *libcni.RuntimeConf {
 	rt := &libcni.RuntimeConf{ContainerID: a.ContainerID, NetNS: a.Netns, IfName: a.IfName}
 	if a.IfName == "" {
 		rt.IfName = "eth0"
@@ -133,17 +134,17 @@ func (a Attachment) rt() *libcni.RuntimeConf {
 
 // Add runs ADD of the chain.
 func (c *Chain) Add(ctx context.Context, a Attachment) (types.Result, error) {
-	return c.CNI.AddNetworkList(ctx, c.List, a.rt())
+	return c.CNI.AddNetworkList(ctx, c.List, a.RuntimeConf())
 }
 
 // Del runs DEL of the chain.
 func (c *Chain) Del(ctx context.Context, a Attachment) error {
-	return c.CNI.DelNetworkList(ctx, c.List, a.rt())
+	return c.CNI.DelNetworkList(ctx, c.List, a.RuntimeConf())
 }
 
 // Check runs CHECK of the chain.
 func (c *Chain) Check(ctx context.Context, a Attachment) error {
-	return c.CNI.CheckNetworkList(ctx, c.List, a.rt())
+	return c.CNI.CheckNetworkList(ctx, c.List, a.RuntimeConf())
 }
 
 // GC runs GC of the chain with the given attachments still valid.

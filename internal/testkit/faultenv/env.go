@@ -1,4 +1,16 @@
-package soak
+// Package faultenv makes isolated vmnic installations for crash, fault and
+// soak runs: the failpoint builds of vmnic's programs (Build), an Env with
+// its own state, netns, IPAM, CNI cache and runtime directories and host
+// bridge, CNI chains (bridge/ptp + host-local + vmnic) driven through
+// libcni by an exec that tells a killed plugin from a failed one, direct
+// plugin runs with exactly the environment given (RunPlugin), and the
+// Env's audit scope (internal/testkit/hostaudit) that proves nothing
+// leaked.
+//
+// The soak program (soak/, a module of its own) and the reliability tests
+// (test/reliability) share it. Names: netns vmnr-*, bridges vmnbrr*,
+// subnets 10.207.0.0/16 (bridge chains) and 10.217.0.0/16 (ptp chains).
+package faultenv
 
 import (
 	"bytes"
@@ -22,6 +34,7 @@ import (
 	"github.com/vmnic/vmnic/internal/failpoint"
 	"github.com/vmnic/vmnic/internal/hostnet"
 	"github.com/vmnic/vmnic/internal/netns"
+	"github.com/vmnic/vmnic/internal/testkit/hostaudit"
 )
 
 // Name prefixes of everything the harness makes.
@@ -154,11 +167,11 @@ func (e *Env) Close() error {
 }
 
 // Scope is what the env's audit covers.
-func (e *Env) Scope() Scope {
+func (e *Env) Scope() hostaudit.Scope {
 	e.mu.Lock()
 	links := append([]string{e.Bridge}, e.hostTaps...)
 	e.mu.Unlock()
-	sc := Scope{
+	sc := hostaudit.Scope{
 		NetnsDirs:       []string{e.NetnsDir},
 		HostLinks:       links,
 		HostSubnets:     []netip.Prefix{netip.MustParsePrefix(e.PtpSubnet())},
@@ -174,7 +187,7 @@ func (e *Env) Scope() Scope {
 }
 
 // Audit takes a snapshot of the env's scope.
-func (e *Env) Audit() (Snapshot, error) { return Take(e.Scope()) }
+func (e *Env) Audit() (hostaudit.Snapshot, error) { return hostaudit.Take(e.Scope()) }
 
 // NewNetns creates a namespace standing in for one a runtime made.
 func (e *Env) NewNetns(tag string) (string, error) {

@@ -1,4 +1,4 @@
-package soak
+package faultenv
 
 import (
 	"os"
@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmnic/vmnic/internal/hostnet"
+	"github.com/vmnic/vmnic/internal/testkit/hostaudit"
 	"github.com/vmnic/vmnic/internal/testkit/testenv"
 )
 
@@ -40,7 +41,7 @@ func TestAuditSeesEveryKind(t *testing.T) {
 	must(t, err)
 	sc := e.Scope()
 	sc.OwnFDs = true
-	before, err := Take(sc)
+	before, err := hostaudit.Take(sc)
 	must(t, err)
 
 	steps := []struct {
@@ -112,7 +113,7 @@ func TestAuditSeesEveryKind(t *testing.T) {
 	prev := before
 	for _, s := range steps {
 		s.make(t)
-		now, err := Take(sc)
+		now, err := hostaudit.Take(sc)
 		must(t, err)
 		leaked := prev.Leaked(now)
 		if leaked[s.kind] == 0 {

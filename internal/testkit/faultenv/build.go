@@ -1,4 +1,4 @@
-package soak
+package faultenv
 
 import (
 	"context"
@@ -19,10 +19,11 @@ type Binaries struct {
 	NRI      string
 }
 
-// RepoRoot is the directory with vmnic's go.mod (found from this file).
+// RepoRoot is the directory with vmnic's go.mod (found from this file,
+// internal/testkit/faultenv/build.go).
 func RepoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(file), ".."))
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", "..", ".."))
 }
 
 // Build compiles the plugin, vmnicctl and the NRI hook with the

@@ -1,13 +1,4 @@
-// Package soak is vmnic's reliability harness: it builds the failpoint
-// binaries, sets up isolated CNI chains (bridge/ptp + host-local + vmnic)
-// with their own state, IPAM and netns directories, drives ADD/DEL/GC
-// through libcni with injected crashes and VMM faults, and audits every kind
-// of resource vmnic touches so a run can prove that nothing leaked.
-//
-// The soak program (soak/cmd/vmnic-soak) and the reliability tests
-// (test/reliability) share it. Names: netns vmnr-*, bridges vmnbrr*,
-// subnets 10.207.0.0/16 (bridge chains) and 10.217.0.0/16 (ptp chains).
-package soak
+package hostaudit
 
 import (
 	"crypto/sha256"
@@ -19,50 +10,64 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 
 	"github.com/vishvananda/netlink"
-
-	"github.com/vmnic/vmnic/internal/testkit/hostaudit"
 )
 
-// Scope says what an audit covers. Other programs may change the host at
+// Scope says what a snapshot covers. Other programs may change the host at
 // the same time, so the host part is limited to what the scope names.
 type Scope struct {
+	// Netns are network namespace paths: every link, qdisc and filter in
+	// each. An absent one is a line of its own; one that is not a
+	// namespace is an error.
+	Netns []string
 	// NetnsDirs hold network namespaces (bind mounts): each is listed, with
 	// every link, qdisc and filter inside it, and its mount.
 	NetnsDirs []string
 	// HostLinks are host link names (a bridge: its ports too).
 	HostLinks []string
-	// HostLinkPrefixes select host links by name prefix.
+	// HostLinkPrefixes select host links by name prefix (e.g. "vmt" TAPs).
 	HostLinkPrefixes []string
 	// HostSubnets select host links that hold an address in one of them
 	// (the host ends of ptp veths).
 	HostSubnets []netip.Prefix
-	// StateDirs: every file (path, mode, content hash) and directory mode.
+	// StateDirs: every file (path, mode, content hash), records and lock
+	// files by kind, and directories writable by others.
 	StateDirs []string
 	// RuntimeDirs: every file and directory under them (per-sandbox VMM
 	// socket directories).
 	RuntimeDirs []string
 	// IPAMDirs are host-local dataDirs: each lease (a file named after an IP).
 	IPAMDirs []string
-	// IPTablesMarkers select iptables-save lines (the bridge name, "vmnic").
+	// IPTablesMarkers select iptables-save and ip6tables-save lines (a
+	// bridge name, "vmnic", a subnet).
 	IPTablesMarkers []string
 	// ProcExes selects processes by executable path (leftover plugins).
 	ProcExes []string
-	// OwnFDs records the runner's open file descriptors.
+	// OwnFDs records the caller's open file descriptors.
 	OwnFDs bool
+	// Exact adds what holds still only over a short before/after
+	// comparison, as a test's: link MAC addresses, the kernel's default
+	// root qdiscs, tc filter handles and every directory under StateDirs
+	// with its mode. A long run (the soak) leaves it off: a bridge's MAC
+	// follows its ports, a link's default qdisc comes and goes with its up
+	// state, a filter made again may get another handle, and vmnic makes
+	// its state subdirectories on first use.
+	Exact bool
 }
 
-// Snapshot is a sorted list of "<kind> <detail>" lines.
+// Snapshot is a sorted list of "<kind> <detail>" lines, kind one of Kinds.
 type Snapshot []string
 
-// Kinds are the resource kinds an audit counts, in report order.
+// Kinds are the resource kinds a snapshot counts, in report order.
 var Kinds = []string{"netns", "mount", "link", "tap", "qdisc", "filter", "file", "dir", "lock", "record", "lease", "iptables", "proc", "fd"}
 
-// Take audits the scope.
+// Take lists the scope. Whatever could be listed is returned with the
+// errors of what could not.
 func Take(sc Scope) (Snapshot, error) {
 	var out []string
 	var errs []error
@@ -72,13 +77,16 @@ func Take(sc Scope) (Snapshot, error) {
 			errs = append(errs, err)
 		}
 	}
+	for _, p := range sc.Netns {
+		add(netnsPathLines(p, sc.Exact))
+	}
 	for _, d := range sc.NetnsDirs {
-		add(netnsLines(d))
+		add(netnsDirLines(d, sc.Exact))
 	}
 	add(mountLines(sc.NetnsDirs))
 	add(hostLinkLines(sc))
 	for _, d := range sc.StateDirs {
-		add(stateLines(d))
+		add(stateLines(d, sc.Exact))
 	}
 	for _, d := range sc.RuntimeDirs {
 		add(runtimeLines(d))
@@ -101,7 +109,17 @@ func Take(sc Scope) (Snapshot, error) {
 
 // Diff is "" when the snapshots are equal, else the differing lines
 // ("- " only before, "+ " only after).
-func (s Snapshot) Diff(after Snapshot) string { return hostaudit.Diff(s, after) }
+func (s Snapshot) Diff(after Snapshot) string { return Diff(s, after) }
+
+// Contains reports whether a line contains sub.
+func (s Snapshot) Contains(sub string) bool {
+	for _, l := range s {
+		if strings.Contains(l, sub) {
+			return true
+		}
+	}
+	return false
+}
 
 // Count counts lines per kind.
 func (s Snapshot) Count() map[string]int {
@@ -149,8 +167,23 @@ func (s Snapshot) Filter(kinds ...string) Snapshot {
 	return out
 }
 
-// netnsLines lists the namespaces in dir and what is inside each.
-func netnsLines(dir string) ([]string, error) {
+// netnsPathLines lists the namespace at p and what is inside it.
+func netnsPathLines(p string, exact bool) ([]string, error) {
+	if _, err := os.Stat(p); err != nil {
+		return []string{"netns " + p + " absent"}, nil
+	}
+	nl, err := HandleAt(p)
+	if err != nil {
+		return nil, fmt.Errorf("netns %s: %w", p, err)
+	}
+	defer nl.Close()
+	return append([]string{"netns " + p}, linkLines(nl, "netns "+filepath.Base(p), all, exact)...), nil
+}
+
+// netnsDirLines lists the namespaces in dir and what is inside each; a
+// file there that is no namespace is a line, not an error (a crash may
+// leave one).
+func netnsDirLines(dir string, exact bool) ([]string, error) {
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -165,16 +198,18 @@ func netnsLines(dir string) ([]string, error) {
 		}
 		p := filepath.Join(dir, e.Name())
 		out = append(out, "netns "+p)
-		nl, err := hostaudit.HandleAt(p)
+		nl, err := HandleAt(p)
 		if err != nil {
 			out = append(out, "netns "+p+" ("+err.Error()+")")
 			continue
 		}
-		out = append(out, linkLines(nl, "in "+e.Name(), func(netlink.Link) bool { return true })...)
+		out = append(out, linkLines(nl, "netns "+e.Name(), all, exact)...)
 		nl.Close()
 	}
 	return out, nil
 }
+
+func all(netlink.Link) bool { return true }
 
 // mountLines lists the mounts under dirs (a leaked netns keeps one).
 func mountLines(dirs []string) ([]string, error) {
@@ -202,6 +237,7 @@ func mountLines(dirs []string) ([]string, error) {
 	return out, nil
 }
 
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
 func unescapeMount(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
@@ -229,69 +265,101 @@ func hostLinkLines(sc Scope) ([]string, error) {
 		return nil, err
 	}
 	defer nl.Close()
-	keep, err := hostaudit.Selector(nl, hostaudit.HostSelection{Names: sc.HostLinks, Prefixes: sc.HostLinkPrefixes, Subnets: sc.HostSubnets})
+	keep, err := Selector(nl, HostSelection{Names: sc.HostLinks, Prefixes: sc.HostLinkPrefixes, Subnets: sc.HostSubnets})
 	if err != nil {
 		return nil, err
 	}
-	return linkLines(nl, "host", keep), nil
+	return linkLines(nl, "host", keep, sc.Exact), nil
 }
 
-// linkLines describes the links keep selects, their qdiscs and filters.
-// A host veth's name is random (the bridge plugin's), so links are keyed by
-// name only inside a namespace; on the host the line says what it is.
-func linkLines(nl *netlink.Handle, where string, keep func(netlink.Link) bool) []string {
-	links, err := hostaudit.Links(nl, keep)
+// linkLines describes the links keep selects, their qdiscs and filters:
+//
+//	link|tap <name> type <type> up|down mtu <mtu>[ mac <mac>][ master <name>][ owner <uid> group <gid>] on <where>
+//	qdisc <type> dev <name> handle <h> parent <p> on <where>
+//	filter dev <name> parent <p> <type> prio <n> proto <p>[ handle <h>][ mirred <action> to <name>][ action <type>] on <where>
+//
+// where is "host" or "netns <name>". mac, handle and the kernel's default
+// root qdiscs are there when exact.
+func linkLines(nl *netlink.Handle, where string, keep func(netlink.Link) bool, exact bool) []string {
+	links, err := Links(nl, keep)
 	if err != nil {
-		return []string{"link " + where + " list error: " + err.Error()}
+		return []string{"link list error: " + err.Error() + " on " + where}
 	}
 	var out []string
 	for _, l := range links {
 		a := l.Attrs()
 		kind := "link"
-		if t, ok := l.Link.(*netlink.Tuntap); ok && t.Mode == netlink.TUNTAP_MODE_TAP {
+		tun, isTun := l.Link.(*netlink.Tuntap)
+		if isTun && tun.Mode == netlink.TUNTAP_MODE_TAP {
 			kind = "tap"
 		}
 		up := "down"
 		if a.Flags&net.FlagUp != 0 {
 			up = "up"
 		}
-		master := ""
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s %s type %s %s mtu %d", kind, a.Name, l.Type(), up, a.MTU)
+		if exact {
+			fmt.Fprintf(&b, " mac %s", a.HardwareAddr)
+		}
 		if a.MasterIndex != 0 {
-			master = " master " + l.Master()
+			fmt.Fprintf(&b, " master %s", l.Master())
 		}
-		owner := ""
-		if t, ok := l.Link.(*netlink.Tuntap); ok {
-			owner = fmt.Sprintf(" owner %d group %d", int32(t.Owner), int32(t.Group))
+		if isTun {
+			fmt.Fprintf(&b, " owner %d group %d", int32(tun.Owner), int32(tun.Group))
 		}
-		out = append(out, fmt.Sprintf("%s %s %s type %s mtu %d %s%s%s", kind, where, a.Name, l.Type(), a.MTU, up, master, owner))
+		out = append(out, b.String()+" on "+where)
 		for _, q := range l.Qdiscs {
-			if q.Attrs().Parent == netlink.HANDLE_ROOT && (q.Type() == "noqueue" || q.Type() == "fq_codel" || q.Type() == "pfifo_fast" || q.Type() == "mq") {
-				continue // the kernel's default root qdisc, not vmnic's
+			if !exact && isDefaultQdisc(q) {
+				continue
 			}
-			out = append(out, fmt.Sprintf("qdisc %s %s %s handle %s parent %s", where, a.Name, q.Type(),
-				netlink.HandleStr(q.Attrs().Handle), netlink.HandleStr(q.Attrs().Parent)))
+			out = append(out, fmt.Sprintf("qdisc %s dev %s handle %s parent %s on %s", q.Type(), a.Name,
+				netlink.HandleStr(q.Attrs().Handle), netlink.HandleStr(q.Attrs().Parent), where))
 		}
 		for _, f := range l.Filters {
-			fa := f.Attrs()
-			desc := fmt.Sprintf("%s prio %d proto %#x", f.Type(), fa.Priority, fa.Protocol)
-			if u, ok := f.Filter.(*netlink.U32); ok {
-				for _, act := range u.Actions {
-					if m, ok := act.(*netlink.MirredAction); ok {
-						desc += " mirred to " + l.Names[m.Ifindex]
-					}
-				}
-			}
-			out = append(out, fmt.Sprintf("filter %s %s parent %s %s", where, a.Name, netlink.HandleStr(f.Parent), desc))
+			out = append(out, fmt.Sprintf("filter dev %s parent %s %s on %s", a.Name, netlink.HandleStr(f.Parent), describeFilter(f.Filter, l.Names, exact), where))
 		}
 	}
 	return out
 }
 
+// isDefaultQdisc: the root qdisc the kernel gives a link that is up, not
+// one vmnic (or anyone) added.
+func isDefaultQdisc(q netlink.Qdisc) bool {
+	if q.Attrs().Parent != netlink.HANDLE_ROOT {
+		return false
+	}
+	switch q.Type() {
+	case "noqueue", "fq_codel", "pfifo_fast", "mq":
+		return true
+	}
+	return false
+}
+
+func describeFilter(f netlink.Filter, names map[int]string, exact bool) string {
+	fa := f.Attrs()
+	s := fmt.Sprintf("%s prio %d proto %#x", f.Type(), fa.Priority, fa.Protocol)
+	if exact {
+		s += " handle " + netlink.HandleStr(fa.Handle)
+	}
+	if u, ok := f.(*netlink.U32); ok {
+		for _, a := range u.Actions {
+			if m, ok := a.(*netlink.MirredAction); ok {
+				s += fmt.Sprintf(" mirred %d to %s", m.MirredAction, names[m.Ifindex])
+			} else {
+				s += " action " + a.Type()
+			}
+		}
+	}
+	return s
+}
+
 // stateLines lists a vmnic state directory: records, lock files and every
-// other file, with their modes, and the modes of its directories.
-func stateLines(dir string) ([]string, error) {
+// other file, with their modes and content hashes, and the directories
+// writable by others (exact: every directory, with its mode).
+func stateLines(dir string, exact bool) ([]string, error) {
 	var out []string
-	err := hostaudit.Walk(dir, func(p string, d fs.DirEntry) error {
+	err := Walk(dir, func(p string, d fs.DirEntry) error {
 		rel, _ := filepath.Rel(dir, p)
 		fi, err := d.Info()
 		if err != nil {
@@ -306,6 +374,9 @@ func stateLines(dir string) ([]string, error) {
 			if fi.Mode().Perm()&0o022 != 0 {
 				out = append(out, fmt.Sprintf("file %s/%s dir mode %s (writable by others)", dir, rel, mode))
 			}
+			if exact {
+				out = append(out, fmt.Sprintf("dir %s/%s mode %s", dir, rel, mode))
+			}
 			return nil
 		case fi.Mode()&fs.ModeSymlink != 0:
 			out = append(out, fmt.Sprintf("file %s/%s symlink", dir, rel))
@@ -318,10 +389,12 @@ func stateLines(dir string) ([]string, error) {
 		case strings.HasPrefix(rel, "locks/"):
 			kind = "lock"
 		}
-		sum := ""
+		sum := " unreadable"
 		if data, err := os.ReadFile(p); err == nil {
 			h := sha256.Sum256(data)
-			sum = " " + hex.EncodeToString(h[:6])
+			sum = " " + hex.EncodeToString(h[:8])
+		} else if errors.Is(err, fs.ErrNotExist) {
+			return nil // removed meanwhile
 		}
 		out = append(out, fmt.Sprintf("%s %s/%s mode %s%s", kind, dir, rel, mode, sum))
 		return nil
@@ -332,7 +405,7 @@ func stateLines(dir string) ([]string, error) {
 // runtimeLines lists every file and directory under dir.
 func runtimeLines(dir string) ([]string, error) {
 	var out []string
-	err := hostaudit.Walk(dir, func(p string, d fs.DirEntry) error {
+	err := Walk(dir, func(p string, d fs.DirEntry) error {
 		if p == dir {
 			return nil
 		}
@@ -357,7 +430,7 @@ func runtimeLines(dir string) ([]string, error) {
 // under <dataDir>/<network>/ (last_reserved_ip.* and lock are bookkeeping).
 func leaseLines(dir string) ([]string, error) {
 	var out []string
-	err := hostaudit.Walk(dir, func(p string, d fs.DirEntry) error {
+	err := Walk(dir, func(p string, d fs.DirEntry) error {
 		if d.IsDir() {
 			return nil
 		}
@@ -373,14 +446,16 @@ func leaseLines(dir string) ([]string, error) {
 	return out, err
 }
 
+// chainCounters is the "[packets:bytes]" of an iptables-save chain line.
+var chainCounters = regexp.MustCompile(` \[\d+:\d+\]$`)
+
+// iptablesLines lists the selected rules and chains; a chain's counters
+// are left out (traffic changes them, not vmnic).
 func iptablesLines(markers []string) ([]string, error) {
-	rules, err := hostaudit.IPTables(markers)
+	rules, err := IPTables(markers)
 	var out []string
 	for _, r := range rules {
-		if strings.HasPrefix(r.Line, ":") {
-			continue // a chain's policy and counters
-		}
-		out = append(out, "iptables "+r.Bin+" "+r.Line)
+		out = append(out, "iptables "+r.Bin+" "+chainCounters.ReplaceAllString(r.Line, ""))
 	}
 	return out, err
 }
@@ -413,7 +488,7 @@ func procLines(exes []string) ([]string, error) {
 	return out, nil
 }
 
-// fdLines lists the runner's open file descriptors by what they point at
+// fdLines lists the caller's open file descriptors by what they point at
 // (sockets and pipes by kind only: their inode numbers change).
 func fdLines() ([]string, error) {
 	ents, err := os.ReadDir("/proc/self/fd")
