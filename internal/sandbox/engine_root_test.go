@@ -25,7 +25,10 @@ import (
 // env is one sandbox fixture: a state dir, a netns dir, a sandbox netns
 // with a veth "eth0" (MTU 1400) whose peer sits in a second netns.
 type env struct {
-	m       *Manager
+	m *Manager
+	// hook, when set, runs at each named point of a change of m; an
+	// error it returns makes the change fail there.
+	hook    func(step string) error
 	state   string
 	netns   string
 	peer    string
@@ -41,11 +44,17 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e := &env{
-		m:     &Manager{Store: st, NetnsDir: t.TempDir(), VMMOptions: vmmadapter.Options{CallTimeout: 2 * time.Second, RemoveTimeout: 2 * time.Second}},
 		state: state,
 		netns: netfixture.Netns(t, netfixture.Name("vmnict-s")),
 		peer:  netfixture.Netns(t, netfixture.Name("vmnict-p")),
 	}
+	e.m = New(Config{Store: st, NetnsDir: t.TempDir(), VMMOptions: vmmadapter.Options{CallTimeout: 2 * time.Second, RemoveTimeout: 2 * time.Second}},
+		withHook(func(step string) error {
+			if e.hook == nil {
+				return nil
+			}
+			return e.hook(step)
+		}))
 	e.vethMAC = "02:00:0a:c9:00:05"
 	netfixture.Veth(t, e.netns, "eth0", e.peer, "peer0", 1400, e.vethMAC)
 	return e
@@ -233,7 +242,7 @@ func TestAddNICRollback(t *testing.T) {
 				}
 				before := netfixture.Take(t, e.scope())
 				injected := errors.New("injected failure")
-				e.m.hook = func(s string) error {
+				e.hook = func(s string) error {
 					if s == step {
 						return injected
 					}
@@ -246,7 +255,7 @@ func TestAddNICRollback(t *testing.T) {
 				if d := before.Diff(netfixture.Take(t, e.scope())); d != "" {
 					t.Errorf("rollback after %s left changes:\n%s", step, d)
 				}
-				e.m.hook = nil
+				e.hook = nil
 				if _, err := e.m.AddNIC(ctx(t), e.spec(id)); err != nil {
 					t.Fatalf("AddNIC after rollback: %v", err)
 				}
@@ -440,7 +449,7 @@ func TestTeardownFailureThenRetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, step := range []string{"teardown-nic", "teardown-netns"} {
-		e.m.hook = func(s string) error {
+		e.hook = func(s string) error {
 			if s == step {
 				return errors.New("injected " + s)
 			}
@@ -464,7 +473,7 @@ func TestTeardownFailureThenRetry(t *testing.T) {
 			t.Errorf("Prepare on an invalid sandbox: %v", err)
 		}
 	}
-	e.m.hook = nil
+	e.hook = nil
 	if err := e.m.Teardown(ctx(t), id, TeardownOptions{}); err != nil {
 		t.Fatalf("retried teardown: %v", err)
 	}
