@@ -45,8 +45,8 @@ func (m *Manager) backendOf(rec *netsetup.NetSetup) backend {
 
 // openBackend is the backend of an ADD with spec s (validated): it names
 // the TAP (nic.Tap) and checks, in the host netns and changing nothing,
-// what the backend needs there. close releases what it holds.
-func (m *Manager) openBackend(s *NICSpec, nic *netsetup.NIC) (b backend, close func(), err error) {
+// what the backend needs there. release frees what it holds.
+func (m *Manager) openBackend(s *NICSpec, nic *netsetup.NIC) (b backend, release func(), err error) {
 	if s.Backend == netsetup.BackendBridge {
 		return m.openBridge(s, nic)
 	}

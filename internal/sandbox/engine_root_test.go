@@ -605,6 +605,51 @@ func TestBridgeBackend(t *testing.T) {
 	}
 }
 
+// A bridge-backend ADD that fails at any of its steps leaves the host as it
+// was: veth up again, no TAP on the host, no FORWARD rule, no record.
+func TestBridgeAddRollback(t *testing.T) {
+	for _, step := range []string{"pending-saved", "bridge-tap-created", "host-ready", "add-saved"} {
+		t.Run(step, func(t *testing.T) {
+			e := newEnv(t)
+			testenv.Command(t, "iptables")
+			br := netfixture.Name("vmnbrt")
+			netfixture.Bridge(t, br)
+			scope := e.scope()
+			scope.HostLinks = []string{br}
+			scope.IPTables = []string{br}
+			before := netfixture.Take(t, scope)
+			s := e.spec("vmnict-brb")
+			s.Backend, s.Bridge = netsetup.BackendBridge, br
+			injected := errors.New("injected failure")
+			e.hook = func(name string) error {
+				if name == step {
+					return injected
+				}
+				return nil
+			}
+			if _, err := e.m.AddNIC(ctx(t), s); !errors.Is(err, injected) {
+				t.Fatalf("AddNIC error = %v, want the injected failure", err)
+			}
+			if d := before.Diff(netfixture.Take(t, scope)); d != "" {
+				t.Errorf("rollback after %s left changes:\n%s", step, d)
+			}
+			if forwardRuleExists(t, br) {
+				t.Errorf("FORWARD rule left after a rollback at %s", step)
+			}
+			e.hook = nil
+			if _, err := e.m.AddNIC(ctx(t), s); err != nil {
+				t.Fatalf("AddNIC after rollback: %v", err)
+			}
+			if err := e.m.DelNIC(ctx(t), DelSpec{SandboxID: s.SandboxID, IfName: "eth0"}); err != nil {
+				t.Fatal(err)
+			}
+			if d := before.Diff(netfixture.Take(t, scope)); d != "" {
+				t.Errorf("ADD+DEL after the rollback left changes:\n%s", d)
+			}
+		})
+	}
+}
+
 func attachCH(t *testing.T, e *env, id string, state vmmsim.CHState) *vmmsim.CH {
 	t.Helper()
 	sim := vmmsim.NewCH(t, vmmsim.CHConfig{State: state})
