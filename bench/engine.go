@@ -68,7 +68,7 @@ func (e *env) runEngine(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		runs = append(runs, &dirRun{run: EngineRun{Where: where, FS: fsType(dir)}, m: &sandbox.Manager{Store: st}, dir: dir})
+		runs = append(runs, &dirRun{run: EngineRun{Where: where, FS: fsType(dir)}, m: sandbox.New(sandbox.Config{Store: st}), dir: dir})
 		return nil
 	}
 	if err := add("temp dir (same filesystem as /var/lib), default store", e.dir("engine-state"), false); err != nil {

@@ -75,7 +75,7 @@ func (e *env) runHotplug(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	m := &sandbox.Manager{Store: store}
+	m := sandbox.New(sandbox.Config{Store: store})
 	list, err := e.confList("vmnb-hot", bridgePlugin("vmnbrb13", "10.205.13.0/24", e.dir("ipam")), vmnicPlugin(state))
 	if err != nil {
 		return err

@@ -46,24 +46,26 @@ type env struct {
 	m      *sandbox.Manager
 }
 
-func setup(args *skel.CmdArgs) (*env, error) {
+// setup builds the env of a command; st (nil: none) times the engine's
+// steps.
+func setup(args *skel.CmdArgs, st *steptime.Recorder) (*env, error) {
 	conf, err := parseConf(args.StdinData)
 	if err != nil {
 		return nil, err
 	}
 	log, c := conf.logger()
 	e := &env{conf: conf, log: log, closer: func() { c.Close() }}
-	st, err := netsetup.OpenWithOptions(conf.StateDir, netsetup.Options{Durable: conf.Fsync})
+	store, err := netsetup.OpenWithOptions(conf.StateDir, netsetup.Options{Durable: conf.Fsync})
 	if err != nil {
 		e.closer()
 		return nil, types.NewError(types.ErrIOFailure, fmt.Sprintf("stateDir %s", conf.StateDir), err.Error())
 	}
-	e.m = &sandbox.Manager{
-		Store:         st,
+	e.m = sandbox.New(sandbox.Config{
+		Store:         store,
 		Logger:        log,
 		VMMOptions:    conf.vmmOptions(),
 		VMMSocketDirs: sandbox.SocketDirs(conf.VMMSocketDirs...),
-	}
+	}, sandbox.WithStepTimes(st))
 	return e, nil
 }
 
@@ -133,7 +135,7 @@ func cniError(err error) error {
 func cmdAdd(args *skel.CmdArgs) (err error) {
 	st := steptime.FromEnv("ADD")
 	defer func() { st.Finish(err) }()
-	e, err := setup(args)
+	e, err := setup(args, st)
 	if err != nil {
 		return err
 	}
@@ -155,7 +157,6 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	defer cancel()
 	st.Label(id, args.IfName)
 	st.Step("resolve")
-	e.m.Steps = st
 	added, err := e.m.AddNIC(ctx, sandbox.NICSpec{
 		SandboxID:    id,
 		ContainerID:  args.ContainerID,
@@ -191,7 +192,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 func cmdDel(args *skel.CmdArgs) (err error) {
 	st := steptime.FromEnv("DEL")
 	defer func() { st.Finish(err) }()
-	e, err := setup(args)
+	e, err := setup(args, st)
 	if err != nil {
 		return err
 	}
@@ -210,7 +211,6 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 	defer cancel()
 	st.Label(id, args.IfName)
 	st.Step("resolve")
-	e.m.Steps = st
 	if err := e.m.DelNIC(ctx, sandbox.DelSpec{SandboxID: id, ContainerID: args.ContainerID, IfName: args.IfName}); err != nil {
 		e.log.Error("DEL failed", "sandbox", id, "ifname", args.IfName, "error", err)
 		return cniError(err)
@@ -219,7 +219,7 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 }
 
 func cmdCheck(args *skel.CmdArgs) error {
-	e, err := setup(args)
+	e, err := setup(args, nil)
 	if err != nil {
 		return err
 	}
@@ -259,7 +259,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 }
 
 func cmdGC(args *skel.CmdArgs) error {
-	e, err := setup(args)
+	e, err := setup(args, nil)
 	if err != nil {
 		return err
 	}

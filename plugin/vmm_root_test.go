@@ -20,7 +20,7 @@ import (
 // running Cloud Hypervisor to it.
 func preparedWithCH(t *testing.T, n *tnet, netns, id string) *vmmsim.CH {
 	t.Helper()
-	m := &sandbox.Manager{Store: n.store(t), NetnsDir: t.TempDir()}
+	m := sandbox.New(sandbox.Config{Store: n.store(t), NetnsDir: t.TempDir()})
 	if _, err := m.Prepare(tctx(t), id, sandbox.PrepareOptions{NetnsPath: netns}); err != nil {
 		t.Fatal(err)
 	}

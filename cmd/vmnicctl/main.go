@@ -74,12 +74,12 @@ func (c *cli) manager() (*sandbox.Manager, error) {
 	if c.g.verbose {
 		level = slog.LevelInfo
 	}
-	c.m = &sandbox.Manager{
+	c.m = sandbox.New(sandbox.Config{
 		Store:         st,
 		NetnsDir:      c.g.netnsDir,
 		Logger:        slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: level})),
 		VMMSocketDirs: sandbox.SocketDirs(strings.FieldsFunc(c.g.socketDirs, func(r rune) bool { return r == ':' })...),
-	}
+	})
 	return c.m, nil
 }
 

@@ -24,7 +24,7 @@ func BenchmarkAddNIC(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	m := &Manager{Store: st}
+	m := New(Config{Store: st})
 	ns := netfixture.Netns(b, netfixture.Name("vmnict-b"))
 	peer := netfixture.Netns(b, netfixture.Name("vmnict-p"))
 	netfixture.Veth(b, ns, "eth0", peer, "peer0", 0, "")

@@ -83,14 +83,25 @@ func (m *Manager) CheckNIC(ctx context.Context, id, ifname string) error {
 
 const netUp = net.FlagUp
 
-func checkTap(nic *netsetup.NIC, veth netlink.Link, add func(string, ...any)) {
+// lookupTap finds the TAP of nic in the calling thread's netns; a missing
+// one (where says where it was looked for) or a device that is no TAP is a
+// problem, and nil.
+func lookupTap(nic *netsetup.NIC, where string, add func(string, ...any)) netlink.Link {
 	tap, err := netlink.LinkByName(nic.Tap)
 	if err != nil {
-		add("TAP %s missing: %v", nic.Tap, err)
-		return
+		add("TAP %s missing%s: %v", nic.Tap, where, err)
+		return nil
 	}
 	if !hostnet.IsTap(tap) {
 		add("%s is a %s, not a TAP", nic.Tap, tap.Type())
+		return nil
+	}
+	return tap
+}
+
+func checkTap(nic *netsetup.NIC, veth netlink.Link, add func(string, ...any)) {
+	tap := lookupTap(nic, "", add)
+	if tap == nil {
 		return
 	}
 	if tap.Attrs().Flags&netUp == 0 {
@@ -115,13 +126,8 @@ func checkTap(nic *netsetup.NIC, veth netlink.Link, add func(string, ...any)) {
 }
 
 func checkBridgeTap(rec *netsetup.NetSetup, nic *netsetup.NIC, vethMTU int, add func(string, ...any)) {
-	tap, err := netlink.LinkByName(nic.Tap)
-	if err != nil {
-		add("TAP %s missing on the host: %v", nic.Tap, err)
-		return
-	}
-	if !hostnet.IsTap(tap) {
-		add("%s is a %s, not a TAP", nic.Tap, tap.Type())
+	tap := lookupTap(nic, " on the host", add)
+	if tap == nil {
 		return
 	}
 	br, err := hostnet.LookupBridge(rec.ResolvedNetBridgeDev())

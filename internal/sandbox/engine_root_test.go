@@ -26,7 +26,10 @@ import (
 // env is one sandbox fixture: a state dir, a netns dir, a sandbox netns
 // with a veth "eth0" (MTU 1400) whose peer sits in a second netns.
 type env struct {
-	m       *Manager
+	m *Manager
+	// hook, when set, runs at each named point of a change of m; an
+	// error it returns makes the change fail there.
+	hook    func(step string) error
 	state   string
 	netns   string
 	peer    string
@@ -42,11 +45,17 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e := &env{
-		m:     &Manager{Store: st, NetnsDir: t.TempDir(), VMMOptions: vmmadapter.Options{CallTimeout: 2 * time.Second, RemoveTimeout: 2 * time.Second}},
 		state: state,
 		netns: netfixture.Netns(t, netfixture.Name("vmnict-s")),
 		peer:  netfixture.Netns(t, netfixture.Name("vmnict-p")),
 	}
+	e.m = New(Config{Store: st, NetnsDir: t.TempDir(), VMMOptions: vmmadapter.Options{CallTimeout: 2 * time.Second, RemoveTimeout: 2 * time.Second}},
+		withHook(func(step string) error {
+			if e.hook == nil {
+				return nil
+			}
+			return e.hook(step)
+		}))
 	e.vethMAC = "02:00:0a:c9:00:05"
 	netfixture.Veth(t, e.netns, "eth0", e.peer, "peer0", 1400, e.vethMAC)
 	return e
@@ -234,7 +243,7 @@ func TestAddNICRollback(t *testing.T) {
 				}
 				before := netfixture.Take(t, e.scope())
 				injected := errors.New("injected failure")
-				e.m.hook = func(s string) error {
+				e.hook = func(s string) error {
 					if s == step {
 						return injected
 					}
@@ -247,7 +256,7 @@ func TestAddNICRollback(t *testing.T) {
 				if d := before.Diff(netfixture.Take(t, e.scope())); d != "" {
 					t.Errorf("rollback after %s left changes:\n%s", step, d)
 				}
-				e.m.hook = nil
+				e.hook = nil
 				if _, err := e.m.AddNIC(ctx(t), e.spec(id)); err != nil {
 					t.Fatalf("AddNIC after rollback: %v", err)
 				}
@@ -441,7 +450,7 @@ func TestTeardownFailureThenRetry(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, step := range []string{"teardown-nic", "teardown-netns"} {
-		e.m.hook = func(s string) error {
+		e.hook = func(s string) error {
 			if s == step {
 				return errors.New("injected " + s)
 			}
@@ -465,7 +474,7 @@ func TestTeardownFailureThenRetry(t *testing.T) {
 			t.Errorf("Prepare on an invalid sandbox: %v", err)
 		}
 	}
-	e.m.hook = nil
+	e.hook = nil
 	if err := e.m.Teardown(ctx(t), id, TeardownOptions{}); err != nil {
 		t.Fatalf("retried teardown: %v", err)
 	}
@@ -594,6 +603,51 @@ func TestBridgeBackend(t *testing.T) {
 	after := netfixture.Take(t, scope)
 	if d := before.Diff(after); d != "" {
 		t.Errorf("bridge ADD+DEL left changes:\n%s", d)
+	}
+}
+
+// A bridge-backend ADD that fails at any of its steps leaves the host as it
+// was: veth up again, no TAP on the host, no FORWARD rule, no record.
+func TestBridgeAddRollback(t *testing.T) {
+	for _, step := range []string{"pending-saved", "bridge-tap-created", "host-ready", "add-saved"} {
+		t.Run(step, func(t *testing.T) {
+			e := newEnv(t)
+			testenv.Command(t, "iptables")
+			br := netfixture.Name("vmnbrt")
+			netfixture.Bridge(t, br)
+			scope := e.scope()
+			scope.HostLinks = []string{br}
+			scope.IPTablesMarkers = []string{br}
+			before := netfixture.Take(t, scope)
+			s := e.spec("vmnict-brb")
+			s.Backend, s.Bridge = netsetup.BackendBridge, br
+			injected := errors.New("injected failure")
+			e.hook = func(name string) error {
+				if name == step {
+					return injected
+				}
+				return nil
+			}
+			if _, err := e.m.AddNIC(ctx(t), s); !errors.Is(err, injected) {
+				t.Fatalf("AddNIC error = %v, want the injected failure", err)
+			}
+			if d := before.Diff(netfixture.Take(t, scope)); d != "" {
+				t.Errorf("rollback after %s left changes:\n%s", step, d)
+			}
+			if forwardRuleExists(t, br) {
+				t.Errorf("FORWARD rule left after a rollback at %s", step)
+			}
+			e.hook = nil
+			if _, err := e.m.AddNIC(ctx(t), s); err != nil {
+				t.Fatalf("AddNIC after rollback: %v", err)
+			}
+			if err := e.m.DelNIC(ctx(t), DelSpec{SandboxID: s.SandboxID, IfName: "eth0"}); err != nil {
+				t.Fatal(err)
+			}
+			if d := before.Diff(netfixture.Take(t, scope)); d != "" {
+				t.Errorf("ADD+DEL after the rollback left changes:\n%s", d)
+			}
+		})
 	}
 }
 

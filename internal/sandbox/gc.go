@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/vmnic/vmnic/internal/netns"
 	"github.com/vmnic/vmnic/netsetup"
 )
 
@@ -48,18 +49,11 @@ func (m *Manager) GC(ctx context.Context, network string, valid []Attachment) er
 }
 
 func (m *Manager) gcSandbox(ctx context.Context, id, network string, keep map[Attachment]bool) error {
-	tx, err := m.Store.Lock(ctx, id)
-	if err != nil {
+	tx, rec, err := m.lockRecord(ctx, id)
+	if err != nil || rec == nil {
 		return err
 	}
 	defer tx.Unlock()
-	rec, err := tx.Load()
-	if errors.Is(err, netsetup.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
 	var errs []error
 	for _, n := range append([]netsetup.NIC(nil), rec.NetworkConfigs...) {
 		if n.ContainerID == "" || n.Network != network || keep[Attachment{n.ContainerID, n.IfName}] {
@@ -119,3 +113,34 @@ func (m *Manager) PruneStale(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
+
+// OrphanNetns lists the owned vmnic-* namespaces in NetnsDir that no record
+// names (including leftover mount points that hold no namespace).
+func (m *Manager) OrphanNetns(ctx context.Context) ([]string, error) {
+	paths, err := netns.List(m.netnsDir(), OwnedNetnsPrefix)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range paths {
+		if err := ctx.Err(); err != nil {
+			return out, err
+		}
+		nsid, err := netsetup.IdentifyNetns(p)
+		if err == nil {
+			if _, err := m.Store.FindByNetns(nsid); err == nil {
+				continue
+			}
+		}
+		// The record named after the netns may still point at it by path.
+		id := filepath.Base(p)[len(OwnedNetnsPrefix):]
+		if rec, err := m.Store.Get(id); err == nil && rec.ResolvedNetnsPath() == p {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// RemoveNetns unmounts and removes a bind-mounted netns (missing is fine).
+func (m *Manager) RemoveNetns(path string) error { return netns.Remove(path) }

@@ -2,12 +2,20 @@
 // NetSetup record at zero NICs), adds and removes NICs (TAP, tc redirect,
 // bridge port, VMM hot-plug) and tears a sandbox down. The CNI plugin,
 // vmnicctl and the NRI hook all drive it.
+//
+// Where things are: manager.go builds the Manager; validate.go checks a
+// NICSpec; add.go is AddNIC; remove.go is DelNIC and the removal of one
+// NIC (also used by teardown.go and gc.go); backend.go is the host side of
+// a NIC, with one implementation per backend (backend_cni.go,
+// backend_bridge.go); vmm.go talks to the VMM; prepare.go, teardown.go,
+// gc.go, resolve.go and check.go hold the operations they name.
 package sandbox
 
 import (
 	"io"
 	"log/slog"
 
+	"github.com/vmnic/vmnic/internal/failpoint"
 	"github.com/vmnic/vmnic/internal/steptime"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
@@ -19,8 +27,8 @@ const DefaultNetnsDir = "/var/run/netns"
 // OwnedNetnsPrefix prefixes the names of the network namespaces vmnic owns.
 const OwnedNetnsPrefix = "vmnic-"
 
-// Manager drives sandboxes recorded in Store.
-type Manager struct {
+// Config is what a Manager is built from (see New).
+type Config struct {
 	Store      *netsetup.Store
 	NetnsDir   string             // where owned netns are bind-mounted; default /var/run/netns
 	Logger     *slog.Logger       // nil = discard
@@ -33,14 +41,70 @@ type Manager struct {
 
 	// OpenVMM opens an adapter for a VMM; nil uses the default (vmmadapter/connect).
 	OpenVMM func(kind vmmadapter.Kind, socket string, opts vmmadapter.Options) (vmmadapter.Adapter, error)
+}
 
-	// hook, when set (tests), runs at named points of a change; an error
-	// it returns makes the change fail there.
-	hook func(step string) error
+// Manager drives sandboxes recorded in Store. Build it with New.
+type Manager struct {
+	Config
 
-	// Steps, when set, times the stretches between the named points of a
-	// change (the points step() marks); see internal/steptime.
-	Steps *steptime.Recorder
+	// stepHooks run, in order, at every named point of a change (see
+	// step); New wires them once.
+	stepHooks []func(step string) error
+}
+
+// Option is an optional part of a Manager, given to New.
+type Option func(*hooks)
+
+// hooks are what the options ask New to wire at the named points.
+type hooks struct {
+	times *steptime.Recorder
+	test  func(step string) error
+}
+
+// WithStepTimes times the stretches between the named points of a change
+// with rec (see internal/steptime); a nil rec times nothing.
+func WithStepTimes(rec *steptime.Recorder) Option {
+	return func(h *hooks) { h.times = rec }
+}
+
+// withHook runs hook (tests) at every named point of a change; an error it
+// returns makes the change fail there.
+func withHook(hook func(step string) error) Option {
+	return func(h *hooks) { h.test = hook }
+}
+
+// New builds a Manager from c. Its step hooks are wired here, once, in this
+// order: the step-time recorder (WithStepTimes), the failpoints
+// (internal/failpoint; only in a build made with -tags vmnic_failpoints),
+// then a test's hook.
+func New(c Config, opts ...Option) *Manager {
+	var h hooks
+	for _, o := range opts {
+		o(&h)
+	}
+	m := &Manager{Config: c}
+	if h.times != nil {
+		m.stepHooks = append(m.stepHooks, func(name string) error { h.times.Step(name); return nil })
+	}
+	if failpoint.Enabled {
+		m.stepHooks = append(m.stepHooks, failpoint.Inject)
+	}
+	if h.test != nil {
+		m.stepHooks = append(m.stepHooks, h.test)
+	}
+	return m
+}
+
+// step marks a named point of a change and runs the step hooks there; the
+// first error stops the change. Each name is also a failpoint, registered
+// in failpoint.Points.
+func (m *Manager) step(name string) error {
+	for _, hook := range m.stepHooks {
+		if err := hook(name); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // PrepareOptions say how a sandbox is prepared.

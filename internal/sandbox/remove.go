@@ -3,12 +3,8 @@ package sandbox
 import (
 	"context"
 	"errors"
-	"fmt"
+	"log/slog"
 
-	"github.com/vishvananda/netlink"
-
-	"github.com/vmnic/vmnic/internal/hostnet"
-	"github.com/vmnic/vmnic/internal/netns"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
 )
@@ -54,56 +50,20 @@ func (m *Manager) DelNIC(ctx context.Context, d DelSpec) error {
 }
 
 // removeNIC takes the NIC ifname out of the VMM and off the host and drops
-// it from the record (saved). dropCNIRecord deletes a record a CNI ADD made
-// once its last NIC is gone.
+// it from the record (saved): DEL, GC and teardown call it for each NIC.
+// dropCNIRecord deletes a record a CNI ADD made once its last NIC is gone.
 func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.NetSetup, ifname string, dropCNIRecord bool) error {
 	p, ok := rec.NIC(ifname)
 	if !ok {
 		return nil
 	}
 	nic := *p
-	if rec.VMM != nil && (nic.State == netsetup.NICAttached || nic.State == netsetup.NICDetaching) && nic.VMMDeviceID != "" {
-		fresh := nic.State == netsetup.NICAttached
-		if fresh {
-			// Say "detaching" first: a retry after a crash or a timeout
-			// waits for the device instead of asking the VMM again.
-			p.State = netsetup.NICDetaching
-			if err := tx.Save(rec); err != nil {
-				return coded(CodeIOFailure, err, "record NIC %s as detaching", ifname)
-			}
-			if err := m.step("detaching-saved"); err != nil {
-				return asCoded(err, "remove NIC %s", ifname)
-			}
+	switch {
+	case rec.VMM != nil && (nic.State == netsetup.NICAttached || nic.State == netsetup.NICDetaching) && nic.VMMDeviceID != "":
+		if err := m.detach(ctx, tx, rec, nic); err != nil {
+			return err
 		}
-		// Also for a NIC already detaching: the removal may never have been
-		// sent (a crash right after recording "detaching"). The adapters
-		// make a repeated remove safe: Cloud Hypervisor's sends
-		// remove-device only while config.net still lists the id, QEMU's
-		// waits for a device_del in progress, Firecracker's DELETE of a
-		// missing id is success.
-		err := m.vmmRemove(ctx, rec.VMM, nic.VMMDeviceID)
-		switch {
-		case err == nil:
-		case errors.Is(err, vmmadapter.ErrUnavailable):
-			m.log().Info("VMM gone: cleaning up the host side only", "sandbox", rec.SandboxID, "ifname", ifname, "error", err)
-		case errors.Is(err, vmmadapter.ErrHotplugUnsupported):
-			m.log().Warn("the VMM cannot hot-remove NICs: the guest keeps a dead NIC", "sandbox", rec.SandboxID, "ifname", ifname, "error", err)
-		case errors.Is(err, vmmadapter.ErrEjectTimeout):
-			return coded(CodeTryAgain, err, "remove NIC %s from the %s VMM of sandbox %s", ifname, rec.VMM.Kind, rec.SandboxID)
-		default:
-			if fresh {
-				if p, ok := rec.NIC(ifname); ok {
-					p.State = netsetup.NICAttached
-					_ = tx.Save(rec)
-				}
-			}
-			return coded(CodeInternal, err, "remove NIC %s from the %s VMM of sandbox %s", ifname, rec.VMM.Kind, rec.SandboxID)
-		}
-		if err := m.step("vmm-removed"); err != nil {
-			return asCoded(err, "remove NIC %s", ifname)
-		}
-	}
-	if rec.VMM != nil && nic.State == netsetup.NICPending {
+	case rec.VMM != nil && nic.State == netsetup.NICPending:
 		if err := m.removeStray(ctx, rec, nic); err != nil {
 			return err
 		}
@@ -111,7 +71,7 @@ func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.
 	if err := m.step("remove-host"); err != nil {
 		return asCoded(err, "remove NIC %s", ifname)
 	}
-	if err := m.cleanupHost(rec, nic); err != nil {
+	if err := m.backendOf(rec).cleanup(rec, nic); err != nil {
 		return coded(CodeInternal, err, "remove NIC %s of sandbox %s", ifname, rec.SandboxID)
 	}
 	if err := m.step("host-removed"); err != nil {
@@ -133,75 +93,71 @@ func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.
 	return nil
 }
 
-// cleanupHost removes the host side of nic: vmnic's filters (and its own
-// ingress qdisc) on the veth and the TAP in the sandbox netns, or the TAP on
-// the host bridge and the bridge's forward rules. A netns that is gone took
-// everything in it along.
-func (m *Manager) cleanupHost(rec *netsetup.NetSetup, nic netsetup.NIC) error {
-	path := rec.ResolvedNetnsPath()
-	if rec.ResolvedNetBackend() == netsetup.BackendBridge {
-		var errs []error
-		if nic.Tap != "" {
-			if err := hostnet.DeleteTap(nic.Tap); err != nil {
-				errs = append(errs, err)
-			}
+// detach takes nic (attached or detaching) out of the VMM of rec, bounded.
+// A VMM that is gone, or cannot hot-remove, lets the removal go on.
+func (m *Manager) detach(ctx context.Context, tx *netsetup.Tx, rec *netsetup.NetSetup, nic netsetup.NIC) error {
+	fresh := nic.State == netsetup.NICAttached
+	if fresh {
+		// Say "detaching" first: a retry after a crash or a timeout waits
+		// for the device instead of asking the VMM again.
+		if p, ok := rec.NIC(nic.IfName); ok {
+			p.State = netsetup.NICDetaching
 		}
-		if br := rec.ResolvedNetBridgeDev(); br != "" {
-			if err := m.forwardRules().Release(br, bridgeUser(rec.SandboxID, nic.IfName)); err != nil {
-				errs = append(errs, err)
-			}
+		if err := tx.Save(rec); err != nil {
+			return coded(CodeIOFailure, err, "record NIC %s as detaching", nic.IfName)
 		}
-		if path != "" {
-			if err := m.unpark(path, nic.IfName, rec.ResolvedNetBridgeDev()); err != nil {
-				errs = append(errs, err)
-			}
+		if err := m.step("detaching-saved"); err != nil {
+			return asCoded(err, "remove NIC %s", nic.IfName)
 		}
-		return errors.Join(errs...)
 	}
-	if path == "" {
-		return nil
-	}
-	err := netns.Do(path, func() error {
-		var errs []error
-		veth, err := netlink.LinkByName(nic.IfName)
-		switch {
-		case err == nil:
-			if err := hostnet.DelRedirect(veth); err != nil {
-				errs = append(errs, err)
-			} else if nic.VethQdiscOwned {
-				if err := hostnet.RemoveIngressIfEmpty(veth); err != nil {
-					errs = append(errs, err)
+	// Also for a NIC already detaching: the removal may never have been
+	// sent (a crash right after recording "detaching"). The adapters make a
+	// repeated remove safe: Cloud Hypervisor's sends remove-device only
+	// while config.net still lists the id, QEMU's waits for a device_del in
+	// progress, Firecracker's DELETE of a missing id is success.
+	err := m.vmmRemove(ctx, rec.VMM, nic.VMMDeviceID)
+	if err != nil {
+		o := vmmRemoveOutcome(err)
+		if o.code != 0 {
+			if o.stillAttached && fresh {
+				if p, ok := rec.NIC(nic.IfName); ok {
+					p.State = netsetup.NICAttached
+					_ = tx.Save(rec)
 				}
 			}
-		case !hostnet.IsNotFound(err):
-			errs = append(errs, fmt.Errorf("look up %s: %w", nic.IfName, err))
+			return coded(o.code, err, "remove NIC %s from the %s VMM of sandbox %s", nic.IfName, rec.VMM.Kind, rec.SandboxID)
 		}
-		if nic.Tap != "" {
-			if err := hostnet.DeleteTap(nic.Tap); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		return errors.Join(errs...)
-	})
-	if err != nil && !netns.IsGone(err) {
-		return err
+		m.log().Log(ctx, o.level, o.msg, "sandbox", rec.SandboxID, "ifname", nic.IfName, "error", err)
+	}
+	if err := m.step("vmm-removed"); err != nil {
+		return asCoded(err, "remove NIC %s", nic.IfName)
 	}
 	return nil
 }
 
-// unpark brings back the veth a bridge-backend NIC parked.
-func (m *Manager) unpark(path, ifname, bridge string) error {
-	host, err := netlink.NewHandle()
-	if err != nil {
-		return err
+// removeOutcome is what a failed hot-remove means for the removal.
+type removeOutcome struct {
+	code uint // 0: the removal goes on to the host side; else it fails with this code
+	// level and msg log why the removal goes on.
+	level slog.Level
+	msg   string
+	// stillAttached: the device is still in the VMM as far as vmnic knows
+	// (a NIC just recorded detaching goes back to attached).
+	stillAttached bool
+}
+
+// vmmRemoveOutcome classifies the error of a hot-remove.
+func vmmRemoveOutcome(err error) removeOutcome {
+	switch {
+	case errors.Is(err, vmmadapter.ErrUnavailable):
+		return removeOutcome{level: slog.LevelInfo, msg: "VMM gone: cleaning up the host side only"}
+	case errors.Is(err, vmmadapter.ErrHotplugUnsupported):
+		return removeOutcome{level: slog.LevelWarn, msg: "the VMM cannot hot-remove NICs: the guest keeps a dead NIC"}
+	case errors.Is(err, vmmadapter.ErrEjectTimeout):
+		return removeOutcome{code: CodeTryAgain}
+	default:
+		return removeOutcome{code: CodeInternal, stillAttached: true}
 	}
-	defer host.Close()
-	br, _ := host.LinkByName(bridge)
-	err = netns.Do(path, func() error { return unparkVeth(ifname, host, br) })
-	if err != nil && !netns.IsGone(err) {
-		return fmt.Errorf("bring %s back: %w", ifname, err)
-	}
-	return nil
 }
 
 // removeStray takes a NIC recorded pending out of the VMM when the VMM has

@@ -3,9 +3,16 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/vmnic/vmnic/internal/steptime"
+	"github.com/vmnic/vmnic/vmmadapter"
 )
 
 func TestNICID(t *testing.T) {
@@ -17,6 +24,62 @@ func TestNICID(t *testing.T) {
 	a, b := NICID("eth-0"), NICID("eth.0")
 	if a == b || a[:6] != "eth_0_" || len(a) != 14 {
 		t.Errorf("NICID of invalid ids: %q %q", a, b)
+	}
+}
+
+// The ids below were computed by the code before nicIDHash (a slice of
+// hostnet.TapNameOnHost("", ifname)): records hold them, so they must not
+// change.
+func TestNICIDKeepsRecordedIDs(t *testing.T) {
+	for _, c := range []struct{ ifname, id string }{
+		{"eth0", "eth0"},
+		{"eth-0", "eth_0_f9ed1c1b"},
+		{"eth.0", "eth_0_d88b37cd"},
+		{"net-1.2", "net_1_2_1e7351b5"},
+		{"e,th=0", "e_th_0_8397f127"},
+		{"eth0\u00e9", "eth0___b57dbf8e"},
+		{"", "_8a5edab2"},
+		{"-", "__53ffa564"},
+		{"abcdefghijklmn-", "abcdefghijklmn__0b7db713"},
+	} {
+		if got := NICID(c.ifname); got != c.id {
+			t.Errorf("NICID(%q) = %q, want %q", c.ifname, got, c.id)
+		}
+	}
+}
+
+func TestVMMOutcomes(t *testing.T) {
+	other := errors.New("connection reset")
+	for _, c := range []struct {
+		err    error
+		booted bool
+		want   addOutcome
+	}{
+		{vmmadapter.ErrHotplugUnsupported, true, addOutcome{stayPending: true}},
+		{vmmadapter.ErrUnavailable, false, addOutcome{stayPending: true, until: " until the VMM starts"}},
+		{vmmadapter.ErrUnavailable, true, addOutcome{code: CodeTryAgain}},
+		{fmt.Errorf("add: %w", vmmadapter.ErrDeviceIDInUse), true, addOutcome{code: CodeInternal}},
+		{vmmadapter.ErrTapBusy, false, addOutcome{code: CodeInternal}},
+		{other, true, addOutcome{code: CodeInternal, mayHaveDevice: true}},
+	} {
+		if got := vmmAddOutcome(c.err, c.booted); got != c.want {
+			t.Errorf("vmmAddOutcome(%v, booted=%v) = %+v, want %+v", c.err, c.booted, got, c.want)
+		}
+	}
+	for _, c := range []struct {
+		err           error
+		code          uint
+		stillAttached bool
+	}{
+		{vmmadapter.ErrUnavailable, 0, false},
+		{vmmadapter.ErrHotplugUnsupported, 0, false},
+		{fmt.Errorf("remove: %w", vmmadapter.ErrEjectTimeout), CodeTryAgain, false},
+		{other, CodeInternal, true},
+	} {
+		got := vmmRemoveOutcome(c.err)
+		if got.code != c.code || got.stillAttached != c.stillAttached || (got.code == 0) != (got.msg != "") {
+			t.Errorf("vmmRemoveOutcome(%v) = %+v, want code %d stillAttached %v", c.err, got, c.code, c.stillAttached)
+		}
 	}
 }
 
@@ -87,5 +150,43 @@ func TestErrorCodes(t *testing.T) {
 	}
 	if !errors.Is(e, e.Err) {
 		t.Error("Unwrap")
+	}
+}
+
+// New wires the step hooks once: the step-time recorder sees every step,
+// the test hook runs after it and its error stops the change there.
+func TestStepHooks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "steps")
+	rec := steptime.New(path, "ADD")
+	var seen []string
+	stop := errors.New("stop")
+	m := New(Config{}, WithStepTimes(rec), withHook(func(s string) error {
+		seen = append(seen, s)
+		if s == "tap-created" {
+			return stop
+		}
+		return nil
+	}))
+	if err := m.step("pending-saved"); err != nil {
+		t.Fatalf("step: %v", err)
+	}
+	if err := m.step("tap-created"); !errors.Is(err, stop) {
+		t.Fatalf("step = %v, want the hook's error", err)
+	}
+	if err := rec.Finish(nil); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), `"name":"pending-saved"`) || !strings.Contains(string(data), `"name":"tap-created"`) {
+		t.Errorf("recorded steps %s: want pending-saved and tap-created", data)
+	}
+	if !slices.Equal(seen, []string{"pending-saved", "tap-created"}) {
+		t.Errorf("hook saw %v", seen)
+	}
+	if err := New(Config{}).step("tap-created"); err != nil {
+		t.Errorf("step without hooks: %v", err)
 	}
 }

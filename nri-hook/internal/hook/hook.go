@@ -113,8 +113,8 @@ func (p *Plugin) Configure(ctx context.Context, cfgText, runtime, version string
 	if err := os.MkdirAll(cfg.RuntimeDir, 0o755); err != nil {
 		return 0, fmt.Errorf("vmnic: runtime dir: %w", err)
 	}
-	mgr := &sandbox.Manager{Store: store, NetnsDir: cfg.NetnsDir, Logger: p.logger(),
-		VMMSocketDirs: sandbox.SocketDirs(cfg.RuntimeDir)}
+	mgr := sandbox.New(sandbox.Config{Store: store, NetnsDir: cfg.NetnsDir, Logger: p.logger(),
+		VMMSocketDirs: sandbox.SocketDirs(cfg.RuntimeDir)})
 
 	p.mu.Lock()
 	p.cfg, p.mgr, p.runtimeName, p.runtimeVersion = cfg, mgr, runtime, version

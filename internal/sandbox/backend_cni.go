@@ -1,0 +1,106 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/vmnic/vmnic/internal/hostnet"
+	"github.com/vmnic/vmnic/internal/netns"
+	"github.com/vmnic/vmnic/netsetup"
+)
+
+// cniBackend is the cni backend: the TAP lives in the sandbox netns next to
+// the veth, and a tc redirect each way joins the two. The veth's ingress
+// qdisc is vmnic's (and removed with the NIC) only when vmnic added it.
+type cniBackend struct {
+	m    *Manager
+	spec *NICSpec // the ADD's spec; nil for a removal
+	mac  string   // the TAP's MAC once made
+}
+
+func (b *cniBackend) claim(nic *netsetup.NIC) error {
+	if l, err := netlink.LinkByName(nic.Tap); err == nil {
+		return codedf(CodeInvalidEnv, "TAP name %s is already taken in netns %s by a %s device", nic.Tap, b.spec.NetnsPath, l.Type())
+	}
+	return nil
+}
+
+// setupInNetns makes the TAP and the redirects veth -> TAP and TAP -> veth.
+func (b *cniBackend) setupInNetns(veth netlink.Link, nic *netsetup.NIC) (undo, error) {
+	var u undo
+	s := b.spec
+	tap, err := hostnet.CreateTap(hostnet.TapSpec{Name: nic.Tap, MTU: nic.MTU, QueuePairs: s.QueuePairs, Owner: s.TapOwner, Group: s.TapGroup})
+	if err != nil {
+		return u, tapError(err, nic.Tap, s.NetnsPath)
+	}
+	u.ns = append(u.ns, func() error { return hostnet.DeleteTap(nic.Tap) })
+	b.mac = tap.Attrs().HardwareAddr.String()
+	if err := b.m.step("tap-created"); err != nil {
+		return u, err
+	}
+	owned, err := hostnet.EnsureIngress(veth)
+	if err != nil {
+		return u, coded(CodeInternal, err, "tc on %s", s.IfName)
+	}
+	if owned {
+		u.ns = append(u.ns, func() error { return hostnet.RemoveIngressIfEmpty(veth) })
+	}
+	nic.VethQdiscOwned = owned
+	if _, err := hostnet.EnsureIngress(tap); err != nil {
+		return u, coded(CodeInternal, err, "tc on %s", nic.Tap)
+	}
+	if err := hostnet.AddRedirect(veth, tap); err != nil {
+		return u, coded(CodeInternal, err, "tc redirect")
+	}
+	u.ns = append(u.ns, func() error { return hostnet.DelRedirect(veth) })
+	if err := b.m.step("veth-filter-added"); err != nil {
+		return u, err
+	}
+	if err := hostnet.AddRedirect(tap, veth); err != nil {
+		return u, coded(CodeInternal, err, "tc redirect")
+	}
+	return u, nil
+}
+
+// setupOnHost has nothing to do: the cni backend changes only the sandbox
+// netns.
+func (b *cniBackend) setupOnHost(*netsetup.NIC) (undo, error) { return undo{}, nil }
+
+func (b *cniBackend) tapMAC() string { return b.mac }
+
+// cleanup removes vmnic's filter (and its own ingress qdisc) from the veth
+// and the TAP. A netns that is gone took everything in it along.
+func (b *cniBackend) cleanup(rec *netsetup.NetSetup, nic netsetup.NIC) error {
+	path := rec.ResolvedNetnsPath()
+	if path == "" {
+		return nil
+	}
+	err := netns.Do(path, func() error {
+		var errs []error
+		veth, err := netlink.LinkByName(nic.IfName)
+		switch {
+		case err == nil:
+			if err := hostnet.DelRedirect(veth); err != nil {
+				errs = append(errs, err)
+			} else if nic.VethQdiscOwned {
+				if err := hostnet.RemoveIngressIfEmpty(veth); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		case !hostnet.IsNotFound(err):
+			errs = append(errs, fmt.Errorf("look up %s: %w", nic.IfName, err))
+		}
+		if nic.Tap != "" {
+			if err := hostnet.DeleteTap(nic.Tap); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	})
+	if err != nil && !netns.IsGone(err) {
+		return err
+	}
+	return nil
+}

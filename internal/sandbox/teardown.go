@@ -1,0 +1,100 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/vmnic/vmnic/internal/netns"
+	"github.com/vmnic/vmnic/netsetup"
+)
+
+// Teardown removes the sandbox's NICs (from the VMM, bounded, then from the
+// host), then, unless o.KeepNetns, its owned netns and its record; with
+// KeepNetns the record stays at zero NICs (phase prepared, no VMM). It is
+// idempotent: a missing record is success and a gone netns is fine. A
+// failure half way leaves the record invalid with the error; a retried
+// teardown finishes the job.
+func (m *Manager) Teardown(ctx context.Context, id string, o TeardownOptions) error {
+	if err := netsetup.ValidateSandboxID(id); err != nil {
+		return err
+	}
+	tx, rec, err := m.lockRecord(ctx, id)
+	if err != nil || rec == nil {
+		return err
+	}
+	defer tx.Unlock()
+	rec.Phase = netsetup.PhaseTearingDown
+	if err := tx.Save(rec); err != nil {
+		return fmt.Errorf("teardown sandbox %s: %w", id, err)
+	}
+	var errs []error
+	if err := m.step("teardown-saved"); err != nil {
+		errs = append(errs, err)
+	}
+	var cids []string
+	for _, n := range append([]netsetup.NIC(nil), rec.NetworkConfigs...) {
+		cids = append(cids, n.ContainerID)
+		if err := m.step("teardown-nic"); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := m.removeNIC(ctx, tx, rec, n.IfName, false); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 && !o.KeepNetns && rec.NetnsOwned {
+		if err := m.step("teardown-netns"); err != nil {
+			errs = append(errs, err)
+		} else if err := netns.Remove(rec.ResolvedNetnsPath()); err != nil {
+			errs = append(errs, err)
+		} else if err := m.step("netns-removed"); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		err := errors.Join(errs...)
+		rec.Phase = netsetup.PhaseInvalid
+		rec.Error = "teardown failed: " + err.Error()
+		if serr := tx.Save(rec); serr != nil {
+			err = errors.Join(err, serr)
+		}
+		return fmt.Errorf("teardown sandbox %s: %w", id, err)
+	}
+	if o.KeepNetns {
+		rec.Phase = netsetup.PhasePrepared
+		rec.Error = ""
+		rec.VMM = nil
+		if err := tx.Save(rec); err != nil {
+			return fmt.Errorf("teardown sandbox %s: %w", id, err)
+		}
+		m.unindexContainers(id, rec, cids...)
+		m.log().Info("sandbox stopped", "sandbox", id)
+		return nil
+	}
+	if err := tx.Delete(); err != nil {
+		return fmt.Errorf("teardown sandbox %s: %w", id, err)
+	}
+	m.unindexContainers(id, nil, cids...)
+	m.log().Info("sandbox removed", "sandbox", id)
+	return nil
+}
+
+// lockRecord locks sandbox id and loads its record. A sandbox without a
+// record gives a nil record and no error, and is unlocked already; else
+// the caller unlocks tx.
+func (m *Manager) lockRecord(ctx context.Context, id string) (*netsetup.Tx, *netsetup.NetSetup, error) {
+	tx, err := m.Store.Lock(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	rec, err := tx.Load()
+	if err != nil {
+		tx.Unlock()
+		if errors.Is(err, netsetup.ErrNotFound) {
+			return nil, nil, nil
+		}
+		return nil, nil, err
+	}
+	return tx, rec, nil
+}
