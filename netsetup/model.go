@@ -200,24 +200,21 @@ func (s *NetSetup) ResolvedNetBackend() Backend {
 
 // ResolvedNetnsPath is the sandbox's netns path, falling back to NIC 0.
 func (s *NetSetup) ResolvedNetnsPath() string {
-	if s.NetnsPath != "" {
-		return s.NetnsPath
-	}
-	if len(s.NetworkConfigs) > 0 {
-		return s.NetworkConfigs[0].LegacyNetnsPath
-	}
-	return ""
+	return s.orFirstNIC(s.NetnsPath, func(n NIC) string { return n.LegacyNetnsPath })
 }
 
 // ResolvedNetBridgeDev is the bridge of the bridge backend, falling back to NIC 0.
 func (s *NetSetup) ResolvedNetBridgeDev() string {
-	if s.NetBridgeDev != "" {
-		return s.NetBridgeDev
+	return s.orFirstNIC(s.NetBridgeDev, func(n NIC) string { return n.LegacyBridge })
+}
+
+// orFirstNIC is v, or when v is empty the legacy field of NIC 0 (older
+// record shapes kept sandbox-wide fields on each NIC).
+func (s *NetSetup) orFirstNIC(v string, legacy func(NIC) string) string {
+	if v == "" && len(s.NetworkConfigs) > 0 {
+		return legacy(s.NetworkConfigs[0])
 	}
-	if len(s.NetworkConfigs) > 0 {
-		return s.NetworkConfigs[0].LegacyBridge
-	}
-	return ""
+	return v
 }
 
 // NIC returns the NIC with the given ifname.

@@ -246,7 +246,7 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		if err := m.removeStray(ctx, rec, *old); err != nil {
 			return early(err)
 		}
-		if err := m.cleanupHost(rec, *old); err != nil {
+		if err := m.cleanupHost(ctx, rec, *old); err != nil {
 			return early(coded(CodeInternal, err, "clean up the pending NIC %s left by an earlier ADD", s.IfName))
 		}
 		rec.RemoveNIC(s.IfName)
@@ -434,10 +434,10 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 			return nil, rollback(coded(CodeInternal, err, "bridge port"))
 		}
 		user := bridgeUser(s.SandboxID, s.IfName)
-		if err := m.forwardRules().Acquire(s.Bridge, user); err != nil {
+		if err := m.forwardRules().Acquire(ctx, s.Bridge, user); err != nil {
 			return nil, rollback(coded(CodeInternal, err, "bridge %s forward rules", s.Bridge))
 		}
-		u.host = append(u.host, func() error { return m.forwardRules().Release(s.Bridge, user) })
+		u.host = append(u.host, m.forwardRules().Undo(ctx, s.Bridge, user))
 	}
 	if err := m.step("host-ready"); err != nil {
 		return nil, rollback(asCoded(err, "set up NIC %s", s.IfName))
@@ -515,9 +515,7 @@ func asCoded(err error, format string, args ...any) error {
 
 func bridgeUser(id, ifname string) string { return id + "/" + ifname }
 
-func (m *Manager) forwardRules() hostnet.ForwardRules {
-	return hostnet.ForwardRules{Dir: m.Store.Dir() + "/bridge-forward"}
-}
+func (m *Manager) forwardRules() forwardRules { return forwardRules{m.Store} }
 
 // parkVeth takes the veth out of the bridge backend's L2: the host-side
 // peer goes down when it is a port of the bridge (the container side stays

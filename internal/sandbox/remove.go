@@ -111,7 +111,7 @@ func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.
 	if err := m.step("remove-host"); err != nil {
 		return asCoded(err, "remove NIC %s", ifname)
 	}
-	if err := m.cleanupHost(rec, nic); err != nil {
+	if err := m.cleanupHost(ctx, rec, nic); err != nil {
 		return coded(CodeInternal, err, "remove NIC %s of sandbox %s", ifname, rec.SandboxID)
 	}
 	if err := m.step("host-removed"); err != nil {
@@ -137,7 +137,7 @@ func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.
 // ingress qdisc) on the veth and the TAP in the sandbox netns, or the TAP on
 // the host bridge and the bridge's forward rules. A netns that is gone took
 // everything in it along.
-func (m *Manager) cleanupHost(rec *netsetup.NetSetup, nic netsetup.NIC) error {
+func (m *Manager) cleanupHost(ctx context.Context, rec *netsetup.NetSetup, nic netsetup.NIC) error {
 	path := rec.ResolvedNetnsPath()
 	if rec.ResolvedNetBackend() == netsetup.BackendBridge {
 		var errs []error
@@ -147,7 +147,7 @@ func (m *Manager) cleanupHost(rec *netsetup.NetSetup, nic netsetup.NIC) error {
 			}
 		}
 		if br := rec.ResolvedNetBridgeDev(); br != "" {
-			if err := m.forwardRules().Release(br, bridgeUser(rec.SandboxID, nic.IfName)); err != nil {
+			if err := m.forwardRules().Release(ctx, br, bridgeUser(rec.SandboxID, nic.IfName)); err != nil {
 				errs = append(errs, err)
 			}
 		}
