@@ -1,7 +1,9 @@
 // Package netsetup is the NetSetup record: the per-sandbox state file shared by
 // the vmnic CNI plugin, the NRI hook, vmnicctl and any VM manager that imports
 // it. It holds the model (this file), the loading of older record shapes
-// (legacy.go) and the on-disk store (store.go).
+// (legacy.go) and the store, which owns every file under the state dir
+// (store.go; by job: records.go, index.go, locks.go, bridgeforward.go,
+// mirror.go, prune.go, and the file primitives in file.go).
 package netsetup
 
 import (

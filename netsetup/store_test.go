@@ -312,3 +312,19 @@ func TestDurableStoreWritesAndDeletes(t *testing.T) {
 		t.Fatalf("after Delete: %v", err)
 	}
 }
+
+func TestCheckWritable(t *testing.T) {
+	s := openStore(t)
+	if err := s.CheckWritable(); err != nil {
+		t.Fatalf("CheckWritable on a fresh store: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(s.Dir(), ".status-*")); len(left) != 0 {
+		t.Fatalf("CheckWritable left %v", left)
+	}
+	if err := os.RemoveAll(s.Dir()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CheckWritable(); err == nil {
+		t.Fatal("CheckWritable passed with the state dir gone")
+	}
+}
