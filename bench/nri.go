@@ -18,6 +18,7 @@ import (
 
 	"github.com/vmnic/vmnic/bench/internal/fixture"
 	"github.com/vmnic/vmnic/bench/internal/stats"
+	"github.com/vmnic/vmnic/netsetup"
 )
 
 // NRIResult is the NRI hook's handler latency and memory, driven by a fake
@@ -196,8 +197,10 @@ func (e *env) runNRI(ctx context.Context) error {
 		logTail, _ := os.ReadFile(e.dir("vmnic-nri.log"))
 		res.FirstErr += fmt.Sprintf(" (vmnic-nri stderr: %q; log: %q)", tail(stderr.String(), 800), tail(string(logTail), 800))
 	}
-	if ids, err := os.ReadDir(filepath.Join(state, "sandboxes")); err == nil && len(ids) < n-res.Errors {
-		fail(fmt.Errorf("only %d records for %d pods", len(ids), n))
+	if st, err := netsetup.Open(state); err == nil {
+		if ids, err := st.IDs(); err == nil && len(ids) < n-res.Errors {
+			fail(fmt.Errorf("only %d records for %d pods", len(ids), n))
+		}
 	}
 	for _, p := range pods {
 		c, cancel := call()

@@ -1,7 +1,9 @@
 // Package netsetup is the NetSetup record: the per-sandbox state file shared by
 // the vmnic CNI plugin, the NRI hook, vmnicctl and any VM manager that imports
 // it. It holds the model (this file), the loading of older record shapes
-// (legacy.go) and the on-disk store (store.go).
+// (legacy.go) and the store, which owns every file under the state dir
+// (store.go; by job: records.go, index.go, locks.go, bridgeforward.go,
+// mirror.go, prune.go, and the file primitives in file.go).
 package netsetup
 
 import (
@@ -200,24 +202,21 @@ func (s *NetSetup) ResolvedNetBackend() Backend {
 
 // ResolvedNetnsPath is the sandbox's netns path, falling back to NIC 0.
 func (s *NetSetup) ResolvedNetnsPath() string {
-	if s.NetnsPath != "" {
-		return s.NetnsPath
-	}
-	if len(s.NetworkConfigs) > 0 {
-		return s.NetworkConfigs[0].LegacyNetnsPath
-	}
-	return ""
+	return s.orFirstNIC(s.NetnsPath, func(n NIC) string { return n.LegacyNetnsPath })
 }
 
 // ResolvedNetBridgeDev is the bridge of the bridge backend, falling back to NIC 0.
 func (s *NetSetup) ResolvedNetBridgeDev() string {
-	if s.NetBridgeDev != "" {
-		return s.NetBridgeDev
+	return s.orFirstNIC(s.NetBridgeDev, func(n NIC) string { return n.LegacyBridge })
+}
+
+// orFirstNIC is v, or when v is empty the legacy field of NIC 0 (older
+// record shapes kept sandbox-wide fields on each NIC).
+func (s *NetSetup) orFirstNIC(v string, legacy func(NIC) string) string {
+	if v == "" && len(s.NetworkConfigs) > 0 {
+		return legacy(s.NetworkConfigs[0])
 	}
-	if len(s.NetworkConfigs) > 0 {
-		return s.NetworkConfigs[0].LegacyBridge
-	}
-	return ""
+	return v
 }
 
 // NIC returns the NIC with the given ifname.

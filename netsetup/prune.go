@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -14,102 +14,138 @@ import (
 // Prune removes what a process killed half way can leave in the state
 // directory without a record: lock files of sandboxes that have no record,
 // netns index entries whose sandbox has no record (or records another
-// namespace), and temp files of interrupted writes. Each entry is removed
-// under its sandbox's lock, so a concurrent writer is never undercut; a
-// lock held longer than wait is skipped. It returns what it removed.
+// namespace), container index entries whose sandbox has no record (or no
+// NIC of that container), and temp files of interrupted writes. Each entry
+// is removed under its sandbox's lock, so a concurrent writer is never
+// undercut; a lock held longer than wait is skipped. It returns what it
+// removed.
 func (s *Store) Prune(ctx context.Context, wait time.Duration) ([]string, error) {
-	var removed []string
-	var errs []error
-
-	// Lock files: Lock + Load (not found) + Unlock removes the file.
-	locks, err := os.ReadDir(s.lockDir)
-	if err != nil {
-		return nil, fmt.Errorf("prune: %w", err)
+	p := &pruner{s: s, ctx: ctx, wait: wait}
+	if err := p.each(s.lockDir, p.lock); err != nil {
+		return nil, err
 	}
-	for _, e := range locks {
-		id, ok := strings.CutSuffix(e.Name(), ".lock")
-		if !ok || ValidateSandboxID(id) != nil || !e.Type().IsRegular() {
-			continue
-		}
-		if _, err := s.read(id); !errors.Is(err, ErrNotFound) {
-			continue
-		}
-		gone, err := s.underLock(ctx, wait, id, func(*NetSetup) error { return nil })
-		if err != nil {
-			errs = append(errs, err)
-		} else if gone {
-			removed = append(removed, filepath.Join(s.lockDir, e.Name()))
-		}
+	if err := p.each(s.netnsDir, p.netnsEntry); err != nil {
+		p.errs = append(p.errs, err)
 	}
-
-	// Netns index entries.
-	idx, err := os.ReadDir(s.netnsDir)
-	if err != nil {
-		return removed, errors.Join(append(errs, fmt.Errorf("prune: %w", err))...)
+	if err := p.each(s.containerDir, p.containerEntry); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		p.errs = append(p.errs, err)
 	}
-	for _, e := range idx {
-		p := filepath.Join(s.netnsDir, e.Name())
-		if strings.HasPrefix(e.Name(), ".tmp-") {
-			if staleTemp(p) && os.Remove(p) == nil {
-				removed = append(removed, p)
-			}
-			continue
-		}
-		nsid, ok := parseIndexName(e.Name())
-		if !ok {
-			continue
-		}
-		data, err := readNoFollow(p)
-		if err != nil {
-			continue
-		}
-		id := strings.TrimSpace(string(data))
-		if ValidateSandboxID(id) != nil {
-			if os.Remove(p) == nil {
-				removed = append(removed, p)
-			}
-			continue
-		}
-		if rec, err := s.read(id); err == nil && rec.NetnsID != nil && *rec.NetnsID == nsid {
-			continue
-		}
-		_, err = s.underLock(ctx, wait, id, func(rec *NetSetup) error {
-			if rec != nil && rec.NetnsID != nil && *rec.NetnsID == nsid {
-				return nil
-			}
-			if data, err := readNoFollow(p); err == nil && strings.TrimSpace(string(data)) == id {
-				if os.Remove(p) == nil {
-					removed = append(removed, p)
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-
 	// Temp files of writes killed before their rename.
-	if ents, err := os.ReadDir(s.sandboxDir); err == nil {
-		for _, e := range ents {
-			p := filepath.Join(s.sandboxDir, e.Name())
-			if strings.HasPrefix(e.Name(), ".tmp-") && staleTemp(p) && os.Remove(p) == nil {
-				removed = append(removed, p)
-			}
+	for _, d := range []string{s.sandboxDir, s.netnsDir, s.containerDir, s.forwardDir} {
+		p.removed = append(p.removed, pruneTemps(d)...)
+	}
+	return p.removed, errors.Join(p.errs...)
+}
+
+// pruner collects what one Prune removed and the errors it met.
+type pruner struct {
+	s       *Store
+	ctx     context.Context
+	wait    time.Duration
+	removed []string
+	errs    []error
+}
+
+// each runs fn on every entry of dir but temp files.
+func (p *pruner) each(dir string, fn func(dir string, e fs.DirEntry)) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("prune: %w", err)
+	}
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), tempPrefix) {
+			fn(dir, e)
 		}
 	}
-	return removed, errors.Join(errs...)
+	return nil
+}
+
+// remove removes path, noting it when it went.
+func (p *pruner) remove(path string) {
+	if os.Remove(path) == nil {
+		p.removed = append(p.removed, path)
+	}
+}
+
+// lock removes the lock file of a sandbox without a record: Lock + Load
+// (not found) + Unlock removes the file.
+func (p *pruner) lock(dir string, e fs.DirEntry) {
+	id, ok := strings.CutSuffix(e.Name(), ".lock")
+	if !ok || ValidateSandboxID(id) != nil || !e.Type().IsRegular() {
+		return
+	}
+	if _, err := p.s.read(id); !errors.Is(err, ErrNotFound) {
+		return
+	}
+	gone, err := p.underLock(id, func(*NetSetup) {})
+	if gone {
+		p.removed = append(p.removed, filepath.Join(dir, e.Name()))
+	}
+	p.note(err)
+}
+
+// netnsEntry removes a netns index entry that holds no valid id, or whose
+// sandbox does not record that namespace.
+func (p *pruner) netnsEntry(dir string, e fs.DirEntry) {
+	path := filepath.Join(dir, e.Name())
+	nsid, ok := parseIndexName(e.Name())
+	if !ok {
+		return
+	}
+	data, err := readNoFollow(path)
+	if err != nil {
+		return
+	}
+	id := strings.TrimSpace(string(data))
+	if ValidateSandboxID(id) != nil {
+		p.remove(path)
+		return
+	}
+	if rec, err := p.s.read(id); err == nil && rec.NetnsID != nil && *rec.NetnsID == nsid {
+		return
+	}
+	_, err = p.underLock(id, func(rec *NetSetup) {
+		if (rec == nil || rec.NetnsID == nil || *rec.NetnsID != nsid) && readEntry(path) == id {
+			p.remove(path)
+		}
+	})
+	p.note(err)
+}
+
+// containerEntry removes a container index entry whose sandbox has no
+// record, or no NIC of that container.
+func (p *pruner) containerEntry(dir string, e fs.DirEntry) {
+	cid := e.Name()
+	id := p.s.ContainerSandbox(cid)
+	if id == "" {
+		return
+	}
+	_, err := p.underLock(id, func(rec *NetSetup) {
+		path := p.s.containerIndexPath(cid)
+		p.s.UnindexContainers(id, rec, cid)
+		if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+			p.removed = append(p.removed, path)
+		}
+	})
+	p.note(err)
+}
+
+func (p *pruner) note(err error) {
+	if err != nil {
+		p.errs = append(p.errs, err)
+	}
 }
 
 // underLock runs fn on sandbox id's record (nil when it has none) under its
 // lock and reports whether the sandbox had no record (its lock file then
-// goes at unlock).
-func (s *Store) underLock(ctx context.Context, wait time.Duration, id string, fn func(*NetSetup) error) (bool, error) {
-	lctx, cancel := context.WithTimeout(ctx, wait)
+// goes at unlock). A lock held longer than the wait is skipped, and an
+// unreadable record left for an operator: fn does not run.
+func (p *pruner) underLock(id string, fn func(*NetSetup)) (bool, error) {
+	lctx, cancel := context.WithTimeout(p.ctx, p.wait)
 	defer cancel()
-	tx, err := s.Lock(lctx, id)
+	tx, err := p.s.Lock(lctx, id)
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		if errors.Is(err, context.DeadlineExceeded) && p.ctx.Err() == nil {
 			return false, nil // busy: a live process holds it
 		}
 		return false, fmt.Errorf("prune %s: %w", id, err)
@@ -118,29 +154,11 @@ func (s *Store) underLock(ctx context.Context, wait time.Duration, id string, fn
 	rec, err := tx.Load()
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return true, fn(nil)
+		fn(nil)
+		return true, nil
 	case err != nil:
 		return false, nil // unreadable: leave it for an operator
 	}
-	return false, fn(rec)
-}
-
-// staleTemp: a temp file no live write can still be using (older than a
-// minute; a write takes milliseconds).
-func staleTemp(p string) bool {
-	fi, err := os.Lstat(p)
-	return err == nil && time.Since(fi.ModTime()) > time.Minute
-}
-
-func parseIndexName(name string) (NetnsID, bool) {
-	a, b, ok := strings.Cut(name, "-")
-	if !ok {
-		return NetnsID{}, false
-	}
-	dev, err1 := strconv.ParseUint(a, 10, 64)
-	ino, err2 := strconv.ParseUint(b, 10, 64)
-	if err1 != nil || err2 != nil {
-		return NetnsID{}, false
-	}
-	return NetnsID{Dev: dev, Ino: ino}, true
+	fn(rec)
+	return false, nil
 }

@@ -81,3 +81,56 @@ func TestPruneRemovesOnlyLeftovers(t *testing.T) {
 		t.Fatalf("Prune removed a lock file a live process holds: %v", err)
 	}
 }
+
+func TestPruneContainerIndex(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	live := New("live")
+	live.PutNIC(NIC{ID: "eth0", IfName: "eth0", Tap: "tapeth0", ContainerID: "used", State: NICPending})
+	if err := s.Create(ctx, live); err != nil {
+		t.Fatal(err)
+	}
+	// Entries a killed process left: one naming a sandbox without a record,
+	// one naming a live sandbox none of whose NICs is the container's; and
+	// one still in use.
+	for cid, id := range map[string]string{"dead-c": "dead", "unused": "live", "used": "live"} {
+		if err := s.IndexContainer(cid, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := filepath.Join(s.Dir(), "cni-containers")
+	old := filepath.Join(dir, ".tmp-old")
+	if err := os.WriteFile(old, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	then := time.Now().Add(-2 * time.Minute)
+	os.Chtimes(old, then, then)
+
+	// A sandbox whose lock a live process holds keeps its entries.
+	if err := s.IndexContainer("busy-c", "busy"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := s.Lock(ctx, "busy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Unlock()
+
+	removed, err := s.Prune(ctx, 50*time.Millisecond)
+	if err != nil {
+		t.Fatalf("Prune: %v", err)
+	}
+	var got []string
+	for _, p := range removed {
+		rel, _ := filepath.Rel(s.Dir(), p)
+		got = append(got, rel)
+	}
+	sort.Strings(got)
+	want := []string{"cni-containers/.tmp-old", "cni-containers/dead-c", "cni-containers/unused"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("Prune removed %v, want %v", got, want)
+	}
+	if s.ContainerSandbox("used") != "live" || s.ContainerSandbox("busy-c") != "busy" {
+		t.Fatalf("Prune removed an entry in use: used=%q busy-c=%q", s.ContainerSandbox("used"), s.ContainerSandbox("busy-c"))
+	}
+}

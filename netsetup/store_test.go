@@ -170,75 +170,6 @@ func TestStoreLoadsLegacyRecordAndRewritesCurrentSchema(t *testing.T) {
 	}
 }
 
-func TestFindByNetns(t *testing.T) {
-	s := openStore(t)
-	ctx := context.Background()
-	self := "/proc/self/ns/net"
-	nsid, err := IdentifyNetns(self)
-	if err != nil {
-		t.Fatalf("IdentifyNetns(%s): %v", self, err)
-	}
-	if _, err := s.FindByNetns(nsid); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("FindByNetns on an empty store = %v", err)
-	}
-	rec := New("sb-ns")
-	rec.NetnsPath = self
-	rec.NetnsID = &nsid
-	if err := s.Create(ctx, rec); err != nil {
-		t.Fatal(err)
-	}
-	if id, err := s.FindByNetns(nsid); err != nil || id != "sb-ns" {
-		t.Fatalf("FindByNetns = %q, %v; want sb-ns", id, err)
-	}
-	// A stale index entry (the record now points elsewhere) does not match.
-	other := NetnsID{Dev: nsid.Dev, Ino: nsid.Ino + 1}
-	if _, err := s.Update(ctx, "sb-ns", func(r *NetSetup) error { r.NetnsID = &other; return nil }); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.FindByNetns(nsid); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("old index entry must be gone: %v", err)
-	}
-	if _, err := s.FindByNetns(other); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("an index entry whose live netns differs must not match: %v", err)
-	}
-	tx, _ := s.Lock(ctx, "sb-ns")
-	tx.Delete()
-	tx.Unlock()
-	if ents, _ := os.ReadDir(filepath.Join(s.Dir(), "netns")); len(ents) != 0 {
-		t.Fatalf("Delete left netns index entries: %v", ents)
-	}
-}
-
-func TestIdentifyNetnsRefusesOtherFiles(t *testing.T) {
-	regular := filepath.Join(t.TempDir(), "f")
-	os.WriteFile(regular, nil, 0o600)
-	for _, p := range []string{regular, "/proc/self/ns/mnt", "/nonexistent/netns", ""} {
-		if _, err := IdentifyNetns(p); err == nil {
-			t.Errorf("IdentifyNetns(%q) accepted a path that is not a network namespace", p)
-		}
-	}
-}
-
-func TestLockWaitsAndHonoursContext(t *testing.T) {
-	s := openStore(t)
-	tx, err := s.Lock(context.Background(), "sb1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	if _, err := s.Lock(ctx, "sb1"); err == nil || !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("second Lock = %v, want a deadline error", err)
-	}
-	// Another sandbox is not blocked.
-	tx2, err := s.Lock(context.Background(), "sb2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx2.Unlock()
-	tx.Unlock()
-}
-
 // The concurrency test re-executes the test binary as worker processes.
 const workerEnv = "VMNIC_NETSETUP_STORE_WORKER"
 
@@ -382,83 +313,18 @@ func TestDurableStoreWritesAndDeletes(t *testing.T) {
 	}
 }
 
-func TestMirrorInRuntimeDirFollowsEverySave(t *testing.T) {
+func TestCheckWritable(t *testing.T) {
 	s := openStore(t)
-	ctx := context.Background()
-	rt := filepath.Join(t.TempDir(), "rt")
-	if err := os.Mkdir(rt, 0o700); err != nil {
+	if err := s.CheckWritable(); err != nil {
+		t.Fatalf("CheckWritable on a fresh store: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(s.Dir(), ".status-*")); len(left) != 0 {
+		t.Fatalf("CheckWritable left %v", left)
+	}
+	if err := os.RemoveAll(s.Dir()); err != nil {
 		t.Fatal(err)
 	}
-	rec := New("mirrored")
-	rec.RuntimeDir = rt
-	if err := s.Create(ctx, rec); err != nil {
-		t.Fatal(err)
-	}
-	// Hold the mirror open like a bind mount of the directory would see it:
-	// by path, re-read after each save.
-	readMirror := func() *NetSetup {
-		t.Helper()
-		data, err := os.ReadFile(filepath.Join(rt, MirrorDir, MirrorFile))
-		if err != nil {
-			t.Fatalf("mirror: %v", err)
-		}
-		m, err := Decode(data, "")
-		if err != nil {
-			t.Fatalf("mirror: %v", err)
-		}
-		return m
-	}
-	if m := readMirror(); m.SandboxID != "mirrored" || len(m.NetworkConfigs) != 0 {
-		t.Fatalf("mirror after create = %+v", m)
-	}
-	if got := rec.MirrorPath(); got != filepath.Join(rt, "netsetup", "netsetup.json") {
-		t.Errorf("MirrorPath = %s", got)
-	}
-	if fi, err := os.Lstat(filepath.Join(rt, MirrorDir)); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
-		t.Fatalf("mirror dir: %v %v, want a 0700 directory", fi, err)
-	}
-	for _, ifname := range []string{"eth0", "net1"} {
-		if _, err := s.Update(ctx, "mirrored", func(r *NetSetup) error {
-			r.PutNIC(NIC{IfName: ifname, State: NICPending})
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if m := readMirror(); len(m.NetworkConfigs) != 2 || m.Phase != PhaseConfigured {
-		t.Fatalf("mirror must follow every save: %+v", m)
-	}
-	tx, _ := s.Lock(ctx, "mirrored")
-	tx.Delete()
-	tx.Unlock()
-	if _, err := os.Stat(filepath.Join(rt, MirrorDir, MirrorFile)); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("Delete must remove the mirror: %v", err)
-	}
-
-	// A runtime dir that is not there yet is skipped; a loose one is refused.
-	rec = New("loose")
-	rec.RuntimeDir = filepath.Join(t.TempDir(), "missing")
-	if err := s.Create(ctx, rec); err != nil {
-		t.Fatalf("a missing runtime dir must not fail the save: %v", err)
-	}
-	loose := filepath.Join(t.TempDir(), "loose")
-	os.Mkdir(loose, 0o777)
-	os.Chmod(loose, 0o777)
-	if _, err := s.Update(ctx, "loose", func(r *NetSetup) error { r.RuntimeDir = loose; return nil }); err == nil ||
-		!strings.Contains(err.Error(), "writable by group or others") {
-		t.Fatalf("mirror into a 0777 dir = %v, want refusal", err)
-	}
-	// The copy's directory replaced by a symlink is refused, and nothing
-	// is written through it.
-	rt2 := filepath.Join(t.TempDir(), "rt2")
-	os.Mkdir(rt2, 0o700)
-	elsewhere := t.TempDir()
-	os.Symlink(elsewhere, filepath.Join(rt2, MirrorDir))
-	if _, err := s.Update(ctx, "loose", func(r *NetSetup) error { r.RuntimeDir = rt2; return nil }); err == nil ||
-		!strings.Contains(err.Error(), "is a symlink") {
-		t.Fatalf("mirror through a symlinked dir = %v, want refusal", err)
-	}
-	if ents, _ := os.ReadDir(elsewhere); len(ents) != 0 {
-		t.Fatalf("wrote through the symlink: %v", ents)
+	if err := s.CheckWritable(); err == nil {
+		t.Fatal("CheckWritable passed with the state dir gone")
 	}
 }

@@ -289,12 +289,7 @@ func cmdStatus(args *skel.CmdArgs) error {
 	if err != nil {
 		return unavailable(err)
 	}
-	f, err := os.CreateTemp(st.Dir(), ".status-*")
-	if err != nil {
-		return unavailable(err)
-	}
-	f.Close()
-	if err := os.Remove(f.Name()); err != nil {
+	if err := st.CheckWritable(); err != nil {
 		return unavailable(err)
 	}
 	if _, err := os.Stat("/dev/net/tun"); err != nil && conf.Backend == netsetup.BackendCNI {

@@ -106,7 +106,7 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		}
 		return nil, a.rollback(asCoded(err, "set up NIC %s", s.IfName))
 	}
-	u, err := b.setupOnHost(&a.nic)
+	u, err := b.setupOnHost(ctx, &a.nic)
 	a.u.add(u)
 	if err == nil {
 		err = m.step("host-ready")
@@ -249,7 +249,7 @@ func (a *adding) clearLeftover(ctx context.Context) error {
 	if err := a.m.removeStray(ctx, rec, *old); err != nil {
 		return err
 	}
-	if err := a.m.backendOf(rec).cleanup(rec, *old); err != nil {
+	if err := a.m.backendOf(rec).cleanup(ctx, rec, *old); err != nil {
 		return coded(CodeInternal, err, "clean up the pending NIC %s left by an earlier ADD", s.IfName)
 	}
 	rec.RemoveNIC(s.IfName)

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"context"
 	"errors"
 
 	"github.com/vishvananda/netlink"
@@ -26,13 +27,13 @@ type backend interface {
 	// netns) make the NIC's host side. Each returns the undo of what it
 	// made, also when it fails part way.
 	setupInNetns(veth netlink.Link, nic *netsetup.NIC) (undo, error)
-	setupOnHost(nic *netsetup.NIC) (undo, error)
+	setupOnHost(ctx context.Context, nic *netsetup.NIC) (undo, error)
 	// tapMAC is the MAC of the TAP setup made ("" before).
 	tapMAC() string
 	// cleanup removes the host side of the recorded NIC nic of rec (DEL,
 	// teardown, GC, a NIC an interrupted ADD left pending). It is
 	// idempotent: what is gone already, netns included, is fine.
-	cleanup(rec *netsetup.NetSetup, nic netsetup.NIC) error
+	cleanup(ctx context.Context, rec *netsetup.NetSetup, nic netsetup.NIC) error
 }
 
 // backendOf is the backend of the NICs of rec, for their removal.

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -66,7 +67,7 @@ func (b *bridgeBackend) setupInNetns(veth netlink.Link, _ *netsetup.NIC) (undo, 
 
 // setupOnHost makes the TAP on the host, a port of the bridge, and takes
 // a share of the bridge's FORWARD rules.
-func (b *bridgeBackend) setupOnHost(nic *netsetup.NIC) (undo, error) {
+func (b *bridgeBackend) setupOnHost(ctx context.Context, nic *netsetup.NIC) (undo, error) {
 	var u undo
 	s := b.spec
 	tap, err := hostnet.CreateTap(hostnet.TapSpec{Name: nic.Tap, MTU: nic.MTU, QueuePairs: s.QueuePairs, Owner: s.TapOwner, Group: s.TapGroup})
@@ -82,10 +83,10 @@ func (b *bridgeBackend) setupOnHost(nic *netsetup.NIC) (undo, error) {
 		return u, coded(CodeInternal, err, "bridge port")
 	}
 	user := bridgeUser(s.SandboxID, s.IfName)
-	if err := b.m.forwardRules().Acquire(s.Bridge, user); err != nil {
+	if err := b.m.forwardRules().Acquire(ctx, s.Bridge, user); err != nil {
 		return u, coded(CodeInternal, err, "bridge %s forward rules", s.Bridge)
 	}
-	u.host = append(u.host, func() error { return b.m.forwardRules().Release(s.Bridge, user) })
+	u.host = append(u.host, b.m.forwardRules().Undo(ctx, s.Bridge, user))
 	return u, nil
 }
 
@@ -93,7 +94,7 @@ func (b *bridgeBackend) tapMAC() string { return b.mac }
 
 // cleanup deletes the TAP on the host, gives back the NIC's share of the
 // bridge's FORWARD rules and brings the parked veth back.
-func (b *bridgeBackend) cleanup(rec *netsetup.NetSetup, nic netsetup.NIC) error {
+func (b *bridgeBackend) cleanup(ctx context.Context, rec *netsetup.NetSetup, nic netsetup.NIC) error {
 	var errs []error
 	if nic.Tap != "" {
 		if err := hostnet.DeleteTap(nic.Tap); err != nil {
@@ -101,7 +102,7 @@ func (b *bridgeBackend) cleanup(rec *netsetup.NetSetup, nic netsetup.NIC) error 
 		}
 	}
 	if br := rec.ResolvedNetBridgeDev(); br != "" {
-		if err := b.m.forwardRules().Release(br, bridgeUser(rec.SandboxID, nic.IfName)); err != nil {
+		if err := b.m.forwardRules().Release(ctx, br, bridgeUser(rec.SandboxID, nic.IfName)); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -115,9 +116,7 @@ func (b *bridgeBackend) cleanup(rec *netsetup.NetSetup, nic netsetup.NIC) error 
 
 func bridgeUser(id, ifname string) string { return id + "/" + ifname }
 
-func (m *Manager) forwardRules() hostnet.ForwardRules {
-	return hostnet.ForwardRules{Dir: m.Store.Dir() + "/bridge-forward"}
-}
+func (m *Manager) forwardRules() forwardRules { return forwardRules{m.Store} }
 
 // parkVeth takes the veth out of the bridge backend's L2: the host-side
 // peer goes down when it is a port of the bridge (the container side stays

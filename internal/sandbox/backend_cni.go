@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -66,13 +67,13 @@ func (b *cniBackend) setupInNetns(veth netlink.Link, nic *netsetup.NIC) (undo, e
 
 // setupOnHost has nothing to do: the cni backend changes only the sandbox
 // netns.
-func (b *cniBackend) setupOnHost(*netsetup.NIC) (undo, error) { return undo{}, nil }
+func (b *cniBackend) setupOnHost(context.Context, *netsetup.NIC) (undo, error) { return undo{}, nil }
 
 func (b *cniBackend) tapMAC() string { return b.mac }
 
 // cleanup removes vmnic's filter (and its own ingress qdisc) from the veth
 // and the TAP. A netns that is gone took everything in it along.
-func (b *cniBackend) cleanup(rec *netsetup.NetSetup, nic netsetup.NIC) error {
+func (b *cniBackend) cleanup(_ context.Context, rec *netsetup.NetSetup, nic netsetup.NIC) error {
 	path := rec.ResolvedNetnsPath()
 	if path == "" {
 		return nil

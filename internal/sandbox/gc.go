@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -73,45 +71,16 @@ func (m *Manager) gcSandbox(ctx context.Context, id, network string, keep map[At
 }
 
 // PruneStale removes what a process killed half way leaves in the state
-// directory without a sandbox to go with it: lock files and netns index
-// entries of sandboxes that have no record (netsetup.Store.Prune) and
-// container index entries no NIC uses. Each is removed under its sandbox's
-// lock; one held by a live process is left alone.
+// directory without a sandbox to go with it: lock files, netns index entries
+// and container index entries of sandboxes that have no record (or no NIC
+// that uses them), and temp files (netsetup.Store.Prune). Each is removed
+// under its sandbox's lock; one held by a live process is left alone.
 func (m *Manager) PruneStale(ctx context.Context) error {
-	const wait = time.Second
-	removed, err := m.Store.Prune(ctx, wait)
-	errs := []error{err}
-	dir := filepath.Join(m.Store.Dir(), containerIndexDir)
-	ents, rerr := os.ReadDir(dir)
-	if rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-		errs = append(errs, rerr)
-	}
-	for _, e := range ents {
-		cid := e.Name()
-		id := m.containerSandbox(cid)
-		if id == "" {
-			continue
-		}
-		lctx, cancel := context.WithTimeout(ctx, wait)
-		tx, err := m.Store.Lock(lctx, id)
-		cancel()
-		if err != nil {
-			continue // busy: a live process holds the sandbox
-		}
-		rec, err := tx.Load()
-		switch {
-		case errors.Is(err, netsetup.ErrNotFound):
-			m.unindexContainers(id, nil, cid)
-			removed = append(removed, filepath.Join(dir, cid))
-		case err == nil:
-			m.unindexContainers(id, rec, cid)
-		}
-		tx.Unlock()
-	}
+	removed, err := m.Store.Prune(ctx, time.Second)
 	if len(removed) > 0 {
 		m.log().Info("pruned state left by interrupted calls", "removed", removed)
 	}
-	return errors.Join(errs...)
+	return err
 }
 
 // OrphanNetns lists the owned vmnic-* namespaces in NetnsDir that no record

@@ -71,7 +71,7 @@ func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.
 	if err := m.step("remove-host"); err != nil {
 		return asCoded(err, "remove NIC %s", ifname)
 	}
-	if err := m.backendOf(rec).cleanup(rec, nic); err != nil {
+	if err := m.backendOf(rec).cleanup(ctx, rec, nic); err != nil {
 		return coded(CodeInternal, err, "remove NIC %s of sandbox %s", ifname, rec.SandboxID)
 	}
 	if err := m.step("host-removed"); err != nil {

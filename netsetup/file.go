@@ -1,0 +1,187 @@
+package netsetup
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// This file holds the file primitives every part of the store writes and
+// reads through: private directories, O_NOFOLLOW reads and atomic writes.
+
+// tempPrefix starts the name of every temp file an atomic write makes.
+const tempPrefix = ".tmp-"
+
+// ensurePrivateDir makes d (0700) when it is missing and checks it (see
+// privateDir).
+func ensurePrivateDir(d string) error {
+	if _, err := os.Lstat(d); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(d), 0o755); err != nil {
+			return fmt.Errorf("state dir %s: %w", d, err)
+		}
+		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("state dir %s: %w", d, err)
+		}
+	}
+	return privateDir(d, "state dir")
+}
+
+// privateDir checks that dir is a directory (not a symlink) that group and
+// others cannot write; a missing dir gives an error matching fs.ErrNotExist.
+func privateDir(dir, what string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, dir, err)
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("%s %s is a symlink: refusing to use it", what, dir)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s %s is not a directory", what, dir)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("%s %s has mode %o: it must not be writable by group or others", what, dir, fi.Mode().Perm())
+	}
+	return nil
+}
+
+// readNoFollow reads the regular file at path, refusing a symlink.
+func readNoFollow(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.ELOOP) {
+			return nil, fmt.Errorf("%s is a symlink: refusing to follow it", path)
+		}
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	return io.ReadAll(f)
+}
+
+// writeAtomic writes data to path through a temp file in dir: write, rename
+// (with durable: fsync before the rename and of dir after it). The file is
+// 0600 and never written through a symlink.
+func writeAtomic(dir, path string, data []byte, durable bool) error {
+	tmp, err := os.CreateTemp(dir, tempPrefix+"*")
+	if err != nil {
+		return err
+	}
+	tmpName := tmp.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmpName)
+		}
+	}()
+	if err := tmp.Chmod(0o600); err != nil {
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		return err
+	}
+	if durable {
+		if err := tmp.Sync(); err != nil {
+			return err
+		}
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := replaceFile(tmpName, path); err != nil {
+		return err
+	}
+	ok = true
+	if !durable {
+		return nil
+	}
+	return syncDir(dir)
+}
+
+// writeAtomicInVolatileDir is writeAtomic (not durable) into dir, a
+// sub-directory of the state dir that its last user removes when it is
+// empty: dir is made (0700) when missing, again when it was removed
+// meanwhile, and must be private (see privateDir).
+func writeAtomicInVolatileDir(dir, path string, data []byte) error {
+	for attempt := 0; ; attempt++ {
+		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		err := privateDir(dir, "state dir")
+		if err == nil {
+			err = writeAtomic(dir, path, data, false)
+		}
+		if errors.Is(err, fs.ErrNotExist) && attempt < 10 {
+			continue // removed as empty meanwhile
+		}
+		return err
+	}
+}
+
+// replaceFile moves tmp to path atomically. An existing path is swapped
+// with tmp (RENAME_EXCHANGE) and the old content, now at tmp, removed: a
+// plain rename over an existing file makes ext4 start writing the new file's
+// data back at once (auto_da_alloc), which costs more than the exchange.
+// Once swapped the write is done: an old copy that cannot be removed is a
+// stale temp file, which Prune removes.
+func replaceFile(tmp, path string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_EXCHANGE)
+	if err == nil {
+		os.Remove(tmp)
+		return nil
+	}
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+		return os.Rename(tmp, path)
+	}
+	return &os.LinkError{Op: "exchange", Old: tmp, New: path, Err: err}
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOTSUP) {
+		return err
+	}
+	return nil
+}
+
+// pruneTemps removes the stale temp files of interrupted writes in dir and
+// returns their paths.
+func pruneTemps(dir string) []string {
+	var removed []string
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		if strings.HasPrefix(e.Name(), tempPrefix) && staleTemp(p) && os.Remove(p) == nil {
+			removed = append(removed, p)
+		}
+	}
+	return removed
+}
+
+// staleTemp: a temp file no live write can still be using (older than a
+// minute; a write takes milliseconds).
+func staleTemp(p string) bool {
+	fi, err := os.Lstat(p)
+	return err == nil && time.Since(fi.ModTime()) > time.Minute
+}

@@ -1,0 +1,160 @@
+package netsetup
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// This file holds the two indexes, one small file per entry that names a
+// sandbox: the netns index (<stateDir>/netns/<dev>-<ino>: the sandbox whose
+// record names that network namespace) and the container index
+// (<stateDir>/cni-containers/<container id>: the sandbox a CNI container's
+// NICs live in when its id is not the sandbox's). Both are caches: every
+// use checks an entry against the record it names.
+
+// FindByNetns returns the id of the sandbox whose recorded netns is the
+// namespace nsid, or ErrNotFound. The index entry is checked against the
+// record and the live namespace, so a stale entry (a freed namespace whose
+// inode was reused) does not match.
+func (s *Store) FindByNetns(nsid NetnsID) (string, error) {
+	data, err := readNoFollow(s.netnsIndexPath(nsid))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", ErrNotFound
+	}
+	if err != nil {
+		return "", fmt.Errorf("netns index %s: %w", nsid, err)
+	}
+	id := strings.TrimSpace(string(data))
+	if ValidateSandboxID(id) != nil {
+		return "", ErrNotFound
+	}
+	rec, err := s.read(id)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return "", ErrNotFound
+		}
+		return "", err
+	}
+	if rec.NetnsID == nil || *rec.NetnsID != nsid {
+		return "", ErrNotFound
+	}
+	live, err := IdentifyNetns(rec.ResolvedNetnsPath())
+	if err != nil || live != nsid {
+		return "", ErrNotFound
+	}
+	return id, nil
+}
+
+func (s *Store) netnsIndexPath(nsid NetnsID) string {
+	return filepath.Join(s.netnsDir, fmt.Sprintf("%d-%d", nsid.Dev, nsid.Ino))
+}
+
+func parseIndexName(name string) (NetnsID, bool) {
+	a, b, ok := strings.Cut(name, "-")
+	if !ok {
+		return NetnsID{}, false
+	}
+	dev, err1 := strconv.ParseUint(a, 10, 64)
+	ino, err2 := strconv.ParseUint(b, 10, 64)
+	if err1 != nil || err2 != nil {
+		return NetnsID{}, false
+	}
+	return NetnsID{Dev: dev, Ino: ino}, true
+}
+
+// indexNetns points the netns index entry of nsid at sandbox id.
+func (s *Store) indexNetns(nsid NetnsID, id string) error {
+	return writeAtomic(s.netnsDir, s.netnsIndexPath(nsid), []byte(id+"\n"), false)
+}
+
+// unindexNetns removes the netns index entry of nsid when it names id.
+func (s *Store) unindexNetns(nsid NetnsID, id string) {
+	removeEntryOf(s.netnsIndexPath(nsid), id)
+}
+
+// readEntry reads an index entry: the sandbox id it names ("" when the
+// entry is missing, unreadable or does not hold a valid id).
+func readEntry(path string) string {
+	data, err := readNoFollow(path)
+	if err != nil {
+		return ""
+	}
+	id := strings.TrimSpace(string(data))
+	if ValidateSandboxID(id) != nil {
+		return ""
+	}
+	return id
+}
+
+// removeEntryOf removes the index entry at path when it names id.
+func removeEntryOf(path, id string) {
+	if readEntry(path) == id {
+		os.Remove(path)
+	}
+}
+
+// ContainerSandbox returns the sandbox that the NICs of CNI container
+// containerID live in, as the container index says ("" when it has no
+// entry, or none that is valid).
+func (s *Store) ContainerSandbox(containerID string) string {
+	if ValidateSandboxID(containerID) != nil {
+		return ""
+	}
+	return readEntry(s.containerIndexPath(containerID))
+}
+
+func (s *Store) containerIndexPath(containerID string) string {
+	return filepath.Join(s.containerDir, containerID)
+}
+
+// IndexContainer records that the NICs of CNI container containerID live in
+// sandbox id, so a DEL without the netns still finds the sandbox. It is a
+// no-op when the ids are equal (or containerID is empty or not valid) and
+// when the entry exists.
+func (s *Store) IndexContainer(containerID, id string) error {
+	if containerID == "" || containerID == id || ValidateSandboxID(containerID) != nil {
+		return nil
+	}
+	if err := ValidateSandboxID(id); err != nil {
+		return fmt.Errorf("container index: %w", err)
+	}
+	if s.ContainerSandbox(containerID) == id {
+		return nil
+	}
+	if err := writeAtomicInVolatileDir(s.containerDir, s.containerIndexPath(containerID), []byte(id+"\n")); err != nil {
+		return fmt.Errorf("container index: %w", err)
+	}
+	return nil
+}
+
+// UnindexContainers drops the container index entries that point at sandbox
+// id for the container ids no NIC of rec uses any more (rec nil: the sandbox
+// is gone). The index directory goes with its last entry.
+func (s *Store) UnindexContainers(id string, rec *NetSetup, containerIDs ...string) {
+	for _, cid := range containerIDs {
+		if cid == "" || cid == id || s.ContainerSandbox(cid) != id || rec.usedBy(cid) {
+			continue
+		}
+		os.Remove(s.containerIndexPath(cid))
+		os.Remove(s.containerDir) // only when empty
+	}
+}
+
+// usedBy reports whether a NIC of s (nil: none) was added for CNI container
+// containerID.
+func (s *NetSetup) usedBy(containerID string) bool {
+	if s == nil {
+		return false
+	}
+	for _, n := range s.NetworkConfigs {
+		if n.ContainerID == containerID {
+			return true
+		}
+	}
+	return false
+}

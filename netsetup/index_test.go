@@ -1,0 +1,143 @@
+package netsetup
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestFindByNetns(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	self := "/proc/self/ns/net"
+	nsid, err := IdentifyNetns(self)
+	if err != nil {
+		t.Fatalf("IdentifyNetns(%s): %v", self, err)
+	}
+	if _, err := s.FindByNetns(nsid); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("FindByNetns on an empty store = %v", err)
+	}
+	rec := New("sb-ns")
+	rec.NetnsPath = self
+	rec.NetnsID = &nsid
+	if err := s.Create(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := s.FindByNetns(nsid); err != nil || id != "sb-ns" {
+		t.Fatalf("FindByNetns = %q, %v; want sb-ns", id, err)
+	}
+	// A stale index entry (the record now points elsewhere) does not match.
+	other := NetnsID{Dev: nsid.Dev, Ino: nsid.Ino + 1}
+	if _, err := s.Update(ctx, "sb-ns", func(r *NetSetup) error { r.NetnsID = &other; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.FindByNetns(nsid); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("old index entry must be gone: %v", err)
+	}
+	if _, err := s.FindByNetns(other); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("an index entry whose live netns differs must not match: %v", err)
+	}
+	tx, _ := s.Lock(ctx, "sb-ns")
+	tx.Delete()
+	tx.Unlock()
+	if ents, _ := os.ReadDir(filepath.Join(s.Dir(), "netns")); len(ents) != 0 {
+		t.Fatalf("Delete left netns index entries: %v", ents)
+	}
+}
+
+func TestIdentifyNetnsRefusesOtherFiles(t *testing.T) {
+	regular := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(regular, nil, 0o600)
+	for _, p := range []string{regular, "/proc/self/ns/mnt", "/nonexistent/netns", ""} {
+		if _, err := IdentifyNetns(p); err == nil {
+			t.Errorf("IdentifyNetns(%q) accepted a path that is not a network namespace", p)
+		}
+	}
+}
+
+func TestContainerIndex(t *testing.T) {
+	s := openStore(t)
+	dir := filepath.Join(s.Dir(), "cni-containers")
+	// No entry for a container that is its own sandbox, or an id that could
+	// escape the directory.
+	for _, cid := range []string{"", "sb1", "../x"} {
+		if err := s.IndexContainer(cid, "sb1"); err != nil {
+			t.Fatalf("IndexContainer(%q) = %v", cid, err)
+		}
+	}
+	if _, err := os.Lstat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("no entry was due, but %s exists: %v", dir, err)
+	}
+	if got := s.ContainerSandbox("c1"); got != "" {
+		t.Fatalf("ContainerSandbox on an empty index = %q", got)
+	}
+	if err := s.IndexContainer("c1", "sb1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.ContainerSandbox("c1"); got != "sb1" {
+		t.Fatalf("ContainerSandbox(c1) = %q, want sb1", got)
+	}
+	// The on-disk format existing state dirs have: the sandbox id and a newline.
+	data, err := os.ReadFile(filepath.Join(dir, "c1"))
+	if err != nil || string(data) != "sb1\n" {
+		t.Fatalf("entry = %q, %v", data, err)
+	}
+	for p, want := range map[string]os.FileMode{dir: 0o700, filepath.Join(dir, "c1"): 0o600} {
+		if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %v (%v), want %o", p, fi.Mode().Perm(), err, want)
+		}
+	}
+	if err := s.IndexContainer("c1", "sb2"); err != nil || s.ContainerSandbox("c1") != "sb2" {
+		t.Fatalf("re-index to sb2 = %v, entry %q", err, s.ContainerSandbox("c1"))
+	}
+	if err := s.IndexContainer("c2", "sb2"); err != nil {
+		t.Fatal(err)
+	}
+
+	// An entry stays while a NIC of the container is recorded, and is not
+	// dropped for another sandbox.
+	rec := New("sb2")
+	rec.PutNIC(NIC{ID: "eth0", IfName: "eth0", Tap: "tapeth0", ContainerID: "c1", State: NICPending})
+	s.UnindexContainers("sb2", rec, "c1")
+	s.UnindexContainers("sb1", nil, "c1", "c2")
+	if s.ContainerSandbox("c1") != "sb2" || s.ContainerSandbox("c2") != "sb2" {
+		t.Fatalf("entries dropped while in use: c1=%q c2=%q", s.ContainerSandbox("c1"), s.ContainerSandbox("c2"))
+	}
+	s.UnindexContainers("sb2", rec, "c1", "c2")
+	if s.ContainerSandbox("c1") != "sb2" || s.ContainerSandbox("c2") != "" {
+		t.Fatalf("after unindexing c2: c1=%q c2=%q", s.ContainerSandbox("c1"), s.ContainerSandbox("c2"))
+	}
+	s.UnindexContainers("sb2", nil, "c1")
+	if _, err := os.Lstat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the last unindex left %s: %v", dir, err)
+	}
+}
+
+func TestContainerIndexRefusesBadEntries(t *testing.T) {
+	s := openStore(t)
+	dir := filepath.Join(s.Dir(), "cni-containers")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("sb1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, mk := range map[string]func(p string) error{
+		"symlink": func(p string) error { return os.Symlink(victim, p) },
+		"garbage": func(p string) error { return os.WriteFile(p, []byte("../../etc\n"), 0o600) },
+		"dir":     func(p string) error { return os.Mkdir(p, 0o700) },
+	} {
+		if err := mk(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+		if got := s.ContainerSandbox(name); got != "" {
+			t.Errorf("ContainerSandbox of a %s entry = %q, want none", name, got)
+		}
+	}
+	if err := s.IndexContainer("c1", "../x"); err == nil {
+		t.Error("IndexContainer accepted a sandbox id that could escape the state dir")
+	}
+}

@@ -1,0 +1,216 @@
+package netsetup
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// This file holds the records: one JSON file per sandbox, read without a
+// lock and written under the sandbox's lock (Tx).
+
+// Path is the record file of a sandbox.
+func (s *Store) Path(id string) string { return filepath.Join(s.sandboxDir, id+".json") }
+
+// Get reads a sandbox's record without locking (writes are atomic renames,
+// so a reader sees a whole record).
+func (s *Store) Get(id string) (*NetSetup, error) {
+	if err := ValidateSandboxID(id); err != nil {
+		return nil, err
+	}
+	return s.read(id)
+}
+
+func (s *Store) read(id string) (*NetSetup, error) {
+	path := s.Path(id)
+	data, err := readNoFollow(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("sandbox %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read record %s: %w", path, err)
+	}
+	rec, err := Decode(data, id)
+	if err != nil {
+		return nil, fmt.Errorf("record %s: %w", path, err)
+	}
+	if rec.SandboxID != id {
+		return nil, fmt.Errorf("record %s names sandbox %q", path, rec.SandboxID)
+	}
+	return rec, nil
+}
+
+// IDs lists the sandboxes that have a record, sorted.
+func (s *Store) IDs() ([]string, error) {
+	ents, err := os.ReadDir(s.sandboxDir)
+	if err != nil {
+		return nil, fmt.Errorf("list records: %w", err)
+	}
+	ids := make([]string, 0, len(ents))
+	for _, e := range ents {
+		name := e.Name()
+		if !e.Type().IsRegular() || !strings.HasSuffix(name, ".json") || strings.HasPrefix(name, ".") {
+			continue
+		}
+		id := strings.TrimSuffix(name, ".json")
+		if ValidateSandboxID(id) == nil {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// List reads every record. Records that cannot be read are reported in the
+// returned error (joined) and left out of the list.
+func (s *Store) List() ([]*NetSetup, error) {
+	ids, err := s.IDs()
+	if err != nil {
+		return nil, err
+	}
+	var recs []*NetSetup
+	var errs []error
+	for _, id := range ids {
+		rec, err := s.read(id)
+		if errors.Is(err, ErrNotFound) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		recs = append(recs, rec)
+	}
+	return recs, errors.Join(errs...)
+}
+
+// Tx is an exclusive hold on one sandbox's record (see Store.Lock).
+type Tx struct {
+	s      *Store
+	id     string
+	lock   *os.File
+	loaded *NetSetup
+	gone   bool
+}
+
+// ID is the sandbox id.
+func (t *Tx) ID() string { return t.id }
+
+// Load reads the record (ErrNotFound when there is none).
+func (t *Tx) Load() (*NetSetup, error) {
+	rec, err := t.s.read(t.id)
+	if err != nil {
+		t.gone = errors.Is(err, ErrNotFound)
+		return nil, err
+	}
+	cp := *rec
+	t.loaded = &cp
+	return rec, nil
+}
+
+// Save validates and atomically writes the record, and keeps the netns index
+// in step with rec.NetnsID.
+func (t *Tx) Save(rec *NetSetup) error {
+	if rec.SandboxID == "" {
+		rec.SandboxID = t.id
+	}
+	if rec.SandboxID != t.id {
+		return fmt.Errorf("save sandbox %s: record names %q", t.id, rec.SandboxID)
+	}
+	rec.Schema = SchemaVersion
+	if rec.NetworkConfigs == nil {
+		rec.NetworkConfigs = []NIC{}
+	}
+	rec.normalize()
+	if err := rec.Validate(); err != nil {
+		return fmt.Errorf("save sandbox %s: %w", t.id, err)
+	}
+	data, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return fmt.Errorf("save sandbox %s: %w", t.id, err)
+	}
+	data = append(data, '\n')
+	if rec.NetnsID != nil && (t.loaded == nil || t.loaded.NetnsID == nil || *t.loaded.NetnsID != *rec.NetnsID) {
+		if err := t.s.indexNetns(*rec.NetnsID, t.id); err != nil {
+			return fmt.Errorf("save sandbox %s: netns index: %w", t.id, err)
+		}
+	}
+	if err := writeAtomic(t.s.sandboxDir, t.s.Path(t.id), data, t.s.durable); err != nil {
+		return fmt.Errorf("save sandbox %s: %w", t.id, err)
+	}
+	if err := writeMirror(rec, data); err != nil {
+		return fmt.Errorf("save sandbox %s: %w", t.id, err)
+	}
+	if t.loaded != nil && t.loaded.NetnsID != nil && (rec.NetnsID == nil || *rec.NetnsID != *t.loaded.NetnsID) {
+		t.s.unindexNetns(*t.loaded.NetnsID, t.id)
+	}
+	cp := *rec
+	t.loaded = &cp
+	t.gone = false
+	return nil
+}
+
+// Delete removes the record and its netns index entry; the lock file goes
+// at Unlock. Deleting a missing record is not an error.
+func (t *Tx) Delete() error {
+	rec, err := t.s.read(t.id)
+	if err == nil && rec.NetnsID != nil {
+		t.s.unindexNetns(*rec.NetnsID, t.id)
+	}
+	if err == nil {
+		removeMirror(rec)
+	}
+	if err := os.Remove(t.s.Path(t.id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delete record of sandbox %s: %w", t.id, err)
+	}
+	if t.s.durable {
+		if err := syncDir(t.s.sandboxDir); err != nil {
+			return fmt.Errorf("delete record of sandbox %s: %w", t.id, err)
+		}
+	}
+	t.loaded = nil
+	t.gone = true
+	return nil
+}
+
+// Create writes a new record; it fails when the sandbox already has one.
+func (s *Store) Create(ctx context.Context, rec *NetSetup) error {
+	tx, err := s.Lock(ctx, rec.SandboxID)
+	if err != nil {
+		return err
+	}
+	defer tx.Unlock()
+	if _, err := tx.Load(); err == nil {
+		return fmt.Errorf("sandbox %s already has a record", rec.SandboxID)
+	} else if !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	return tx.Save(rec)
+}
+
+// Update locks the sandbox, loads its record, applies fn and saves the
+// result. A missing record is ErrNotFound; an error from fn saves nothing.
+func (s *Store) Update(ctx context.Context, id string, fn func(*NetSetup) error) (*NetSetup, error) {
+	tx, err := s.Lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Unlock()
+	rec, err := tx.Load()
+	if err != nil {
+		return nil, err
+	}
+	if err := fn(rec); err != nil {
+		return nil, err
+	}
+	if err := tx.Save(rec); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
