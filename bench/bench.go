@@ -38,6 +38,11 @@ type Config struct {
 	CNIBinDir string
 	// BinDir holds our binaries (vmnic, vmnicctl, vmnic-nri).
 	BinDir string
+	// RefVmnic, when set, is a second vmnic plugin binary (e.g. a build of
+	// an earlier commit): the cycle section then adds the variant
+	// "vmnic-ref", interleaved with the others, for a before/after ratio
+	// from one run.
+	RefVmnic string
 	// Sections to run; empty means all (see SectionNames).
 	Sections []string
 	// Iterations of the cycle comparison; 0 picks the mode's default.
@@ -76,6 +81,7 @@ type env struct {
 	exec     *timedexec.Exec
 	stepFile string
 	hasVmnic bool
+	hasRef   bool // the vmnic-ref plugin is installed (Config.RefVmnic)
 	report   *Report
 
 	// vmnicCalls are the vmnic execs the sections saw, for the steps table.
@@ -216,6 +222,12 @@ func (e *env) installPlugins() error {
 		return nil
 	}
 	e.hasVmnic = true
+	if e.cfg.RefVmnic != "" {
+		if err := copyFile(e.cfg.RefVmnic, filepath.Join(e.cniBin, "vmnic-ref")); err != nil {
+			return fmt.Errorf("reference vmnic plugin: %w", err)
+		}
+		e.hasRef = true
+	}
 	return nil
 }
 

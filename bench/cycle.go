@@ -69,6 +69,12 @@ func (e *env) cycleVariants() ([]*variant, error) {
 			func(i int) []pluginConf { return []pluginConf{br(i), tuningNoop(e.dir("tuning"))} }},
 		{"vmnic", "bridge + host-local + vmnic, 1 NIC", "baseline", 1, true,
 			func(i int) []pluginConf { return []pluginConf{br(i), vmnicPlugin(e.dir("vmnic-state"))} }},
+		{"vmnic-ref", "bridge + host-local + vmnic-ref (Config.RefVmnic: another build of vmnic), 1 NIC", "baseline", 1, true,
+			func(i int) []pluginConf {
+				p := vmnicPlugin(e.dir("vmnic-ref-state"))
+				p["type"] = "vmnic-ref"
+				return []pluginConf{br(i), p}
+			}},
 		{"vmnic-fsync", "bridge + host-local + vmnic, 1 NIC, `\"fsync\": true` (durable records)", "baseline", 1, true,
 			func(i int) []pluginConf {
 				p := vmnicPlugin(e.dir("vmnic-state"))
@@ -88,7 +94,7 @@ func (e *env) cycleVariants() ([]*variant, error) {
 	}
 	var out []*variant
 	for i, s := range specs {
-		if s.vmnic && !e.hasVmnic || s.name == "vmnic-tmpfs" && e.shm == "" {
+		if s.vmnic && !e.hasVmnic || s.name == "vmnic-tmpfs" && e.shm == "" || s.name == "vmnic-ref" && !e.hasRef {
 			continue
 		}
 		list, err := e.confList("vmnb-"+s.name, s.plugins(i)...)
