@@ -1,6 +1,7 @@
 // Command vmnicctl manages vmnic sandboxes: prepare a sandbox netns and its
 // NetSetup record, show and list records, tear sandboxes down, garbage
-// collect, attach a VMM and print a VMM's pre-boot NIC arguments.
+// collect, attach a VMM, print a VMM's pre-boot NIC arguments and render the
+// guest's network config.
 package main
 
 import (

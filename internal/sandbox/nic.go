@@ -39,8 +39,10 @@ type NICSpec struct {
 
 	IPs     []string
 	Gateway string
-	Routes  []netsetup.Route
-	DNS     *netsetup.DNS
+	// Gateways: the gateway of each family, IPv4 first (netsetup.NIC.Gateways).
+	Gateways []string
+	Routes   []netsetup.Route
+	DNS      *netsetup.DNS
 
 	// Pod identity, recorded when the ADD creates the record.
 	PodName, PodNamespace, PodUID string
@@ -261,6 +263,7 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		QueueSize:   s.QueueSize,
 		IPs:         s.IPs,
 		Gateway:     s.Gateway,
+		Gateways:    s.Gateways,
 		Routes:      s.Routes,
 		DNS:         s.DNS,
 		State:       netsetup.NICPending,
