@@ -65,7 +65,7 @@ func goldenCases() []struct {
 		})},
 		{"no-gateway", rec("nogw", netsetup.NIC{
 			ID: "eth0", IfName: "eth0", Tap: "tap0", MAC: "0a:58:0a:0a:00:03", MTU: 1500,
-			IPs:    []string{"10.10.0.3/24"},
+			IPs: []string{"10.10.0.3/24"},
 			// Without a gateway a route is on the link; scope link as a
 			// CNI result may give it.
 			Routes: []netsetup.Route{{Dst: "10.20.0.0/16"}, {Dst: "10.30.0.0/16", Scope: intp(253)}},
