@@ -129,3 +129,19 @@ func ScopeName(scope int) string {
 	}
 	return strconv.Itoa(scope)
 }
+
+// IPsOf4 are the interface's IPv4 addresses (CIDR notation).
+func (g GuestInterface) IPsOf4() []string { return g.ipsOf(IPv4) }
+
+// IPsOf6 are the interface's IPv6 addresses (CIDR notation).
+func (g GuestInterface) IPsOf6() []string { return g.ipsOf(IPv6) }
+
+func (g GuestInterface) ipsOf(f Family) []string {
+	var out []string
+	for _, a := range g.Addresses {
+		if FamilyOf(a) == f {
+			out = append(out, a)
+		}
+	}
+	return out
+}
