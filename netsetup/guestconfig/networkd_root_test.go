@@ -49,12 +49,12 @@ echo ',"routes4":'; ip -4 -j route show table all; echo ',"routes6":'; ip -6 -j 
 `
 
 type ipRoute struct {
-	Dst     string   `json:"dst"`
-	Gateway string   `json:"gateway"`
-	Dev     string   `json:"dev"`
-	Table   string   `json:"table"`
-	Metric  int      `json:"metric"`
-	Scope   string   `json:"scope"`
+	Dst     string        `json:"dst"`
+	Gateway string        `json:"gateway"`
+	Dev     string        `json:"dev"`
+	Table   string        `json:"table"`
+	Metric  int           `json:"metric"`
+	Scope   string        `json:"scope"`
 	Metrics []routeMetric `json:"metrics"`
 }
 
