@@ -256,10 +256,11 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if !found {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("prevResult has no interface %s: the TAP vmnic made for %s", nic.Tap, args.IfName), "")
 	}
-	if _, err := pickInterface(prev, args.IfName, args.Netns); err != nil {
+	pick, err := pickInterface(prev, args.IfName, args.Netns)
+	if err != nil {
 		return err
 	}
-	return nil
+	return checkGuestIPs(nic, pick)
 }
 
 func cmdGC(args *skel.CmdArgs) error {
