@@ -47,4 +47,3 @@ func checkAddrs(nic *netsetup.NIC, veth netlink.Link, add func(string, ...any)) 
 		}
 	}
 }
-

@@ -211,4 +211,3 @@ func checkIPv6LeftAlone(t *testing.T, h *netlink.Handle, nic netsetup.NIC) {
 		t.Errorf("TAP %s has IPv6 addresses of its own: %v %v", nic.Tap, ta, err)
 	}
 }
-
