@@ -41,6 +41,7 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/vmnic ./plugin
 	$(GO) build -o $(BIN)/vmnicctl ./cmd/vmnicctl
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/vmnic-guest-agent ./internal/testkit/guestagent/cmd/vmnic-guest-agent
 	@if [ -d nri-hook ]; then $(GO) build -o $(BIN)/vmnic-nri ./nri-hook; fi
 	@cp -f $(BIN)/vmnic $(CNI_BIN)/vmnic 2>/dev/null || true
 
