@@ -191,7 +191,7 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "usage: vmnicctl [--state-dir DIR] [--netns-dir DIR] <command> [arguments]\n\ncommands:\n")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-11s %-28s %s\n", c.name, c.args, strings.SplitN(c.help, "\n", 2)[0])
+		fmt.Fprintf(w, "  %-12s %-28s %s\n", c.name, c.args, strings.SplitN(c.help, "\n", 2)[0])
 	}
 	fmt.Fprintf(w, "\nRun `vmnicctl <command> -h` for the flags of a command.\n")
 }
