@@ -310,11 +310,17 @@ func TestCheckGuestIPs(t *testing.T) {
 	if err := checkGuestIPs(&full, p); err != nil {
 		t.Errorf("matching record: %v", err)
 	}
-	v4only := netsetup.NIC{IfName: "eth0", IPs: []string{"10.201.0.5/24"}, Gateway: "10.201.0.1"}
+	v4only := netsetup.NIC{IfName: "eth0", IPs: []string{"10.201.0.5/24"}, Gateway: "10.201.0.1", Gateways: []string{"10.201.0.1"}}
 	err = checkGuestIPs(&v4only, p)
 	if err == nil || !strings.Contains(err.Error(), "IPv6: prevResult gives eth0 address fd00::5/64") ||
 		!strings.Contains(err.Error(), `IPv6: prevResult gateway "fd00::1"`) || strings.Contains(err.Error(), "IPv4") {
 		t.Errorf("record without IPv6: %v", err)
+	}
+	// A record from before Gateways (one gateway kept) is not failed for
+	// the other family's gateway.
+	older := netsetup.NIC{IfName: "eth0", IPs: []string{"10.201.0.5/24", "fd00::5/64"}, Gateway: "10.201.0.1"}
+	if err := checkGuestIPs(&older, p); err != nil {
+		t.Errorf("older record: %v", err)
 	}
 	extra := full
 	extra.IPs = []string{"10.201.0.9/24", "fd00::5/64"}
