@@ -20,6 +20,10 @@ CNI_PLUGINS         := bridge ptp host-local loopback tuning portmap tap
 
 # Debian packages; mk/*.mk files append what their area needs.
 APT_PACKAGES := iproute2 iptables iputils-ping kmod
+# The guest-config consumers (netsetup/guestconfig tests): cloud-init's parser
+# (cloud-init devel net-convert) and netplan's (netplan generate) run without a
+# booted systemd; systemd-networkd and systemd-network-generator come with systemd.
+APT_PACKAGES += cloud-init netplan.io systemd
 
 # Tests find tools and binaries through these.
 export VMNIC_TOOLS   := $(TOOLS)
@@ -43,6 +47,7 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/vmnic ./plugin
 	$(GO) build -o $(BIN)/vmnicctl ./cmd/vmnicctl
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/vmnic-guest-agent ./internal/testkit/guestagent/cmd/vmnic-guest-agent
 	@if [ -d nri-hook ]; then $(GO) build -o $(BIN)/vmnic-nri ./nri-hook; fi
 	@cp -f $(BIN)/vmnic $(CNI_BIN)/vmnic 2>/dev/null || true
 

@@ -129,11 +129,22 @@ type DNS struct {
 	Options     []string `json:"options,omitempty"`
 }
 
-// Route is a route the guest should install.
+// Route is a route the guest should install, with the CNI 1.1 route fields.
+// A route without GW goes via the NIC's gateway of its family (see
+// NIC.GatewayFor), as the CNI plugins' ipam.ConfigureIface installs it.
 type Route struct {
 	Dst string `json:"dst"`
 	GW  string `json:"gw,omitempty"`
 	MTU int    `json:"mtu,omitempty"`
+	// AdvMSS is the TCP MSS advertised on the route (0: not set).
+	AdvMSS int `json:"advmss,omitempty"`
+	// Priority is the route metric (0: not set).
+	Priority int `json:"priority,omitempty"`
+	// Table is the routing table (nil: main).
+	Table *int `json:"table,omitempty"`
+	// Scope is the route scope as rtnetlink numbers it (nil: by the kernel's
+	// rule: link without a gateway, universe with one).
+	Scope *int `json:"scope,omitempty"`
 }
 
 // NIC is one VM network interface.
@@ -148,10 +159,15 @@ type NIC struct {
 	NumQueues   int    `json:"num_queues,omitempty"`
 	QueueSize   int    `json:"queue_size,omitempty"`
 
-	IPs     []string `json:"ips,omitempty"`
-	Gateway string   `json:"gateway,omitempty"`
-	Routes  []Route  `json:"routes,omitempty"`
-	DNS     *DNS     `json:"dns,omitempty"`
+	IPs []string `json:"ips,omitempty"`
+	// Gateway is the NIC's first gateway, IPv4 preferred (the only one
+	// records before Gateways kept).
+	Gateway string `json:"gateway,omitempty"`
+	// Gateways holds the NIC's gateway of each family, IPv4 first, as the
+	// CNI result gave them (at most one per family).
+	Gateways []string `json:"gateways,omitempty"`
+	Routes   []Route  `json:"routes,omitempty"`
+	DNS      *DNS     `json:"dns,omitempty"`
 
 	State NICState `json:"state"`
 	// Note says why a NIC is still pending (e.g. a VMM that cannot

@@ -144,7 +144,7 @@ func (t *Tx) Save(rec *NetSetup) error {
 	if err := writeAtomic(t.s.sandboxDir, t.s.Path(t.id), data, t.s.durable); err != nil {
 		return fmt.Errorf("save sandbox %s: %w", t.id, err)
 	}
-	if err := writeMirror(rec, data); err != nil {
+	if err := writeMirror(rec, mirrorContent(rec, data)); err != nil {
 		return fmt.Errorf("save sandbox %s: %w", t.id, err)
 	}
 	if t.loaded != nil && t.loaded.NetnsID != nil && (rec.NetnsID == nil || *rec.NetnsID != *t.loaded.NetnsID) {

@@ -173,6 +173,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		MAC:          pick.mac,
 		IPs:          pick.ips,
 		Gateway:      pick.gateway,
+		Gateways:     pick.gateways,
 		Routes:       pick.routes,
 		DNS:          pick.dns(e.conf.DNS),
 		PodName:      string(a.K8S_POD_NAME),
@@ -252,10 +253,11 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if !found {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("prevResult has no interface %s: the TAP vmnic made for %s", nic.Tap, args.IfName), "")
 	}
-	if _, err := pickInterface(prev, args.IfName, args.Netns); err != nil {
+	pick, err := pickInterface(prev, args.IfName, args.Netns)
+	if err != nil {
 		return err
 	}
-	return nil
+	return checkGuestIPs(nic, pick)
 }
 
 func cmdGC(args *skel.CmdArgs) error {
@@ -304,8 +306,10 @@ type picked struct {
 	mac     string
 	ips     []string
 	gateway string
-	routes  []netsetup.Route
-	prevDNS types.DNS
+	// gateways: the interface's gateway of each family, IPv4 first.
+	gateways []string
+	routes   []netsetup.Route
+	prevDNS  types.DNS
 }
 
 func (p *picked) dns(conf types.DNS) *netsetup.DNS {
@@ -368,17 +372,35 @@ func pickInterface(prev *current.Result, ifname, netnsPath string) (*picked, err
 	if p.gateway == "" {
 		p.gateway = gw6
 	}
+	for _, g := range []string{gw4, gw6} {
+		if g != "" {
+			p.gateways = append(p.gateways, g)
+		}
+	}
 	for _, r := range prev.Routes {
-		if r == nil {
-			continue
+		if r != nil {
+			p.routes = append(p.routes, recordRoute(r))
 		}
-		nr := netsetup.Route{Dst: r.Dst.String(), MTU: r.MTU}
-		if r.GW != nil {
-			nr.GW = r.GW.String()
-		}
-		p.routes = append(p.routes, nr)
 	}
 	return p, nil
+}
+
+// recordRoute keeps a prevResult route with every CNI 1.1 field (mtu,
+// advmss, priority, table, scope).
+func recordRoute(r *types.Route) netsetup.Route {
+	nr := netsetup.Route{Dst: r.Dst.String(), MTU: r.MTU, AdvMSS: r.AdvMSS, Priority: r.Priority}
+	if r.GW != nil {
+		nr.GW = r.GW.String()
+	}
+	if r.Table != nil {
+		t := *r.Table
+		nr.Table = &t
+	}
+	if r.Scope != nil {
+		sc := *r.Scope
+		nr.Scope = &sc
+	}
+	return nr
 }
 
 // buildResult passes prevResult through (IPs stay on the veth's entry) and

@@ -275,3 +275,56 @@ func TestLoadArgs(t *testing.T) {
 		t.Errorf("code %d", te.Code)
 	}
 }
+
+// TestPickInterfaceKeepsRouteFieldsAndGateways: every CNI 1.1 route field
+// and the gateway of each family reach the record.
+func TestPickInterfaceKeepsRouteFieldsAndGateways(t *testing.T) {
+	prev := prevFixture()
+	_, dst6, _ := net.ParseCIDR("fd00:99::/48")
+	table, scope := 100, 253
+	prev.Routes = append(prev.Routes, &types.Route{Dst: *dst6, MTU: 1280, AdvMSS: 1220, Priority: 7, Table: &table, Scope: &scope})
+	p, err := pickInterface(prev, "eth0", "/var/run/netns/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(p.gateways, ",") != "10.201.0.1,fd00::1" {
+		t.Errorf("gateways %v", p.gateways)
+	}
+	r := p.routes[1]
+	if r.Dst != "fd00:99::/48" || r.GW != "" || r.MTU != 1280 || r.AdvMSS != 1220 || r.Priority != 7 ||
+		r.Table == nil || *r.Table != 100 || r.Scope == nil || *r.Scope != 253 {
+		t.Errorf("route %+v", r)
+	}
+	table = 5 // the record keeps its own copy
+	if *r.Table != 100 {
+		t.Error("route table aliases prevResult")
+	}
+}
+
+func TestCheckGuestIPs(t *testing.T) {
+	p, err := pickInterface(prevFixture(), "eth0", "/var/run/netns/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := netsetup.NIC{IfName: "eth0", IPs: []string{"10.201.0.5/24", "fd00::5/64"}, Gateway: "10.201.0.1", Gateways: []string{"10.201.0.1", "fd00::1"}}
+	if err := checkGuestIPs(&full, p); err != nil {
+		t.Errorf("matching record: %v", err)
+	}
+	v4only := netsetup.NIC{IfName: "eth0", IPs: []string{"10.201.0.5/24"}, Gateway: "10.201.0.1", Gateways: []string{"10.201.0.1"}}
+	err = checkGuestIPs(&v4only, p)
+	if err == nil || !strings.Contains(err.Error(), "IPv6: prevResult gives eth0 address fd00::5/64") ||
+		!strings.Contains(err.Error(), `IPv6: prevResult gateway "fd00::1"`) || strings.Contains(err.Error(), "IPv4") {
+		t.Errorf("record without IPv6: %v", err)
+	}
+	// A record from before Gateways (one gateway kept) is not failed for
+	// the other family's gateway.
+	older := netsetup.NIC{IfName: "eth0", IPs: []string{"10.201.0.5/24", "fd00::5/64"}, Gateway: "10.201.0.1"}
+	if err := checkGuestIPs(&older, p); err != nil {
+		t.Errorf("older record: %v", err)
+	}
+	extra := full
+	extra.IPs = []string{"10.201.0.9/24", "fd00::5/64"}
+	if err := checkGuestIPs(&extra, p); err == nil || !strings.Contains(err.Error(), "IPv4: the guest's record has address 10.201.0.9/24") {
+		t.Errorf("record with another IPv4: %v", err)
+	}
+}

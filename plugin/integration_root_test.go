@@ -506,6 +506,16 @@ func TestCheckDetectsDrift(t *testing.T) {
 				return netlink.LinkSetHardwareAddr(l, mac)
 			})
 		}, "MAC mismatch"},
+		{"address gone from the veth", func(t *testing.T, netns string) {
+			netfixture.In(t, netns, func() error {
+				l, _ := netlink.LinkByName("eth0")
+				addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+				if err != nil || len(addrs) == 0 {
+					return fmt.Errorf("eth0 IPv4 addresses: %v %v", addrs, err)
+				}
+				return netlink.AddrDel(l, &addrs[0])
+			})
+		}, "IPv4: eth0 no longer has"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -33,6 +33,7 @@ func init() {
 			help: "Record the sandbox's VMM (kind, API socket, booted) and bring in its pending NICs."},
 		{name: "vmm-args", args: "<sandbox-id> --kind K", npos: 1, run: cmdVMMArgs, flags: vmmArgsFlags,
 			help: "Print the pre-boot NIC arguments for a VMM launcher: Cloud Hypervisor --net, Firecracker network-interfaces JSON, QEMU -netdev/-device."},
+		guestConfigCommand,
 	}
 }
 

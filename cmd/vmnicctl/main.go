@@ -1,6 +1,7 @@
 // Command vmnicctl manages vmnic sandboxes: prepare a sandbox netns and its
 // NetSetup record, show and list records, tear sandboxes down, garbage
-// collect, attach a VMM and print a VMM's pre-boot NIC arguments.
+// collect, attach a VMM, print a VMM's pre-boot NIC arguments and render the
+// guest's network config.
 package main
 
 import (
@@ -190,7 +191,7 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "usage: vmnicctl [--state-dir DIR] [--netns-dir DIR] <command> [arguments]\n\ncommands:\n")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-11s %-28s %s\n", c.name, c.args, strings.SplitN(c.help, "\n", 2)[0])
+		fmt.Fprintf(w, "  %-12s %-28s %s\n", c.name, c.args, strings.SplitN(c.help, "\n", 2)[0])
 	}
 	fmt.Fprintf(w, "\nRun `vmnicctl <command> -h` for the flags of a command.\n")
 }

@@ -12,8 +12,15 @@ import (
 )
 
 // writeConflist writes the network's chain: bridge (gateway on the bridge)
-// with host-local IPAM, then vmnic with the demo's state dir.
+// with host-local IPAM (an IPv6 range too when the network has one, and a
+// default route of each family), then vmnic with the demo's state dir.
 func (d *demo) writeConflist(n *cniNet) string {
+	ranges := []any{[]any{map[string]any{"subnet": n.subnet, "gateway": n.gateway}}}
+	routes := []any{map[string]any{"dst": "0.0.0.0/0"}}
+	if n.subnet6 != "" {
+		ranges = append(ranges, []any{map[string]any{"subnet": n.subnet6, "gateway": n.gateway6}})
+		routes = append(routes, map[string]any{"dst": "::/0"})
+	}
 	conf := map[string]any{
 		"cniVersion": "1.1.0",
 		"name":       n.name,
@@ -23,7 +30,8 @@ func (d *demo) writeConflist(n *cniNet) string {
 				"ipam": map[string]any{
 					"type":    "host-local",
 					"dataDir": d.ipamDir,
-					"ranges":  []any{[]any{map[string]any{"subnet": n.subnet, "gateway": n.gateway}}},
+					"ranges":  ranges,
+					"routes":  routes,
 				},
 			},
 			map[string]any{"type": "vmnic", "stateDir": stateDir},
@@ -61,10 +69,11 @@ func (d *demo) ctl(args ...string) []string {
 	return append([]string{"--state-dir", stateDir}, args...)
 }
 
-// prepare runs `vmnicctl prepare` and returns the record.
-func (d *demo) prepare(id string) *netsetup.NetSetup {
+// prepare runs `vmnicctl prepare` (with more flags, e.g. --runtime-dir) and
+// returns the record.
+func (d *demo) prepare(id string, flags ...string) *netsetup.NetSetup {
 	d.sandboxes = append(d.sandboxes, id)
-	d.mustExec(nil, d.vmnicctl, d.ctl("prepare", id)...)
+	d.mustExec(nil, d.vmnicctl, d.ctl(append([]string{"prepare", id}, flags...)...)...)
 	return d.record(id)
 }
 
@@ -103,5 +112,12 @@ func (d *demo) guestConfig(netnsPath string, nic netsetup.NIC) tapguest.Config {
 	d.check(err, "recorded IP of %s", nic.IfName)
 	gw, err := netip.ParseAddr(nic.Gateway)
 	d.check(err, "recorded gateway of %s", nic.IfName)
-	return tapguest.Config{NetnsPath: netnsPath, Tap: nic.Tap, MAC: mac, IP: ip, Gateway: gw, MultiQueue: nic.QueuePairs() > 1}
+	cfg := tapguest.Config{NetnsPath: netnsPath, Tap: nic.Tap, MAC: mac, IP: ip, Gateway: gw, MultiQueue: nic.QueuePairs() > 1}
+	if v6 := nic.IPsOf(netsetup.IPv6); len(v6) > 0 && nic.GatewayFor(netsetup.IPv6) != "" {
+		cfg.IP6, err = netip.ParsePrefix(v6[0])
+		d.check(err, "recorded IPv6 of %s", nic.IfName)
+		cfg.Gateway6, err = netip.ParseAddr(nic.GatewayFor(netsetup.IPv6))
+		d.check(err, "recorded IPv6 gateway of %s", nic.IfName)
+	}
+	return cfg
 }

@@ -4,7 +4,9 @@
 // traffic both ways through the TAPs with a guest stand-in, removes a NIC,
 // tears everything down and shows nothing is left. When QEMU and a kernel
 // are installed it then does the same with a real QEMU guest: a NIC
-// hot-added by vmnic comes up in the running guest and pings the gateway.
+// hot-added by vmnic appears in the running guest, whose agent configures it
+// from the config vmnic renders (vmnicctl guest-config; the json form in the
+// record's live copy, shared into the guest), and pings both gateways.
 //
 // Run as root from the repository root (demo/demo.sh does). It uses the
 // state dir /tmp/vmnic-demo and names vmnic-demo-*; it cleans up after
@@ -37,6 +39,7 @@ type timing struct {
 // cniNet is one demo network: a bridge chain on its own bridge and subnet.
 type cniNet struct {
 	name, bridge, subnet, gateway string
+	subnet6, gateway6             string // "" = IPv4 only
 }
 
 // attachment is a NIC the demo added (for cleanup).
@@ -51,6 +54,7 @@ type demo struct {
 
 	root       string // repository root
 	vmnicctl   string
+	guestAgent string // static vmnic-guest-agent for the QEMU guest
 	cnitool    string
 	cniPath    string
 	work       string // temp dir: conflists (NETCONFPATH) and host-local leases
@@ -154,6 +158,7 @@ func (d *demo) setup() {
 	toolsDir := envOr("VMNIC_TOOLS", filepath.Join(d.root, ".tools"))
 	cniDir := envOr("VMNIC_CNI_BIN", filepath.Join(toolsDir, "cni"))
 	d.vmnicctl = filepath.Join(binDir, "vmnicctl")
+	d.guestAgent = filepath.Join(binDir, "vmnic-guest-agent")
 	d.cnitool = filepath.Join(toolsDir, "bin", "cnitool")
 	// bin/ first: it holds the vmnic plugin just built.
 	d.cniPath = binDir + string(os.PathListSeparator) + cniDir
@@ -174,12 +179,17 @@ func (d *demo) setup() {
 	d.ipamDir = filepath.Join(d.work, "ipam")
 	d.check(os.MkdirAll(d.netconfDir, 0o755), "mkdir")
 	d.nets = []*cniNet{
-		{name: prefix + "-a", bridge: prefix + "-br0", subnet: "10.216.1.0/24", gateway: "10.216.1.1"},
+		{name: prefix + "-a", bridge: prefix + "-br0", subnet: "10.216.1.0/24", gateway: "10.216.1.1",
+			subnet6: "fd00:216:1::/64", gateway6: "fd00:216:1::1"},
 		{name: prefix + "-b", bridge: prefix + "-br1", subnet: "10.216.2.0/24", gateway: "10.216.2.1"},
 	}
 	for _, n := range d.nets {
 		path := d.writeConflist(n)
-		d.note("network %s: bridge %s, subnet %s, gateway %s on the bridge", n.name, n.bridge, n.subnet, n.gateway)
+		if n.subnet6 != "" {
+			d.note("network %s: bridge %s, subnets %s and %s, gateways %s and %s on the bridge", n.name, n.bridge, n.subnet, n.subnet6, n.gateway, n.gateway6)
+		} else {
+			d.note("network %s: bridge %s, subnet %s, gateway %s on the bridge", n.name, n.bridge, n.subnet, n.gateway)
+		}
 		d.note("  %s", path)
 	}
 	data, err := os.ReadFile(filepath.Join(d.netconfDir, d.nets[0].name+".conflist"))

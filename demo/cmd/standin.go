@@ -108,8 +108,23 @@ func (d *demo) standInTraffic(ns string, nic netsetup.NIC) {
 		d.fail("host → guest: the stand-in answered %d echo requests, want 3", st.EchoAnswered-before)
 	}
 	d.ok("host → guest: the stand-in answered %d echo requests from %s", st.EchoAnswered-before, st.LastEchoSource)
-	d.note("stand-in counters: %d frames in, %d out; ARP answered %d, replies %d; echo answered %d, replies %d",
-		st.FramesIn, st.FramesOut, st.ARPAnswered, st.ARPReplies, st.EchoAnswered, st.EchoReplies)
+	if cfg.IP6.IsValid() {
+		mac6, err := g.ResolveGateway6(ctx)
+		d.check(err, "guest → gateway neighbour discovery")
+		d.ok("guest → gateway: neighbour solicitation for %s → advertised at %s", cfg.Gateway6, mac6)
+		rtt, err := g.Ping(ctx, cfg.Gateway6)
+		d.check(err, "guest → gateway ICMPv6 echo")
+		d.ok("guest → gateway: ICMPv6 echo reply from %s in %s", cfg.Gateway6, rtt.Round(time.Microsecond))
+		before6 := g.Stats().Echo6Answered
+		out := d.mustExec(nil, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "-w", "10", cfg.IP6.Addr().String())
+		if received(out) < 3 || g.Stats().Echo6Answered < before6+3 {
+			d.fail("host → guest ICMPv6 echo: not every echo was answered by the stand-in")
+		}
+		d.ok("host → guest: the stand-in answered 3 ICMPv6 echo requests from %s", g.Stats().LastEcho6From)
+	}
+	st = g.Stats()
+	d.note("stand-in counters: %d frames in, %d out; ARP answered %d, replies %d; echo answered %d, replies %d; NS answered %d, NA received %d; ICMPv6 echo answered %d, replies %d",
+		st.FramesIn, st.FramesOut, st.ARPAnswered, st.ARPReplies, st.EchoAnswered, st.EchoReplies, st.NSAnswered, st.NAReceived, st.Echo6Answered, st.Echo6Replies)
 }
 
 // checkResult checks a cnitool add result: the previous plugin's result is

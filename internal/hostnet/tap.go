@@ -96,6 +96,9 @@ func configureTap(s TapSpec) (netlink.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create tap %s: look it up: %w", s.Name, err)
 	}
+	if err := quietIPv6(link); err != nil {
+		return nil, fmt.Errorf("create tap %s: %w", s.Name, err)
+	}
 	mtu := 0
 	if s.MTU > 0 && link.Attrs().MTU != s.MTU {
 		mtu = s.MTU

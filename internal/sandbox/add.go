@@ -37,8 +37,10 @@ type NICSpec struct {
 
 	IPs     []string
 	Gateway string
-	Routes  []netsetup.Route
-	DNS     *netsetup.DNS
+	// Gateways: the gateway of each family, IPv4 first (netsetup.NIC.Gateways).
+	Gateways []string
+	Routes   []netsetup.Route
+	DNS      *netsetup.DNS
 
 	// Pod identity, recorded when the ADD creates the record.
 	PodName, PodNamespace, PodUID string
@@ -268,6 +270,7 @@ func (s *NICSpec) newNIC() netsetup.NIC {
 		QueueSize:   s.QueueSize,
 		IPs:         s.IPs,
 		Gateway:     s.Gateway,
+		Gateways:    s.Gateways,
 		Routes:      s.Routes,
 		DNS:         s.DNS,
 		State:       netsetup.NICPending,

@@ -54,6 +54,7 @@ func (m *Manager) CheckNIC(ctx context.Context, id, ifname string) error {
 			return nil
 		}
 		checkTap(nic, veth, add)
+		checkAddrs(nic, veth, add)
 		return nil
 	})
 	if err != nil {

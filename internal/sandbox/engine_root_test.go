@@ -58,6 +58,19 @@ func newEnv(t *testing.T) *env {
 		}))
 	e.vethMAC = "02:00:0a:c9:00:05"
 	netfixture.Veth(t, e.netns, "eth0", e.peer, "peer0", 1400, e.vethMAC)
+	// The address a main plugin would have given eth0 (spec's IPs; CHECK
+	// verifies it is still there).
+	netfixture.In(t, e.netns, func() error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		a, err := netlink.ParseAddr("10.201.0.5/24")
+		if err != nil {
+			return err
+		}
+		return netlink.AddrAdd(l, a)
+	})
 	return e
 }
 

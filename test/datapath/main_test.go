@@ -39,7 +39,8 @@ func repoRoot() string {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
-// built builds the vmnic plugin (./plugin) and vmnicctl (./cmd/vmnicctl) from
+// built builds the vmnic plugin (./plugin), vmnicctl (./cmd/vmnicctl) and the
+// QEMU guest's agent (static) from
 // this checkout once per test binary, into a temp dir, so the tests run the
 // code under test rather than whatever bin/ holds.
 func built(t *testing.T) string {
@@ -58,9 +59,11 @@ func built(t *testing.T) string {
 			return
 		}
 		buildDir = dir
-		for name, pkg := range map[string]string{"vmnic": "./plugin", "vmnicctl": "./cmd/vmnicctl"} {
+		for name, pkg := range map[string]string{"vmnic": "./plugin", "vmnicctl": "./cmd/vmnicctl",
+			"vmnic-guest-agent": "./internal/testkit/guestagent/cmd/vmnic-guest-agent"} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
 			cmd.Dir = root
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // the guest agent runs in the QEMU guest's initramfs
 			if out, err := cmd.CombinedOutput(); err != nil {
 				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
 				return

@@ -51,6 +51,9 @@ type Config struct {
 	QEMU        string        // default qemu-system-x86_64 from PATH
 	KernelArgs  string        // appended to the kernel command line
 	ExtraArgs   []string      // appended to the QEMU command line (e.g. qemu.Args(nics))
+	// ExtraFiles are added to the initramfs (a second archive, not cached);
+	// executables in etc/vmnic-init.d run at boot (see File).
+	ExtraFiles []File
 	// Prelaunch starts QEMU with -S: Boot returns once QMP is up and the
 	// guest has not run yet (NICs added now are cold-plugged); Start runs it.
 	Prelaunch bool
@@ -181,6 +184,9 @@ func Boot(ctx context.Context, cfg Config) (_ *Guest, err error) {
 			g.Close()
 		}
 	}()
+	if initrd, err = withExtraFiles(initrd, g.workDir, cfg.ExtraFiles); err != nil {
+		return nil, fmt.Errorf("boot guest: %w", err)
+	}
 	g.qmpSocket = cfg.QMPSocket
 	if g.qmpSocket == "" {
 		g.qmpSocket = filepath.Join(g.workDir, "qmp.sock")

@@ -24,13 +24,18 @@ var virtioNetModules = []string{
 	"virtio_pci", "failover", "net_failover", "virtio_net",
 }
 
+// shareModules are the modules of a virtio-9p share (Config.ExtraFiles
+// hooks mount one, e.g. the record's live copy), in load order; packed
+// when the kernel has them.
+var shareModules = []string{"netfs", "fscache", "9pnet", "9pnet_virtio", "9p"}
+
 // readyMarker is printed by /init once the modules are loaded, just before
 // the console shell starts.
 const readyMarker = "VMNIC-GUEST-READY"
 
 // initramfsFormat changes whenever the archive layout or /init changes, so
 // cached archives of an older layout are not reused.
-const initramfsFormat = "vmnic-testguest-1"
+const initramfsFormat = "vmnic-testguest-2"
 
 const initScript = `#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /usr/bin /usr/sbin /sbin
@@ -45,6 +50,10 @@ for m in $(cat /etc/modules-load); do
 done
 ip link set lo up
 hostname vmnic-guest
+# Hooks of Config.ExtraFiles (/etc/vmnic-init.d/*), in name order.
+for f in /etc/vmnic-init.d/*; do
+  [ -x "$f" ] && "$f"
+done
 echo ` + readyMarker + `
 # The console shell: a session of its own with ttyS0 as controlling tty (so
 # ^C reaches a stuck command), no echo, no CR before LF, no prompts.
@@ -147,6 +156,9 @@ func findModules(modDir string) ([]moduleFile, error) {
 	if last := mods[len(mods)-1]; last.Path == "" && !last.Builtin {
 		return nil, fmt.Errorf("kernel in %s has no virtio_net (neither a module nor built in)", modDir)
 	}
+	for _, m := range shareModules {
+		mods = append(mods, moduleFile{Name: m, Path: paths[m], Builtin: builtin[m]})
+	}
 	return mods, nil
 }
 
@@ -240,7 +252,7 @@ func buildInitramfs(out, busybox string, mods []moduleFile) error {
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
 	w := newCPIOWriter(tmp)
-	for _, d := range []string{"bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "etc", "lib", "lib/modules"} {
+	for _, d := range []string{"bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "etc", "etc/vmnic-init.d", "lib", "lib/modules", "mnt"} {
 		if err := w.Dir(d); err != nil {
 			return err
 		}

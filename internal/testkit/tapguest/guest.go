@@ -1,9 +1,11 @@
 // Package tapguest is a guest stand-in for data-path tests and the demo: it
 // opens a TAP exactly as a VMM does (inside the sandbox netns, by name, with
 // IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, IFF_MULTI_QUEUE when the TAP is multiqueue)
-// and then behaves as a minimal IPv4 guest with a given MAC, IP and gateway:
-// it answers ARP requests for its IP and ICMP echo requests to it, and can
-// itself resolve and ping the gateway.
+// and then behaves as a minimal guest with a given MAC, IPs and gateways:
+// over IPv4 it answers ARP requests for its IP and ICMP echo requests to it;
+// over IPv6 it answers neighbour solicitations for its address and ICMPv6
+// echo requests to it; and it can itself resolve and ping its gateways
+// (ARP, or neighbour discovery).
 package tapguest
 
 import (
@@ -25,8 +27,10 @@ type Config struct {
 	NetnsPath  string           // netns holding the TAP ("" = the caller's)
 	Tap        string           // TAP name
 	MAC        net.HardwareAddr // the guest's MAC (with tc redirect: the veth's MAC)
-	IP         netip.Prefix     // the guest's address and prefix, e.g. 10.206.0.2/24
-	Gateway    netip.Addr       // default gateway
+	IP         netip.Prefix     // the guest's IPv4 address and prefix, e.g. 10.206.0.2/24 (optional with IP6)
+	Gateway    netip.Addr       // IPv4 default gateway
+	IP6        netip.Prefix     // the guest's IPv6 address and prefix, e.g. fd00:206::2/64 (optional)
+	Gateway6   netip.Addr       // IPv6 default gateway
 	VnetHdrLen int              // 10 (default), 12, or -1 for a TAP without IFF_VNET_HDR
 	MultiQueue bool             // open with IFF_MULTI_QUEUE (the other mode is tried when refused)
 	// RetryInterval is how often ARP requests and echo requests are repeated
@@ -46,6 +50,11 @@ type Stats struct {
 	Ignored        uint64 // frames not for us or not understood
 	MalformedIn    uint64 // frames that failed to parse
 	LastEchoSource string // source IP of the last echo request answered
+	NSAnswered     uint64 // IPv6 neighbour solicitations for our address we answered
+	NAReceived     uint64 // IPv6 neighbour advertisements received for our solicitations
+	Echo6Answered  uint64 // ICMPv6 echo requests to our address we replied to
+	Echo6Replies   uint64 // ICMPv6 echo replies received for our requests
+	LastEcho6From  string // source of the last ICMPv6 echo request answered
 }
 
 // Guest is a running guest stand-in. Close stops it and releases the TAP fd.
@@ -56,12 +65,16 @@ type Guest struct {
 
 	framesIn, framesOut, arpAnswered, echoAnswered atomic.Uint64
 	arpReplies, echoReplies, ignored, malformed    atomic.Uint64
+	nsAnswered, naReceived, echo6Answered          atomic.Uint64
+	echo6Replies                                   atomic.Uint64
 
 	mu        sync.Mutex
 	neigh     map[netip.Addr]net.HardwareAddr
 	arpWait   map[netip.Addr][]chan net.HardwareAddr
 	echoWait  map[uint32]chan uint32 // id<<16|seq → the waiting Ping
 	lastEcho  netip.Addr
+	lastEcho6 netip.Addr
+	ndWait    map[netip.Addr][]chan net.HardwareAddr
 	echoID    uint16
 	echoSeq   uint16
 	ipID      uint16
@@ -76,11 +89,17 @@ func Open(cfg Config) (*Guest, error) {
 	if len(cfg.MAC) != 6 {
 		return nil, fmt.Errorf("guest: MAC %q is not a 6-byte Ethernet address", cfg.MAC)
 	}
-	if !cfg.IP.IsValid() || !cfg.IP.Addr().Is4() {
+	if !cfg.IP.IsValid() && !cfg.IP6.IsValid() {
+		return nil, fmt.Errorf("guest: neither an IPv4 nor an IPv6 address configured")
+	}
+	if cfg.IP.IsValid() && !cfg.IP.Addr().Is4() {
 		return nil, fmt.Errorf("guest: IP %v is not an IPv4 prefix", cfg.IP)
 	}
 	if cfg.Gateway.IsValid() && !cfg.Gateway.Is4() {
 		return nil, fmt.Errorf("guest: gateway %v is not IPv4", cfg.Gateway)
+	}
+	if err := checkIPv6Config(cfg); err != nil {
+		return nil, err
 	}
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = 200 * time.Millisecond
@@ -102,6 +121,7 @@ func Open(cfg Config) (*Guest, error) {
 		neigh:    map[netip.Addr]net.HardwareAddr{},
 		arpWait:  map[netip.Addr][]chan net.HardwareAddr{},
 		echoWait: map[uint32]chan uint32{},
+		ndWait:   map[netip.Addr][]chan net.HardwareAddr{},
 		echoID:   binary.BigEndian.Uint16(idb[:]),
 		done:     make(chan struct{}),
 	}
@@ -115,9 +135,12 @@ func (g *Guest) Tap() *Tap { return g.tap }
 // Stats returns the counters.
 func (g *Guest) Stats() Stats {
 	g.mu.Lock()
-	last := ""
+	last, last6 := "", ""
 	if g.lastEcho.IsValid() {
 		last = g.lastEcho.String()
+	}
+	if g.lastEcho6.IsValid() {
+		last6 = g.lastEcho6.String()
 	}
 	g.mu.Unlock()
 	return Stats{
@@ -126,6 +149,9 @@ func (g *Guest) Stats() Stats {
 		ARPReplies: g.arpReplies.Load(), EchoReplies: g.echoReplies.Load(),
 		Ignored: g.ignored.Load(), MalformedIn: g.malformed.Load(),
 		LastEchoSource: last,
+		NSAnswered:     g.nsAnswered.Load(), NAReceived: g.naReceived.Load(),
+		Echo6Answered: g.echo6Answered.Load(), Echo6Replies: g.echo6Replies.Load(),
+		LastEcho6From: last6,
 	}
 }
 
@@ -170,12 +196,16 @@ func (g *Guest) handle(hdr VnetHdr, frame []byte) {
 		g.malformed.Add(1)
 		return
 	}
-	if !macEqual(eth.Dst, g.cfg.MAC) && !macEqual(eth.Dst, Broadcast) {
+	if !macEqual(eth.Dst, g.cfg.MAC) && !macEqual(eth.Dst, Broadcast) && !isIPv6Multicast(eth.Dst) {
 		g.ignored.Add(1)
 		return
 	}
 	switch eth.EtherType {
 	case EtherTypeARP:
+		if !g.cfg.IP.IsValid() {
+			g.ignored.Add(1)
+			return
+		}
 		a, err := ParseARP(payload)
 		if err != nil {
 			g.malformed.Add(1)
@@ -198,6 +228,8 @@ func (g *Guest) handle(hdr VnetHdr, frame []byte) {
 			return
 		}
 		g.handleEcho(eth, ip, m)
+	case EtherTypeIPv6:
+		g.handleIPv6(hdr, eth, payload)
 	default:
 		g.ignored.Add(1)
 	}
@@ -398,8 +430,11 @@ func (g *Guest) nextHop(dst netip.Addr) (netip.Addr, error) {
 // first), one every RetryInterval, until a reply arrives or ctx is done. It
 // returns the round-trip time of the echo that was answered.
 func (g *Guest) Ping(ctx context.Context, dst netip.Addr) (time.Duration, error) {
-	if !dst.Is4() {
-		return 0, fmt.Errorf("ping %v: not IPv4", dst)
+	if dst.Is6() && !dst.Is4In6() {
+		return g.ping6(ctx, dst)
+	}
+	if !dst.Is4() || !g.cfg.IP.IsValid() {
+		return 0, fmt.Errorf("ping %v: not IPv4, or the guest has no IPv4 address", dst)
 	}
 	hop, err := g.nextHop(dst)
 	if err != nil {
