@@ -15,6 +15,7 @@ import (
 
 	"github.com/containerd/nri/pkg/adaptation"
 	"github.com/containerd/nri/pkg/api"
+	"golang.org/x/sys/unix"
 
 	"github.com/vmnic/vmnic/internal/netns"
 	"github.com/vmnic/vmnic/internal/testkit/testenv"
@@ -62,6 +63,12 @@ func newEnv(t testing.TB) *env {
 	// Registered after the TempDirs, so it runs before their removal: a
 	// mounted netns would make the removal fail.
 	t.Cleanup(func() {
+		// The runtime dirs of pods a test left are tmpfs mounts of their own.
+		ents, _ := os.ReadDir(e.runtimeDir)
+		for _, ent := range ents {
+			for dir := filepath.Join(e.runtimeDir, ent.Name()); unix.Unmount(dir, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW) == nil; {
+			}
+		}
 		for _, dir := range []string{e.netnsDir, e.fixtureDir} {
 			paths, _ := netns.List(dir, "")
 			for _, p := range paths {

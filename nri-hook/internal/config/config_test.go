@@ -20,7 +20,7 @@ func TestParse(t *testing.T) {
 		{name: "defaults", in: "runtimeHandlers: [h]\n", check: func(t *testing.T, c *Config) {
 			if c.StateDir != "/var/lib/vmnic" || c.NetnsDir != "/var/run/netns" || c.RuntimeDir != "/run/vmnic/sandboxes" ||
 				c.NetSetupMountPath != "/run/vmnic/netsetup.json" || *c.VMAnnotation || c.LogLevel != "info" || c.LogFile != "" ||
-				c.Sweep() != 30*time.Second {
+				c.Sweep() != 30*time.Second || c.RuntimeDirBytes() != 4<<20 {
 				t.Errorf("defaults: %+v", c)
 			}
 		}},
@@ -29,6 +29,18 @@ func TestParse(t *testing.T) {
 				t.Error("annotation not honoured after the opt-in")
 			}
 		}},
+		{name: "runtime dir size", in: "runtimeHandlers: [h]\nruntimeDirSize: 256Ki\n", check: func(t *testing.T, c *Config) {
+			if c.RuntimeDirBytes() != 256<<10 {
+				t.Errorf("runtimeDirSize %d, want %d", c.RuntimeDirBytes(), 256<<10)
+			}
+		}},
+		{name: "runtime dir size bytes", in: `{"runtimeHandlers": ["h"], "runtimeDirSize": "1048576"}`, check: func(t *testing.T, c *Config) {
+			if c.RuntimeDirBytes() != 1<<20 {
+				t.Errorf("runtimeDirSize %d, want %d", c.RuntimeDirBytes(), 1<<20)
+			}
+		}},
+		{name: "runtime dir size too small", in: "runtimeHandlers: [h]\nruntimeDirSize: 1Ki\n", err: "runtimeDirSize"},
+		{name: "runtime dir size bad", in: "runtimeHandlers: [h]\nruntimeDirSize: lots\n", err: "lots"},
 		{name: "yaml", in: "runtimeHandlers: [kata-clh, kata-qemu]\nvmAnnotation: false\nstateDir: /s\nnetnsDir: /n\nruntimeDir: /r\nlogFile: /l.log\nlogLevel: debug\n",
 			check: func(t *testing.T, c *Config) {
 				if len(c.RuntimeHandlers) != 2 || c.RuntimeHandlers[1] != "kata-qemu" || *c.VMAnnotation ||
