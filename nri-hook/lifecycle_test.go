@@ -357,3 +357,33 @@ func pidnsExecMain(bin string) int {
 	fmt.Fprintln(os.Stderr, "pidns child: exec:", err)
 	return 1
 }
+
+// TestSweepRemovesStrayRuntimeDir (issue 16 item 11, crash safety): a
+// runtime dir mount that no record names, made after the last Synchronize
+// (a crash between the mount and the record while the plugin stayed
+// connected), is unmounted and removed by the sweep once it has been so for
+// a while; a live VM pod's is kept.
+func TestSweepRemovesStrayRuntimeDir(t *testing.T) {
+	e := newEnv(t)
+	e.sweep = "200ms"
+	rt := startRuntime(t, e, runtimeOptions{mode: preinstalled})
+	live := pod{id: "vmnn-stray-live", handler: testVMHandler, netns: e.fixture("stray-live")}
+	mustOK(t, "RunPodSandbox", rt.run(live))
+	stray := filepath.Join(e.runtimeDir, "vmnn-stray")
+	mustOK(t, "mkdir", os.MkdirAll(stray, 0o700))
+	mustOK(t, "mount a stray tmpfs", unix.Mount("tmpfs", stray, "tmpfs", 0, "size=64k,mode=0700"))
+	t.Cleanup(func() { unix.Unmount(stray, unix.MNT_DETACH) })
+	eventually(t, "the sweep removes the stray runtime dir", func() bool {
+		_, err := os.Lstat(stray)
+		return errors.Is(err, os.ErrNotExist)
+	})
+	if isMountPoint(t, stray) {
+		t.Errorf("stray runtime dir %s still mounted", stray)
+	}
+	liveDir := filepath.Join(e.runtimeDir, live.id)
+	if !isMountPoint(t, liveDir) {
+		t.Errorf("the live VM pod's runtime dir %s was removed", liveDir)
+	}
+	e.record(live.id)
+	mustOK(t, "RemovePodSandbox", rt.remove(live))
+}
