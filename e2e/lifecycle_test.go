@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -336,3 +337,54 @@ func TestNRIReconcile(t *testing.T) {
 		e.AssertClean(t)
 	})
 }
+
+// Issue 16 item 3 on the real runtime: a stopped VM pod stays listed (as
+// kubelet keeps the last sandbox of a finished pod), NotReady, with pid 0
+// and, once containerd removed its netns at the stop, without a network
+// namespace in its NRI pod (internal/cri/nri/nri_api_linux.go,
+// GetLinuxNamespaces). After its record is gone (the sweep saw the netns
+// go), the Synchronize at the next (re)connect must not take it for a
+// host-network VM pod without a record: no record, no vmnic-<id> netns, no
+// runtime dir.
+func TestStoppedVMPodNotPrepared(t *testing.T) {
+	e := needVmnic(t, true, true)
+	ctx := context.Background()
+	p := e.RunPod(t, podName("stopped"), podOpts{vm: true})
+	stopCtx, cancel := opCtx()
+	err := e.RS.StopPodSandbox(stopCtx, p.ID)
+	cancel()
+	if err != nil {
+		t.Fatalf("stop pod: %v", err)
+	}
+	if !waitFor(ctx, 15*sweepInterval, func() bool { return e.Record(t, p.ID) == nil }) {
+		t.Fatalf("the sweep did not tear down the record of the stopped pod %s (its netns is gone)", p.Name)
+	}
+	syncs, done := e.nriLogCount(logSynchronize), e.nriLogCount(logReconcileDone)
+	if err := e.Restart(); err != nil {
+		t.Fatalf("restart containerd: %v", err)
+	}
+	owned := filepath.Join(e.OwnedNetnsDir(), "vmnic-"+p.ID)
+	if !waitFor(ctx, 15*time.Second, func() bool {
+		return e.nriLogCount(logSynchronize) > syncs &&
+			(e.nriLogCount(logReconcileDone) > done || e.Record(t, p.ID) != nil || exists(owned))
+	}) {
+		t.Fatalf("vmnic-nri did not synchronize and reconcile after the restart")
+	}
+	if st := e.Status(t, p); st.State != runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
+		t.Fatalf("pod %s is %v after the restart, want still listed as not ready", p.Name, st.State)
+	}
+	if rec := e.Record(t, p.ID); rec != nil {
+		t.Errorf("Synchronize prepared the stopped pod %s: %+v", p.Name, rec)
+	}
+	if exists(owned) {
+		t.Errorf("Synchronize made an owned netns %s for the stopped pod %s", owned, p.Name)
+	}
+	if rd := filepath.Join(e.VmnicRun, p.ID); exists(rd) {
+		t.Errorf("Synchronize made a runtime dir %s for the stopped pod %s", rd, p.Name)
+	}
+	e.RemovePod(t, p)
+	e.AssertClean(t)
+}
+
+// logReconcileDone is what vmnic-nri logs when a reconcile has finished.
+const logReconcileDone = `msg="reconcile: done"`

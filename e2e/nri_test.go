@@ -15,6 +15,9 @@ import (
 // The vmnic NRI plugin's name and index as a pre-installed plugin.
 const nriPluginFile = "10-vmnic"
 
+// runtimeDirSize bounds each VM pod's runtime dir (a tmpfs of its own).
+const runtimeDirSize = "512Ki"
+
 // nriConfig is vmnic-nri's configuration for this suite: VM pods are those of
 // the vm runtime handler or annotated vmnic.io/vm: "true"; every path is
 // under the suite's directory.
@@ -25,6 +28,7 @@ func (e *Env) nriConfig() map[string]any {
 		"stateDir":        e.VmnicState,
 		"netnsDir":        e.OwnedNetnsDir(),
 		"runtimeDir":      e.VmnicRun,
+		"runtimeDirSize":  runtimeDirSize,
 		"logFile":         e.NRILog(),
 		"logLevel":        "debug",
 		// The sweep tears down VM pods that went without an NRI event

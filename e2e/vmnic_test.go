@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnic/vmnic/e2e/internal/probe"
 	"github.com/vmnic/vmnic/netsetup"
 )
@@ -49,6 +51,14 @@ func checkVMMContainer(t *testing.T, r probe.Report, p *Pod, rec *netsetup.NetSe
 		}
 		if rec.RuntimeDir != "" && rd != rec.RuntimeDir {
 			t.Errorf("VMNIC_RUNTIME_DIR %s, record says %s", rd, rec.RuntimeDir)
+		}
+		// On the host it is a tmpfs of its own, of the configured size,
+		// so the VMM container cannot fill the host's /run.
+		var st unix.Statfs_t
+		if err := unix.Statfs(rd, &st); err != nil {
+			t.Errorf("runtime dir %s on the host: %v", rd, err)
+		} else if size := st.Blocks * uint64(st.Bsize); st.Type != unix.TMPFS_MAGIC || size != 512<<10 {
+			t.Errorf("runtime dir %s on the host: fs type %#x, %d bytes; want a tmpfs of %s", rd, st.Type, size, runtimeDirSize)
 		}
 	}
 	if r.NetnsDev != dev || r.NetnsIno != ino {

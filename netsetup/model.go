@@ -85,6 +85,10 @@ type NetSetup struct {
 	// telling it; 0 when unknown.
 	PodPID      int    `json:"pod_pid,omitempty"`
 	PodPIDStart uint64 `json:"pod_pid_start,omitempty"`
+	// PodPIDNS is the pid namespace PodPID is valid in (nsfs dev:ino, as
+	// NetnsID): a process seen from another pid namespace (the hook
+	// redeployed without the host's pids) is never judged by that pid.
+	PodPIDNS *NetnsID `json:"pod_pid_ns,omitempty"`
 
 	VMM            *VMM  `json:"vmm,omitempty"`
 	NetworkConfigs []NIC `json:"network_configs"`

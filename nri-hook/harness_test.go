@@ -15,6 +15,7 @@ import (
 
 	"github.com/containerd/nri/pkg/adaptation"
 	"github.com/containerd/nri/pkg/api"
+	"golang.org/x/sys/unix"
 
 	"github.com/vmnic/vmnic/internal/netns"
 	"github.com/vmnic/vmnic/internal/testkit/testenv"
@@ -38,23 +39,36 @@ type env struct {
 	// so that tests that take a netns away under the plugin on purpose
 	// (as CRI-O does before StopPodSandbox) see the events do the work.
 	sweep string
+	// vmAnnotation is the configuration's vmAnnotation line: the tests opt
+	// in to the annotation path ("vmAnnotation: true"); "" leaves the key
+	// out (the default: runtime handlers only).
+	vmAnnotation string
+	// extra is appended to the configuration.
+	extra string
 }
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	testenv.RequireRoot(t)
 	e := &env{
-		t:          t,
-		stateDir:   t.TempDir(),
-		netnsDir:   t.TempDir(),
-		runtimeDir: filepath.Join(t.TempDir(), "sandboxes"),
-		fixtureDir: t.TempDir(),
-		sweep:      "0s",
+		t:            t,
+		stateDir:     t.TempDir(),
+		netnsDir:     t.TempDir(),
+		runtimeDir:   filepath.Join(t.TempDir(), "sandboxes"),
+		fixtureDir:   t.TempDir(),
+		sweep:        "0s",
+		vmAnnotation: "vmAnnotation: true",
 	}
 	e.logFile = filepath.Join(t.TempDir(), "vmnic-nri.log")
 	// Registered after the TempDirs, so it runs before their removal: a
 	// mounted netns would make the removal fail.
 	t.Cleanup(func() {
+		// The runtime dirs of pods a test left are tmpfs mounts of their own.
+		ents, _ := os.ReadDir(e.runtimeDir)
+		for _, ent := range ents {
+			for dir := filepath.Join(e.runtimeDir, ent.Name()); unix.Unmount(dir, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW) == nil; {
+			}
+		}
 		for _, dir := range []string{e.netnsDir, e.fixtureDir} {
 			paths, _ := netns.List(dir, "")
 			for _, p := range paths {
@@ -83,14 +97,15 @@ func newEnv(t testing.TB) *env {
 func (e *env) config() string {
 	return fmt.Sprintf(`# vmnic NRI plugin, test configuration
 runtimeHandlers: [%s]
-vmAnnotation: true
+%s
 stateDir: %s
 netnsDir: %s
 runtimeDir: %s
 logFile: %s
 logLevel: debug
 sweepInterval: %s
-`, testVMHandler, e.stateDir, e.netnsDir, e.runtimeDir, e.logFile, e.sweep)
+%s
+`, testVMHandler, e.vmAnnotation, e.stateDir, e.netnsDir, e.runtimeDir, e.logFile, e.sweep, e.extra)
 }
 
 // fixture creates a netns standing in for one the runtime made for a pod.
@@ -144,6 +159,7 @@ type pod struct {
 	annotations map[string]string
 	netns       string // "" = host network
 	pid         int    // the pod process the runtime reports (0: none)
+	ips         []string
 }
 
 func (p pod) api() *api.PodSandbox {
@@ -156,6 +172,7 @@ func (p pod) api() *api.PodSandbox {
 		Annotations:    p.annotations,
 		Linux:          &api.LinuxPodSandbox{},
 		Pid:            uint32(p.pid),
+		Ips:            p.ips,
 	}
 	ps.Linux.Namespaces = append(ps.Linux.Namespaces,
 		&api.LinuxNamespace{Type: "ipc"}, &api.LinuxNamespace{Type: "uts"})

@@ -71,19 +71,27 @@ func run(args []string) int {
 	if *cfgPath != "" {
 		c, err := config.Load(*cfgPath)
 		if err != nil {
-			log.Error("cannot start", "err", err)
+			log.Error("cannot start", "error", err)
 			return 1
 		}
 		base = c
 	}
 	if lvl, err := base.Level(); err == nil {
 		if err := log.Configure(base.LogFile, lvl); err != nil {
-			log.Error("cannot start", "err", err)
+			log.Error("cannot start", "error", err)
 			return 1
 		}
 	}
 
 	preinstalled := os.Getenv(api.PluginSocketEnvVar) != ""
+	if !preinstalled {
+		// An external plugin gets no configuration from the runtime: refuse
+		// one that could never select a VM pod now, not at registration.
+		if err := base.Validate(); err != nil {
+			log.Error("cannot start (give the configuration with --config)", "error", err)
+			return 1
+		}
+	}
 	plugin := &hook.Plugin{Base: base, Log: log}
 	opts := []stub.Option{
 		stub.WithLogger(logging.NRI{L: log.Logger}),
@@ -97,7 +105,7 @@ func run(args []string) int {
 
 	s, err := stub.New(plugin, opts...)
 	if err != nil {
-		log.Error("cannot create the NRI stub", "err", err)
+		log.Error("cannot create the NRI stub", "error", err)
 		return 1
 	}
 	plugin.Runtime = s
@@ -110,7 +118,7 @@ func run(args []string) int {
 		// The runtime owns this process: when the connection goes, exit; the
 		// runtime launches the plugin again when it restarts.
 		err := s.Run(ctx)
-		log.Info("runtime connection ended: exiting", "err", describe(err))
+		log.Info("runtime connection ended: exiting", "error", describe(err))
 		return 0
 	}
 	return runExternal(ctx, s, log.Logger, *socket)
@@ -165,7 +173,7 @@ func runExternal(ctx context.Context, s stub.Stub, log logger, socket string) in
 		if time.Since(start) > 10*time.Second {
 			backoff = minBackoff
 		}
-		log.Warn("not connected to the runtime; retrying", "socket", socket, "err", describe(err), "in", backoff)
+		log.Warn("not connected to the runtime; retrying", "socket", socket, "error", describe(err), "in", backoff)
 		select {
 		case <-ctx.Done():
 			return 0

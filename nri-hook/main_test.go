@@ -22,6 +22,9 @@ func TestMain(m *testing.M) {
 	if sock := os.Getenv(childRuntimeEnv); sock != "" {
 		os.Exit(childRuntimeMain(sock))
 	}
+	if bin := os.Getenv(pidnsExecEnv); bin != "" {
+		os.Exit(pidnsExecMain(bin))
+	}
 	nrilog.Set(quietLog{})
 	dir, err := os.MkdirTemp("", "vmnn-bin-")
 	if err != nil {

@@ -2,11 +2,13 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -168,6 +170,44 @@ func cgroupRoot(t *testing.T) string {
 			return dir
 		}
 	}
-	t.Fatal("no cgroup hierarchy to put a pod process fixture in")
+	// A private mount namespace (the isolation wrapper mounts a fresh
+	// /sys) may have no cgroup hierarchy mounted: mount the v2 one, or the
+	// v1 pids controller, there.
+	if dir, err := mountCgroup(); err == nil {
+		return dir
+	} else {
+		t.Fatalf("no cgroup hierarchy to put a pod process fixture in: %v", err)
+	}
 	return ""
+}
+
+var cgroupMount struct {
+	sync.Once
+	dir string
+	err error
+}
+
+func mountCgroup() (string, error) {
+	cgroupMount.Do(func() {
+		base := "/sys/fs/cgroup"
+		if err := unix.Mount("cgroup2", base, "cgroup2", 0, ""); err == nil {
+			cgroupMount.dir = base
+			return
+		}
+		if err := unix.Mount("tmpfs", base, "tmpfs", 0, "mode=0755"); err != nil {
+			cgroupMount.err = fmt.Errorf("mount a tmpfs on %s: %w", base, err)
+			return
+		}
+		dir := filepath.Join(base, "pids")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			cgroupMount.err = err
+			return
+		}
+		if err := unix.Mount("cgroup", dir, "cgroup", 0, "pids"); err != nil {
+			cgroupMount.err = fmt.Errorf("mount the cgroup v1 pids controller: %w", err)
+			return
+		}
+		cgroupMount.dir = dir
+	})
+	return cgroupMount.dir, cgroupMount.err
 }

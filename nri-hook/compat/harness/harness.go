@@ -144,8 +144,9 @@ func suite(t *testing.T, v Version, start Factory, bin string, external bool) {
 
 	// A VM pod on the runtime's netns.
 	ns := e.fixture("vmnn-compat-a")
-	vm := Pod{ID: "vmnn-compat-vm", Name: "vm", Namespace: "ns-vmnn", UID: "uid-vm", NetnsPath: ns,
-		Annotations: map[string]string{"vmnic.io/vm": "true", "vmnic.io/vmm-container": "vmm"}}
+	// Selected by its runtime handler (the annotation path is off by default).
+	vm := Pod{ID: "vmnn-compat-vm", Name: "vm", Namespace: "ns-vmnn", UID: "uid-vm", NetnsPath: ns, Handler: vmHandler,
+		Annotations: map[string]string{"vmnic.io/vmm-container": "vmm"}}
 	must(t, "RunPodSandbox", rt.RunPodSandbox(ctx, vm))
 	rec, err := e.record(vm.ID)
 	if err != nil {

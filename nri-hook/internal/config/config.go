@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -42,6 +43,12 @@ const (
 	// DefaultSweepInterval is how often the plugin looks for VM pods that
 	// went without a StopPodSandbox/RemovePodSandbox event.
 	DefaultSweepInterval = 30 * time.Second
+	// DefaultRuntimeDirSize bounds each VM pod's runtime directory (a tmpfs
+	// of its own): room for the VMM's API socket, the record's copy and a
+	// few small files, and never the host's /run.
+	DefaultRuntimeDirSize = 4 << 20
+	// MinRuntimeDirSize is the smallest runtimeDirSize accepted.
+	MinRuntimeDirSize = 64 << 10
 )
 
 // Config is the plugin configuration. Keys are camelCase in YAML and JSON.
@@ -49,8 +56,11 @@ type Config struct {
 	// RuntimeHandlers: pods run by one of these runtime handlers
 	// (RuntimeClass handlers, e.g. "kata-clh") are VM pods.
 	RuntimeHandlers []string `json:"runtimeHandlers,omitempty" yaml:"runtimeHandlers,omitempty"`
-	// VMAnnotation: pods annotated vmnic.io/vm: "true" are VM pods
-	// (default true; set false to select by runtime handler only).
+	// VMAnnotation: pods annotated vmnic.io/vm: "true" are VM pods too.
+	// Off by default: whoever can create a pod can set an annotation, and a
+	// VM pod's VMM container gets /dev/net/tun and a read-write host
+	// directory (see deploy/README.md). Runtime handlers are what the
+	// cluster admin controls.
 	VMAnnotation *bool `json:"vmAnnotation,omitempty" yaml:"vmAnnotation,omitempty"`
 	// StateDir holds the NetSetup records (default /var/lib/vmnic).
 	StateDir string `json:"stateDir,omitempty" yaml:"stateDir,omitempty"`
@@ -60,6 +70,10 @@ type Config struct {
 	// RuntimeDir is the base of the per-sandbox directories for the VMM's
 	// API socket: <runtimeDir>/<sandbox-id> (default /run/vmnic/sandboxes).
 	RuntimeDir string `json:"runtimeDir,omitempty" yaml:"runtimeDir,omitempty"`
+	// RuntimeDirSize bounds each per-sandbox runtime directory: it is a
+	// tmpfs mount of its own of this size ("4Mi", "512Ki", or bytes;
+	// default 4Mi), so a VMM container cannot fill the host's /run.
+	RuntimeDirSize *Size `json:"runtimeDirSize,omitempty" yaml:"runtimeDirSize,omitempty"`
 	// NetSetupMountPath is no longer used and only accepted so that older
 	// configuration files still load: the VMM container reads the live copy
 	// of its record in its runtime directory (<runtimeDir>/<sandbox-id>/
@@ -153,8 +167,12 @@ func Default() *Config {
 
 func (c *Config) setDefaults() {
 	if c.VMAnnotation == nil {
-		t := true
-		c.VMAnnotation = &t
+		f := false
+		c.VMAnnotation = &f
+	}
+	if c.RuntimeDirSize == nil {
+		sz := Size(DefaultRuntimeDirSize)
+		c.RuntimeDirSize = &sz
 	}
 	if c.StateDir == "" {
 		c.StateDir = netsetup.DefaultStateDir
@@ -183,6 +201,89 @@ func (c *Config) Sweep() time.Duration {
 		return DefaultSweepInterval
 	}
 	return time.Duration(*c.SweepInterval)
+}
+
+// RuntimeDirBytes is the size of each per-sandbox runtime directory.
+func (c *Config) RuntimeDirBytes() uint64 {
+	if c.RuntimeDirSize == nil {
+		return DefaultRuntimeDirSize
+	}
+	return uint64(*c.RuntimeDirSize)
+}
+
+// Size is a byte count written as a number of bytes or with a binary
+// suffix: "4Mi", "512Ki", "1Gi" (K, M, G and k, m, g are accepted too, as
+// tmpfs's size= does).
+type Size uint64
+
+func (s Size) String() string {
+	switch {
+	case s != 0 && s%(1<<30) == 0:
+		return fmt.Sprintf("%dGi", s>>30)
+	case s != 0 && s%(1<<20) == 0:
+		return fmt.Sprintf("%dMi", s>>20)
+	case s != 0 && s%(1<<10) == 0:
+		return fmt.Sprintf("%dKi", s>>10)
+	}
+	return strconv.FormatUint(uint64(s), 10)
+}
+
+// MarshalJSON writes the size as a string.
+func (s Size) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
+
+// UnmarshalJSON reads a size string or a number of bytes.
+func (s *Size) UnmarshalJSON(b []byte) error {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	return s.set(v)
+}
+
+// UnmarshalYAML reads a size string or a number of bytes.
+func (s *Size) UnmarshalYAML(n *yaml.Node) error {
+	var v any
+	if err := n.Decode(&v); err != nil {
+		return err
+	}
+	return s.set(v)
+}
+
+func (s *Size) set(v any) error {
+	bad := fmt.Errorf("size %v: use bytes or a size such as 4Mi or 512Ki", v)
+	switch x := v.(type) {
+	case int:
+		if x < 0 {
+			return bad
+		}
+		*s = Size(x)
+		return nil
+	case float64:
+		if x < 0 || x != float64(uint64(x)) {
+			return bad
+		}
+		*s = Size(x)
+		return nil
+	case string:
+		str := strings.TrimSpace(x)
+		mult := uint64(1)
+		for _, u := range []struct {
+			suffix string
+			mult   uint64
+		}{{"Gi", 1 << 30}, {"Mi", 1 << 20}, {"Ki", 1 << 10}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"g", 1 << 30}, {"m", 1 << 20}, {"k", 1 << 10}} {
+			if strings.HasSuffix(str, u.suffix) {
+				str, mult = strings.TrimSuffix(str, u.suffix), u.mult
+				break
+			}
+		}
+		n, err := strconv.ParseUint(str, 10, 64)
+		if err != nil || n > (1<<63)/mult {
+			return bad
+		}
+		*s = Size(n * mult)
+		return nil
+	}
+	return bad
 }
 
 // Duration is a time.Duration written as a Go duration string ("30s",
@@ -249,8 +350,12 @@ func (c *Config) Validate() error {
 	if c.Sweep() < 0 {
 		return fmt.Errorf("config: sweepInterval %s is negative (0 disables the sweep)", c.SweepInterval)
 	}
+	if c.RuntimeDirBytes() < MinRuntimeDirSize {
+		return fmt.Errorf("config: runtimeDirSize %s is below the minimum %s", c.RuntimeDirSize, Size(MinRuntimeDirSize))
+	}
 	if !*c.VMAnnotation && len(c.RuntimeHandlers) == 0 {
-		return fmt.Errorf("config: vmAnnotation is false and runtimeHandlers is empty: no pod could ever be a VM pod")
+		return fmt.Errorf("config: runtimeHandlers is empty and vmAnnotation is off (the default): no pod could ever be a VM pod; " +
+			"list the runtime handlers of VM pods in runtimeHandlers (or opt in to the vmnic.io/vm annotation with vmAnnotation: true)")
 	}
 	for _, h := range c.RuntimeHandlers {
 		if strings.TrimSpace(h) == "" {

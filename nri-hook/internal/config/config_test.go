@@ -16,13 +16,31 @@ func TestParse(t *testing.T) {
 		check func(t *testing.T, c *Config)
 		err   string
 	}{
-		{name: "empty is the default", in: "", check: func(t *testing.T, c *Config) {
+		{name: "empty selects nothing", in: "", err: "runtimeHandlers"},
+		{name: "defaults", in: "runtimeHandlers: [h]\n", check: func(t *testing.T, c *Config) {
 			if c.StateDir != "/var/lib/vmnic" || c.NetnsDir != "/var/run/netns" || c.RuntimeDir != "/run/vmnic/sandboxes" ||
-				c.NetSetupMountPath != "/run/vmnic/netsetup.json" || !*c.VMAnnotation || c.LogLevel != "info" || c.LogFile != "" ||
-				c.Sweep() != 30*time.Second {
+				c.NetSetupMountPath != "/run/vmnic/netsetup.json" || *c.VMAnnotation || c.LogLevel != "info" || c.LogFile != "" ||
+				c.Sweep() != 30*time.Second || c.RuntimeDirBytes() != 4<<20 {
 				t.Errorf("defaults: %+v", c)
 			}
 		}},
+		{name: "annotation opt-in alone", in: "vmAnnotation: true\n", check: func(t *testing.T, c *Config) {
+			if !c.IsVMPod("", map[string]string{AnnotationVM: "true"}) {
+				t.Error("annotation not honoured after the opt-in")
+			}
+		}},
+		{name: "runtime dir size", in: "runtimeHandlers: [h]\nruntimeDirSize: 256Ki\n", check: func(t *testing.T, c *Config) {
+			if c.RuntimeDirBytes() != 256<<10 {
+				t.Errorf("runtimeDirSize %d, want %d", c.RuntimeDirBytes(), 256<<10)
+			}
+		}},
+		{name: "runtime dir size bytes", in: `{"runtimeHandlers": ["h"], "runtimeDirSize": "1048576"}`, check: func(t *testing.T, c *Config) {
+			if c.RuntimeDirBytes() != 1<<20 {
+				t.Errorf("runtimeDirSize %d, want %d", c.RuntimeDirBytes(), 1<<20)
+			}
+		}},
+		{name: "runtime dir size too small", in: "runtimeHandlers: [h]\nruntimeDirSize: 1Ki\n", err: "runtimeDirSize"},
+		{name: "runtime dir size bad", in: "runtimeHandlers: [h]\nruntimeDirSize: lots\n", err: "lots"},
 		{name: "yaml", in: "runtimeHandlers: [kata-clh, kata-qemu]\nvmAnnotation: false\nstateDir: /s\nnetnsDir: /n\nruntimeDir: /r\nlogFile: /l.log\nlogLevel: debug\n",
 			check: func(t *testing.T, c *Config) {
 				if len(c.RuntimeHandlers) != 2 || c.RuntimeHandlers[1] != "kata-qemu" || *c.VMAnnotation ||
@@ -34,26 +52,26 @@ func TestParse(t *testing.T) {
 				}
 			}},
 		{name: "json with tabs", in: "{\n\t\"runtimeHandlers\": [\"fc\"],\n\t\"stateDir\": \"/x\"\n}", check: func(t *testing.T, c *Config) {
-			if len(c.RuntimeHandlers) != 1 || c.StateDir != "/x" || !*c.VMAnnotation {
+			if len(c.RuntimeHandlers) != 1 || c.StateDir != "/x" || *c.VMAnnotation {
 				t.Errorf("parsed: %+v", c)
 			}
 		}},
-		{name: "yaml sweep interval", in: "sweepInterval: 500ms\n", check: func(t *testing.T, c *Config) {
+		{name: "yaml sweep interval", in: "runtimeHandlers: [h]\nsweepInterval: 500ms\n", check: func(t *testing.T, c *Config) {
 			if c.Sweep() != 500*time.Millisecond {
 				t.Errorf("sweep %v, want 500ms", c.Sweep())
 			}
 		}},
-		{name: "sweep disabled", in: "sweepInterval: 0\n", check: func(t *testing.T, c *Config) {
+		{name: "sweep disabled", in: "runtimeHandlers: [h]\nsweepInterval: 0\n", check: func(t *testing.T, c *Config) {
 			if c.Sweep() != 0 {
 				t.Errorf("sweep %v, want 0 (disabled)", c.Sweep())
 			}
 		}},
-		{name: "json sweep interval", in: `{"sweepInterval": "2m"}`, check: func(t *testing.T, c *Config) {
+		{name: "json sweep interval", in: `{"runtimeHandlers": ["h"], "sweepInterval": "2m"}`, check: func(t *testing.T, c *Config) {
 			if c.Sweep() != 2*time.Minute {
 				t.Errorf("sweep %v, want 2m", c.Sweep())
 			}
 		}},
-		{name: "json sweep seconds", in: `{"sweepInterval": 5}`, check: func(t *testing.T, c *Config) {
+		{name: "json sweep seconds", in: `{"runtimeHandlers": ["h"], "sweepInterval": 5}`, check: func(t *testing.T, c *Config) {
 			if c.Sweep() != 5*time.Second {
 				t.Errorf("sweep %v, want 5s", c.Sweep())
 			}
@@ -96,11 +114,11 @@ func TestLoad(t *testing.T) {
 }
 
 func TestIsVMPod(t *testing.T) {
-	c, err := Parse([]byte("runtimeHandlers: [kata]\n"))
+	c, err := Parse([]byte("runtimeHandlers: [kata]\nvmAnnotation: true\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	off, err := Parse([]byte("runtimeHandlers: [kata]\nvmAnnotation: false\n"))
+	off, err := Parse([]byte("runtimeHandlers: [kata]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

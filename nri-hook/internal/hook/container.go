@@ -44,18 +44,27 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 		!config.IsVMMContainer(ctr.GetName(), pod.GetAnnotations()) {
 		return nil, nil, nil
 	}
+	id := pod.GetId()
+	defer p.events.begin(id, eventLive)()
 	ctx, cancel := p.handlerContext(ctx)
 	defer cancel()
-	id := pod.GetId()
 	rec, err := st.mgr.Store.Get(id)
-	if errors.Is(err, netsetup.ErrNotFound) {
+	switch {
+	case errors.Is(err, netsetup.ErrNotFound):
 		// RunPodSandbox was missed (the plugin was not connected): do it now.
 		p.logger().Warn("VM pod has no record at CreateContainer: preparing it now", "pod", podRef(pod))
+		rec, err = p.prepare(ctx, st, pod)
+	case err == nil && rec.Origin != OriginNRI:
+		// RunPodSandbox was missed and the CNI ADD made the record: adopt
+		// it, or the sweep would not watch it and a CNI DEL of its last NIC
+		// would delete it while the VM runs.
+		p.logger().Warn("VM pod's record is not the hook's at CreateContainer (its RunPodSandbox was missed): adopting it",
+			"pod", podRef(pod), "createdBy", rec.CreatedBy)
 		rec, err = p.prepare(ctx, st, pod)
 	}
 	if err != nil {
 		err = fmt.Errorf("vmnic: container %s of VM pod %s: %w", ctr.GetName(), podRef(pod), err)
-		p.logger().Error("CreateContainer failed", "err", err)
+		p.logger().Error("CreateContainer failed", "error", err)
 		return nil, nil, err
 	}
 	nriVersion := p.runtimeNRIVersion()
@@ -64,14 +73,21 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 			"but this runtime (%s, NRI %s) cannot move a container into a namespace (that needs NRI v0.10 or later: containerd 2.2+, CRI-O 1.34+); "+
 			"refusing to start the VMM in the host network namespace: upgrade the runtime or give the pod its own network (hostNetwork: false)",
 			ctr.GetName(), podRef(pod), rec.NetnsPath, p.runtimeDesc(), nriVersion)
-		p.logger().Error("CreateContainer refused", "err", err)
+		p.logger().Error("CreateContainer refused", "error", err)
 		return nil, nil, err
 	}
 	rtDir := rec.RuntimeDir
 	if rtDir == "" {
 		rtDir = st.cfg.SandboxRuntimeDir(id)
 	}
-	if err := ensureRuntimeDir(rtDir); err != nil {
+	// Only the directories the hook makes under runtimeDir are its own
+	// bounded mounts; a runtime dir vmnicctl recorded elsewhere is used as
+	// it is.
+	var size uint64
+	if rtDir == st.cfg.SandboxRuntimeDir(id) {
+		size = st.cfg.RuntimeDirBytes()
+	}
+	if err := ensureRuntimeDir(rtDir, size); err != nil {
 		return nil, nil, fmt.Errorf("vmnic: container %s of VM pod %s: %w", ctr.GetName(), podRef(pod), err)
 	}
 	// The store keeps the record's copy in the runtime dir on every save,
@@ -86,7 +102,7 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 		})
 		if err != nil {
 			err = fmt.Errorf("vmnic: container %s of VM pod %s: write the record's copy into %s: %w", ctr.GetName(), podRef(pod), rtDir, timeoutHint(err))
-			p.logger().Error("CreateContainer failed", "err", err)
+			p.logger().Error("CreateContainer failed", "error", err)
 			return nil, nil, err
 		}
 	}

@@ -1,7 +1,8 @@
 // Package hook is the vmnic NRI plugin's logic: the handlers the NRI stub
-// calls for pod and container events. VM pods (selected by runtime handler
-// or annotation) always end with a sandbox netns and a NetSetup record; the
-// VMM container gets /dev/net/tun, its record, a directory for the VMM's API
+// calls for pod and container events. VM pods (selected by runtime handler;
+// by annotation only when the configuration opts in) always end with a
+// sandbox netns and a NetSetup record; the VMM container gets /dev/net/tun,
+// its record, a size-bounded directory (a tmpfs of its own) for the VMM's API
 // socket and, for a netns vmnic owns, the move into that netns. All other
 // pods are left alone.
 package hook
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/containerd/nri/pkg/api"
+	"github.com/containerd/nri/pkg/stub"
 
 	"github.com/vmnic/vmnic/internal/failpoint"
 	"github.com/vmnic/vmnic/internal/sandbox"
@@ -45,6 +47,17 @@ var Events = func() api.EventMask {
 	return m
 }()
 
+// The NRI stub finds the handlers by type assertion: a method whose
+// signature drifts from the interface would silently stop being called.
+var (
+	_ stub.ConfigureInterface       = (*Plugin)(nil)
+	_ stub.SynchronizeInterface     = (*Plugin)(nil)
+	_ stub.RunPodInterface          = (*Plugin)(nil)
+	_ stub.StopPodInterface         = (*Plugin)(nil)
+	_ stub.RemovePodInterface       = (*Plugin)(nil)
+	_ stub.CreateContainerInterface = (*Plugin)(nil)
+)
+
 // Runtime is what the plugin learns from the NRI stub about the runtime.
 type Runtime interface {
 	RuntimeNRIVersion() string
@@ -67,6 +80,9 @@ type Plugin struct {
 	runtimeVersion string
 
 	reconcileMu sync.Mutex
+	// events logs pod events so that a background reconcile never acts
+	// on a plan an event made stale.
+	events eventLog
 
 	sweep sweeper
 }
@@ -102,6 +118,9 @@ func (p *Plugin) Configure(ctx context.Context, cfgText, runtime, version string
 	if cfg == nil {
 		cfg = config.Default()
 	}
+	if err := cfg.Validate(); err != nil {
+		return 0, fmt.Errorf("vmnic: %w", err)
+	}
 	level, _ := cfg.Level()
 	if err := p.Log.Configure(cfg.LogFile, level); err != nil {
 		return 0, fmt.Errorf("vmnic: %w", err)
@@ -125,7 +144,11 @@ func (p *Plugin) Configure(ctx context.Context, cfgText, runtime, version string
 		"runtimeNRI", p.runtimeNRIVersion(), "events", Events.PrettyString(),
 		"stateDir", cfg.StateDir, "netnsDir", cfg.NetnsDir, "runtimeDir", cfg.RuntimeDir,
 		"runtimeHandlers", cfg.RuntimeHandlers, "vmAnnotation", *cfg.VMAnnotation,
-		"sweepInterval", cfg.Sweep())
+		"runtimeDirSize", cfg.RuntimeDirSize.String(), "sweepInterval", cfg.Sweep())
+	if *cfg.VMAnnotation {
+		p.logger().Warn("vmAnnotation is on: any pod annotated " + config.AnnotationVM + `: "true" is a VM pod, ` +
+			"and its containers get /dev/net/tun and a read-write host directory (runtimeDirSize each)")
+	}
 	if !atLeast(p.runtimeNRIVersion(), 0, 10) {
 		p.logger().Warn("this runtime's NRI cannot move a container into a namespace: "+
 			"the VMM containers of host-network VM pods will be refused (needs NRI v0.10+: containerd 2.2+, CRI-O 1.34+)",
@@ -189,12 +212,13 @@ func (p *Plugin) RunPodSandbox(ctx context.Context, pod *api.PodSandbox) error {
 	if !st.cfg.IsVMPod(pod.GetRuntimeHandler(), pod.GetAnnotations()) {
 		return nil
 	}
+	defer p.events.begin(pod.GetId(), eventLive)()
 	ctx, cancel := p.handlerContext(ctx)
 	defer cancel()
 	start := time.Now()
 	rec, err := p.prepare(ctx, st, pod)
 	if err != nil {
-		p.logger().Error("RunPodSandbox failed", "pod", podRef(pod), "err", err)
+		p.logger().Error("RunPodSandbox failed", "pod", podRef(pod), "error", err)
 		return err
 	}
 	p.logger().Info("VM pod prepared", "pod", podRef(pod), "netns", rec.NetnsPath,
@@ -210,8 +234,14 @@ func (p *Plugin) prepare(ctx context.Context, st state, pod *api.PodSandbox) (*n
 		return nil, fmt.Errorf("vmnic: VM pod %s: %w", podRef(pod), err)
 	}
 	nsPath := netnsPath(pod)
+	if nsPath == "" && len(pod.GetIps()) > 0 {
+		// containerd lists a pod without its netns once the netns path is
+		// gone; a host-network pod has no IPs of its own.
+		return nil, fmt.Errorf("vmnic: VM pod %s has IPs (%s) but no network namespace: its network namespace is gone; "+
+			"refusing to make a new one for it", podRef(pod), strings.Join(pod.GetIps(), ", "))
+	}
 	rtDir := st.cfg.SandboxRuntimeDir(id)
-	if err := ensureRuntimeDir(rtDir); err != nil {
+	if err := ensureRuntimeDir(rtDir, st.cfg.RuntimeDirBytes()); err != nil {
 		return nil, fmt.Errorf("vmnic: VM pod %s: %w", podRef(pod), err)
 	}
 	if err := failpoint.Inject("nri-runtime-dir"); err != nil {
@@ -239,16 +269,16 @@ func (p *Plugin) prepare(ctx context.Context, st state, pod *api.PodSandbox) (*n
 	}
 	// The pod process tells the sweep when a host-network pod (whose netns
 	// vmnic owns, so no runtime netns can vanish) went without an event.
-	pid, pidStart, why := podProcess(pod.GetPid(), id)
-	if pid == 0 && rec.NetnsOwned {
+	proc, why := podProcess(pod.GetPid(), id)
+	if proc.pid == 0 && rec.NetnsOwned {
 		p.logger().Warn("host-network VM pod: its pod process is unknown, so its removal is noticed only at the next Synchronize if the runtime sends no RemovePodSandbox",
 			"pod", podRef(pod), "why", why)
 	}
-	if rec.Origin != OriginNRI || (pid != 0 && (rec.PodPID != pid || rec.PodPIDStart != pidStart)) {
+	if rec.Origin != OriginNRI || rec.CreatedBy != "" || (proc.pid != 0 && !sameProc(rec, proc)) {
 		rec, err = st.mgr.Store.Update(ctx, id, func(r *netsetup.NetSetup) error {
-			r.Origin = OriginNRI
-			if pid != 0 {
-				r.PodPID, r.PodPIDStart = pid, pidStart
+			r.Origin, r.CreatedBy = OriginNRI, ""
+			if proc.pid != 0 {
+				r.PodPID, r.PodPIDStart, r.PodPIDNS = proc.pid, proc.start, &proc.ns
 			}
 			return nil
 		})
@@ -259,33 +289,17 @@ func (p *Plugin) prepare(ctx context.Context, st state, pod *api.PodSandbox) (*n
 	return rec, nil
 }
 
+// sameProc says whether rec records proc as its pod process.
+func sameProc(rec *netsetup.NetSetup, proc podProc) bool {
+	return rec.PodPID == proc.pid && rec.PodPIDStart == proc.start && rec.PodPIDNS != nil && *rec.PodPIDNS == proc.ns
+}
+
 // timeoutHint says why a deadline hit, in words an operator can act on.
 func timeoutHint(err error) error {
 	if errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("%w (gave up before the runtime's request timeout: the sandbox's record may be locked by another vmnic process)", err)
 	}
 	return err
-}
-
-// ensureRuntimeDir creates the per-sandbox directory for the VMM's API
-// socket and its netsetup/ subdirectory for the record's copy, mode 0700.
-func ensureRuntimeDir(dir string) error {
-	for _, d := range []string{dir, netsetup.MirrorDirIn(dir)} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return fmt.Errorf("runtime dir: %w", err)
-		}
-		if err := os.Chmod(d, 0o700); err != nil {
-			return fmt.Errorf("runtime dir: %w", err)
-		}
-	}
-	return nil
-}
-
-// removeEmptyRuntimeDir undoes ensureRuntimeDir when nothing was put in
-// the directories.
-func removeEmptyRuntimeDir(dir string) {
-	os.Remove(netsetup.MirrorDirIn(dir))
-	os.Remove(dir)
 }
 
 // managed says whether the plugin acts on this pod's stop and removal: a
@@ -325,6 +339,7 @@ func (p *Plugin) teardown(ctx context.Context, pod *api.PodSandbox, event string
 	if netsetup.ValidateSandboxID(pod.GetId()) != nil {
 		return nil // no record or netns can exist under such an id
 	}
+	defer p.events.begin(pod.GetId(), eventGone)()
 	_, ok, _ := managed(st, pod)
 	vmPod := st.cfg.IsVMPod(pod.GetRuntimeHandler(), pod.GetAnnotations())
 	if !ok && !vmPod {
@@ -336,7 +351,7 @@ func (p *Plugin) teardown(ctx context.Context, pod *api.PodSandbox, event string
 	if ok {
 		if err := st.mgr.Teardown(ctx, id, o); err != nil {
 			err = fmt.Errorf("vmnic: %s of VM pod %s: %w", event, podRef(pod), timeoutHint(err))
-			p.logger().Error("teardown failed", "event", event, "pod", podRef(pod), "err", err)
+			p.logger().Error("teardown failed", "event", event, "pod", podRef(pod), "error", err)
 			return err
 		}
 	}
@@ -359,8 +374,8 @@ func (p *Plugin) removeLeftovers(ctx context.Context, st state, id string) error
 	if err := netsetup.ValidateSandboxID(id); err != nil {
 		return err
 	}
-	if err := os.RemoveAll(st.cfg.SandboxRuntimeDir(id)); err != nil {
-		return fmt.Errorf("remove runtime dir: %w", err)
+	if err := removeRuntimeDir(st.cfg.SandboxRuntimeDir(id)); err != nil {
+		return err
 	}
 	path := ownedNetnsPath(st.cfg, id)
 	if _, err := os.Lstat(path); err != nil {

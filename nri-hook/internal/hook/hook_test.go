@@ -12,6 +12,7 @@ import (
 
 	"github.com/containerd/nri/pkg/api"
 
+	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/nri-hook/internal/logging"
 )
@@ -54,9 +55,19 @@ func (f fakeRuntime) RequestTimeout() time.Duration { return f.timeout }
 
 func newPlugin(t *testing.T, nriVersion string) (*Plugin, string, *netsetup.Store) {
 	t.Helper()
+	// CreateContainer mounts a tmpfs of its own for a VM pod's runtime dir.
+	testenv.RequireRoot(t)
 	state, rt := t.TempDir(), t.TempDir()
+	t.Cleanup(func() {
+		ents, _ := os.ReadDir(rt)
+		for _, e := range ents {
+			if err := unmountAll(filepath.Join(rt, e.Name())); err != nil {
+				t.Error(err)
+			}
+		}
+	})
 	p := &Plugin{Log: logging.New(io.Discard), Runtime: fakeRuntime{nriVersion, 2 * time.Second}}
-	cfg := fmt.Sprintf("stateDir: %s\nnetnsDir: %s\nruntimeDir: %s\n", state, t.TempDir(), rt)
+	cfg := fmt.Sprintf("vmAnnotation: true\nstateDir: %s\nnetnsDir: %s\nruntimeDir: %s\n", state, t.TempDir(), rt)
 	if _, err := p.Configure(context.Background(), cfg, "containerd", "v2.1.5"); err != nil {
 		t.Fatal(err)
 	}

@@ -29,26 +29,34 @@ const ReconcileTimeout = 2 * time.Minute
 //     records of VMs that vmnicctl prepared outside any runtime, with a live
 //     netns, are left alone;
 //   - an owned vmnic-* netns that no record names is removed;
-//   - a listed VM pod without a record (its RunPodSandbox was missed) is
-//     prepared.
+//   - a listed VM pod that is running and has no record of the hook (its
+//     RunPodSandbox was missed) is prepared, and a record its CNI ADD made
+//     is adopted. A listed pod that is not running is not: containerd
+//     keeps listing stopped sandboxes, without their netns once it is gone
+//     and with pid 0 (see running).
 //
 // The plan is made here; the work runs until the handler's deadline and
 // then goes on in the background, so that a slow teardown never makes the
-// runtime drop the plugin.
+// runtime drop the plugin. Pod events that arrive meanwhile win over the
+// plan (see eventLog).
 func (p *Plugin) Synchronize(ctx context.Context, pods []*api.PodSandbox, _ []*api.Container) ([]*api.ContainerUpdate, error) {
 	st, err := p.state()
 	if err != nil {
 		return nil, err
 	}
+	seq := p.events.startPlan()
 	plan, err := p.plan(ctx, st, pods)
 	if err != nil {
+		p.events.endPlan()
 		// Never fail the registration for this: the plugin is still useful.
-		p.logger().Error("reconcile: cannot plan", "err", err)
+		p.logger().Error("reconcile: cannot plan", "error", err)
 		return nil, nil
 	}
 	p.logger().Info("synchronize", "pods", len(pods), "teardown", len(plan.teardown),
-		"prepare", len(plan.prepare), "orphanNetns", len(plan.orphans))
+		"prepare", len(plan.prepare), "orphanNetns", len(plan.orphans), "orphanRuntimeDirs", len(plan.runtimeDirs))
 	if plan.empty() {
+		p.events.endPlan()
+		p.logger().Info("reconcile: done")
 		return nil, nil
 	}
 	hctx, cancel := p.handlerContext(ctx)
@@ -56,11 +64,13 @@ func (p *Plugin) Synchronize(ctx context.Context, pods []*api.PodSandbox, _ []*a
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		defer p.events.endPlan()
 		p.reconcileMu.Lock()
 		defer p.reconcileMu.Unlock()
 		wctx, cancel := context.WithTimeout(context.Background(), ReconcileTimeout)
 		defer cancel()
-		p.execute(wctx, st, plan)
+		p.execute(wctx, st, plan, seq)
+		p.logger().Info("reconcile: done")
 	}()
 	select {
 	case <-done:
@@ -85,6 +95,7 @@ func (r reconcilePlan) empty() bool {
 
 func (p *Plugin) plan(ctx context.Context, st state, pods []*api.PodSandbox) (reconcilePlan, error) {
 	var plan reconcilePlan
+	log := p.logger()
 	live := make(map[string]*api.PodSandbox, len(pods))
 	for _, pod := range pods {
 		live[pod.GetId()] = pod
@@ -92,11 +103,11 @@ func (p *Plugin) plan(ctx context.Context, st state, pods []*api.PodSandbox) (re
 	recs, err := st.mgr.Store.List()
 	if err != nil {
 		// Unreadable records are left for an operator (vmnicctl show/gc).
-		p.logger().Warn("reconcile: some records cannot be read", "err", err)
+		log.Warn("reconcile: some records cannot be read", "error", err)
 	}
-	recorded := make(map[string]bool, len(recs))
+	recorded := make(map[string]*netsetup.NetSetup, len(recs))
 	for _, rec := range recs {
-		recorded[rec.SandboxID] = true
+		recorded[rec.SandboxID] = rec
 		if _, ok := live[rec.SandboxID]; ok {
 			continue
 		}
@@ -108,15 +119,23 @@ func (p *Plugin) plan(ctx context.Context, st state, pods []*api.PodSandbox) (re
 		}
 	}
 	for _, pod := range pods {
-		if !recorded[pod.GetId()] && st.cfg.IsVMPod(pod.GetRuntimeHandler(), pod.GetAnnotations()) &&
-			netsetup.ValidateSandboxID(pod.GetId()) == nil {
-			plan.prepare = append(plan.prepare, pod)
+		id := pod.GetId()
+		if !st.cfg.IsVMPod(pod.GetRuntimeHandler(), pod.GetAnnotations()) || netsetup.ValidateSandboxID(id) != nil {
+			continue
 		}
+		if rec := recorded[id]; rec != nil && rec.Origin == OriginNRI {
+			continue
+		}
+		if ok, why := running(pod); !ok {
+			log.Info("reconcile: not preparing a VM pod that is not running", "pod", podRef(pod), "why", why)
+			continue
+		}
+		plan.prepare = append(plan.prepare, pod)
 	}
 	if ents, err := os.ReadDir(st.cfg.RuntimeDir); err == nil {
 		for _, e := range ents {
 			id := e.Name()
-			if e.IsDir() && live[id] == nil && !recorded[id] && netsetup.ValidateSandboxID(id) == nil {
+			if e.IsDir() && live[id] == nil && recorded[id] == nil && netsetup.ValidateSandboxID(id) == nil {
 				plan.runtimeDirs = append(plan.runtimeDirs, id)
 			}
 		}
@@ -127,6 +146,49 @@ func (p *Plugin) plan(ctx context.Context, st state, pods []*api.PodSandbox) (re
 	}
 	plan.orphans = orphans
 	return plan, nil
+}
+
+// running says whether a listed pod is running, so that Synchronize may
+// prepare it. The NRI pod carries no state, so this is read from what
+// containerd fills in (internal/cri/nri/nri_api_linux.go):
+//   - a pod with a network namespace path is running: containerd drops
+//     the namespace from the NRI pod once its path is gone
+//     (GetLinuxNamespaces), and removes it when the pod stops;
+//   - a pod without one is either a host-network pod or one whose netns
+//     is gone. It had a CNI netns when it has IPs (a host-network pod has
+//     none of its own): never make an owned netns for it. Otherwise it is
+//     a running host-network pod only when its pod process is there: a
+//     stopped sandbox has pid 0 (internal/cri/server/events.go,
+//     handleSandboxExit), the process must be the sandbox's (podProcess)
+//     and, as a host-network pod's, be in the host's network namespace.
+//
+// A pod this cannot prove running is left alone; if it is a live VM pod
+// after all, its VMM container is prepared at CreateContainer.
+func running(pod *api.PodSandbox) (bool, string) {
+	if path := netnsPath(pod); path != "" {
+		if _, err := netsetup.IdentifyNetns(path); err != nil {
+			return false, err.Error()
+		}
+		return true, ""
+	}
+	if ips := pod.GetIps(); len(ips) > 0 {
+		return false, "its network namespace is gone (it has IPs: not a host-network pod)"
+	}
+	if pod.GetPid() == 0 {
+		return false, "no network namespace and no pod process (a stopped pod)"
+	}
+	proc, why := podProcess(pod.GetPid(), pod.GetId())
+	if proc.pid == 0 {
+		return false, why
+	}
+	same, err := inOwnNetns(proc.pid)
+	if err != nil {
+		return false, err.Error()
+	}
+	if !same {
+		return false, fmt.Sprintf("pod process %d is not in the host network namespace: not a host-network pod, and its netns is gone", proc.pid)
+	}
+	return true, ""
 }
 
 // netnsGone says whether a record's netns no longer exists. Records without
@@ -147,35 +209,62 @@ func netnsGone(rec *netsetup.NetSetup) bool {
 	return rec.NetnsID != nil && *rec.NetnsID != id
 }
 
-func (p *Plugin) execute(ctx context.Context, st state, plan reconcilePlan) {
+// execute carries out a plan made at event-log point seq. Prepares go
+// first (each is quick, and a live pod should not wait behind teardowns
+// that take up to a VMM's eject timeout each), teardowns last. An event for
+// a sandbox that overlapped or followed the plan wins: a pod stopped or
+// removed meanwhile is not prepared (or its fresh record is torn down again
+// when the event came while the prepare ran), and a record whose sandbox
+// ran or got a container meanwhile is not torn down.
+func (p *Plugin) execute(ctx context.Context, st state, plan reconcilePlan, seq uint64) {
 	log := p.logger()
-	for _, id := range plan.teardown {
-		if err := st.mgr.Teardown(ctx, id, sandbox.TeardownOptions{}); err != nil {
-			log.Error("reconcile: teardown failed", "sandbox", id, "err", err)
+	for _, pod := range plan.prepare {
+		id := pod.GetId()
+		if p.events.newer(id, eventGone, seq) || p.events.newer(id, eventLive, seq) {
+			log.Info("reconcile: not preparing a VM pod: an event for it came after the plan", "pod", podRef(pod))
 			continue
 		}
-		if err := p.removeLeftovers(ctx, st, id); err != nil {
-			log.Warn("reconcile: leftovers", "sandbox", id, "err", err)
-		}
-		log.Info("reconcile: torn down a sandbox the runtime no longer has", "sandbox", id)
-	}
-	for _, pod := range plan.prepare {
 		if _, err := p.prepare(ctx, st, pod); err != nil {
-			log.Error("reconcile: prepare failed", "pod", podRef(pod), "err", err)
+			log.Error("reconcile: prepare failed", "pod", podRef(pod), "error", err)
+			continue
+		}
+		if p.events.newer(id, eventGone, seq) {
+			// The pod was stopped or removed while it was being prepared:
+			// its handler may have found nothing to remove.
+			log.Info("reconcile: the VM pod was stopped or removed while it was prepared: tearing it down again", "pod", podRef(pod))
+			if err := st.mgr.Teardown(ctx, id, sandbox.TeardownOptions{}); err != nil {
+				log.Error("reconcile: teardown failed", "sandbox", id, "error", err)
+			} else if err := p.removeLeftovers(ctx, st, id); err != nil {
+				log.Warn("reconcile: leftovers", "sandbox", id, "error", err)
+			}
 			continue
 		}
 		log.Info("reconcile: prepared a VM pod whose RunPodSandbox was missed", "pod", podRef(pod))
 	}
 	for _, id := range plan.runtimeDirs {
 		if err := p.removeOrphanRuntimeDir(ctx, st, id); err != nil {
-			log.Error("reconcile: remove orphan runtime dir failed", "sandbox", id, "err", err)
+			log.Error("reconcile: remove orphan runtime dir failed", "sandbox", id, "error", err)
 		}
 	}
 	for _, path := range plan.orphans {
 		if err := p.removeOrphan(ctx, st, path); err != nil {
-			log.Error("reconcile: remove orphan netns failed", "netns", path, "err", err)
+			log.Error("reconcile: remove orphan netns failed", "netns", path, "error", err)
 			continue
 		}
+	}
+	for _, id := range plan.teardown {
+		if p.events.newer(id, eventLive, seq) {
+			log.Info("reconcile: not tearing down a sandbox: the runtime sent an event for it after the plan", "sandbox", id)
+			continue
+		}
+		if err := st.mgr.Teardown(ctx, id, sandbox.TeardownOptions{}); err != nil {
+			log.Error("reconcile: teardown failed", "sandbox", id, "error", err)
+			continue
+		}
+		if err := p.removeLeftovers(ctx, st, id); err != nil {
+			log.Warn("reconcile: leftovers", "sandbox", id, "error", err)
+		}
+		log.Info("reconcile: torn down a sandbox the runtime no longer has", "sandbox", id)
 	}
 }
 
@@ -193,10 +282,10 @@ func (p *Plugin) removeOrphanRuntimeDir(ctx context.Context, st state, id string
 		return err
 	}
 	_ = tx.Delete() // no record: this only drops the lock file at Unlock
-	if err := os.RemoveAll(st.cfg.SandboxRuntimeDir(id)); err != nil {
+	if err := removeRuntimeDir(st.cfg.SandboxRuntimeDir(id)); err != nil {
 		return err
 	}
-	p.logger().Info("reconcile: removed the runtime dir of a sandbox without a record", "sandbox", id)
+	p.logger().Info("removed the runtime dir of a sandbox without a record", "sandbox", id)
 	return nil
 }
 

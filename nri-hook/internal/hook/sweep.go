@@ -3,6 +3,7 @@ package hook
 import (
 	"context"
 	"errors"
+	"os"
 	"sync"
 	"time"
 
@@ -23,8 +24,16 @@ import (
 //     the recorded namespace (dev/inode);
 //   - a host-network pod (vmnic owns its netns): the pod process the runtime
 //     reported at RunPodSandbox has exited (pid and start time, so a reused
-//     pid is not taken for it). Without a recorded pid such a pod is left
-//     to Synchronize.
+//     pid is not taken for it). The pid is judged only from the pid
+//     namespace it was recorded in: after a redeploy into another one (a
+//     DaemonSet without hostPID) a missing /proc/<pid> says nothing. Without
+//     a recorded pid (and namespace) such a pod is left to Synchronize; a
+//     record from before pid namespaces were recorded gets its namespace
+//     once the sweep sees that very process (pid, start time and cgroup).
+//
+// It also removes runtime dirs (and their mounts) no record names, once a
+// dir was seen so in two sweeps in a row: a prepare makes the dir just
+// before the record.
 //
 // A live sandbox costs one stat of its record file and one stat of its
 // netns (or one read of /proc/<pid>/stat) per sweep: records are read again
@@ -43,8 +52,11 @@ type sweeper struct {
 	done  chan struct{}
 	close sync.Once
 
-	mu    sync.Mutex // one sweep at a time; guards cache
+	mu    sync.Mutex // one sweep at a time; guards cache and strays
 	cache map[string]*sweepEntry
+	// strays are the runtime dirs without a record the last sweep saw,
+	// with when they were first seen so.
+	strays map[string]time.Time
 }
 
 // recordStamp identifies one version of a record file (every save is an
@@ -65,6 +77,9 @@ type sweepEntry struct {
 	netnsID   *netsetup.NetnsID
 	pid       int
 	pidStart  uint64
+	pidNS     netsetup.NetnsID
+	// legacyPid: a pod process recorded without its pid namespace.
+	legacyPid bool
 
 	failures int
 	retryAt  time.Time
@@ -77,7 +92,12 @@ func sweepEntryFor(rec *netsetup.NetSetup) *sweepEntry {
 	}
 	if rec.NetnsOwned {
 		e.owned, e.pid, e.pidStart = true, rec.PodPID, rec.PodPIDStart
-		e.watch = rec.PodPID > 0 && rec.PodPIDStart > 0
+		hasPid := rec.PodPID > 0 && rec.PodPIDStart > 0
+		if rec.PodPIDNS != nil {
+			e.pidNS = *rec.PodPIDNS
+		}
+		e.watch = hasPid && rec.PodPIDNS != nil
+		e.legacyPid = hasPid && rec.PodPIDNS == nil
 		return e
 	}
 	path := rec.ResolvedNetnsPath()
@@ -94,7 +114,7 @@ func (e *sweepEntry) gone() (bool, string) {
 		return false, ""
 	}
 	if e.owned {
-		return processGone(e.pid, e.pidStart)
+		return processGone(e.pid, e.pidStart, e.pidNS)
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(e.netnsPath, &st); err != nil {
@@ -227,7 +247,7 @@ func (p *Plugin) sweepOnce(ctx context.Context) int {
 	log := p.logger()
 	ids, err := st.mgr.Store.IDs()
 	if err != nil {
-		log.Warn("sweep: cannot list records", "err", err)
+		log.Warn("sweep: cannot list records", "error", err)
 		return 0
 	}
 	now := time.Now()
@@ -256,6 +276,9 @@ func (p *Plugin) sweepOnce(ctx context.Context) int {
 			e = fresh
 			s.cache[id] = e
 		}
+		if e.legacyPid {
+			p.recordPidNamespace(ctx, st, id, e)
+		}
 		if !e.watch {
 			continue
 		}
@@ -272,6 +295,7 @@ func (p *Plugin) sweepOnce(ctx context.Context) int {
 			delete(s.cache, id)
 		}
 	}
+	p.sweepStrays(ctx, st, seen)
 	torn := 0
 	for _, g := range gone {
 		if ctx.Err() != nil {
@@ -307,12 +331,77 @@ func (p *Plugin) sweepTeardown(ctx context.Context, st state, id, why string) bo
 			e.failures++
 			e.retryAt = time.Now().Add(min(p.sweepInterval()<<min(e.failures, 8), sweepMaxBackoff))
 		}
-		log.Error("sweep: teardown failed", "sandbox", id, "err", timeoutHint(err))
+		log.Error("sweep: teardown failed", "sandbox", id, "error", timeoutHint(err))
 		return false
 	}
 	if err := p.removeLeftovers(ctx, st, id); err != nil {
-		log.Warn("sweep: leftovers", "sandbox", id, "err", err)
+		log.Warn("sweep: leftovers", "sandbox", id, "error", err)
 	}
 	delete(s.cache, id)
 	return true
+}
+
+// recordPidNamespace completes a record whose pod process was recorded
+// without its pid namespace, when this plugin sees that very process: same
+// pid and start time, in a cgroup of the sandbox. Until then the sweep does
+// not judge the pod by its pid.
+func (p *Plugin) recordPidNamespace(ctx context.Context, st state, id string, e *sweepEntry) {
+	proc, _ := podProcess(uint32(e.pid), id)
+	if proc.pid != e.pid || proc.start != e.pidStart {
+		return
+	}
+	rec, err := st.mgr.Store.Update(ctx, id, func(r *netsetup.NetSetup) error {
+		if r.PodPID != proc.pid || r.PodPIDStart != proc.start || r.PodPIDNS != nil {
+			return errStale
+		}
+		r.PodPIDNS = &proc.ns
+		return nil
+	})
+	if err != nil {
+		return
+	}
+	p.logger().Info("sweep: recorded the pid namespace of a pod process", "sandbox", id, "pid", proc.pid, "pidns", proc.ns.String())
+	fresh := sweepEntryFor(rec)
+	if stamp, err := stampOf(st.mgr.Store.Path(id)); err == nil {
+		fresh.stamp = stamp
+	}
+	*e = *fresh
+}
+
+var errStale = errors.New("record changed")
+
+// strayAge is how long a runtime dir must have been without a record
+// before the sweep removes it.
+const strayAge = 10 * time.Second
+
+// sweepStrays removes the runtime dirs that no record names and that
+// earlier sweeps, at least strayAge ago, found so too (a prepare makes its
+// dir just before its record: one sighting is not enough).
+func (p *Plugin) sweepStrays(ctx context.Context, st state, recorded map[string]bool) {
+	s := &p.sweep
+	ents, err := os.ReadDir(st.cfg.RuntimeDir)
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	next := map[string]time.Time{}
+	for _, ent := range ents {
+		id := ent.Name()
+		if !ent.IsDir() || recorded[id] || netsetup.ValidateSandboxID(id) != nil {
+			continue
+		}
+		first, seen := s.strays[id]
+		if !seen {
+			first = now
+		}
+		if !seen || now.Sub(first) < strayAge {
+			next[id] = first
+			continue
+		}
+		if err := p.removeOrphanRuntimeDir(ctx, st, id); err != nil {
+			p.logger().Warn("sweep: remove a runtime dir without a record", "sandbox", id, "error", err)
+			next[id] = first
+		}
+	}
+	s.strays = next
 }

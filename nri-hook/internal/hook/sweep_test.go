@@ -19,10 +19,18 @@ func TestProcStart(t *testing.T) {
 	if err != nil || start == 0 {
 		t.Fatalf("procStart(self) = %d, %v", start, err)
 	}
-	if gone, why := processGone(self, start); gone {
+	ns, err := pidNamespace()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := netsetup.NetnsID{Dev: ns.Dev, Ino: ns.Ino + 1}
+	if gone, why := processGone(self+1<<20, start, other); gone {
+		t.Errorf("a pid recorded in another pid namespace judged from this one: gone (%s)", why)
+	}
+	if gone, why := processGone(self, start, ns); gone {
 		t.Errorf("this process taken for gone: %s", why)
 	}
-	if gone, _ := processGone(self, start+1); !gone {
+	if gone, _ := processGone(self, start+1, ns); !gone {
 		t.Error("a pid with another start time (a reused pid) not taken for gone")
 	}
 
@@ -37,9 +45,9 @@ func TestProcStart(t *testing.T) {
 	}
 	cmd.Process.Kill()
 	// Not reaped yet: a zombie is gone too.
-	eventuallyTrue(t, "the killed child is a zombie", func() bool { g, _ := processGone(pid, cstart); return g })
+	eventuallyTrue(t, "the killed child is a zombie", func() bool { g, _ := processGone(pid, cstart, ns); return g })
 	cmd.Wait()
-	if gone, why := processGone(pid, cstart); !gone || !strings.Contains(why, "exited") {
+	if gone, why := processGone(pid, cstart, ns); !gone || !strings.Contains(why, "exited") {
 		t.Errorf("reaped child: gone=%v (%s)", gone, why)
 	}
 	if _, err := procStart(0); err == nil {
@@ -50,11 +58,11 @@ func TestProcStart(t *testing.T) {
 // TestPodProcess: a pid is used only when the process's cgroup names the
 // sandbox (else it may be another process of another pid namespace).
 func TestPodProcess(t *testing.T) {
-	if pid, _, why := podProcess(0, "x"); pid != 0 || why == "" {
-		t.Errorf("pid 0: got %d (%q)", pid, why)
+	if proc, why := podProcess(0, "x"); proc.pid != 0 || why == "" {
+		t.Errorf("pid 0: got %d (%q)", proc.pid, why)
 	}
-	if pid, _, why := podProcess(uint32(os.Getpid()), "vmnn-not-my-cgroup"); pid != 0 || !strings.Contains(why, "cgroup") {
-		t.Errorf("a process outside the sandbox's cgroup accepted: %d (%q)", pid, why)
+	if proc, why := podProcess(uint32(os.Getpid()), "vmnn-not-my-cgroup"); proc.pid != 0 || !strings.Contains(why, "cgroup") {
+		t.Errorf("a process outside the sandbox's cgroup accepted: %d (%q)", proc.pid, why)
 	}
 }
 
@@ -71,6 +79,11 @@ func TestSweepEntryGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	start, _ := procStart(os.Getpid())
+	pidns, err := pidNamespace()
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherNS := netsetup.NetnsID{Dev: pidns.Dev, Ino: pidns.Ino + 1}
 	rec := func(f func(r *netsetup.NetSetup)) *netsetup.NetSetup {
 		r := netsetup.New("vmnn-x")
 		r.Origin, r.NetnsPath, r.NetnsID = OriginNRI, "/proc/self/ns/net", &self
@@ -90,11 +103,17 @@ func TestSweepEntryGone(t *testing.T) {
 		{"not the hook's record", rec(func(r *netsetup.NetSetup) { r.Origin = ""; r.NetnsPath = plain + ".missing" }), false, false},
 		{"owned, no pid", rec(func(r *netsetup.NetSetup) { r.NetnsOwned = true; r.NetnsPath = plain + ".missing" }), false, false},
 		{"owned, live pid", rec(func(r *netsetup.NetSetup) {
-			r.NetnsOwned, r.PodPID, r.PodPIDStart = true, os.Getpid(), start
+			r.NetnsOwned, r.PodPID, r.PodPIDStart, r.PodPIDNS = true, os.Getpid(), start, &pidns
 		}), true, false},
 		{"owned, reused pid", rec(func(r *netsetup.NetSetup) {
-			r.NetnsOwned, r.PodPID, r.PodPIDStart = true, os.Getpid(), start+1
+			r.NetnsOwned, r.PodPID, r.PodPIDStart, r.PodPIDNS = true, os.Getpid(), start+1, &pidns
 		}), true, true},
+		{"owned, exited pid seen from another pid namespace", rec(func(r *netsetup.NetSetup) {
+			r.NetnsOwned, r.PodPID, r.PodPIDStart, r.PodPIDNS = true, 1<<22+7, start, &otherNS
+		}), true, false},
+		{"owned, pid without its namespace (older record)", rec(func(r *netsetup.NetSetup) {
+			r.NetnsOwned, r.PodPID, r.PodPIDStart = true, 1<<22+7, start
+		}), false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := sweepEntryFor(tc.rec)
