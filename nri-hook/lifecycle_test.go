@@ -160,7 +160,7 @@ func TestAdoptCNIRecord(t *testing.T) {
 				t.Errorf("adopted record: created_by %q, pod uid %q, %d NICs", r.CreatedBy, r.PodUID, len(r.NetworkConfigs))
 			}
 			// The CNI DEL of the last NIC.
-			mgr := &sandbox.Manager{Store: e.store, NetnsDir: e.netnsDir}
+			mgr := sandbox.New(sandbox.Config{Store: e.store, NetnsDir: e.netnsDir})
 			mustOK(t, "CNI DEL", mgr.DelNIC(context.Background(), sandbox.DelSpec{SandboxID: p.id, IfName: "eth0"}))
 			if r := e.record(p.id); len(r.NetworkConfigs) != 0 || r.Origin != "nri" {
 				t.Errorf("after the DEL: %+v", r)
