@@ -96,4 +96,11 @@ var (
 	// ErrEjectTimeout: the device was removed from the VMM but the guest did
 	// not release it within Options.RemoveTimeout; it may still go later.
 	ErrEjectTimeout = errors.New("guest did not release the device in time")
+	// ErrVMPaused: the VM is paused, so its guest cannot acknowledge an
+	// eject; resume it, or remove the NIC once the VM is shut down.
+	ErrVMPaused = errors.New("VM is paused; resume it or remove the NIC at shutdown")
+	// ErrTapQueueMismatch: the TAP's multi-queue flag does not match the
+	// NIC's queue pairs (a multi-queue TAP for one pair, or the other way
+	// round); the TAP must be recreated, or the NIC's queues changed.
+	ErrTapQueueMismatch = errors.New("TAP multi-queue flag does not match the NIC's queue pairs")
 )
