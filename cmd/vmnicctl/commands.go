@@ -34,6 +34,8 @@ func init() {
 			help: "Remove owned vmnic-* netns without a record and tear down records whose netns is gone; prune lock files and index entries left without a record."},
 		{name: "attach-vmm", args: "<sandbox-id> --kind K --socket S", npos: 1, run: cmdAttachVMM, flags: attachFlags,
 			help: "Record the sandbox's VMM (kind, API socket, booted) and bring in its pending NICs."},
+		{name: "guest-acked", args: "<sandbox-id> <ifname>", npos: 2, run: cmdGuestAcked, flags: jsonFlag,
+			help: "Record that the guest has released the NIC (for Firecracker: removed its PCI device), so the next DEL or teardown may remove it from the VMM."},
 		{name: "vmm-args", args: "<sandbox-id> --kind K", npos: 1, run: cmdVMMArgs, flags: vmmArgsFlags,
 			help: "Print the pre-boot NIC arguments for a VMM launcher: Cloud Hypervisor --net, Firecracker network-interfaces JSON, QEMU -netdev/-device."},
 	}
@@ -312,6 +314,22 @@ func cmdAttachVMM(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) er
 		}
 	}
 	return aerr
+}
+
+func cmdGuestAcked(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
+	m, err := c.manager()
+	if err != nil {
+		return err
+	}
+	rec, err := m.AckGuestRelease(ctx, pos[0], pos[1])
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return writeJSON(c, rec)
+	}
+	printRecord(c, rec)
+	return nil
 }
 
 func cmdVMMArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error {

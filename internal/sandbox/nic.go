@@ -265,6 +265,9 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		DNS:         s.DNS,
 		State:       netsetup.NICPending,
 	}
+	if err := checkNICForVMM(rec.VMM, nic); err != nil {
+		return early(err)
+	}
 	res := &AddedNIC{}
 	bridge := s.Backend == netsetup.BackendBridge
 	var brLink netlink.Link
@@ -450,6 +453,7 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 			nic.State = netsetup.NICAttached
 			nic.VMMDeviceID = att.ID
 			nic.BDF = att.BDF
+			nic.Note = att.Note // what the guest must know or do
 			vmm := *rec.VMM
 			devID := att.ID
 			u.host = append(u.host, func() error { return m.vmmRemove(context.WithoutCancel(ctx), &vmm, devID) })

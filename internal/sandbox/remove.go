@@ -81,9 +81,31 @@ func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.
 		// remove-device only while config.net still lists the id, QEMU's
 		// waits for a device_del in progress, Firecracker's DELETE of a
 		// missing id is success.
-		err := m.vmmRemove(ctx, rec.VMM, nic.VMMDeviceID)
+		rctx := ctx
+		if nic.GuestAcked {
+			rctx = vmmadapter.WithGuestAcked(ctx)
+		}
+		err := m.vmmRemove(rctx, rec.VMM, nic.VMMDeviceID)
 		switch {
 		case err == nil:
+		case errors.Is(err, vmmadapter.ErrGuestMustAct):
+			// Firecracker: nothing was sent. The NIC stays detaching with a
+			// note saying what the guest and the VM manager must do; the
+			// retry after "vmnicctl guest-acked" removes it.
+			if p, ok := rec.NIC(ifname); ok {
+				p.Note = err.Error()
+				_ = tx.Save(rec)
+			}
+			return coded(CodeTryAgain, err, "remove NIC %s from the %s VMM of sandbox %s", ifname, rec.VMM.Kind, rec.SandboxID)
+		case errors.Is(err, vmmadapter.ErrVMPaused):
+			// Refused before anything was sent: the NIC is still attached.
+			if fresh {
+				if p, ok := rec.NIC(ifname); ok {
+					p.State = netsetup.NICAttached
+					_ = tx.Save(rec)
+				}
+			}
+			return coded(CodeTryAgain, err, "remove NIC %s from the %s VMM of sandbox %s", ifname, rec.VMM.Kind, rec.SandboxID)
 		case errors.Is(err, vmmadapter.ErrUnavailable):
 			m.log().Info("VMM gone: cleaning up the host side only", "sandbox", rec.SandboxID, "ifname", ifname, "error", err)
 		case errors.Is(err, vmmadapter.ErrHotplugUnsupported):
