@@ -162,6 +162,7 @@ type simQEMU struct {
 	devices       map[string]simDev // by id
 	netdevs       map[string]bool
 	failDeviceAdd string // desc of a GenericError for device_add
+	failNetdevAdd string // desc of a GenericError for netdev_add
 	eject         string // "after" (default), "before" (event precedes reply), "never", "silent" (no event)
 	unplugging    map[string]bool
 }
@@ -204,6 +205,10 @@ func (s *simQEMU) handle(c *fakeConn, r fakeReq) {
 		c.reply(r, d.netdev)
 	case "netdev_add":
 		id := str("id")
+		if s.failNetdevAdd != "" {
+			c.fail(r, "GenericError", s.failNetdevAdd)
+			return
+		}
 		if s.netdevs[id] {
 			c.fail(r, "GenericError", fmt.Sprintf("Duplicate ID '%s' for netdev", id))
 			return
