@@ -53,6 +53,7 @@ type opts struct {
 	kind       string
 	socket     string
 	fcVersion  string
+	rootPorts  int
 }
 
 var o opts
@@ -84,7 +85,8 @@ func attachFlags(fs *flag.FlagSet) {
 
 func vmmArgsFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.kind, "kind", "", "VMM kind: "+kindHelp)
-	fs.StringVar(&o.fcVersion, "fc-version", "", "Firecracker version (mtu is written only from 1.16.0)")
+	fs.StringVar(&o.fcVersion, "fc-version", "", "Firecracker version (mtu is written only from the 1.16.0 release)")
+	fs.IntVar(&o.rootPorts, "root-ports", 0, "QEMU q35: also reserve N free PCIe root ports for hot-plugged NICs (pcie.0 takes none)")
 	jsonFlag(fs)
 }
 
@@ -362,7 +364,10 @@ func cmdVMMArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error 
 	case vmmadapter.CloudHypervisor:
 		return printArgs(c, cloudhypervisor.NetArgs(nics))
 	case vmmadapter.QEMU:
-		return printArgs(c, qemu.Args(nics))
+		if o.rootPorts < 0 || o.rootPorts > qemu.MaxRootPorts {
+			return fmt.Errorf("--root-ports %d: must be 0 to %d", o.rootPorts, qemu.MaxRootPorts)
+		}
+		return printArgs(c, append(qemu.Args(nics), qemu.RootPortArgs(o.rootPorts)...))
 	}
 	return fmt.Errorf("--kind %s: no pre-boot arguments for this VMM", kind)
 }

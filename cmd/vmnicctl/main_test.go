@@ -147,6 +147,11 @@ func TestVMMArgs(t *testing.T) {
 	if err := json.Unmarshal([]byte(q), &qa); err != nil || len(qa) != 8 || qa[0] != "-netdev" || !strings.Contains(qa[1], "ifname=tapeth0") {
 		t.Errorf("qemu args: %v %q", err, q)
 	}
+	rp := c.ok("vmm-args", "vmnict-args", "--kind", "qemu", "--root-ports", "2", "--json")
+	var rpa []string
+	if err := json.Unmarshal([]byte(rp), &rpa); err != nil || len(rpa) != 12 || rpa[9] != "pcie-root-port,id=vmnic-rp0,bus=pcie.0,chassis=64,slot=0" {
+		t.Errorf("qemu args with root ports: %v %q", err, rp)
+	}
 	// Firecracker opens TAPs single-queue: a multiqueue NIC is refused.
 	if code, _, errOut := c.run("vmm-args", "vmnict-args", "--kind", "fc"); code != 1 || !strings.Contains(errOut, "single-queue") {
 		t.Errorf("firecracker with a multiqueue NIC: %d %s", code, errOut)

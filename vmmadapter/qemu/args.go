@@ -165,13 +165,16 @@ func txQueueSize(rx int) int { return min(rx, vmmadapter.QEMUTapTxQueueSize) }
 // RootPortID is the id of the i-th PCIe root port RootPortArgs reserves.
 func RootPortID(i int) string { return fmt.Sprintf("vmnic-rp%d", i) }
 
+// MaxRootPorts bounds RootPortArgs (chassis numbers are 8-bit).
+const MaxRootPorts = 128
+
 // RootPortArgs returns "-device pcie-root-port,…" arguments for n root
 // ports (for a q35 machine), into which AddNIC places NICs so that they can
 // be hot-plugged and unplugged (pcie.0 itself takes neither). Each port has
 // its own chassis number so that chassis/slot pairs stay unique.
 func RootPortArgs(n int) []string {
 	var args []string
-	for i := 0; i < n; i++ {
+	for i := 0; i < min(n, MaxRootPorts); i++ {
 		args = append(args, "-device", fmt.Sprintf("pcie-root-port,id=%s,bus=pcie.0,chassis=%d,slot=0", RootPortID(i), 0x40+i))
 	}
 	return args
