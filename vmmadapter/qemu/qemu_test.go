@@ -280,7 +280,7 @@ func TestRemoveNIC(t *testing.T) {
 			setup:    func(s *simQEMU) { s.eject = "never" },
 			id:       "net0",
 			wantErr:  "no DEVICE_DELETED",
-			wantIs:   context.DeadlineExceeded,
+			wantIs:   vmmadapter.ErrEjectTimeout,
 			wantLeft: 1,
 		},
 		{
