@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -657,5 +658,50 @@ func TestRemoveNICEjectTimeoutAndResend(t *testing.T) {
 	}
 	if n < 2 {
 		t.Fatalf("device_del sent %d times, want a re-send after the pending unplug expired", n)
+	}
+}
+
+// TestRootPortPlacement: on a q35 machine NICs go onto free PCIe root
+// ports; with none free a hot-add fails with ErrNoFreeRootPort and leaves
+// no netdev; on pc nothing changes.
+func TestRootPortPlacement(t *testing.T) {
+	s := newSim()
+	s.q35 = true
+	s.rootPorts = []string{"rp0", "rp1"}
+	a, _ := openSim(t, s, fast)
+	for i, want := range []string{"rp0", "rp1"} {
+		id := fmt.Sprintf("n%d", i)
+		if _, err := a.AddNIC(context.Background(), vmmadapter.NIC{ID: id, Tap: "tap" + id}); err != nil {
+			t.Fatal(err)
+		}
+		if got := s.devices[id].bus; got != want {
+			t.Fatalf("%s on bus %q, want %s", id, got, want)
+		}
+	}
+	_, err := a.AddNIC(context.Background(), vmmadapter.NIC{ID: "n2", Tap: "tapn2"})
+	if !errors.Is(err, ErrNoFreeRootPort) || !strings.Contains(err.Error(), "--root-ports") {
+		t.Fatalf("third AddNIC = %v, want ErrNoFreeRootPort", err)
+	}
+	if s.netdevs["netdev-n2"] {
+		t.Fatal("netdev left behind by the refused add")
+	}
+	if err := a.RemoveNIC(context.Background(), "n0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.AddNIC(context.Background(), vmmadapter.NIC{ID: "n2", Tap: "tapn2"}); err != nil || s.devices["n2"].bus != "rp0" {
+		t.Fatalf("AddNIC into the freed port: %v, bus %q", err, s.devices["n2"].bus)
+	}
+
+	// q35 without root ports: a clear error instead of QEMU's refusal.
+	s2 := newSim()
+	s2.q35 = true
+	a2, _ := openSim(t, s2, fast)
+	if _, err := a2.AddNIC(context.Background(), vmmadapter.NIC{ID: "n0", Tap: "tap0"}); !errors.Is(err, ErrNoFreeRootPort) {
+		t.Fatalf("q35 without root ports: %v", err)
+	}
+	// Cold (prelaunch) on q35 without ports: the root bus takes it.
+	s2.status = "prelaunch"
+	if _, err := a2.AddNIC(context.Background(), vmmadapter.NIC{ID: "n0", Tap: "tap0"}); err != nil || s2.devices["n0"].bus != "" {
+		t.Fatalf("cold add on q35: %v", err)
 	}
 }
