@@ -456,7 +456,12 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 			nic.Note = att.Note // what the guest must know or do
 			vmm := *rec.VMM
 			devID := att.ID
-			u.host = append(u.host, func() error { return m.vmmRemove(context.WithoutCancel(ctx), &vmm, devID) })
+			// Rolling back a NIC this ADD just added: nobody has told the
+			// guest about it yet (a Firecracker guest sees it only after a
+			// rescan), so its removal needs no guest step.
+			u.host = append(u.host, func() error {
+				return m.vmmRemove(vmmadapter.WithGuestAcked(context.WithoutCancel(ctx)), &vmm, devID)
+			})
 		case errors.Is(err, vmmadapter.ErrHotplugUnsupported):
 			res.Warning = fmt.Sprintf("NIC %s stays pending: %v", s.IfName, err)
 		case !rec.VMM.Booted && errors.Is(err, vmmadapter.ErrUnavailable):

@@ -248,7 +248,9 @@ func (m *Manager) removeStray(ctx context.Context, rec *netsetup.NetSetup, nic n
 				return nil
 			}
 			m.log().Warn("the VMM has a NIC recorded pending (an interrupted ADD): removing it", "sandbox", rec.SandboxID, "ifname", nic.IfName, "device", id)
-			rctx, cancel := context.WithTimeout(ctx, m.removeTimeout()+2*m.callTimeout())
+			// The NIC was never recorded attached, so the guest was never
+			// told of it (for Firecracker: asked to rescan): no guest step.
+			rctx, cancel := context.WithTimeout(vmmadapter.WithGuestAcked(ctx), m.removeTimeout()+2*m.callTimeout())
 			err = a.RemoveNIC(rctx, id)
 			cancel()
 		}
