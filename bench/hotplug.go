@@ -200,6 +200,14 @@ func (e *env) hotSample(ctx context.Context, m *sandbox.Manager, list *libcni.Ne
 	if err != nil {
 		a.fail(err)
 	}
+	if t.kind == vmmadapter.Firecracker && err == nil {
+		// Firecracker tells the guest nothing: the VM manager records the
+		// guest's release before the DEL (the simulated guest has none to
+		// give up: it never rescanned).
+		if _, aerr := m.AckGuestRelease(ctx, id, "eth0"); aerr != nil {
+			a.fail(fmt.Errorf("guest-acked: %w", aerr))
+		}
+	}
 	del, derr := e.del(ctx, list, id, ns.Path, ifs, log)
 	if derr != nil {
 		a.fail(derr)
@@ -230,7 +238,8 @@ func (e *env) adapterSamples(ctx context.Context, t hotplugTarget, a *hotAcc, n 
 		}
 		a.aadd = append(a.aadd, d)
 		t0 = time.Now()
-		if err := ad.RemoveNIC(ctx, att.ID); err != nil {
+		// The guest has let go (Firecracker removes a device only then).
+		if err := ad.RemoveNIC(vmmadapter.WithGuestAcked(ctx), att.ID); err != nil {
 			a.fail(fmt.Errorf("adapter RemoveNIC: %w", err))
 			continue
 		}

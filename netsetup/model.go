@@ -175,11 +175,17 @@ type NIC struct {
 
 	State NICState `json:"state"`
 	// Note says why a NIC is still pending (e.g. a VMM that cannot
-	// hot-plug); cleared when it is attached.
+	// hot-plug), or what the guest must do for an attached or detaching
+	// one (the adapter's Attachment.Note; Firecracker's rescan/unplug
+	// steps, an MTU the guest will not learn).
 	Note        string `json:"note,omitempty"`
 	HostReady   bool   `json:"host_ready,omitempty"`
 	VMMDeviceID string `json:"vmm_device_id,omitempty"`
 	BDF         string `json:"bdf,omitempty"`
+	// GuestAcked: the VM manager said the guest has let go of the device
+	// (vmnicctl guest-acked), so a VMM that tears devices down without
+	// telling the guest (Firecracker) may remove it.
+	GuestAcked bool `json:"guest_acked,omitempty"`
 
 	// VethQdiscOwned: vmnic added the ingress qdisc on the veth (there was
 	// none), so it removes it again at DEL when no filter is left on it.

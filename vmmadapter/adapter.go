@@ -8,6 +8,7 @@ package vmmadapter
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 )
 
@@ -38,6 +39,12 @@ type Attachment struct {
 	ID  string // device id as the VMM knows it
 	BDF string // PCI address when the VMM reports one (CH after boot)
 	Hot bool   // true when it was hot-added into a running guest
+	// Note is what the user must know about this NIC although it is
+	// attached ("" when nothing): a step the guest must take (Firecracker
+	// sends no hot-plug notification), or a setting the VMM could not pass
+	// on (an MTU the guest will not learn). The engine records it with the
+	// NIC; several notes are joined with "; ".
+	Note string
 }
 
 // Info describes the VMM behind the socket.
@@ -80,6 +87,32 @@ type Options struct {
 	// cannot tell (Firecracker's --enable-pci). PCIUnknown lets the adapter try
 	// and map the VMM's refusal to ErrHotplugUnsupported.
 	PCI PCIMode
+	// Logger receives the adapter's log records (key "error" for errors);
+	// nil discards them.
+	Logger *slog.Logger
+}
+
+// Log returns o.Logger, or a logger that discards everything.
+func (o Options) Log() *slog.Logger {
+	if o.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return o.Logger
+}
+
+type guestAckedKey struct{}
+
+// WithGuestAcked marks ctx: the caller knows the guest has already let go of
+// the device being removed (for Firecracker: the guest removed it from its
+// PCI bus), so the VMM may tear it down.
+func WithGuestAcked(ctx context.Context) context.Context {
+	return context.WithValue(ctx, guestAckedKey{}, true)
+}
+
+// GuestAcked reports whether ctx carries WithGuestAcked.
+func GuestAcked(ctx context.Context) bool {
+	v, _ := ctx.Value(guestAckedKey{}).(bool)
+	return v
 }
 
 // WithDefaults returns o with every unset (zero or negative) timeout
@@ -116,4 +149,16 @@ var (
 	// ErrEjectTimeout: the device was removed from the VMM but the guest did
 	// not release it within Options.RemoveTimeout; it may still go later.
 	ErrEjectTimeout = errors.New("guest did not release the device in time")
+	// ErrVMPaused: the VM is paused, so its guest cannot acknowledge an
+	// eject; resume it, or remove the NIC once the VM is shut down.
+	ErrVMPaused = errors.New("VM is paused; resume it or remove the NIC at shutdown")
+	// ErrTapQueueMismatch: the TAP's multi-queue flag does not match the
+	// NIC's queue pairs (a multi-queue TAP for one pair, or the other way
+	// round); the TAP must be recreated, or the NIC's queues changed.
+	ErrTapQueueMismatch = errors.New("TAP multi-queue flag does not match the NIC's queue pairs")
+	// ErrGuestMustAct: the VMM would tear the device down under a guest
+	// that still uses it (Firecracker notifies the guest of nothing); the
+	// guest must release it first, and the caller then says so
+	// (WithGuestAcked; vmnicctl guest-acked).
+	ErrGuestMustAct = errors.New("the guest must release the device first")
 )

@@ -31,6 +31,8 @@ func init() {
 			help: "Remove owned vmnic-* netns without a record and tear down records whose netns is gone; prune lock files and index entries left without a record."},
 		{name: "attach-vmm", args: "<sandbox-id> --kind K --socket S", npos: 1, run: cmdAttachVMM, flags: attachFlags,
 			help: "Record the sandbox's VMM (kind, API socket, booted) and bring in its pending NICs."},
+		{name: "guest-acked", args: "<sandbox-id> <ifname>", npos: 2, run: cmdGuestAcked, flags: jsonFlag,
+			help: "Record that the guest has released the NIC (for Firecracker: removed its PCI device), so the next DEL or teardown may remove it from the VMM."},
 		{name: "vmm-args", args: "<sandbox-id> --kind K", npos: 1, run: cmdVMMArgs, flags: vmmArgsFlags,
 			help: "Print the pre-boot NIC arguments for a VMM launcher: Cloud Hypervisor --net, Firecracker network-interfaces JSON, QEMU -netdev/-device."},
 		guestConfigCommand,
@@ -49,6 +51,7 @@ type opts struct {
 	kind       string
 	socket     string
 	fcVersion  string
+	rootPorts  int
 }
 
 var o opts
@@ -80,7 +83,8 @@ func attachFlags(fs *flag.FlagSet) {
 
 func vmmArgsFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.kind, "kind", "", "VMM kind: "+kindHelp)
-	fs.StringVar(&o.fcVersion, "fc-version", "", "Firecracker version (mtu is written only from 1.16.0)")
+	fs.StringVar(&o.fcVersion, "fc-version", "", "Firecracker version (mtu is written only from the 1.16.0 release)")
+	fs.IntVar(&o.rootPorts, "root-ports", 0, "QEMU q35: also reserve N free PCIe root ports for hot-plugged NICs (pcie.0 takes none)")
 	jsonFlag(fs)
 }
 
@@ -312,6 +316,22 @@ func cmdAttachVMM(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) er
 	return aerr
 }
 
+func cmdGuestAcked(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
+	m, err := c.manager()
+	if err != nil {
+		return err
+	}
+	rec, err := m.AckGuestRelease(ctx, pos[0], pos[1])
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return writeJSON(c, rec)
+	}
+	printRecord(c, rec)
+	return nil
+}
+
 func cmdVMMArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
 	kind, err := connect.ParseKind(o.kind)
 	if err != nil {
@@ -331,7 +351,7 @@ func cmdVMMArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error 
 			nics = append(nics, sandbox.AdapterNIC(n))
 		}
 	}
-	launch, err := connect.LaunchNICs(kind, nics, connect.LaunchOptions{Version: o.fcVersion})
+	launch, err := connect.LaunchNICs(kind, nics, connect.LaunchOptions{Version: o.fcVersion, RootPorts: o.rootPorts})
 	if err != nil {
 		return fmt.Errorf("--kind %s: %w", kind, err)
 	}

@@ -82,13 +82,20 @@ func writeRecord(t *testing.T, state, id string) { writeRecordQ(t, state, id, 4)
 
 func writeRecordQ(t *testing.T, state, id string, net1Queues int) {
 	t.Helper()
+	writeRecordQS(t, state, id, net1Queues, 512)
+}
+
+// writeRecordQS writes a record whose NIC net1 has net1Queues queues of
+// size net1QSize (Firecracker takes only 256).
+func writeRecordQS(t *testing.T, state, id string, net1Queues, net1QSize int) {
+	t.Helper()
 	st, err := netsetup.Open(state)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec := netsetup.New(id)
 	rec.NetnsPath = "/var/run/netns/" + id
-	rec.PutNIC(netsetup.NIC{ID: "net1", IfName: "net1", Tap: "tapnet1", MAC: "02:00:00:00:00:02", MTU: 1400, NumQueues: net1Queues, QueueSize: 512,
+	rec.PutNIC(netsetup.NIC{ID: "net1", IfName: "net1", Tap: "tapnet1", MAC: "02:00:00:00:00:02", MTU: 1400, NumQueues: net1Queues, QueueSize: net1QSize,
 		IPs: []string{"10.211.0.5/24"}, Gateway: "10.211.0.1", State: netsetup.NICPending, HostReady: true, Network: "b"})
 	rec.PutNIC(netsetup.NIC{ID: "eth0", IfName: "eth0", Tap: "tapeth0", MAC: "02:00:00:00:00:01", MTU: 1500, NumQueues: 2, QueueSize: 256,
 		IPs: []string{"10.201.0.5/24"}, Gateway: "10.201.0.1", State: netsetup.NICPending, HostReady: true, Network: "a"})
@@ -140,11 +147,20 @@ func TestVMMArgs(t *testing.T) {
 	if err := json.Unmarshal([]byte(q), &qa); err != nil || len(qa) != 8 || qa[0] != "-netdev" || !strings.Contains(qa[1], "ifname=tapeth0") {
 		t.Errorf("qemu args: %v %q", err, q)
 	}
+	rp := c.ok("vmm-args", "vmnict-args", "--kind", "qemu", "--root-ports", "2", "--json")
+	var rpa []string
+	if err := json.Unmarshal([]byte(rp), &rpa); err != nil || len(rpa) != 12 || rpa[9] != "pcie-root-port,id=vmnic-rp0,bus=pcie.0,chassis=64,slot=0" {
+		t.Errorf("qemu args with root ports: %v %q", err, rp)
+	}
 	// Firecracker opens TAPs single-queue: a multiqueue NIC is refused.
 	if code, _, errOut := c.run("vmm-args", "vmnict-args", "--kind", "fc"); code != 1 || !strings.Contains(errOut, "single-queue") {
 		t.Errorf("firecracker with a multiqueue NIC: %d %s", code, errOut)
 	}
-	writeRecordQ(t, c.state, "vmnict-fc", 2)
+	writeRecordQ(t, c.state, "vmnict-fcq", 2)
+	if code, _, errOut := c.run("vmm-args", "vmnict-fcq", "--kind", "firecracker", "--fc-version", "1.16.1"); code != 1 || !strings.Contains(errOut, "queueSize 512") {
+		t.Errorf("firecracker with queueSize 512: %d %s", code, errOut)
+	}
+	writeRecordQS(t, c.state, "vmnict-fc", 2, 256)
 	fc := c.ok("vmm-args", "vmnict-fc", "--kind", "firecracker", "--fc-version", "1.16.1")
 	var ifaces []map[string]any
 	if err := json.Unmarshal([]byte(fc), &ifaces); err != nil || len(ifaces) != 2 || ifaces[0]["host_dev_name"] != "tapeth0" || ifaces[0]["guest_mac"] != "02:00:00:00:00:01" {
@@ -234,4 +250,29 @@ func TestPrepareTeardownGC(t *testing.T) {
 	if out := c.ok("list", "--json"); strings.TrimSpace(out) != "[]" {
 		t.Errorf("records left: %s", out)
 	}
+}
+
+// TestFirecrackerGuestNotes: a NIC hot-added into Firecracker is recorded
+// with the step the guest must take, show prints it, and guest-acked
+// records the guest's release of a NIC.
+func TestFirecrackerGuestNotes(t *testing.T) {
+	c := newCtl(t)
+	writeRecordQS(t, c.state, "vmnict-fcn", 2, 256)
+	sim := vmmsim.NewFC(t, vmmsim.FCConfig{Version: "1.16.1", PCI: true, State: vmmsim.FCRunning})
+	c.ok("attach-vmm", "vmnict-fcn", "--kind", "fc", "--socket", sim.Socket())
+	show := c.ok("show", "vmnict-fcn")
+	if !strings.Contains(show, "eth0: Firecracker sends the guest no hot-plug notification: the guest must rescan its PCI bus") {
+		t.Errorf("show does not print the rescan note:\n%s", show)
+	}
+	if code, _, errOut := c.run("guest-acked", "vmnict-fcn", "nosuch"); code != 1 || !strings.Contains(errOut, "no NIC nosuch") {
+		t.Errorf("guest-acked for a missing NIC: %d %s", code, errOut)
+	}
+	var rec netsetup.NetSetup
+	if err := json.Unmarshal([]byte(c.ok("guest-acked", "vmnict-fcn", "eth0", "--json")), &rec); err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := rec.NIC("eth0"); !ok || !n.GuestAcked {
+		t.Errorf("guest-acked not recorded: %+v", rec.NetworkConfigs)
+	}
+	c.ok("guest-acked", "vmnict-fcn", "eth0") // idempotent
 }

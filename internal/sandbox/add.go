@@ -82,6 +82,9 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		return a.early(err)
 	}
 	a.nic = s.newNIC()
+	if err := checkNICForVMM(a.rec.VMM, a.nic); err != nil {
+		return a.early(err)
+	}
 	b, closeBackend, err := m.openBackend(&s, &a.nic)
 	if err != nil {
 		return a.early(err)
@@ -341,8 +344,14 @@ func (a *adding) addToVMM(ctx context.Context) (warning string, err error) {
 		a.nic.State = netsetup.NICAttached
 		a.nic.VMMDeviceID = att.ID
 		a.nic.BDF = att.BDF
+		a.nic.Note = att.Note // what the guest must know or do
 		vmm, devID := *rec.VMM, att.ID
-		a.u.host = append(a.u.host, func() error { return m.vmmRemove(context.WithoutCancel(ctx), &vmm, devID) })
+		// Rolling back a NIC this ADD just added: nobody has told the guest
+		// about it yet (a Firecracker guest sees it only after a rescan), so
+		// its removal needs no guest step.
+		a.u.host = append(a.u.host, func() error {
+			return m.vmmRemove(vmmadapter.WithGuestAcked(context.WithoutCancel(ctx)), &vmm, devID)
+		})
 		return "", nil
 	}
 	o := vmmAddOutcome(err, rec.VMM.Booted)

@@ -115,15 +115,26 @@ func (m *Manager) detach(ctx context.Context, tx *netsetup.Tx, rec *netsetup.Net
 	// repeated remove safe: Cloud Hypervisor's sends remove-device only
 	// while config.net still lists the id, QEMU's waits for a device_del in
 	// progress, Firecracker's DELETE of a missing id is success.
-	err := m.vmmRemove(ctx, rec.VMM, nic.VMMDeviceID)
+	rctx := ctx
+	if nic.GuestAcked {
+		rctx = vmmadapter.WithGuestAcked(ctx)
+	}
+	err := m.vmmRemove(rctx, rec.VMM, nic.VMMDeviceID)
 	if err != nil {
 		o := vmmRemoveOutcome(err)
 		if o.code != 0 {
-			if o.stillAttached && fresh {
-				if p, ok := rec.NIC(nic.IfName); ok {
-					p.State = netsetup.NICAttached
-					_ = tx.Save(rec)
+			if p, ok := rec.NIC(nic.IfName); ok && (o.note || o.stillAttached && fresh) {
+				if o.note {
+					// Firecracker: nothing was sent. The NIC stays detaching
+					// with a note saying what the guest and the VM manager
+					// must do; the retry after "vmnicctl guest-acked"
+					// removes it.
+					p.Note = err.Error()
 				}
+				if o.stillAttached && fresh {
+					p.State = netsetup.NICAttached
+				}
+				_ = tx.Save(rec)
 			}
 			return coded(o.code, err, "remove NIC %s from the %s VMM of sandbox %s", nic.IfName, rec.VMM.Kind, rec.SandboxID)
 		}
@@ -144,6 +155,8 @@ type removeOutcome struct {
 	// stillAttached: the device is still in the VMM as far as vmnic knows
 	// (a NIC just recorded detaching goes back to attached).
 	stillAttached bool
+	// note: the error says what the guest must do; it becomes the NIC's note.
+	note bool
 }
 
 // vmmRemoveOutcome classifies the error of a hot-remove.
@@ -155,6 +168,11 @@ func vmmRemoveOutcome(err error) removeOutcome {
 		return removeOutcome{level: slog.LevelWarn, msg: "the VMM cannot hot-remove NICs: the guest keeps a dead NIC"}
 	case errors.Is(err, vmmadapter.ErrEjectTimeout):
 		return removeOutcome{code: CodeTryAgain}
+	case errors.Is(err, vmmadapter.ErrGuestMustAct):
+		return removeOutcome{code: CodeTryAgain, note: true}
+	case errors.Is(err, vmmadapter.ErrVMPaused):
+		// Refused before anything was sent: the NIC is still attached.
+		return removeOutcome{code: CodeTryAgain, stillAttached: true}
 	default:
 		return removeOutcome{code: CodeInternal, stillAttached: true}
 	}
@@ -182,7 +200,9 @@ func (m *Manager) removeStray(ctx context.Context, rec *netsetup.NetSetup, nic n
 				return nil
 			}
 			m.log().Warn("the VMM has a NIC recorded pending (an interrupted ADD): removing it", "sandbox", rec.SandboxID, "ifname", nic.IfName, "device", id)
-			rctx, cancel := context.WithTimeout(ctx, m.removeTimeout()+2*m.callTimeout())
+			// The NIC was never recorded attached, so the guest was never
+			// told of it (for Firecracker: asked to rescan): no guest step.
+			rctx, cancel := context.WithTimeout(vmmadapter.WithGuestAcked(ctx), m.removeTimeout()+2*m.callTimeout())
 			err = a.RemoveNIC(rctx, id)
 			cancel()
 		}

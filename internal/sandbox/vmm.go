@@ -39,7 +39,11 @@ func (m *Manager) openVMM(v *netsetup.VMM) (vmmadapter.Adapter, error) {
 			return nil, fmt.Errorf("%s VMM: %w", v.Kind, err)
 		}
 	}
-	a, err := open(vmmadapter.Kind(v.Kind), v.APISocket, m.VMMOptions)
+	opts := m.VMMOptions
+	if opts.Logger == nil {
+		opts.Logger = m.log()
+	}
+	a, err := open(vmmadapter.Kind(v.Kind), v.APISocket, opts)
 	if err != nil {
 		// No adapter means no VMM vmnic can reach: a DEL cleans the host
 		// side instead of failing for ever.
@@ -80,6 +84,19 @@ func (m *Manager) vmmAdd(ctx context.Context, v *netsetup.VMM, nic netsetup.NIC)
 		att.ID = nic.ID
 	}
 	return att, nil
+}
+
+// checkNICForVMM refuses, at ADD, a NIC the sandbox's VMM cannot take
+// (vmmadapter.ValidateNIC: queue sizes and pairs per VMM), before anything
+// is set up. Without a recorded VMM there is nothing to check yet.
+func checkNICForVMM(v *netsetup.VMM, nic netsetup.NIC) error {
+	if v == nil {
+		return nil
+	}
+	if err := vmmadapter.ValidateNIC(vmmadapter.Kind(v.Kind), AdapterNIC(nic)); err != nil {
+		return coded(CodeInvalidConfig, err, "NIC %s for the sandbox's %s VMM", nic.IfName, v.Kind)
+	}
+	return nil
 }
 
 // vmmRemove removes a device and waits (bounded) for the guest to let go.
@@ -155,6 +172,11 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 			n.Note = ""
 			continue
 		}
+		if err := vmmadapter.ValidateNIC(kind, AdapterNIC(*n)); err != nil {
+			errs = append(errs, fmt.Errorf("NIC %s stays pending: %w", n.IfName, err))
+			n.Note = fmt.Sprintf("NIC %s stays pending: %v", n.IfName, err)
+			continue
+		}
 		actx, cancel := context.WithTimeout(ctx, 2*m.callTimeout())
 		att, err := a.AddNIC(actx, AdapterNIC(*n))
 		cancel()
@@ -164,7 +186,7 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 			continue
 		}
 		n.State = netsetup.NICAttached
-		n.Note = ""
+		n.Note = att.Note
 		n.VMMDeviceID = att.ID
 		if n.VMMDeviceID == "" {
 			n.VMMDeviceID = n.ID

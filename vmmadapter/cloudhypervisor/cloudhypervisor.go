@@ -2,17 +2,33 @@
 // --api-socket) to cold-add NICs before boot, hot-add them after boot and
 // hot-remove them, waiting until the guest has ejected a removed NIC.
 //
-// Facts honoured (see the project's reference on VMM APIs):
+// Facts honoured (see the project's reference on VMM APIs; upstream files
+// are named where the behaviour is relied on):
 //   - PUT /api/v1/vm.add-net answers 204 before boot and 200 + {id, bdf}
 //     after boot; errors are a JSON list of strings, status 500 for nearly
-//     everything up to v53 (404/409 only on newer releases).
+//     everything up to v53 (404/409 only on newer releases;
+//     vmm/src/api/http/mod.rs).
+//   - vm.add-net never carries mtu: CH issues SIOCSIFMTU whenever mtu is
+//     given (net_util/src/open_tap.rs open_tap_rx_q_0), which needs
+//     CAP_NET_ADMIN even when the value is unchanged, so an unprivileged CH
+//     would fail every add with EPERM. vmnic sets the TAP's MTU itself and
+//     CH reads it from the TAP (SIOCGIFMTU) to advertise VIRTIO_NET_F_MTU.
 //   - PUT /api/v1/vm.remove-device returns at once; the device stays in
 //     vm.info's device_tree until the guest ejects it, while it leaves
-//     config.net immediately.
-//   - A second remove-device for one id kills the VMM thread on v49–v52, so
-//     this adapter sends it at most once per id: never when config.net no
-//     longer lists the id (a remove is already pending, whoever sent it), and
-//     never again for an id it removed itself; when asked again it only waits.
+//     config.net immediately (vmm/src/device_manager.rs remove_device,
+//     eject_device).
+//   - A second remove-device for one id kills the VMM thread on v49–v52
+//     (PR #8559), so there this adapter sends it at most once per id: never
+//     when config.net no longer lists the id (a remove is already pending,
+//     whoever sent it), and never again for an id it removed itself; when
+//     asked again it only waits. On ≤ v48 and from v54 (commit 35b9703e1,
+//     "vmm: Make device removal retryable", because the ACPI GED interrupt
+//     can be missed by a loaded guest) it re-sends remove-device while it
+//     waits for the eject. v53 answers a second remove with an error, so it
+//     is not re-sent there either.
+//   - A paused VM runs no vCPU and so cannot eject: removal is refused with
+//     vmmadapter.ErrVMPaused instead of waiting for an eject that cannot
+//     come before vm.resume.
 package cloudhypervisor
 
 import (
@@ -70,10 +86,10 @@ func (a *Adapter) Socket() string { return a.c.Socket }
 
 // --- wire types (field names from the Cloud Hypervisor spec) ---
 
+// netConfig has no mtu on purpose (see the package doc).
 type netConfig struct {
 	Tap       string `json:"tap,omitempty"`
 	Mac       string `json:"mac,omitempty"`
-	Mtu       int    `json:"mtu,omitempty"`
 	NumQueues int    `json:"num_queues"`
 	QueueSize int    `json:"queue_size,omitempty"`
 	ID        string `json:"id,omitempty"`
@@ -186,18 +202,37 @@ func (a *Adapter) badBody(call string, resp *apiclient.Response, what string, er
 		call, a.c.Socket, resp.Status, what, err, detail)
 }
 
-// notCreated: 404 (v53+) or the pre-v53 500 whose message says so.
+// The messages of a remove-device for an id CH does not have, as upstream
+// words them: DeviceManagerError::UnknownDeviceId (vmm/src/device_manager.rs;
+// v46–v52 without the id, v53+ with ": <id>") after boot, and
+// VmError::NoDeviceToRemove (vmm/src/vm.rs, "No device with id \"…\" to
+// remove") before boot. Both are HTTP 500 up to v53, 404 after.
+const (
+	msgUnknownDeviceID  = "Failed to find device corresponding to the given identifier"
+	msgNoDeviceToRemove = "to remove"
+	msgNoDeviceWithID   = "No device with id"
+	// VmError::VmNotCreated / VmMissingConfig (vmm/src/lib.rs, vmm/src/vm.rs).
+	msgNotCreated    = "VM is not created"
+	msgMissingConfig = "VM config is missing"
+)
+
+func noDevice(e *apiclient.APIError) bool {
+	return e.Contains(msgUnknownDeviceID) || (e.Contains(msgNoDeviceWithID) && e.Contains(msgNoDeviceToRemove))
+}
+
+// notCreated: the VMM has no VM (404 on v53+ unless the 404 is about a
+// device, the pre-v53 500 by its message).
 func notCreated(e *apiclient.APIError) bool {
-	if e.Status == http.StatusNotFound && !e.Contains("unknown device", "no device", "not found") {
+	if e.Status == http.StatusNotFound && !noDevice(e) {
 		return true
 	}
-	return e.Contains("not created", "VmNotCreated", "missing config", "VmMissingConfig")
+	return e.Contains(msgNotCreated, msgMissingConfig)
 }
 
 // notFound: the device id is unknown to the VMM (pre-boot NoDeviceToRemove,
 // post-boot UnknownDeviceId; 404 on releases after v53).
 func notFound(e *apiclient.APIError) bool {
-	return e.Status == http.StatusNotFound || e.Contains("unknown device", "no device to remove", "NoDeviceToRemove", "UnknownDeviceId", "not found")
+	return e.Status == http.StatusNotFound || noDevice(e)
 }
 
 // Info reports the version and whether the VM is booted. A VMM without a VM
@@ -256,7 +291,6 @@ func netConfigFor(nic vmmadapter.NIC) netConfig {
 	return netConfig{
 		Tap:       nic.Tap,
 		Mac:       nic.MAC,
-		Mtu:       nic.MTU,
 		NumQueues: 2 * pairs(nic),
 		QueueSize: nic.QueueSize,
 		ID:        nic.ID,
@@ -318,6 +352,14 @@ func (a *Adapter) AddNIC(ctx context.Context, nic vmmadapter.NIC) (vmmadapter.At
 	case resp.Status == http.StatusConflict || apiErr.Contains("not unique", "IdentifierNotUnique"):
 		return vmmadapter.Attachment{}, fmt.Errorf("%s: id %q: %w (if a NIC with this id was removed, the guest may not have ejected it yet): %w",
 			what, nic.ID, vmmadapter.ErrDeviceIDInUse, apiErr)
+	case apiErr.Contains("multiqueue support (no support device side)"):
+		// net_util/src/open_tap.rs check_mq_support, MultiQueueNoDeviceSupport.
+		return vmmadapter.Attachment{}, fmt.Errorf("%s: TAP %s is multi-queue but the NIC has %d queue pair(s): %w: %w",
+			what, nic.Tap, pairs(nic), vmmadapter.ErrTapQueueMismatch, apiErr)
+	case apiErr.Contains("multiqueue support (no support TAP side)"):
+		// MultiQueueNoTapSupport.
+		return vmmadapter.Attachment{}, fmt.Errorf("%s: TAP %s is single-queue but the NIC has %d queue pairs: %w: %w",
+			what, nic.Tap, pairs(nic), vmmadapter.ErrTapQueueMismatch, apiErr)
 	case apiErr.Contains("resource busy", "os error 16", "EBUSY"):
 		return vmmadapter.Attachment{}, fmt.Errorf("%s: TAP %s: %w (another VMM, or a removed NIC the guest has not ejected yet, holds it): %w",
 			what, nic.Tap, vmmadapter.ErrTapBusy, apiErr)
@@ -349,8 +391,10 @@ var errRemoveTimeout = errors.New("remove timeout")
 // RemoveNIC removes the NIC and, on a booted VM, waits (bounded by
 // Options.RemoveTimeout and ctx) until the guest has ejected it, i.e. until
 // the id has left vm.info's device_tree. An id the VMM does not have is not
-// an error. remove-device is sent at most once per id (see the package doc).
-// A timeout wraps vmmadapter.ErrEjectTimeout; asking again later only waits.
+// an error. On v49–v53 remove-device is sent at most once per id; on ≤ v48
+// and v54+ it is re-sent while waiting (see the package doc). A timeout
+// wraps vmmadapter.ErrEjectTimeout; asking again later waits again. A paused
+// VM is refused with vmmadapter.ErrVMPaused.
 func (a *Adapter) RemoveNIC(ctx context.Context, id string) error {
 	if id == "" {
 		return errors.New("cloud-hypervisor: remove NIC: empty id")
@@ -391,12 +435,24 @@ func (a *Adapter) RemoveNIC(ctx context.Context, id string) error {
 		a.forget(id)
 		return nil
 	}
-	// In the device tree. Send remove-device only when config.net still lists
-	// the id (no removal pending) and this adapter has not sent one already.
-	if inConfig && a.claimRemove(id) {
+	if v.State == "Paused" {
+		// A paused guest handles no ACPI notification and ejects nothing
+		// until vm.resume; waiting would only time out.
+		return fmt.Errorf("%s: %w (Cloud Hypervisor on %s)", what, vmmadapter.ErrVMPaused, a.c.Socket)
+	}
+	retry := a.retryable(ctx)
+	// In the device tree. Send remove-device when config.net still lists
+	// the id (no removal pending) and this adapter has not sent one already;
+	// on versions where a second remove is safe, send it again anyway (a
+	// guest may have missed the first notification).
+	first := inConfig && a.claimRemove(id)
+	if first || retry {
+		if !first {
+			a.claimRemove(id)
+		}
 		if err := a.sendRemove(ctx, id); err != nil {
 			var refused *apiclient.APIError
-			if errors.As(err, &refused) {
+			if first && errors.As(err, &refused) {
 				// The VMM answered and refused: nothing is pending, a later
 				// attempt may send again. Without an answer the request may
 				// have been applied (or be queued), so the mark stays.
@@ -405,7 +461,27 @@ func (a *Adapter) RemoveNIC(ctx context.Context, id string) error {
 			return fmt.Errorf("%s: %w", what, err)
 		}
 	}
-	return a.waitEjected(ctx, id, what)
+	return a.waitEjected(ctx, id, what, retry)
+}
+
+// retryable reports whether this CH takes a second remove-device for a
+// device whose eject is pending: ≤ v48 (it re-notifies the guest) and from
+// v54 (commit 35b9703e1, 2026-08-18, first in the release after v53.0).
+// v49–v52 panic (PR #8559) and v53 refuses (commit 5b53f4202); a version
+// that cannot be read counts as unsafe.
+func (a *Adapter) retryable(ctx context.Context) bool {
+	ver, err := a.ping(ctx)
+	if err != nil {
+		return false
+	}
+	v, ok := apiclient.ParseVersion(ver)
+	return ok && (v.Major <= 48 || v.Major >= 54)
+}
+
+// resendEvery is how long a wait lasts before remove-device is sent again
+// where that is safe.
+func (a *Adapter) resendEvery() time.Duration {
+	return max(pollMax, min(time.Second, a.removeTimeout/4))
 }
 
 // sendRemove sends one remove-device; "no such device" is success.
@@ -424,8 +500,9 @@ func (a *Adapter) sendRemove(ctx context.Context, id string) error {
 	return apiErr
 }
 
-func (a *Adapter) waitEjected(ctx context.Context, id, what string) error {
+func (a *Adapter) waitEjected(ctx context.Context, id, what string, resend bool) error {
 	start := time.Now()
+	lastSend := start
 	interval := pollFirst
 	var lastErr error
 	for {
@@ -434,6 +511,14 @@ func (a *Adapter) waitEjected(ctx context.Context, id, what string) error {
 		case err == nil && (!created || !v.inTree(id)):
 			a.forget(id)
 			return nil
+		case err == nil && v.State == "Paused":
+			return fmt.Errorf("%s: paused while waiting for the guest to eject it: %w (the removal completes after vm.resume)", what, vmmadapter.ErrVMPaused)
+		case err == nil && resend && time.Since(lastSend) >= a.resendEvery():
+			// The guest may have missed the ACPI GED notification.
+			lastSend = time.Now()
+			if err := a.sendRemove(ctx, id); err != nil && ctx.Err() == nil {
+				lastErr = err
+			}
 		case err != nil && errors.Is(err, vmmadapter.ErrUnavailable):
 			return fmt.Errorf("%s: waiting for the guest to eject it: %w", what, err)
 		case err != nil && ctx.Err() == nil:
@@ -459,7 +544,7 @@ func (a *Adapter) waitError(ctx context.Context, what string, start time.Time, l
 		suffix = "; last poll error: " + lastErr.Error()
 	}
 	if context.Cause(ctx) == errRemoveTimeout {
-		return fmt.Errorf("%s: removed from Cloud Hypervisor on %s but still in its device tree after %s (remove timeout %s): %w; the guest may lack ACPI hot-plug or be busy, the device stays pending and a later remove only waits%s",
+		return fmt.Errorf("%s: removed from Cloud Hypervisor on %s but still in its device tree after %s (remove timeout %s): %w; the guest may lack ACPI hot-plug or be busy, the device stays pending and a later remove waits for it again%s",
 			what, a.c.Socket, waited, a.removeTimeout, vmmadapter.ErrEjectTimeout, suffix)
 	}
 	return fmt.Errorf("%s: stopped waiting for the guest to eject it after %s: %w: %w%s",
@@ -467,9 +552,11 @@ func (a *Adapter) waitError(ctx context.Context, what string, start time.Time, l
 }
 
 // NetArgs returns the Cloud Hypervisor command-line arguments that cold-plug
-// nics at launch: "--net" followed by one "tap=…,mac=…,mtu=…,num_queues=…,
-// queue_size=…,id=…" value per NIC (mac, mtu, queue_size and id only when
-// set; num_queues is 2 × queue pairs). No NICs → no arguments.
+// nics at launch: "--net" followed by one "tap=…,mac=…,num_queues=…,
+// queue_size=…,id=…" value per NIC (mac, queue_size and id only when set;
+// num_queues is 2 × queue pairs). No mtu, for the reason vm.add-net has
+// none (see the package doc): CH takes the MTU vmnic gave the TAP.
+// No NICs → no arguments.
 func NetArgs(nics []vmmadapter.NIC) []string {
 	if len(nics) == 0 {
 		return nil
@@ -479,9 +566,6 @@ func NetArgs(nics []vmmadapter.NIC) []string {
 		parts := []string{"tap=" + nic.Tap}
 		if nic.MAC != "" {
 			parts = append(parts, "mac="+nic.MAC)
-		}
-		if nic.MTU > 0 {
-			parts = append(parts, "mtu="+strconv.Itoa(nic.MTU))
 		}
 		parts = append(parts, "num_queues="+strconv.Itoa(2*pairs(nic)))
 		if nic.QueueSize > 0 {

@@ -23,7 +23,13 @@ func FuzzResponses(f *testing.F) {
 	f.Add(200, ping, 200, info, 200, []byte(`{"id":"eth0","bdf":"0000:00:05.0"}`), 204, []byte{})
 	f.Add(200, ping, 200, gone, 204, []byte{}, 204, []byte{})
 	f.Add(200, ping, 500, []byte(`["Error from API","VM is not created"]`), 500, []byte(`["VmNotCreated"]`), 404, []byte{})
-	f.Add(200, ping, 200, info, 500, []byte(`["Error from API","Identifier eth0 is not unique"]`), 500, []byte(`["No device to remove"]`))
+	f.Add(200, ping, 200, info, 500, []byte(`["Error from API","Identifier eth0 is not unique"]`), 500, []byte(`["Error from API","The device could not be removed from the VM","No device with id \"eth0\" to remove"]`))
+	// CH's own "not found" wording (vmm/src/device_manager.rs UnknownDeviceId;
+	// v46–v52 without the id, v53+ with it; 404 after v53).
+	f.Add(200, ping, 200, info, 200, []byte(`{"id":"eth0","bdf":"0000:00:06.0"}`), 500, []byte(`["Error from API","The device could not be removed from the VM","Error from device manager","Failed to find device corresponding to the given identifier"]`))
+	f.Add(200, ping, 200, info, 200, []byte(`{"id":"eth0","bdf":"0000:00:06.0"}`), 404, []byte(`["Error from API","The device could not be removed from the VM","Error from device manager","Failed to find device corresponding to the given identifier: eth0"]`))
+	f.Add(200, []byte(`{"build_version":"v48.0","version":"48.0.0","pid":1}`), 200, info, 200, []byte(`{"id":"eth0","bdf":"0000:00:06.0"}`), 204, []byte{})
+	f.Add(200, ping, 200, []byte(`{"config":{"net":[{"id":"eth0","tap":"tapeth0"}]},"state":"Paused","device_tree":{"eth0":{"id":"eth0"}}}`), 500, []byte(`["Error from API","The network device could not be added to the VM","Error from device manager","Cannot create virtio-net device","Failed to open taps","Error related to the multiqueue support (no support device side)"]`), 204, []byte{})
 	f.Add(200, []byte(`{}`), 200, []byte(`{"state":""}`), 200, []byte(`{"id":""}`), 200, []byte(`null`))
 	f.Add(200, []byte("\x00garbage"), 200, []byte(`{"config":{"net":null},"state":"Running","device_tree":{"eth0":null}}`), 200, []byte(`[1,2`), 500, []byte("\xff\xfe"))
 	f.Add(409, []byte(`{"fault_message":"x"}`), 200, []byte(`{"config":{"net":[{"id":7}]},"state":"Running"}`), 201, []byte(`{"id":"`+strings.Repeat("a", 4096)+`"}`), 500, []byte(`["a\nb","\u0000"]`))

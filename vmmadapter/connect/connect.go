@@ -59,8 +59,11 @@ var vmms = map[vmmadapter.Kind]vmm{
 	vmmadapter.QEMU: {
 		open:     adapter(qemu.New),
 		deviceID: qemu.SanitizeID,
-		launch: func(nics []vmmadapter.NIC, _ LaunchOptions) (Launch, error) {
-			return Launch{Args: qemu.Args(nics)}, nil
+		launch: func(nics []vmmadapter.NIC, o LaunchOptions) (Launch, error) {
+			if o.RootPorts < 0 || o.RootPorts > qemu.MaxRootPorts {
+				return Launch{}, fmt.Errorf("root ports %d: must be 0 to %d", o.RootPorts, qemu.MaxRootPorts)
+			}
+			return Launch{Args: append(qemu.Args(nics), qemu.RootPortArgs(o.RootPorts)...)}, nil
 		},
 	},
 }
@@ -108,6 +111,10 @@ type LaunchOptions struct {
 	// arguments depend on it: Firecracker writes mtu only from 1.16.0, and
 	// an empty Version leaves it out. Other kinds ignore it.
 	Version string
+	// RootPorts (QEMU) reserves this many free PCIe root ports for NICs
+	// hot-added later (q35: pcie.0 refuses hot-plug); other kinds ignore
+	// it.
+	RootPorts int
 }
 
 // Launch is how a VMM launcher passes NICs at boot: command-line arguments

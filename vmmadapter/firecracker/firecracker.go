@@ -6,7 +6,24 @@
 // boot or a snapshot restore (network_overrides).
 //
 // Firecracker rejects unknown JSON fields, so a body carries only fields the
-// running version knows: mtu only from v1.16.0.
+// running version knows: mtu only from the v1.16.0 release (commit
+// e865b9c5f; builds calling themselves "1.16.0-dev" exist from before and
+// after it, so a pre-release of 1.16.0 gets no mtu). Without it a NIC whose
+// MTU is not 1500 is attached with a note that the guest assumes 1500.
+//
+// Upstream docs/device-hotplug.md: Firecracker delivers no hot-plug
+// notification. After a hot-add the guest must rescan its PCI bus (the
+// Attachment carries a note saying so), and before a hot-unplug the guest
+// must remove the device itself; DELETE tears the device down at once
+// (detach_pci_virtio_device), under a guest that may still use it. So
+// RemoveNIC after boot sends DELETE only when the caller says the guest has
+// let go (vmmadapter.WithGuestAcked), and otherwise returns
+// vmmadapter.ErrGuestMustAct.
+//
+// A pre-boot PUT for an existing iface_id replaces the interface: upstream
+// NetBuilder::build (src/vmm/src/vmm_config/net.rs) drops the old device
+// before it opens the new TAP, so a failed replacement leaves no interface
+// with that id. AddNIC then puts the previous one back.
 package firecracker
 
 import (
@@ -19,6 +36,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -34,6 +52,7 @@ const MaxIfaceIDLen = 64
 type Adapter struct {
 	c   *apiclient.Client
 	pci vmmadapter.PCIMode
+	log *slog.Logger
 
 	mu      sync.Mutex
 	learned vmmadapter.PCIMode // what the VMM's answers told us
@@ -49,7 +68,7 @@ func New(socket string, opts vmmadapter.Options) (*Adapter, error) {
 	if socket == "" {
 		return nil, errors.New("firecracker: empty API socket path")
 	}
-	return &Adapter{c: apiclient.New(vmmadapter.Firecracker, socket, opts.CallTimeout), pci: opts.PCI}, nil
+	return &Adapter{c: apiclient.New(vmmadapter.Firecracker, socket, opts.CallTimeout), pci: opts.PCI, log: opts.Log()}, nil
 }
 
 // Close releases the adapter's resources.
@@ -102,32 +121,49 @@ func IfaceID(id string) string {
 	return string(b) + suffix
 }
 
-// mtuSupported: the mtu field exists from v1.16.0 on.
-func mtuSupported(v apiclient.Version) bool { return v.AtLeast(1, 16) }
+// mtuSupported: the mtu field exists from the v1.16.0 release on
+// (CHANGELOG 1.16.0, #5828); "1.16.0-dev" does not count.
+func mtuSupported(v apiclient.Version) bool { return v.ReleasedAtLeast(1, 16, 0) }
 
 // hotplugVersion: PUT after boot and DELETE exist from v1.16.0 on.
 func hotplugVersion(v apiclient.Version) bool { return v.AtLeast(1, 16) }
 
-func body(nic vmmadapter.NIC, v apiclient.Version, versionKnown bool) (networkInterface, error) {
+// guestDefaultMTU is what a virtio-net guest uses when the device
+// advertises no MTU (no VIRTIO_NET_F_MTU).
+const guestDefaultMTU = 1500
+
+// body returns the PUT body for nic and the notes to record with it.
+func body(nic vmmadapter.NIC, v apiclient.Version, versionKnown bool) (networkInterface, []string, error) {
 	if nic.Tap == "" {
-		return networkInterface{}, fmt.Errorf("firecracker: NIC %q without a TAP name", nic.ID)
+		return networkInterface{}, nil, fmt.Errorf("firecracker: NIC %q without a TAP name", nic.ID)
 	}
-	if nic.QueuePairs > 1 {
-		return networkInterface{}, fmt.Errorf("firecracker: NIC %q asks for %d queue pairs; Firecracker opens TAPs single-queue (use 1)", nic.ID, nic.QueuePairs)
-	}
-	if nic.MTU < 0 {
-		return networkInterface{}, fmt.Errorf("firecracker: NIC %q: negative MTU", nic.ID)
+	if err := vmmadapter.ValidateNIC(vmmadapter.Firecracker, nic); err != nil {
+		return networkInterface{}, nil, err
 	}
 	ni := networkInterface{IfaceID: IfaceID(nic.ID), HostDevName: nic.Tap, GuestMAC: nic.MAC}
+	var notes []string
 	if nic.MTU > 0 {
-		if versionKnown && mtuSupported(v) {
+		switch {
+		case versionKnown && mtuSupported(v):
 			ni.MTU = nic.MTU
-		} else {
-			slog.Debug("firecracker: mtu left out, this version does not accept the field (needs v1.16.0+)",
-				"nic", nic.ID, "mtu", nic.MTU)
+		case nic.MTU != guestDefaultMTU:
+			ver := "of unknown version"
+			if versionKnown {
+				ver = "v" + versionString(v)
+			}
+			notes = append(notes, fmt.Sprintf("Firecracker %s cannot advertise an MTU (the mtu field is new in v1.16.0): the guest will assume %d, not %d, unless it is set in the guest",
+				ver, guestDefaultMTU, nic.MTU))
 		}
 	}
-	return ni, nil
+	return ni, notes, nil
+}
+
+func versionString(v apiclient.Version) string {
+	s := strconv.Itoa(v.Major) + "." + strconv.Itoa(v.Minor) + "." + strconv.Itoa(v.Patch)
+	if v.Pre != "" {
+		s += "-" + v.Pre
+	}
+	return s
 }
 
 // NetworkInterfacesJSON returns the "network-interfaces" array of a
@@ -142,7 +178,7 @@ func NetworkInterfacesJSON(nics []vmmadapter.NIC, version string) ([]byte, error
 	out := make([]networkInterface, 0, len(nics))
 	seen := map[string]string{}
 	for _, nic := range nics {
-		ni, err := body(nic, v, known)
+		ni, _, err := body(nic, v, known)
 		if err != nil {
 			return nil, err
 		}
@@ -291,9 +327,19 @@ const (
 	whyNoPCI = "it was started without --enable-pci"
 )
 
+// NoteUnplug says what must happen before a running Firecracker's NIC can
+// be removed.
+const NoteUnplug = "Firecracker tears the device down without telling the guest: the guest must first remove it from its PCI bus (echo 1 > /sys/bus/pci/devices/<BDF>/remove), then the VM manager says so (vmnicctl guest-acked <sandbox> <ifname>) and the removal is retried"
+
+// NoteRescan is recorded with a NIC hot-added into a running Firecracker.
+const NoteRescan = "Firecracker sends the guest no hot-plug notification: the guest must rescan its PCI bus (echo 1 > /sys/bus/pci/rescan) to see this NIC"
+
 // AddNIC puts the interface before boot, or hot-adds it after boot on v1.16+
 // with PCI. Attachment.ID is the iface_id used (see IfaceID). After a hot-add
-// the guest must rescan its PCI bus (Firecracker sends no notification).
+// the guest must rescan its PCI bus (Firecracker sends no notification); the
+// Attachment's Notes say so. Before boot, a PUT that replaces an interface
+// with the same iface_id and fails is undone: the previous interface is put
+// back (Firecracker dropped it before trying the new one).
 func (a *Adapter) AddNIC(ctx context.Context, nic vmmadapter.NIC) (vmmadapter.Attachment, error) {
 	iface := IfaceID(nic.ID)
 	what := fmt.Sprintf("add NIC %q (iface_id %s, TAP %s)", nic.ID, iface, nic.Tap)
@@ -301,17 +347,23 @@ func (a *Adapter) AddNIC(ctx context.Context, nic vmmadapter.NIC) (vmmadapter.At
 	if err != nil {
 		return vmmadapter.Attachment{}, fmt.Errorf("%s: %w", what, err)
 	}
-	ni, err := body(nic, v, true)
+	ni, notes, err := body(nic, v, true)
 	if err != nil {
 		return vmmadapter.Attachment{}, err
 	}
 	hot := started(in)
+	var previous json.RawMessage
 	if hot {
 		switch {
 		case !hotplugVersion(v):
 			return vmmadapter.Attachment{}, a.unsupported(what, in.VMMVersion, whyOld)
 		case a.pciMode() == vmmadapter.PCIDisabled:
 			return vmmadapter.Attachment{}, a.unsupported(what, in.VMMVersion, whyNoPCI)
+		}
+	} else {
+		previous, err = a.current(ctx, iface)
+		if err != nil {
+			return vmmadapter.Attachment{}, fmt.Errorf("%s: %w", what, err)
 		}
 	}
 	path := "/network-interfaces/" + url.PathEscape(iface)
@@ -323,28 +375,93 @@ func (a *Adapter) AddNIC(ctx context.Context, nic vmmadapter.NIC) (vmmadapter.At
 	if resp.OK() {
 		if hot {
 			a.learn(vmmadapter.PCIEnabled)
+			notes = append(notes, NoteRescan)
 		}
-		return vmmadapter.Attachment{ID: iface, Hot: hot}, nil
+		for _, n := range notes {
+			a.log.Warn("firecracker: "+n, "nic", nic.ID, "iface_id", iface)
+		}
+		return vmmadapter.Attachment{ID: iface, Hot: hot, Note: strings.Join(notes, "; ")}, nil
 	}
 	apiErr := a.c.NewAPIError(call, resp)
+	err = a.classifyAdd(what, iface, in.VMMVersion, nic, apiErr)
+	if previous != nil {
+		err = a.restore(ctx, iface, previous, err)
+	}
+	return vmmadapter.Attachment{}, err
+}
+
+func (a *Adapter) classifyAdd(what, iface, ver string, nic vmmadapter.NIC, apiErr *apiclient.APIError) error {
 	switch {
 	case apiErr.Contains("PCI is not enabled"):
 		a.learn(vmmadapter.PCIDisabled)
-		return vmmadapter.Attachment{}, fmt.Errorf("%w (%s)", a.unsupported(what, in.VMMVersion, whyNoPCI), apiErr.Message())
+		return fmt.Errorf("%w (%s)", a.unsupported(what, ver, whyNoPCI), apiErr.Message())
 	case apiErr.Contains("not supported after starting"):
-		return vmmadapter.Attachment{}, fmt.Errorf("%w (%s)", a.unsupported(what, in.VMMVersion, whyOld), apiErr.Message())
+		return fmt.Errorf("%w (%s)", a.unsupported(what, ver, whyOld), apiErr.Message())
 	case apiErr.Contains("Device ID in use"):
-		return vmmadapter.Attachment{}, fmt.Errorf("%s: iface_id %s: %w: %w", what, iface, vmmadapter.ErrDeviceIDInUse, apiErr)
+		return fmt.Errorf("%s: iface_id %s: %w: %w", what, iface, vmmadapter.ErrDeviceIDInUse, apiErr)
 	case apiErr.Contains("resource busy", "os error 16", "EBUSY"):
-		return vmmadapter.Attachment{}, fmt.Errorf("%s: TAP %s: %w (another VMM holds it): %w", what, nic.Tap, vmmadapter.ErrTapBusy, apiErr)
+		return fmt.Errorf("%s: TAP %s: %w (another VMM holds it): %w", what, nic.Tap, vmmadapter.ErrTapBusy, apiErr)
 	}
-	return vmmadapter.Attachment{}, fmt.Errorf("%s: %w", what, apiErr)
+	return fmt.Errorf("%s: %w", what, apiErr)
 }
 
-// RemoveNIC deletes the interface from a running v1.16+ Firecracker with PCI
-// (the guest should have removed the PCI device first; DELETE is
-// synchronous, no eject wait). An id the VMM does not have is not an error.
-// Before boot, and on Firecrackers that cannot hot-unplug, the error wraps
+// current returns the pre-boot interface iface as GET /vm/config shows it
+// (its JSON object without null fields, ready to PUT again), or nil.
+func (a *Adapter) current(ctx context.Context, iface string) (json.RawMessage, error) {
+	resp, err := a.c.Call(ctx, http.MethodGet, "/vm/config", nil)
+	if err != nil {
+		return nil, err
+	}
+	if !resp.OK() {
+		return nil, a.c.NewAPIError("GET /vm/config", resp)
+	}
+	var cfg struct {
+		NetworkInterfaces []map[string]json.RawMessage `json:"network-interfaces"`
+	}
+	if err := json.Unmarshal(resp.Body, &cfg); err != nil {
+		return nil, a.badBody("GET /vm/config", resp, "FullVmConfiguration", err)
+	}
+	for _, n := range cfg.NetworkInterfaces {
+		var id string
+		if json.Unmarshal(n["iface_id"], &id) != nil || id != iface {
+			continue
+		}
+		// NetworkInterfaceConfig serialises unset options as null; the PUT
+		// (deny_unknown_fields, but nulls allowed) is kept minimal.
+		for k, v := range n {
+			if string(v) == "null" {
+				delete(n, k)
+			}
+		}
+		return json.Marshal(n)
+	}
+	return nil, nil
+}
+
+// restore puts the previous interface back after a failed replacing PUT.
+func (a *Adapter) restore(ctx context.Context, iface string, previous json.RawMessage, cause error) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.c.Timeout)
+	defer cancel()
+	path := "/network-interfaces/" + url.PathEscape(iface)
+	resp, err := a.c.Call(rctx, http.MethodPut, path, previous)
+	switch {
+	case err != nil:
+	case !resp.OK():
+		err = a.c.NewAPIError("PUT "+path, resp)
+	default:
+		return fmt.Errorf("%w (the previous interface %s was put back)", cause, iface)
+	}
+	a.log.Error("firecracker: the previous interface could not be put back after a failed replacement", "iface_id", iface, "error", err)
+	return errors.Join(cause, fmt.Errorf("put back the previous interface %s (Firecracker dropped it before the failed replacement): %w", iface, err))
+}
+
+// RemoveNIC deletes the interface from a running v1.16+ Firecracker with PCI.
+// DELETE is synchronous and Firecracker tells the guest nothing
+// (docs/device-hotplug.md), so it is sent only when ctx carries
+// vmmadapter.WithGuestAcked (the guest has removed the PCI device);
+// otherwise the error wraps vmmadapter.ErrGuestMustAct and says what the
+// guest must do. An id the VMM does not have is not an error. Before boot,
+// and on Firecrackers that cannot hot-unplug, the error wraps
 // vmmadapter.ErrHotplugUnsupported.
 func (a *Adapter) RemoveNIC(ctx context.Context, id string) error {
 	iface := IfaceID(id)
@@ -374,6 +491,8 @@ func (a *Adapter) RemoveNIC(ctx context.Context, id string) error {
 		return a.unsupported(what, in.VMMVersion, whyOld)
 	case a.pciMode() == vmmadapter.PCIDisabled:
 		return a.unsupported(what, in.VMMVersion, whyNoPCI)
+	case !vmmadapter.GuestAcked(ctx):
+		return fmt.Errorf("%s: %w: %s", what, vmmadapter.ErrGuestMustAct, NoteUnplug)
 	}
 	path := "/network-interfaces/" + url.PathEscape(iface)
 	call := "DELETE " + path

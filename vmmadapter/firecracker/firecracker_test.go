@@ -122,8 +122,12 @@ func TestAddNICBeforeBoot(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if att != (vmmadapter.Attachment{ID: "eth0"}) {
-				t.Fatalf("Attachment = %+v", att)
+			note := ""
+			if tt.version != "1.16.0" {
+				note = "Firecracker v" + tt.version + " cannot advertise an MTU (the mtu field is new in v1.16.0): the guest will assume 1500, not 1450, unless it is set in the guest"
+			}
+			if att != (vmmadapter.Attachment{ID: "eth0", Note: note}) {
+				t.Fatalf("Attachment = %+v, want note %q", att, note)
 			}
 			if n := s.CountCalls("PUT", "/network-interfaces/eth0"); n != 1 {
 				t.Fatalf("PUT sent %d times", n)
@@ -156,7 +160,7 @@ func TestAddNICSanitisedID(t *testing.T) {
 		t.Fatalf("NICs = %v, %v", ids, err)
 	}
 	// Removing by the original id or by the id used both work.
-	if err := a.RemoveNIC(context.Background(), "net-1"); err != nil {
+	if err := a.RemoveNIC(vmmadapter.WithGuestAcked(context.Background()), "net-1"); err != nil {
 		t.Fatal(err)
 	}
 	if s.CountCalls("DELETE", "/network-interfaces/"+want) != 1 || len(s.Interfaces()) != 0 {
@@ -192,7 +196,7 @@ func TestAddNICAfterBoot(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if att != (vmmadapter.Attachment{ID: "eth1", Hot: true}) {
+				if att != (vmmadapter.Attachment{ID: "eth1", Hot: true, Note: firecracker.NoteRescan}) {
 					t.Fatalf("Attachment = %+v", att)
 				}
 				if got := s.Interfaces(); len(got) != 1 || got[0].MTU != 1500 || !got[0].Hot {
@@ -316,7 +320,7 @@ func TestRemoveNIC(t *testing.T) {
 			if running == vmmsim.FCRunning {
 				s.Start()
 			}
-			err := a.RemoveNIC(context.Background(), "eth0")
+			err := a.RemoveNIC(vmmadapter.WithGuestAcked(context.Background()), "eth0")
 			if tt.is == nil && err != nil {
 				t.Fatal(err)
 			}

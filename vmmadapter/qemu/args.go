@@ -109,7 +109,7 @@ func Args(nics []vmmadapter.NIC) []string {
 			dev += fmt.Sprintf(",mq=on,vectors=%d", 2*q+2)
 		}
 		if nic.QueueSize > 0 {
-			dev += fmt.Sprintf(",rx_queue_size=%d,tx_queue_size=%d", nic.QueueSize, nic.QueueSize)
+			dev += fmt.Sprintf(",rx_queue_size=%d,tx_queue_size=%d", nic.QueueSize, txQueueSize(nic.QueueSize))
 		}
 		args = append(args, "-netdev", netdev, "-device", dev)
 	}
@@ -151,7 +151,31 @@ func deviceArgs(id string, nic vmmadapter.NIC) map[string]any {
 	}
 	if nic.QueueSize > 0 {
 		a["rx_queue_size"] = nic.QueueSize
-		a["tx_queue_size"] = nic.QueueSize
+		a["tx_queue_size"] = txQueueSize(nic.QueueSize)
 	}
 	return a
+}
+
+// txQueueSize is the tx ring QEMU gives a tap-backed virtio-net device:
+// hw/net/virtio-net.c virtio_net_max_tx_queue_size caps it at
+// VIRTIO_NET_TX_QUEUE_DEFAULT_SIZE (256) for any backend but vhost-user and
+// vDPA, so a larger request is asked for only up to that.
+func txQueueSize(rx int) int { return min(rx, vmmadapter.QEMUTapTxQueueSize) }
+
+// RootPortID is the id of the i-th PCIe root port RootPortArgs reserves.
+func RootPortID(i int) string { return fmt.Sprintf("vmnic-rp%d", i) }
+
+// MaxRootPorts bounds RootPortArgs (chassis numbers are 8-bit).
+const MaxRootPorts = 128
+
+// RootPortArgs returns "-device pcie-root-port,…" arguments for n root
+// ports (for a q35 machine), into which AddNIC places NICs so that they can
+// be hot-plugged and unplugged (pcie.0 itself takes neither). Each port has
+// its own chassis number so that chassis/slot pairs stay unique.
+func RootPortArgs(n int) []string {
+	var args []string
+	for i := 0; i < min(n, MaxRootPorts); i++ {
+		args = append(args, "-device", fmt.Sprintf("pcie-root-port,id=%s,bus=pcie.0,chassis=%d,slot=0", RootPortID(i), 0x40+i))
+	}
+	return args
 }

@@ -73,7 +73,7 @@ func TestArgs(t *testing.T) {
 			},
 			[]string{
 				"-netdev", "tap,id=netdev-net0,ifname=tap0,script=no,downscript=no,vhost=off,queues=2",
-				"-device", "virtio-net-pci,netdev=netdev-net0,id=net0,mac=02:00:00:00:00:01,host_mtu=1450,mq=on,vectors=6,rx_queue_size=1024,tx_queue_size=1024",
+				"-device", "virtio-net-pci,netdev=netdev-net0,id=net0,mac=02:00:00:00:00:01,host_mtu=1450,mq=on,vectors=6,rx_queue_size=1024,tx_queue_size=256",
 				"-netdev", "tap,id=netdev-net1,ifname=tap,,1,script=no,downscript=no,vhost=off",
 				"-device", "virtio-net-pci,netdev=netdev-net1,id=net1",
 			},

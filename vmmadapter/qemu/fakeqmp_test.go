@@ -162,13 +162,20 @@ type simQEMU struct {
 	devices       map[string]simDev // by id
 	netdevs       map[string]bool
 	failDeviceAdd string // desc of a GenericError for device_add
+	failNetdevAdd string // desc of a GenericError for netdev_add
 	eject         string // "after" (default), "before" (event precedes reply), "never", "silent" (no event)
 	unplugging    map[string]bool
+	// q35: the root bus is pcie.0, which refuses hot-plugged devices
+	// (QEMU: "Bus 'pcie.0' does not support hotplugging"); rootPorts are
+	// pcie-root-port devices, each a bus of its own that takes one device.
+	q35       bool
+	rootPorts []string
 }
 
 type simDev struct {
 	typ, netdev string
 	slot        int
+	bus         string
 }
 
 func newSim() *simQEMU {
@@ -185,6 +192,14 @@ func (s *simQEMU) handle(c *fakeConn, r fakeReq) {
 	case "query-status":
 		c.reply(r, map[string]any{"status": s.status, "running": s.status == "running", "singlestep": false})
 	case "qom-list":
+		if str("path") == "/machine" && (s.q35 || len(s.rootPorts) > 0) {
+			host := "child<i440FX-pcihost>"
+			if s.q35 {
+				host = "child<q35-pcihost>"
+			}
+			c.reply(r, []map[string]string{{"name": "type", "type": "string"}, {"name": "pcihost", "type": host}})
+			return
+		}
 		if str("path") != "/machine/peripheral" {
 			c.fail(r, "DeviceNotFound", "Device '"+str("path")+"' not found")
 			return
@@ -192,6 +207,9 @@ func (s *simQEMU) handle(c *fakeConn, r fakeReq) {
 		props := []map[string]string{{"name": "type", "type": "string"}}
 		for id, d := range s.devices {
 			props = append(props, map[string]string{"name": id, "type": "child<" + d.typ + ">"})
+		}
+		for _, p := range s.rootPorts {
+			props = append(props, map[string]string{"name": p, "type": "child<pcie-root-port>"})
 		}
 		c.reply(r, props)
 	case "qom-get":
@@ -204,6 +222,10 @@ func (s *simQEMU) handle(c *fakeConn, r fakeReq) {
 		c.reply(r, d.netdev)
 	case "netdev_add":
 		id := str("id")
+		if s.failNetdevAdd != "" {
+			c.fail(r, "GenericError", s.failNetdevAdd)
+			return
+		}
 		if s.netdevs[id] {
 			c.fail(r, "GenericError", fmt.Sprintf("Duplicate ID '%s' for netdev", id))
 			return
@@ -224,7 +246,18 @@ func (s *simQEMU) handle(c *fakeConn, r fakeReq) {
 			c.fail(r, "GenericError", "Property 'virtio-net-pci.netdev' can't find value '"+str("netdev")+"'")
 			return
 		}
-		s.devices[id] = simDev{typ: str("driver"), netdev: str("netdev"), slot: 3 + len(s.devices)}
+		bus := str("bus")
+		if bus == "" && s.q35 && s.status == "running" {
+			c.fail(r, "GenericError", "Bus 'pcie.0' does not support hotplugging")
+			return
+		}
+		for _, d := range s.devices {
+			if bus != "" && d.bus == bus {
+				c.fail(r, "GenericError", "PCI: slot 0 function 0 not available for virtio-net-pci, in use by virtio-net-pci,id=x")
+				return
+			}
+		}
+		s.devices[id] = simDev{typ: str("driver"), netdev: str("netdev"), slot: 3 + len(s.devices), bus: bus}
 		c.reply(r, map[string]any{})
 	case "device_del":
 		id := str("id")
@@ -285,8 +318,18 @@ func (s *simQEMU) handle(c *fakeConn, r fakeReq) {
 			ids = append(ids, id)
 		}
 		sort.Strings(ids)
+		behind := map[string][]map[string]any{}
 		for _, id := range ids {
-			devs = append(devs, map[string]any{"bus": 0, "slot": s.devices[id].slot, "function": 0, "qdev_id": id})
+			d := s.devices[id]
+			if d.bus != "" {
+				behind[d.bus] = append(behind[d.bus], map[string]any{"bus": 1, "slot": 0, "function": 0, "qdev_id": id})
+				continue
+			}
+			devs = append(devs, map[string]any{"bus": 0, "slot": d.slot, "function": 0, "qdev_id": id})
+		}
+		for i, p := range s.rootPorts {
+			devs = append(devs, map[string]any{"bus": 0, "slot": 20 + i, "function": 0, "qdev_id": p,
+				"pci_bridge": map[string]any{"bus": map[string]any{"number": 1 + i}, "devices": append([]map[string]any{}, behind[p]...)}})
 		}
 		c.reply(r, []map[string]any{{"bus": 0, "devices": devs}})
 	default:

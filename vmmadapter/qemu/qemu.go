@@ -12,6 +12,25 @@
 // QEMU serves one QMP client per socket at a time: an adapter holds the
 // connection until Close, and a second client meanwhile gets no greeting
 // (a bounded error here, never a hang).
+//
+// Placement: device_add without bus= puts a device on the machine's first
+// PCI bus. On pc (i440fx) that is pci.0, which takes ACPI hot-plug; on q35
+// it is pcie.0, a root complex that refuses hot-plug ("Bus 'pcie.0' does
+// not support hotplugging", hw/pci/pcie.c / qdev_device_add). So a NIC goes
+// onto a free PCIe root port (a pcie-root-port with nothing behind it,
+// found through qom-list and query-pci) whenever the machine has one, cold
+// or hot, so that it can be unplugged later; a hot-add on a PCIe machine
+// without a free root port fails with ErrNoFreeRootPort. Launchers reserve
+// root ports with RootPortArgs (vmnicctl vmm-args --kind qemu
+// --root-ports N), as Kata Containers does with its pcie_root_port setting.
+//
+// Unplug: QEMU refuses a second device_del while the first is pending
+// ("already in the process of unplug", system/qdev-monitor.c
+// qmp_device_del) until pending_deleted_expires_ms, which the PCIe and ACPI
+// hot-plug paths set 5 s after the request (hw/pci/pcie.c
+// pcie_cap_slot_unplug_request_cb, hw/acpi/pcihp.c); after that QEMU
+// expects management to ask again, so RemoveNIC re-sends device_del every
+// unplugResend while it waits.
 package qemu
 
 import (
@@ -32,7 +51,14 @@ const (
 	// removePoll is how often RemoveNIC also looks at the device tree while
 	// it waits for DEVICE_DELETED (covers a reconnect or an earlier device_del).
 	removePoll = time.Second
+	// unplugResend is QEMU's pending-unplug expiry (5 s of virtual time)
+	// plus a margin: device_del is sent again after it.
+	unplugResend = 5500 * time.Millisecond
 )
+
+// ErrNoFreeRootPort: the machine's root bus is PCI Express (q35), which
+// takes no hot-plugged device, and every PCIe root port is taken.
+var ErrNoFreeRootPort = errors.New("no free PCIe root port to hot-plug the NIC into (the q35 root bus pcie.0 does not take hot-plugged devices); start QEMU with spare root ports (vmnicctl vmm-args --kind qemu --root-ports N)")
 
 // ErrRemoveBeforeBoot: QEMU has not started the guest (-S, status
 // prelaunch). It removes a PCI device only when the guest ejects it, and a
@@ -45,6 +71,7 @@ var ErrRemoveBeforeBoot = errors.New("the guest has not started: QEMU can remove
 type Adapter struct {
 	socket string
 	opts   vmmadapter.Options
+	resend time.Duration // device_del is sent again after this; unplugResend
 
 	mu     sync.Mutex
 	qc     *conn
@@ -67,7 +94,7 @@ func Open(socket string, opts vmmadapter.Options) (*Adapter, error) {
 		return nil, errors.New("qemu: no QMP socket path")
 	}
 	opts = opts.WithDefaults()
-	a := &Adapter{socket: socket, opts: opts}
+	a := &Adapter{socket: socket, opts: opts, resend: unplugResend}
 	ctx, cancel := context.WithTimeout(context.Background(), opts.CallTimeout)
 	defer cancel()
 	if _, err := a.conn(ctx); err != nil {
@@ -170,6 +197,9 @@ func (a *Adapter) AddNIC(ctx context.Context, nic vmmadapter.NIC) (vmmadapter.At
 			return vmmadapter.Attachment{}, fmt.Errorf("qemu add nic: bad MAC %q", nic.MAC)
 		}
 	}
+	if err := vmmadapter.ValidateNIC(vmmadapter.QEMU, nic); err != nil {
+		return vmmadapter.Attachment{}, err
+	}
 	id := nicID(nic)
 	fail := func(err error) (vmmadapter.Attachment, error) {
 		return vmmadapter.Attachment{}, fmt.Errorf("qemu add nic %s (tap %s): %w", id, nic.Tap, err)
@@ -183,7 +213,11 @@ func (a *Adapter) AddNIC(ctx context.Context, nic vmmadapter.NIC) (vmmadapter.At
 		return fail(err)
 	}
 	if typ, ok := devs[id]; ok {
-		return fail(fmt.Errorf("device id already in use (by a %s)", typ))
+		return fail(fmt.Errorf("%w (by a %s; a removed NIC stays until the guest ejects it)", vmmadapter.ErrDeviceIDInUse, typ))
+	}
+	bus, err := a.placeNIC(ctx, booted, devs)
+	if err != nil {
+		return fail(err)
 	}
 
 	err = a.Execute(ctx, "netdev_add", netdevArgs(id, nic), nil)
@@ -195,11 +229,23 @@ func (a *Adapter) AddNIC(ctx context.Context, nic vmmadapter.NIC) (vmmadapter.At
 		}
 	}
 	if err != nil {
+		if errors.As(err, &qe) && strings.Contains(qe.Desc, "Device or resource busy") {
+			// net/tap-linux.c tap_open: TUNSETIFF on a single-queue TAP
+			// another process holds.
+			err = fmt.Errorf("%w: %w", vmmadapter.ErrTapBusy, err)
+		}
 		return fail(err)
 	}
-	if err := a.Execute(ctx, "device_add", deviceArgs(id, nic), nil); err != nil {
-		if booted && errors.As(err, &qe) && strings.Contains(qe.Desc, "hotplug") {
+	dargs := deviceArgs(id, nic)
+	if bus != "" {
+		dargs["bus"] = bus
+	}
+	if err := a.Execute(ctx, "device_add", dargs, nil); err != nil {
+		switch {
+		case booted && errors.As(err, &qe) && strings.Contains(qe.Desc, "hotplug"):
 			err = fmt.Errorf("%w: %w", vmmadapter.ErrHotplugUnsupported, err)
+		case errors.As(err, &qe) && strings.Contains(qe.Desc, "Duplicate"):
+			err = fmt.Errorf("%w: %w", vmmadapter.ErrDeviceIDInUse, err)
 		}
 		// Roll back even when ctx has ended.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.opts.CallTimeout)
@@ -300,6 +346,7 @@ func (a *Adapter) unplug(ctx context.Context, id string) error {
 	}
 	tick := time.NewTicker(min(removePoll, a.opts.RemoveTimeout/5))
 	defer tick.Stop()
+	lastSend := time.Now()
 	for {
 		select {
 		case <-sub.ch:
@@ -309,6 +356,15 @@ func (a *Adapter) unplug(ctx context.Context, id string) error {
 				return nil
 			} else if errors.Is(err, vmmadapter.ErrUnavailable) {
 				return fmt.Errorf("wait for DEVICE_DELETED: %w", err)
+			}
+			if time.Since(lastSend) >= a.resend {
+				// The pending unplug has expired: ask again, as QEMU expects
+				// (the guest may have missed the first notification).
+				lastSend = time.Now()
+				err := a.Execute(wctx, "device_del", map[string]any{"id": id}, nil)
+				if errors.As(err, &qe) && qe.Class == "DeviceNotFound" {
+					return nil
+				}
 			}
 		case <-wctx.Done():
 			if ctx.Err() != nil {
@@ -321,8 +377,8 @@ func (a *Adapter) unplug(ctx context.Context, id string) error {
 			if ok {
 				return nil
 			}
-			return fmt.Errorf("guest did not release the device within %s (no DEVICE_DELETED): %w",
-				a.opts.RemoveTimeout, wctx.Err())
+			return fmt.Errorf("guest did not release the device within %s (no DEVICE_DELETED; the unplug stays pending and a later remove waits for it again): %w",
+				a.opts.RemoveTimeout, vmmadapter.ErrEjectTimeout)
 		}
 	}
 }
@@ -424,4 +480,90 @@ func (a *Adapter) bdf(ctx context.Context, id string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("device %s not in query-pci", id)
+}
+
+// rootPortTypes are QEMU's PCIe root port models.
+var rootPortTypes = map[string]bool{"pcie-root-port": true, "ioh3420": true}
+
+// placeNIC returns the bus for a new NIC: a free PCIe root port when the
+// machine has one (so the NIC can be unplugged later), "" for QEMU's
+// default placement otherwise. A hot-add on a PCIe root complex (q35)
+// without a free root port is ErrNoFreeRootPort.
+func (a *Adapter) placeNIC(ctx context.Context, booted bool, devs map[string]string) (string, error) {
+	var ports []string
+	for id, typ := range devs {
+		if rootPortTypes[typ] {
+			ports = append(ports, id)
+		}
+	}
+	sort.Strings(ports)
+	if len(ports) > 0 {
+		used, err := a.portsInUse(ctx)
+		if err != nil {
+			return "", err
+		}
+		for _, p := range ports {
+			if !used[p] {
+				return p, nil
+			}
+		}
+	}
+	if !booted {
+		return "", nil // cold: the root bus takes it (it cannot be hot-removed on q35)
+	}
+	pcie, err := a.pcieRoot(ctx)
+	if err != nil {
+		return "", err
+	}
+	if pcie {
+		return "", fmt.Errorf("%w (%d root ports, all in use)", ErrNoFreeRootPort, len(ports))
+	}
+	return "", nil
+}
+
+// portsInUse reports which bridges (by qdev id) have a device behind them.
+func (a *Adapter) portsInUse(ctx context.Context) (map[string]bool, error) {
+	var buses []struct {
+		Devices []pciDevice `json:"devices"`
+	}
+	if err := a.Execute(ctx, "query-pci", nil, &buses); err != nil {
+		return nil, err
+	}
+	used := map[string]bool{}
+	var walk func([]pciDevice)
+	walk = func(devs []pciDevice) {
+		for _, d := range devs {
+			if d.PCIBridge != nil {
+				if d.QdevID != "" && len(d.PCIBridge.Devices) > 0 {
+					used[d.QdevID] = true
+				}
+				walk(d.PCIBridge.Devices)
+			}
+		}
+	}
+	for _, b := range buses {
+		walk(b.Devices)
+	}
+	return used, nil
+}
+
+// pcieRoot reports whether the machine's root bus is PCI Express: its
+// host bridge is q35's (or ARM virt's GPEX), seen in qom-list /machine.
+func (a *Adapter) pcieRoot(ctx context.Context) (bool, error) {
+	var props []struct {
+		Type string `json:"type"`
+	}
+	if err := a.Execute(ctx, "qom-list", map[string]any{"path": "/machine"}, &props); err != nil {
+		var qe *Error
+		if errors.As(err, &qe) {
+			return false, nil // cannot tell: let device_add decide
+		}
+		return false, err
+	}
+	for _, p := range props {
+		if p.Type == "child<q35-pcihost>" || p.Type == "child<gpex-pcihost>" {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -102,7 +103,7 @@ func TestAddNIC(t *testing.T) {
 				"script": "no", "downscript": "no", "vhost": false, "queues": 4},
 			wantDevice: map[string]any{"driver": "virtio-net-pci", "id": SanitizeID("pod/eth1"),
 				"netdev": NetdevID(SanitizeID("pod/eth1")), "mac": "02:00:00:00:00:02", "host_mtu": 9000,
-				"mq": true, "vectors": 10, "rx_queue_size": 512, "tx_queue_size": 512},
+				"mq": true, "vectors": 10, "rx_queue_size": 512, "tx_queue_size": 256},
 		},
 		{
 			name:   "no id: named after the tap",
@@ -154,7 +155,7 @@ func TestAddNICErrors(t *testing.T) {
 			setup:    func(s *simQEMU) { s.failDeviceAdd = "boom" },
 			nic:      vmmadapter.NIC{ID: "net0", Tap: "tap0"},
 			wantErr:  "qmp device_add: GenericError: boom",
-			wantCmds: []string{"query-status", "qom-list", "netdev_add", "device_add", "netdev_del"},
+			wantCmds: []string{"query-status", "qom-list", "qom-list", "netdev_add", "device_add", "netdev_del"},
 		},
 		{
 			name:     "no hotplug on this bus",
@@ -162,7 +163,7 @@ func TestAddNICErrors(t *testing.T) {
 			nic:      vmmadapter.NIC{ID: "net0", Tap: "tap0"},
 			wantErr:  "does not support hotplugging",
 			wantIs:   vmmadapter.ErrHotplugUnsupported,
-			wantCmds: []string{"query-status", "qom-list", "netdev_add", "device_add", "netdev_del"},
+			wantCmds: []string{"query-status", "qom-list", "qom-list", "netdev_add", "device_add", "netdev_del"},
 		},
 		{
 			name: "id in use",
@@ -172,8 +173,29 @@ func TestAddNICErrors(t *testing.T) {
 			},
 			nic:         vmmadapter.NIC{ID: "net0", Tap: "tap0"},
 			wantErr:     "device id already in use",
+			wantIs:      vmmadapter.ErrDeviceIDInUse,
 			wantCmds:    []string{"query-status", "qom-list"},
 			wantNetdevs: 1,
+		},
+		{
+			name:     "tap busy",
+			setup:    func(s *simQEMU) { s.failNetdevAdd = "could not configure /dev/net/tun (tap0): Device or resource busy" },
+			nic:      vmmadapter.NIC{ID: "net0", Tap: "tap0"},
+			wantErr:  "Device or resource busy",
+			wantIs:   vmmadapter.ErrTapBusy,
+			wantCmds: []string{"query-status", "qom-list", "qom-list", "netdev_add"},
+		},
+		{
+			name:     "queue size below 256",
+			nic:      vmmadapter.NIC{ID: "net0", Tap: "tap0", QueueSize: 128},
+			wantErr:  "queueSize 128: QEMU's virtio-net takes a power of two from 256 to 1024",
+			wantCmds: nil,
+		},
+		{
+			name:     "queue size above 1024",
+			nic:      vmmadapter.NIC{ID: "net0", Tap: "tap0", QueueSize: 2048},
+			wantErr:  "queueSize 2048",
+			wantCmds: nil,
 		},
 		{
 			name:     "bad MAC",
@@ -221,7 +243,7 @@ func TestAddNICStaleNetdev(t *testing.T) {
 	if _, err := a.AddNIC(context.Background(), vmmadapter.NIC{ID: "net0", Tap: "tap0"}); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"query-status", "qom-list", "netdev_add", "netdev_del", "netdev_add", "device_add", "query-pci"}
+	want := []string{"query-status", "qom-list", "qom-list", "netdev_add", "netdev_del", "netdev_add", "device_add", "query-pci"}
 	if got := f.commands(); !slices.Equal(got, want) {
 		t.Errorf("commands %v, want %v", got, want)
 	}
@@ -259,7 +281,7 @@ func TestRemoveNIC(t *testing.T) {
 			setup:    func(s *simQEMU) { s.eject = "never" },
 			id:       "net0",
 			wantErr:  "no DEVICE_DELETED",
-			wantIs:   context.DeadlineExceeded,
+			wantIs:   vmmadapter.ErrEjectTimeout,
 			wantLeft: 1,
 		},
 		{
@@ -610,5 +632,76 @@ func TestErrorString(t *testing.T) {
 	e := &Error{Command: "device_add", Class: "GenericError", Desc: "Duplicate device ID 'net0'"}
 	if got, want := e.Error(), "qmp device_add: GenericError: Duplicate device ID 'net0'"; got != want {
 		t.Errorf("%q, want %q", got, want)
+	}
+}
+
+// TestRemoveNICEjectTimeoutAndResend: a guest that never ejects makes
+// RemoveNIC fail with the shared ErrEjectTimeout, after device_del was sent
+// again once QEMU's pending unplug expired.
+func TestRemoveNICEjectTimeoutAndResend(t *testing.T) {
+	s := newSim()
+	s.eject = "never"
+	a, f := openSim(t, s, vmmadapter.Options{CallTimeout: 300 * time.Millisecond, RemoveTimeout: 1500 * time.Millisecond})
+	a.resend = 300 * time.Millisecond
+	if _, err := a.AddNIC(context.Background(), vmmadapter.NIC{ID: "net0", Tap: "tap0"}); err != nil {
+		t.Fatal(err)
+	}
+	err := a.RemoveNIC(context.Background(), "net0")
+	if !errors.Is(err, vmmadapter.ErrEjectTimeout) {
+		t.Fatalf("RemoveNIC = %v, want ErrEjectTimeout", err)
+	}
+	n := 0
+	for _, c := range f.commands() {
+		if c == "device_del" {
+			n++
+		}
+	}
+	if n < 2 {
+		t.Fatalf("device_del sent %d times, want a re-send after the pending unplug expired", n)
+	}
+}
+
+// TestRootPortPlacement: on a q35 machine NICs go onto free PCIe root
+// ports; with none free a hot-add fails with ErrNoFreeRootPort and leaves
+// no netdev; on pc nothing changes.
+func TestRootPortPlacement(t *testing.T) {
+	s := newSim()
+	s.q35 = true
+	s.rootPorts = []string{"rp0", "rp1"}
+	a, _ := openSim(t, s, fast)
+	for i, want := range []string{"rp0", "rp1"} {
+		id := fmt.Sprintf("n%d", i)
+		if _, err := a.AddNIC(context.Background(), vmmadapter.NIC{ID: id, Tap: "tap" + id}); err != nil {
+			t.Fatal(err)
+		}
+		if got := s.devices[id].bus; got != want {
+			t.Fatalf("%s on bus %q, want %s", id, got, want)
+		}
+	}
+	_, err := a.AddNIC(context.Background(), vmmadapter.NIC{ID: "n2", Tap: "tapn2"})
+	if !errors.Is(err, ErrNoFreeRootPort) || !strings.Contains(err.Error(), "--root-ports") {
+		t.Fatalf("third AddNIC = %v, want ErrNoFreeRootPort", err)
+	}
+	if s.netdevs["netdev-n2"] {
+		t.Fatal("netdev left behind by the refused add")
+	}
+	if err := a.RemoveNIC(context.Background(), "n0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.AddNIC(context.Background(), vmmadapter.NIC{ID: "n2", Tap: "tapn2"}); err != nil || s.devices["n2"].bus != "rp0" {
+		t.Fatalf("AddNIC into the freed port: %v, bus %q", err, s.devices["n2"].bus)
+	}
+
+	// q35 without root ports: a clear error instead of QEMU's refusal.
+	s2 := newSim()
+	s2.q35 = true
+	a2, _ := openSim(t, s2, fast)
+	if _, err := a2.AddNIC(context.Background(), vmmadapter.NIC{ID: "n0", Tap: "tap0"}); !errors.Is(err, ErrNoFreeRootPort) {
+		t.Fatalf("q35 without root ports: %v", err)
+	}
+	// Cold (prelaunch) on q35 without ports: the root bus takes it.
+	s2.status = "prelaunch"
+	if _, err := a2.AddNIC(context.Background(), vmmadapter.NIC{ID: "n0", Tap: "tap0"}); err != nil || s2.devices["n0"].bus != "" {
+		t.Fatalf("cold add on q35: %v", err)
 	}
 }

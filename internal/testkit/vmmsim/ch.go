@@ -25,6 +25,9 @@ const (
 	CHShutdown   CHState = "Shutdown"
 )
 
+// chMinMTU is Cloud Hypervisor's MIN_MTU (virtio-devices/src/net.rs).
+const chMinMTU = 1280
+
 // CHMain is the Version to give for Cloud Hypervisor main after v53 (Cargo
 // version 54): 404/409 status codes, remove-device retryable again.
 const CHMain = 54
@@ -44,6 +47,17 @@ type CHConfig struct {
 	// NoSpec disables spec validation (it is also off when the spec files
 	// are absent).
 	NoSpec bool
+	// CapNetAdmin: the VMM runs with CAP_NET_ADMIN. Without it (the default,
+	// the case tapOwner/tapGroup exist for) every SIOCSIF* ioctl CH issues
+	// on the TAP fails with EPERM; CH issues SIOCSIFMTU whenever the
+	// NetConfig carries mtu, even when the value is unchanged
+	// (net_util/src/open_tap.rs open_tap_rx_q_0, net_util/src/tap.rs set_mtu).
+	CapNetAdmin bool
+	// IgnoreFirstNotify: the guest misses the first ACPI GED notification
+	// of a removal (a guest under heavy load; upstream commit 35b9703e1
+	// "vmm: Make device removal retryable"), so the device is ejected only
+	// after remove-device has been sent again (where CH allows that).
+	IgnoreFirstNotify bool
 }
 
 // CHNet is one entry of the simulated VM's config.net.
@@ -59,6 +73,13 @@ type chDevice struct {
 	ejectAt time.Time // zero while attached
 	never   bool      // removed, and the guest never ejects
 	removed bool
+	missed  bool // removed, and the guest missed the notification
+}
+
+// chTap is a TAP that exists in the simulated VMM's netns, with the
+// IFF_MULTI_QUEUE flag that /sys/class/net/<tap>/tun_flags shows.
+type chTap struct {
+	multiQueue bool
 }
 
 // CH is a simulated Cloud Hypervisor API server.
@@ -72,6 +93,7 @@ type CH struct {
 	netSeq   int
 	macSeq   int
 	held     map[string]bool
+	taps     map[string]chTap
 	removes  map[string]int
 	renotify map[string]int
 }
@@ -106,7 +128,7 @@ func StartCH(socket string, cfg CHConfig) (*CH, error) {
 	c := &CH{
 		cfg: cfg, state: cfg.State,
 		devices: map[string]*chDevice{}, slots: map[int]bool{},
-		held: map[string]bool{}, removes: map[string]int{}, renotify: map[string]int{},
+		held: map[string]bool{}, taps: map[string]chTap{}, removes: map[string]int{}, renotify: map[string]int{},
 	}
 	srv, err := newServer("cloud-hypervisor", socket, spec, specErr, nil)
 	if err != nil {
@@ -168,6 +190,34 @@ func (c *CH) HoldTap(name string) {
 	c.held[name] = true
 }
 
+// AddTap makes a TAP exist in the VMM's netns with the given multi-queue
+// flag, so CH's check_mq_support (net_util/src/open_tap.rs) compares it with
+// the NIC's queue pairs. TAPs not added this way do not exist in sysfs and
+// are not checked, as upstream skips the check for a missing sysfs entry.
+func (c *CH) AddTap(name string, multiQueue bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.taps[name] = chTap{multiQueue: multiQueue}
+}
+
+// Pause pauses a running VM (as vm.pause would).
+func (c *CH) Pause() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == CHRunning {
+		c.state = CHPaused
+	}
+}
+
+// Resume resumes a paused VM (as vm.resume would).
+func (c *CH) Resume() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == CHPaused {
+		c.state = CHRunning
+	}
+}
+
 // SetEjectDelay changes the eject delay for later removals.
 func (c *CH) SetEjectDelay(d time.Duration) {
 	c.mu.Lock()
@@ -210,7 +260,7 @@ func (c *CH) boot() []string {
 		return []string{"Error from API", "The VM could not boot", "VM is not created or already booted"}
 	}
 	for _, n := range c.net {
-		if msgs := c.openTap(n); msgs != nil {
+		if msgs := c.openTap(n, n.MTU > 0); msgs != nil {
 			return append([]string{"Error from API", "The VM could not boot", "Error from device manager"}, msgs[3:]...)
 		}
 	}
@@ -225,10 +275,17 @@ func (c *CH) booted() bool {
 	return c.state == CHRunning || c.state == CHPaused
 }
 
+// ejectDue lets the guest eject the removed devices whose time has come. A
+// paused guest runs no vCPU, so it handles no ACPI notification and ejects
+// nothing until it is resumed (the eject is the guest's _EJ0 call that
+// reaches DeviceManager::eject_device, vmm/src/device_manager.rs).
 func (c *CH) ejectDue() {
+	if c.state != CHRunning {
+		return
+	}
 	now := time.Now()
 	for id, d := range c.devices {
-		if d.removed && !d.never && !now.Before(d.ejectAt) {
+		if d.removed && !d.never && !d.missed && !now.Before(d.ejectAt) {
 			c.drop(id)
 		}
 	}
@@ -254,20 +311,44 @@ func (c *CH) attach(n CHNet) *chDevice {
 	return d
 }
 
-// openTap fails like CH when the TAP is held (EBUSY).
-func (c *CH) openTap(n CHNet) []string {
+// openTap fails like CH's open_tap (net_util/src/open_tap.rs) and the
+// kernel's TUNSETIFF (drivers/net/tun.c tun_set_iff/tun_attach) would:
+//   - check_mq_support: a TAP that exists with IFF_MULTI_QUEUE while the NIC
+//     has one queue pair, or the other way round, is refused before any open;
+//   - a single-queue TAP accepts one queue only: busy (EBUSY) while another
+//     process or a not yet ejected device holds it; a multi-queue TAP
+//     accepts further queues;
+//   - SIOCSIFMTU when the NetConfig has mtu, which needs CAP_NET_ADMIN
+//     (EPERM otherwise), whatever the value.
+func (c *CH) openTap(n CHNet, mtuGiven bool) []string {
+	pre := []string{"Error from API", "The network device could not be added to the VM", "Error from device manager",
+		"Cannot create virtio-net device", "Failed to open taps"}
+	wantMQ := n.NumQueues/2 > 1
+	tap, exists := c.taps[n.Tap]
+	switch {
+	case exists && tap.multiQueue && !wantMQ:
+		return append(pre, "Error related to the multiqueue support (no support device side)")
+	case exists && !tap.multiQueue && wantMQ:
+		return append(pre, "Error related to the multiqueue support (no support TAP side)")
+	}
+	mq := wantMQ
+	if exists {
+		mq = tap.multiQueue
+	}
 	busy := c.held[n.Tap]
 	for _, d := range c.devices {
 		if d.net.Tap == n.Tap {
 			busy = true
 		}
 	}
-	if !busy {
-		return nil
+	if busy && !mq {
+		return append(pre, "Open tap device failed", "Unable to configure tap interface", "Device or resource busy (os error 16)")
 	}
-	return []string{"Error from API", "The network device could not be added to the VM", "Error from device manager",
-		"Cannot create virtio-net device", "Failed to open taps", "Open tap device failed",
-		"Unable to configure tap interface", "Device or resource busy (os error 16)"}
+	if mtuGiven && !c.cfg.CapNetAdmin {
+		// SIOCSIFMTU = 0x8922; TapError::IoctlError shows the request number.
+		return append(pre, "Setting MTU failed", "Ioctl failed (35106)", "Operation not permitted (os error 1)")
+	}
+	return nil
 }
 
 // status maps an error class to the version's HTTP status (reference §1.2).
@@ -362,9 +443,76 @@ func (c *CH) handle(w *reply, r *http.Request, body []byte) {
 		}
 		c.state = CHCreated
 		w.empty(http.StatusNoContent)
+	case "vm.pause", "vm.resume", "vm.shutdown", "vm.delete":
+		if hasBody {
+			c.fail(w, "bad-request", "This endpoint does not take a body")
+			return
+		}
+		c.lifecycle(w, ep)
 	default:
 		w.empty(http.StatusNoContent)
 	}
+}
+
+// lifecycle serves vm.pause, vm.resume, vm.shutdown and vm.delete as
+// vmm/src/lib.rs does (vm_pause, vm_resume, vm_shutdown, vm_delete; the
+// state rules are VmState::valid_transition in vmm/src/vm.rs):
+//   - pause: Running → Paused; resume: Paused → Running; otherwise
+//     "VM is not running" without a VM, InvalidStateTransition with one.
+//   - shutdown: the booted VM is dropped (VmOwnership::None): its devices
+//     and TAP queues are released, the config (with its NICs) stays and
+//     vm.info reports "Created", so vm.boot can boot it again.
+//   - delete: shuts a booted VM down first, then drops the config; deleting
+//     when there is no VM is a no-op success.
+func (c *CH) lifecycle(w *reply, ep string) {
+	tops := map[string]string{
+		"vm.pause": "The VM could not be paused", "vm.resume": "The VM could not resume",
+		"vm.shutdown": "The VM could not shutdown", "vm.delete": "The VM could not be deleted",
+	}
+	top := tops[ep]
+	switch ep {
+	case "vm.pause", "vm.resume":
+		from, to := CHRunning, CHPaused
+		if ep == "vm.resume" {
+			from, to = CHPaused, CHRunning
+		}
+		switch {
+		case !c.booted():
+			c.fail(w, "other", "Error from API", top, "VM is not running")
+			return
+		case c.state != from:
+			// VmError::Pause/Resume wrapping Error::InvalidStateTransition.
+			verb := map[string]string{"vm.pause": "Cannot pause VM", "vm.resume": "Cannot resume VM"}[ep]
+			c.fail(w, "other", "Error from API", top, verb, fmt.Sprintf("invalid VM state transition: %s to %s", c.state, to))
+			return
+		}
+		c.state = to
+	case "vm.shutdown":
+		if !c.booted() {
+			c.fail(w, "other", "Error from API", top, "VM is not running")
+			return
+		}
+		c.shutdown()
+	case "vm.delete":
+		if c.state == CHNotCreated {
+			break
+		}
+		if c.booted() {
+			c.shutdown()
+		}
+		c.net = nil
+		c.state = CHNotCreated
+	}
+	w.empty(http.StatusNoContent)
+}
+
+// shutdown drops the running VM: every device (and so every TAP queue) goes,
+// pending removals included; the config stays.
+func (c *CH) shutdown() {
+	for id := range c.devices {
+		c.drop(id)
+	}
+	c.state = CHCreated
 }
 
 // chNetBody is NetConfig as the server reads it: unknown fields ignored.
@@ -423,8 +571,10 @@ func (c *CH) addNet(w *reply, body []byte) {
 	case c.cfg.Version >= 49 && (n.IP == "") != (n.Mask == ""):
 		invalid("IP address provided without a netmask, or the other way round")
 		return
-	case b.MTU != nil && n.MTU < 68:
-		invalid(fmt.Sprintf("MTU %d is below the minimum 68", n.MTU))
+	case b.MTU != nil && n.MTU < chMinMTU:
+		// vmm/src/config.rs NetConfig::validate, ValidationError::InvalidMtu;
+		// MIN_MTU is virtio-devices/src/net.rs's 1280.
+		invalid(fmt.Sprintf("Provided MTU %d is lower than 1280 (expected by VIRTIO specification)", n.MTU))
 		return
 	case strings.HasPrefix(n.ID, "__"):
 		invalid(fmt.Sprintf("Identifier %s is reserved", n.ID))
@@ -459,7 +609,7 @@ func (c *CH) addNet(w *reply, body []byte) {
 		w.empty(http.StatusNoContent)
 		return
 	}
-	if msgs := c.openTap(n); msgs != nil {
+	if msgs := c.openTap(n, b.MTU != nil); msgs != nil {
 		c.fail(w, "other", msgs...)
 		return
 	}
@@ -510,7 +660,9 @@ func (c *CH) removeDevice(w *reply, body []byte) {
 	if !c.booted() {
 		// Config-only edit before boot.
 		if !c.hasNet(id) {
-			c.fail(w, "no-device", "Error from API", top, fmt.Sprintf("No device to remove with id %s", id))
+			// vmm/src/lib.rs vm_remove_device → VmError::NoDeviceToRemove,
+			// "No device with id {0:?} to remove" (vmm/src/vm.rs).
+			c.fail(w, "no-device", "Error from API", top, fmt.Sprintf("No device with id %q to remove", id))
 			return
 		}
 		c.dropNet(id)
@@ -519,29 +671,54 @@ func (c *CH) removeDevice(w *reply, body []byte) {
 	}
 	d := c.devices[id]
 	if d == nil {
-		c.fail(w, "no-device", "Error from API", top, "Error from device manager", fmt.Sprintf("Unknown device identifier %s", id))
+		c.fail(w, "no-device", "Error from API", top, "Error from device manager", c.unknownDevice(id))
 		return
 	}
 	if d.removed { // second remove while the eject is pending
 		switch v := c.cfg.Version; {
 		case v >= 49 && v <= 52:
+			// PR #8559: virtio-net removal unwraps the config entry that
+			// the first remove already dropped.
 			w.die = fmt.Sprintf("second vm.remove-device for %q while its eject was pending: the VMM thread panicked (v%d, unwrap on a missing config entry)", id, v)
 		case v == 53:
-			c.fail(w, "other", "Error from API", top, "Error from device manager", fmt.Sprintf("Unknown device identifier %s", id))
-		default: // ≤ v48, main: the guest is notified again
+			// Commit 5b53f4202 "vmm: Reject removal of already removed
+			// devices" (first in v53.0): UnknownDeviceId, HTTP 500.
+			c.fail(w, "other", "Error from API", top, "Error from device manager", c.unknownDevice(id))
+		default:
+			// ≤ v48, and main from commit 35b9703e1 (2026-08-18, not in any
+			// release up to v53.0): DeviceManager::remove_device sets the
+			// PCI "down" bit and notifies the guest again.
 			c.renotify[id]++
+			c.notifyRemove(d)
 			w.empty(http.StatusNoContent)
 		}
 		return
 	}
 	d.removed = true
-	if c.cfg.EjectDelay < 0 {
-		d.never = true
-	} else {
-		d.ejectAt = time.Now().Add(c.cfg.EjectDelay)
-	}
+	c.notifyRemove(d)
+	d.missed = c.cfg.IgnoreFirstNotify
 	c.dropNet(id)
 	w.empty(http.StatusNoContent)
+}
+
+// notifyRemove is the ACPI GED notification of a removal: the guest ejects
+// the device after EjectDelay (never when it is negative).
+func (c *CH) notifyRemove(d *chDevice) {
+	d.missed = false
+	if c.cfg.EjectDelay < 0 {
+		d.never = true
+		return
+	}
+	d.ejectAt = time.Now().Add(c.cfg.EjectDelay)
+}
+
+// unknownDevice is DeviceManagerError::UnknownDeviceId's message
+// (vmm/src/device_manager.rs): the id is part of it from v53.0 on.
+func (c *CH) unknownDevice(id string) string {
+	if c.cfg.Version >= 53 {
+		return "Failed to find device corresponding to the given identifier: " + id
+	}
+	return "Failed to find device corresponding to the given identifier"
 }
 
 // info renders vm.info the way the server does.

@@ -42,6 +42,11 @@ type FCNet struct {
 	GuestMAC    string `json:"guest_mac,omitempty"`
 	MTU         int    `json:"mtu,omitempty"`
 	Hot         bool   `json:"-"` // hot-plugged after boot
+	// GuestBound: the guest's PCI bus has the device (a driver may use it).
+	// Cold interfaces are bound at InstanceStart; a hot-added one only
+	// after GuestRescan, because Firecracker sends no notification
+	// (docs/device-hotplug.md "No automatic guest notification").
+	GuestBound bool `json:"-"`
 }
 
 // FC is a simulated Firecracker API server.
@@ -50,8 +55,10 @@ type FC struct {
 	cfg          FCConfig
 	major, minor int
 	state        FCState
+	pre          bool // a pre-release ("1.16.0-dev")
 	ifaces       []FCNet
 	held         map[string]bool
+	surprise     []string
 }
 
 // FirecrackerIDPattern is what Firecracker accepts as a resource id
@@ -96,7 +103,7 @@ func StartFC(socket string, cfg FCConfig) (*FC, error) {
 		gaps = append(gaps, gap{http.MethodDelete, "/network-interfaces/{iface_id}",
 			"DELETE exists since v1.16.0 but the swagger lacks it (reference §0)"})
 	}
-	f := &FC{cfg: cfg, major: major, minor: minor, state: cfg.State, held: map[string]bool{}}
+	f := &FC{cfg: cfg, major: major, minor: minor, pre: strings.Contains(cfg.Version, "-"), state: cfg.State, held: map[string]bool{}}
 	srv, err := newServer("firecracker", socket, spec, specErr, gaps)
 	if err != nil {
 		return nil, err
@@ -144,7 +151,42 @@ func (f *FC) Interfaces() []FCNet {
 func (f *FC) Start() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.start()
+}
+
+func (f *FC) start() {
 	f.state = FCRunning
+	for i := range f.ifaces {
+		f.ifaces[i].GuestBound = true // enumerated at boot
+	}
+}
+
+// GuestRescan is the guest's "echo 1 > /sys/bus/pci/rescan": it finds the
+// hot-added devices.
+func (f *FC) GuestRescan() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := range f.ifaces {
+		f.ifaces[i].GuestBound = true
+	}
+}
+
+// GuestRemove is the guest's "echo 1 > /sys/bus/pci/devices/<BDF>/remove"
+// for iface id: the guest lets go of the device.
+func (f *FC) GuestRemove(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if i := f.index(id); i >= 0 {
+		f.ifaces[i].GuestBound = false
+	}
+}
+
+// SurpriseRemovals lists the iface_ids that a DELETE tore down while the
+// guest still had them on its PCI bus (Firecracker gives it no notice).
+func (f *FC) SurpriseRemovals() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.surprise...)
 }
 
 // HoldTap makes a TAP busy as if another process had it open.
@@ -200,7 +242,7 @@ func (f *FC) handle(w *reply, r *http.Request, body []byte) {
 				fault(w, "The requested operation is not supported after starting the microVM.")
 				return
 			}
-			f.state = FCRunning
+			f.start()
 		}
 		w.empty(http.StatusNoContent)
 	case strings.HasPrefix(path, "/network-interfaces/"):
@@ -269,7 +311,10 @@ func (f *FC) put(w *reply, id string, body []byte) {
 		return
 	}
 	known := []string{"iface_id", "host_dev_name", "guest_mac", "rx_rate_limiter", "tx_rate_limiter"}
-	if f.atLeast(1, 16) {
+	// mtu: commit e865b9c5f (2026-05-17), first released in v1.16.0; the
+	// "1.16.0-dev" builds before it reject the field, so a 1.16.0
+	// pre-release is simulated without it.
+	if f.atLeast(1, 16) && !(f.pre && strings.HasPrefix(strings.TrimPrefix(f.cfg.Version, "v"), "1.16.0-")) {
 		known = append(known, "mtu")
 	}
 	var n struct {
@@ -306,20 +351,26 @@ func (f *FC) put(w *reply, id string, body []byte) {
 			return
 		}
 	}
+	// src/vmm/src/vmm_config/net.rs NetBuilder::build: the MAC conflict
+	// check comes first (a failure leaves everything as it was), then an
+	// existing interface with this id is dropped (a pre-boot "update"), and
+	// only then is the new device created and its TAP opened
+	// (Net::new → Tap::open_named). A TAP failure therefore leaves no
+	// interface with this id at all.
 	for _, e := range f.ifaces {
-		if e.IfaceID == id {
-			continue // pre-boot PUT replaces
-		}
-		if n.GuestMAC != "" && e.GuestMAC == n.GuestMAC {
+		if e.IfaceID != id && n.GuestMAC != "" && e.GuestMAC == n.GuestMAC {
 			fault(w, "Network config error: The MAC address is already in use: "+n.GuestMAC)
 			return
 		}
-		if e.HostDevName == n.HostDevName {
-			f.tapBusy(w, n.HostDevName)
-			return
-		}
 	}
-	if f.held[n.HostDevName] {
+	if i := f.index(id); i >= 0 {
+		f.ifaces = append(f.ifaces[:i], f.ifaces[i+1:]...)
+	}
+	busy := f.held[n.HostDevName]
+	for _, e := range f.ifaces {
+		busy = busy || e.HostDevName == n.HostDevName // single-queue TAP, one opener
+	}
+	if busy {
 		f.tapBusy(w, n.HostDevName)
 		return
 	}
@@ -327,11 +378,7 @@ func (f *FC) put(w *reply, id string, body []byte) {
 	if n.MTU != nil {
 		entry.MTU = *n.MTU
 	}
-	if i := f.index(id); i >= 0 {
-		f.ifaces[i] = entry
-	} else {
-		f.ifaces = append(f.ifaces, entry)
-	}
+	f.ifaces = append(f.ifaces, entry)
 	w.empty(http.StatusNoContent)
 }
 
@@ -361,7 +408,12 @@ func (f *FC) delete(w *reply, id string) {
 	case f.index(id) < 0:
 		fault(w, "Device not found")
 	default:
+		// detach_pci_virtio_device: the device goes at once, whatever the
+		// guest is doing with it.
 		i := f.index(id)
+		if f.ifaces[i].GuestBound {
+			f.surprise = append(f.surprise, id)
+		}
 		f.ifaces = append(f.ifaces[:i], f.ifaces[i+1:]...)
 		w.empty(http.StatusNoContent)
 	}

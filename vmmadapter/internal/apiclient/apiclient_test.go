@@ -50,12 +50,13 @@ func TestParseVersion(t *testing.T) {
 		v  Version
 		ok bool
 	}{
-		{"53.0.0", Version{53, 0, 0}, true},
-		{"v53.0", Version{53, 0, 0}, true},
-		{"v40.0-12-gdeadbeef", Version{40, 0, 0}, true},
-		{"1.16.1", Version{1, 16, 1}, true},
-		{"1.17.0-dev", Version{1, 17, 0}, true},
-		{"54", Version{54, 0, 0}, true},
+		{"53.0.0", Version{53, 0, 0, ""}, true},
+		{"v53.0", Version{53, 0, 0, ""}, true},
+		{"v40.0-12-gdeadbeef", Version{40, 0, 0, ""}, true},
+		{"1.16.1", Version{1, 16, 1, ""}, true},
+		{"1.17.0-dev", Version{1, 17, 0, "dev"}, true},
+		{"1.16.0-dev", Version{1, 16, 0, "dev"}, true},
+		{"54", Version{54, 0, 0, ""}, true},
 		{"", Version{}, false},
 		{"dev", Version{}, false},
 	}
@@ -65,7 +66,24 @@ func TestParseVersion(t *testing.T) {
 			t.Errorf("ParseVersion(%q) = %v, %v; want %v, %v", tt.in, v, ok, tt.v, tt.ok)
 		}
 	}
-	if !(Version{1, 16, 0}).AtLeast(1, 16) || (Version{1, 15, 9}).AtLeast(1, 16) || !(Version{2, 0, 0}).AtLeast(1, 16) {
+	if !(Version{1, 16, 0, ""}).AtLeast(1, 16) || (Version{1, 15, 9, ""}).AtLeast(1, 16) || !(Version{2, 0, 0, ""}).AtLeast(1, 16) {
 		t.Error("AtLeast wrong")
+	}
+}
+
+// TestReleasedAtLeast: a pre-release of a version is before it (a
+// "1.16.0-dev" build may predate a feature of 1.16.0), later ones are not.
+func TestReleasedAtLeast(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want bool
+	}{
+		{"1.16.0", true}, {"1.16.0-dev", false}, {"1.15.1", false}, {"1.16.1-dev", true},
+		{"1.17.0-dev", true}, {"2.0.0-rc1", true}, {"v1.16.0-3-gabc123", true},
+	} {
+		v, _ := ParseVersion(tt.in)
+		if got := v.ReleasedAtLeast(1, 16, 0); got != tt.want {
+			t.Errorf("%q ReleasedAtLeast(1.16.0) = %v, want %v", tt.in, got, tt.want)
+		}
 	}
 }
