@@ -46,29 +46,7 @@ func renderCloudInit(gc *netsetup.GuestConfig) *Output {
 			b.WriteString("      routes:\n")
 		}
 		for _, r := range it.Routes {
-			fmt.Fprintf(&b, "        - to: %s\n", q(r.To))
-			if r.Via != "" {
-				fmt.Fprintf(&b, "          via: %s\n", q(r.Via))
-			}
-			if r.Metric > 0 {
-				fmt.Fprintf(&b, "          metric: %d\n", r.Metric)
-			}
-			if r.Table > 0 {
-				fmt.Fprintf(&b, "          table: %d\n", r.Table)
-			}
-			switch r.Scope {
-			case "":
-			case "global", "link", "host":
-				fmt.Fprintf(&b, "          scope: %s\n", r.Scope)
-			default:
-				o.Lost = append(o.Lost, fmt.Sprintf("NIC %s: route %s: scope %s (network-config v2 has global, link and host)", it.Name, r.To, r.Scope))
-			}
-			if r.MTU > 0 {
-				fmt.Fprintf(&b, "          mtu: %d\n", r.MTU)
-			}
-			if r.AdvMSS > 0 {
-				o.Lost = append(o.Lost, fmt.Sprintf("NIC %s: route %s: advmss %d (network-config v2 has no advmss)", it.Name, r.To, r.AdvMSS))
-			}
+			cloudInitRoute.write(&b, o, it.Name, r)
 		}
 		if d := it.DNS; d != nil {
 			search := searchList(d)
@@ -88,6 +66,17 @@ func renderCloudInit(gc *netsetup.GuestConfig) *Output {
 	}
 	o.Files = []File{{Name: "network-config", Data: []byte(b.String())}}
 	return o
+}
+
+// cloudInitRoute is a route entry of network-config v2 (netplan's
+// "routes" list): no advmss there.
+var cloudInitRoute = routeSyntax{
+	format: "network-config v2",
+	to:     "        - to: %s\n", via: "          via: %s\n", metric: "          metric: %d\n",
+	table: "          table: %d\n", scope: "          scope: %s\n", mtu: "          mtu: %d\n",
+	scopesNote: "network-config v2 has global, link and host",
+	scopes:     []string{"global", "link", "host"},
+	quote:      q,
 }
 
 // q double-quotes a YAML scalar (JSON string escapes are valid YAML).

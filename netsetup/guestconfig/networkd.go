@@ -43,33 +43,21 @@ func renderNetworkd(gc *netsetup.GuestConfig) *Output {
 			}
 		}
 		for _, r := range it.Routes {
-			fmt.Fprintf(&b, "\n[Route]\nDestination=%s\n", r.To)
-			if r.Via != "" {
-				fmt.Fprintf(&b, "Gateway=%s\n", r.Via)
-			}
-			if r.Metric > 0 {
-				fmt.Fprintf(&b, "Metric=%d\n", r.Metric)
-			}
-			if r.Table > 0 {
-				fmt.Fprintf(&b, "Table=%d\n", r.Table)
-			}
-			switch r.Scope {
-			case "":
-			case "global", "site", "link", "host", "nowhere":
-				fmt.Fprintf(&b, "Scope=%s\n", r.Scope)
-			default:
-				o.Lost = append(o.Lost, fmt.Sprintf("NIC %s: route %s: scope %s (networkd names global, site, link, host and nowhere)", it.Name, r.To, r.Scope))
-			}
-			if r.MTU > 0 {
-				fmt.Fprintf(&b, "MTUBytes=%d\n", r.MTU)
-			}
-			if r.AdvMSS > 0 {
-				fmt.Fprintf(&b, "TCPAdvertisedMaximumSegmentSize=%d\n", r.AdvMSS)
-			}
+			networkdRoute.write(&b, o, it.Name, r)
 		}
 		o.Files = append(o.Files, File{Name: networkdFileName(i, it.Name), Data: []byte(b.String())})
 	}
 	return o
+}
+
+// networkdRoute is a [Route] section of systemd.network(5).
+var networkdRoute = routeSyntax{
+	format: "networkd",
+	to:     "\n[Route]\nDestination=%s\n", via: "Gateway=%s\n", metric: "Metric=%d\n",
+	table: "Table=%d\n", scope: "Scope=%s\n", mtu: "MTUBytes=%d\n",
+	advmss:     "TCPAdvertisedMaximumSegmentSize=%d\n",
+	scopesNote: "networkd names global, site, link, host and nowhere",
+	scopes:     []string{"global", "site", "link", "host", "nowhere"},
 }
 
 // networkdFileName orders the files as the NICs are ordered; networkd reads
