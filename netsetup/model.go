@@ -348,6 +348,13 @@ func (s *NetSetup) Validate() error {
 		switch n.State {
 		case NICPending, NICAttached, NICDetaching:
 		default:
+			// A state this version does not know (a newer vmnic wrote it
+			// before a downgrade) is kept as written while the sandbox is
+			// torn down: a teardown must always be able to finish
+			// (DESIGN "Lifecycle"), and it removes the NIC.
+			if s.Phase == PhaseTearingDown || s.Phase == PhaseInvalid {
+				continue
+			}
 			return fmt.Errorf("sandbox %s: NIC %s: unknown state %q", s.SandboxID, n.IfName, n.State)
 		}
 	}
