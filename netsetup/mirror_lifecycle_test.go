@@ -3,8 +3,10 @@ package netsetup
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -99,5 +101,35 @@ func TestSaveIsWholeWithAChangedRuntimeDir(t *testing.T) {
 	tx.Unlock()
 	if _, err := os.Lstat(copyPath); !os.IsNotExist(err) {
 		t.Errorf("copy after Delete: %v", err)
+	}
+}
+
+// TestCopyThatCannotBeWrittenIsReported: a copy the store cannot refresh
+// never fails the save; it is reported to the store's logger.
+func TestCopyThatCannotBeWrittenIsReported(t *testing.T) {
+	var logged bytes.Buffer
+	s, err := OpenWithOptions(t.TempDir(), Options{Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := t.TempDir()
+	// A directory where the copy's file belongs: the rename cannot replace it.
+	if err := os.MkdirAll(filepath.Join(rt, MirrorDir, MirrorFile, "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Join(rt, MirrorDir), 0o700)
+	rec := New("unwritable")
+	rec.RuntimeDir = rt
+	if err := s.Create(context.Background(), rec); err != nil {
+		t.Fatalf("a copy that cannot be written failed the save: %v", err)
+	}
+	if _, err := s.Get("unwritable"); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logged.String(), "cannot refresh the record's copy") {
+		t.Errorf("not reported; log:\n%s", logged.String())
+	}
+	if ents, _ := os.ReadDir(filepath.Join(rt, MirrorDir)); len(ents) != 1 {
+		t.Errorf("temp files left in the copy dir: %v", ents)
 	}
 }

@@ -82,6 +82,10 @@ func New(c Config, opts ...Option) *Manager {
 	for _, o := range opts {
 		o(&h)
 	}
+	if c.Store != nil {
+		// What the store repairs or reports goes to the engine's log.
+		c.Store = c.Store.WithLogger(c.Logger)
+	}
 	m := &Manager{Config: c}
 	if h.times != nil {
 		m.stepHooks = append(m.stepHooks, func(name string) error { h.times.Step(name); return nil })
