@@ -80,6 +80,11 @@ type Options struct {
 	// cannot tell (Firecracker's --enable-pci). PCIUnknown lets the adapter try
 	// and map the VMM's refusal to ErrHotplugUnsupported.
 	PCI PCIMode
+	// SocketDirs confines the socket the adapter dials: its directory, as
+	// resolved when the dial opens it, must be one of these or below one
+	// (nil: anywhere). Every dial also refuses a symlink in the socket's
+	// place (vmmadapter/internal/sockdial).
+	SocketDirs []string
 }
 
 // WithDefaults returns o with every unset (zero or negative) timeout

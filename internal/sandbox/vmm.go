@@ -39,7 +39,13 @@ func (m *Manager) openVMM(v *netsetup.VMM) (vmmadapter.Adapter, error) {
 			return nil, fmt.Errorf("%s VMM: %w", v.Kind, err)
 		}
 	}
-	a, err := open(vmmadapter.Kind(v.Kind), v.APISocket, m.VMMOptions)
+	// The adapter's every dial checks again, on the directory's and the
+	// socket's fds, what CheckVMMSocket checked by path.
+	opts := m.VMMOptions
+	if opts.SocketDirs == nil {
+		opts.SocketDirs = m.VMMSocketDirs
+	}
+	a, err := open(vmmadapter.Kind(v.Kind), v.APISocket, opts)
 	if err != nil {
 		// No adapter means no VMM vmnic can reach: a DEL cleans the host
 		// side instead of failing for ever.

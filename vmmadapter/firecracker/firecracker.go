@@ -49,7 +49,7 @@ func New(socket string, opts vmmadapter.Options) (*Adapter, error) {
 	if socket == "" {
 		return nil, errors.New("firecracker: empty API socket path")
 	}
-	return &Adapter{c: apiclient.New(vmmadapter.Firecracker, socket, opts.CallTimeout), pci: opts.PCI}, nil
+	return &Adapter{c: apiclient.New(vmmadapter.Firecracker, socket, opts), pci: opts.PCI}, nil
 }
 
 // Close releases the adapter's resources.
