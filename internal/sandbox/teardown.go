@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/vmnic/vmnic/internal/netns"
 	"github.com/vmnic/vmnic/netsetup"
 )
 
@@ -46,7 +45,7 @@ func (m *Manager) Teardown(ctx context.Context, id string, o TeardownOptions) er
 	if len(errs) == 0 && !o.KeepNetns && rec.NetnsOwned {
 		if err := m.step("teardown-netns"); err != nil {
 			errs = append(errs, err)
-		} else if err := netns.Remove(rec.ResolvedNetnsPath()); err != nil {
+		} else if err := m.removeOwnedNetns(rec); err != nil {
 			errs = append(errs, err)
 		} else if err := m.step("netns-removed"); err != nil {
 			errs = append(errs, err)
