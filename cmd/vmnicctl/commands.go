@@ -253,27 +253,37 @@ func cmdGC(ctx context.Context, c *cli, _ *flag.FlagSet, _ []string) error {
 		if o.dryRun {
 			continue
 		}
-		if err := m.RemoveNetns(p); err != nil {
+		// Under the sandbox's lock, checked again: a sandbox being
+		// prepared, or recorded meanwhile, keeps its netns.
+		removed, err := m.RemoveOrphanNetns(ctx, p)
+		if err != nil {
 			errs = append(errs, err)
+		} else if !removed {
+			fmt.Fprintf(c.stdout, "orphan netns %s: a record names it now, kept\n", p)
 		}
 	}
-	recs, err := m.Store.List()
+	ids, err := m.Store.IDs()
 	if err != nil {
 		errs = append(errs, err)
 	}
-	for _, r := range recs {
-		path := r.ResolvedNetnsPath()
-		if path == "" {
+	for _, id := range ids {
+		r, err := m.Store.Get(id)
+		if errors.Is(err, netsetup.ErrNotFound) {
 			continue
 		}
-		if _, err := netsetup.IdentifyNetns(path); err == nil {
+		if err != nil {
+			// Never acted on: an unreadable record is record recovery's.
+			fmt.Fprintf(c.stdout, "sandbox %s: record unreadable, left to record recovery: %v\n", id, err)
 			continue
 		}
-		fmt.Fprintf(c.stdout, "sandbox %s: netns %s is gone\n", r.SandboxID, path)
+		if !sandbox.RecordedNetnsGone(r) {
+			continue
+		}
+		fmt.Fprintf(c.stdout, "sandbox %s: netns %s is gone\n", r.SandboxID, r.ResolvedNetnsPath())
 		if o.dryRun {
 			continue
 		}
-		if err := m.Teardown(ctx, r.SandboxID, sandbox.TeardownOptions{}); err != nil {
+		if err := m.Teardown(ctx, r.SandboxID, sandbox.TeardownOptions{IfNetnsGone: true}); err != nil {
 			errs = append(errs, err)
 		}
 	}

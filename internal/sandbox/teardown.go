@@ -23,6 +23,10 @@ func (m *Manager) Teardown(ctx context.Context, id string, o TeardownOptions) er
 		return err
 	}
 	defer tx.Unlock()
+	if o.IfNetnsGone && !RecordedNetnsGone(rec) {
+		m.log().Info("not torn down: its netns is there again", "sandbox", id, "netns", rec.ResolvedNetnsPath())
+		return nil
+	}
 	rec.Phase = netsetup.PhaseTearingDown
 	if err := tx.Save(rec); err != nil {
 		return fmt.Errorf("teardown sandbox %s: %w", id, err)
@@ -77,6 +81,21 @@ func (m *Manager) Teardown(ctx context.Context, id string, o TeardownOptions) er
 	m.unindexContainers(id, nil, cids...)
 	m.log().Info("sandbox removed", "sandbox", id)
 	return nil
+}
+
+// RecordedNetnsGone says whether the recorded netns of rec is no longer at
+// its path (missing, not a namespace, or another namespace). A record
+// without a netns path (bridge backend) never qualifies.
+func RecordedNetnsGone(rec *netsetup.NetSetup) bool {
+	path := rec.ResolvedNetnsPath()
+	if path == "" {
+		return false
+	}
+	cur, err := netsetup.IdentifyNetns(path)
+	if err != nil {
+		return true
+	}
+	return rec.NetnsID != nil && *rec.NetnsID != cur
 }
 
 // lockRecord locks sandbox id and loads its record. A sandbox without a
