@@ -28,9 +28,9 @@ func init() {
 		{name: "teardown", args: "<sandbox-id>", npos: 1, run: cmdTeardown, flags: teardownFlags,
 			help: "Remove a sandbox's NICs (VMM first), its owned netns and its record. Idempotent; finishes an invalid sandbox."},
 		{name: "gc", args: "", npos: 0, run: cmdGC, flags: gcFlags,
-			help: "Remove owned vmnic-* netns without a record and tear down records whose netns is gone; prune lock files and index entries left without a record."},
+			help: "Remove owned vmnic-* netns without a record and tear down records whose netns is gone (each under the sandbox's lock, checked again); leave unreadable records and their netns to record recovery; prune lock files and index entries left without a record."},
 		{name: "attach-vmm", args: "<sandbox-id> --kind K --socket S", npos: 1, run: cmdAttachVMM, flags: attachFlags,
-			help: "Record the sandbox's VMM (kind, API socket, booted) and bring in its pending NICs."},
+			help: "Record the sandbox's VMM (kind, API socket, booted) and bring in its NICs the VMM does not have (pending ones, and attached ones after a VMM restart)."},
 		{name: "vmm-args", args: "<sandbox-id> --kind K", npos: 1, run: cmdVMMArgs, flags: vmmArgsFlags,
 			help: "Print the pre-boot NIC arguments for a VMM launcher: Cloud Hypervisor --net, Firecracker network-interfaces JSON, QEMU -netdev/-device."},
 	}
