@@ -119,6 +119,9 @@ type VMM struct {
 	APISocket string `json:"api_socket"`
 	Booted    bool   `json:"booted"`
 	Version   string `json:"version,omitempty"`
+	// SocketUID is the owner of the API socket when the VMM was attached;
+	// vmnic dials only a socket of that owner (nil: not known, any).
+	SocketUID *uint32 `json:"socket_uid,omitempty"`
 }
 
 // DNS mirrors the CNI DNS block.

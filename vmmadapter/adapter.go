@@ -85,6 +85,10 @@ type Options struct {
 	// (nil: anywhere). Every dial also refuses a symlink in the socket's
 	// place (vmmadapter/internal/sockdial).
 	SocketDirs []string
+	// SocketOwner, when set, is the uid the socket must belong to (the
+	// owner it had when the VMM was attached): a socket of another sandbox
+	// hard-linked into the VMM's directory is refused.
+	SocketOwner *uint32
 }
 
 // WithDefaults returns o with every unset (zero or negative) timeout

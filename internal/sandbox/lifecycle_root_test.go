@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -106,5 +107,37 @@ func TestReplacedNetnsIsLeftAlone(t *testing.T) {
 	}
 	if _, err := netsetup.IdentifyNetns(owned); err != nil {
 		t.Errorf("teardown unmounted a namespace that is not the recorded one: %v", err)
+	}
+}
+
+// TestVMMSocketOfAnotherOwner (issue 16 item 10): the socket's owner at
+// attach is recorded; a socket of another owner hard-linked where the VMM's
+// was (another sandbox's, whose mode let it be linked) is never dialled.
+func TestVMMSocketOfAnotherOwner(t *testing.T) {
+	e := newEnv(t)
+	id := "vmnict-owner"
+	own := attachCH(t, e, id, vmmsim.CHRunning)
+	rec, err := e.m.Store.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.VMM.SocketUID == nil || *rec.VMM.SocketUID != uint32(os.Geteuid()) {
+		t.Fatalf("recorded socket owner %v, want %d", rec.VMM.SocketUID, os.Geteuid())
+	}
+	other := vmmsim.NewCH(t, vmmsim.CHConfig{State: vmmsim.CHRunning})
+	if err := os.Lchown(other.Socket(), 4242, 4242); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(own.Socket()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(other.Socket(), own.Socket()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.AddNIC(ctx(t), e.spec(id)); err == nil {
+		t.Error("ADD through a socket of another owner succeeded")
+	}
+	if n := len(other.Calls()); n != 0 {
+		t.Errorf("%d calls reached the other owner's VMM", n)
 	}
 }

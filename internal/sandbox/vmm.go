@@ -7,6 +7,8 @@ import (
 	"slices"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
 	"github.com/vmnic/vmnic/vmmadapter/connect"
@@ -44,6 +46,9 @@ func (m *Manager) openVMM(v *netsetup.VMM) (vmmadapter.Adapter, error) {
 	opts := m.VMMOptions
 	if opts.SocketDirs == nil {
 		opts.SocketDirs = m.VMMSocketDirs
+	}
+	if v.SocketUID != nil {
+		opts.SocketOwner = v.SocketUID
 	}
 	a, err := open(vmmadapter.Kind(v.Kind), v.APISocket, opts)
 	if err != nil {
@@ -124,6 +129,12 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 		return nil, fmt.Errorf("sandbox %s is %s (%s): %w", id, rec.Phase, rec.Error, ErrInvalidRecord)
 	}
 	v := &netsetup.VMM{Kind: string(kind), APISocket: socket}
+	// The socket's owner now is the VMM's: every later dial checks it.
+	var st unix.Stat_t
+	if err := unix.Lstat(socket, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+		uid := st.Uid
+		v.SocketUID = &uid
+	}
 	a, err := m.openVMM(v)
 	if err != nil {
 		return nil, err

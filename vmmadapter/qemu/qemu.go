@@ -86,7 +86,7 @@ func (a *Adapter) conn(ctx context.Context) (*conn, error) {
 	if a.qc != nil && a.qc.failed() == nil {
 		return a.qc, nil
 	}
-	qc, err := dial(ctx, a.socket, a.opts.SocketDirs)
+	qc, err := dial(ctx, a.socket, a.opts)
 	if err != nil {
 		return nil, err
 	}

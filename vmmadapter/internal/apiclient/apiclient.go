@@ -36,13 +36,12 @@ type Client struct {
 
 // New returns a client for socket. It does not connect. Its timeout is
 // opts.CallTimeout (zero or less: vmmadapter.DefaultCallTimeout); every
-// connection is dialled through sockdial, confined to opts.SocketDirs.
+// connection is dialled through sockdial (opts.SocketDirs, opts.SocketOwner).
 func New(kind vmmadapter.Kind, socket string, opts vmmadapter.Options) *Client {
 	timeout := opts.WithDefaults().CallTimeout
-	dirs := opts.SocketDirs
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return sockdial.Dial(ctx, socket, dirs)
+			return sockdial.Dial(ctx, socket, opts)
 		},
 		// One connection per call: a VMM restarted on the same socket path,
 		// or one that closed a connection, never poisons a later call, and

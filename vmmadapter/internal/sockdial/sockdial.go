@@ -31,13 +31,15 @@ import (
 // a directory outside the allowed ones.
 var ErrRefused = errors.New("VMM API socket refused")
 
-// Dial connects to the unix socket at path. When dirs is not nil, the
-// socket's directory, as the kernel resolved it when it was opened, must be
-// one of dirs (symlinks resolved) or below one. The last element of path
-// must be the socket itself, not a symlink. Errors are *net.OpError with
-// Op "dial" (a missing socket, a refused connection: as net.Dial gives
-// them; a refused socket wraps ErrRefused and vmmadapter.ErrUnavailable).
-func Dial(ctx context.Context, path string, dirs []string) (net.Conn, error) {
+// Dial connects to the unix socket at path. When o.SocketDirs is not nil,
+// the socket's directory, as the kernel resolved it when it was opened,
+// must be one of them (symlinks resolved) or below one; when o.SocketOwner
+// is set, the socket must belong to that uid. The last element of path must
+// be the socket itself, not a symlink. Errors are *net.OpError with Op
+// "dial" (a missing socket, a refused connection: as net.Dial gives them;
+// a refused socket wraps ErrRefused and vmmadapter.ErrUnavailable).
+func Dial(ctx context.Context, path string, o vmmadapter.Options) (net.Conn, error) {
+	dirs := o.SocketDirs
 	fail := func(err error) error {
 		return &net.OpError{Op: "dial", Net: "unix", Addr: &net.UnixAddr{Name: path, Net: "unix"}, Err: err}
 	}
@@ -83,6 +85,9 @@ func Dial(ctx context.Context, path string, dirs []string) (net.Conn, error) {
 		return nil, refuse("%s is a symlink: not dialled", path)
 	default:
 		return nil, fail(os.NewSyscallError("connect", unix.ENOTSOCK))
+	}
+	if o.SocketOwner != nil && st.Uid != *o.SocketOwner {
+		return nil, refuse("%s belongs to uid %d, the VMM's socket to uid %d", path, st.Uid, *o.SocketOwner)
 	}
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", fdPath(sfd))

@@ -47,11 +47,13 @@ func TestDial(t *testing.T) {
 	os.Symlink(other, filepath.Join(allowed, "sub"))
 	os.WriteFile(filepath.Join(allowed, "file"), nil, 0o600)
 
+	me, notMe := uint32(os.Geteuid()), uint32(os.Geteuid()+4242)
 	for _, tc := range []struct {
 		name, path string
 		dirs       []string
 		refused    bool
 		errno      error // when not refused
+		owner      *uint32
 	}{
 		{name: "the socket", path: sock, dirs: []string{allowed}},
 		{name: "no confinement", path: otherSock},
@@ -59,11 +61,13 @@ func TestDial(t *testing.T) {
 		{name: "a symlink, unconfined", path: filepath.Join(allowed, "link.sock"), refused: true},
 		{name: "through a symlinked dir out of the allowed ones", path: filepath.Join(allowed, "sub", "api.sock"), dirs: []string{allowed}, refused: true},
 		{name: "outside the allowed dirs", path: otherSock, dirs: []string{allowed}, refused: true},
+		{name: "owned as expected", path: sock, owner: &me},
+		{name: "another owner", path: sock, owner: &notMe, refused: true},
 		{name: "missing", path: filepath.Join(allowed, "none.sock"), dirs: []string{allowed}, errno: syscall.ENOENT},
 		{name: "not a socket", path: filepath.Join(allowed, "file"), dirs: []string{allowed}, errno: syscall.ENOTSOCK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := Dial(context.Background(), tc.path, tc.dirs)
+			c, err := Dial(context.Background(), tc.path, vmmadapter.Options{SocketDirs: tc.dirs, SocketOwner: tc.owner})
 			if err == nil {
 				defer c.Close()
 				b := make([]byte, 2)
