@@ -141,3 +141,26 @@ func TestVMMSocketOfAnotherOwner(t *testing.T) {
 		t.Errorf("%d calls reached the other owner's VMM", n)
 	}
 }
+
+// TestPrepareRefusesAReplacedNetns (issue 16 item 8): Prepare again of a
+// sandbox whose netns path now holds another namespace took that namespace
+// as the sandbox's own. It is refused, and the record keeps its identity.
+func TestPrepareRefusesAReplacedNetns(t *testing.T) {
+	e := newEnv(t)
+	id := "vmnict-reprep"
+	rec, err := e.m.Prepare(ctx(t), id, PrepareOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := *rec.NetnsID
+	replaceNetns(t, e.m.OwnedNetnsPath(id))
+	if _, err := e.m.Prepare(ctx(t), id, PrepareOptions{}); err == nil || !strings.Contains(err.Error(), "not the recorded") {
+		t.Errorf("Prepare with the netns replaced = %v, want a refusal saying it is not the recorded one", err)
+	}
+	if got, err := e.m.Store.Get(id); err != nil || got.NetnsID == nil || *got.NetnsID != want {
+		t.Errorf("record after the refused Prepare: %v %+v", err, got)
+	}
+	if err := e.m.Teardown(ctx(t), id, TeardownOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
