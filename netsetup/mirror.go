@@ -1,6 +1,7 @@
 package netsetup
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -168,8 +169,14 @@ func (s *Store) openMirrorDir(rec *NetSetup, create bool) (int, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(rtfd, &st); err == nil && create && (st.Mode&0o022 != 0 || int(st.Uid) != os.Geteuid()) {
 		// The VMM container's directory: its launcher may open it up for a
-		// non-root VMM. Safe here, since the copy goes through fds.
-		s.log().Debug("runtime dir is writable by others than vmnic: the record's copy is written through its directory fds",
+		// non-root VMM (group-writable, or the VMM's own). Safe here, since
+		// the copy goes through fds; a directory anyone may write is worth
+		// a warning all the same (the VMM's socket lives there too).
+		level := slog.LevelDebug
+		if st.Mode&0o002 != 0 {
+			level = slog.LevelWarn
+		}
+		s.log().Log(context.Background(), level, "runtime dir is writable by others than vmnic: the record's copy is written through its directory fds",
 			"sandbox", rec.SandboxID, "runtimeDir", rt, "mode", fmt.Sprintf("%o", st.Mode&0o7777), "uid", st.Uid)
 	}
 	open := func() (int, error) {
