@@ -69,27 +69,32 @@ func TestTeardownWithAChangedRuntimeDir(t *testing.T) {
 // wedged Teardown at its first save, although DelNIC worked. Teardown must
 // finish from it; the NIC's state is kept as written until the NIC goes.
 func TestTeardownUnknownNICState(t *testing.T) {
-	for _, keep := range []bool{false, true} {
-		m := unitManager(t)
-		id := "vmnict-newer"
-		data := `{"schema": ` + strconv.Itoa(netsetup.SchemaVersion) + `, "sandbox_id": "` + id + `", "phase": "configured", "netns_owned": false,
-  "network_configs": [{"ifname": "eth0", "state": "quiesced-by-v9", "tap": "tapeth0"}, {"ifname": "net1", "state": "pending", "tap": "tapnet1"}]}`
-		if err := os.WriteFile(m.Store.Path(id), []byte(data), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := m.Store.Get(id); err != nil {
-			t.Fatalf("the record must decode: %v", err)
-		}
-		err := m.Teardown(unitCtx(t), id, TeardownOptions{KeepNetns: keep})
-		if err != nil {
-			t.Fatalf("Teardown (keepNetns %v) of a record with an unknown NIC state: %v", keep, err)
-		}
-		rec, err := m.Store.Get(id)
-		switch {
-		case keep && (err != nil || len(rec.NetworkConfigs) != 0 || rec.Phase != netsetup.PhasePrepared):
-			t.Errorf("after a stop: %v %+v", err, rec)
-		case !keep && !errors.Is(err, netsetup.ErrNotFound):
-			t.Errorf("record after teardown: %v", err)
+	for _, tc := range []struct{ name, backend, state string }{
+		{"NIC state", "cni", "quiesced-by-v9"},
+		{"backend", "macvtap-by-v9", "pending"},
+	} {
+		for _, keep := range []bool{false, true} {
+			m := unitManager(t)
+			id := "vmnict-newer"
+			data := `{"schema": ` + strconv.Itoa(netsetup.SchemaVersion) + `, "sandbox_id": "` + id + `", "phase": "configured", "netns_owned": false, "net_backend": "` + tc.backend + `",
+  "network_configs": [{"ifname": "eth0", "state": "` + tc.state + `", "tap": "tapeth0"}, {"ifname": "net1", "state": "pending", "tap": "tapnet1"}]}`
+			if err := os.WriteFile(m.Store.Path(id), []byte(data), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.Store.Get(id); err != nil {
+				t.Fatalf("the record must decode: %v", err)
+			}
+			err := m.Teardown(unitCtx(t), id, TeardownOptions{KeepNetns: keep})
+			if err != nil {
+				t.Fatalf("%s: Teardown (keepNetns %v) of a record of a newer vmnic: %v", tc.name, keep, err)
+			}
+			rec, err := m.Store.Get(id)
+			switch {
+			case keep && (err != nil || len(rec.NetworkConfigs) != 0 || rec.Phase != netsetup.PhasePrepared):
+				t.Errorf("%s: after a stop: %v %+v", tc.name, err, rec)
+			case !keep && !errors.Is(err, netsetup.ErrNotFound):
+				t.Errorf("%s: record after teardown: %v", tc.name, err)
+			}
 		}
 	}
 }
