@@ -334,10 +334,15 @@ func (s *NetSetup) Validate() error {
 	default:
 		return fmt.Errorf("sandbox %s: unknown phase %q", s.SandboxID, s.Phase)
 	}
+	tearingDown := s.Phase == PhaseTearingDown || s.Phase == PhaseInvalid
 	switch s.ResolvedNetBackend() {
 	case BackendCNI, BackendBridge:
 	default:
-		return fmt.Errorf("sandbox %s: unknown net_backend %q", s.SandboxID, s.NetBackend)
+		// As an unknown NIC state below: kept as written while the
+		// sandbox is torn down.
+		if !tearingDown {
+			return fmt.Errorf("sandbox %s: unknown net_backend %q", s.SandboxID, s.NetBackend)
+		}
 	}
 	seen := map[string]bool{}
 	for _, n := range s.NetworkConfigs {
@@ -355,7 +360,7 @@ func (s *NetSetup) Validate() error {
 			// before a downgrade) is kept as written while the sandbox is
 			// torn down: a teardown must always be able to finish
 			// (DESIGN "Lifecycle"), and it removes the NIC.
-			if s.Phase == PhaseTearingDown || s.Phase == PhaseInvalid {
+			if tearingDown {
 				continue
 			}
 			return fmt.Errorf("sandbox %s: NIC %s: unknown state %q", s.SandboxID, n.IfName, n.State)

@@ -68,6 +68,11 @@ func (m *Manager) Teardown(ctx context.Context, id string, o TeardownOptions) er
 		rec.Phase = netsetup.PhasePrepared
 		rec.Error = ""
 		rec.VMM = nil
+		if b := rec.ResolvedNetBackend(); b != netsetup.BackendCNI && b != netsetup.BackendBridge {
+			// At zero NICs the backend is the next ADD's to set; one this
+			// version does not know would not validate as prepared.
+			rec.NetBackend = netsetup.BackendCNI
+		}
 		if err := tx.Save(rec); err != nil {
 			return fmt.Errorf("teardown sandbox %s: %w", id, err)
 		}
