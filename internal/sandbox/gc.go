@@ -146,14 +146,19 @@ func (m *Manager) RemoveOrphanNetns(ctx context.Context, path string) (bool, err
 			return false, err
 		}
 		defer tx.Unlock()
-		switch _, err := tx.Load(); {
+		switch rec, err := tx.Load(); {
 		case err == nil:
-			return false, nil // recorded meanwhile
+			if rec.ResolvedNetnsPath() == path {
+				return false, nil // recorded meanwhile
+			}
+			// The sandbox has a record, and another netns: this one is a
+			// leftover all the same (checked against the index below).
 		case !errors.Is(err, netsetup.ErrNotFound):
 			m.log().Warn("gc: leaving the netns of an unreadable record to record recovery", "netns", path, "sandbox", id, "error", err)
 			return false, nil
+		default:
+			_ = tx.Delete() // no record: this only drops the lock file at Unlock
 		}
-		_ = tx.Delete() // no record: this only drops the lock file at Unlock
 	}
 	if nsid, err := netsetup.IdentifyNetns(path); err == nil {
 		switch other, err := m.Store.FindByNetns(nsid); {
