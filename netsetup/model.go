@@ -123,6 +123,9 @@ type VMM struct {
 	APISocket string `json:"api_socket"`
 	Booted    bool   `json:"booted"`
 	Version   string `json:"version,omitempty"`
+	// SocketUID is the owner of the API socket when the VMM was attached;
+	// vmnic dials only a socket of that owner (nil: not known, any).
+	SocketUID *uint32 `json:"socket_uid,omitempty"`
 }
 
 // DNS mirrors the CNI DNS block.
@@ -357,10 +360,15 @@ func (s *NetSetup) Validate() error {
 	default:
 		return fmt.Errorf("sandbox %s: unknown phase %q", s.SandboxID, s.Phase)
 	}
+	tearingDown := s.Phase == PhaseTearingDown || s.Phase == PhaseInvalid
 	switch s.ResolvedNetBackend() {
 	case BackendCNI, BackendBridge:
 	default:
-		return fmt.Errorf("sandbox %s: unknown net_backend %q", s.SandboxID, s.NetBackend)
+		// As an unknown NIC state below: kept as written while the
+		// sandbox is torn down.
+		if !tearingDown {
+			return fmt.Errorf("sandbox %s: unknown net_backend %q", s.SandboxID, s.NetBackend)
+		}
 	}
 	seen := map[string]bool{}
 	for _, n := range s.NetworkConfigs {
@@ -374,6 +382,13 @@ func (s *NetSetup) Validate() error {
 		switch n.State {
 		case NICPending, NICAttached, NICDetaching:
 		default:
+			// A state this version does not know (a newer vmnic wrote it
+			// before a downgrade) is kept as written while the sandbox is
+			// torn down: a teardown must always be able to finish
+			// (DESIGN "Lifecycle"), and it removes the NIC.
+			if tearingDown {
+				continue
+			}
 			return fmt.Errorf("sandbox %s: NIC %s: unknown state %q", s.SandboxID, n.IfName, n.State)
 		}
 	}

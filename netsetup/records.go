@@ -141,12 +141,16 @@ func (t *Tx) Save(rec *NetSetup) error {
 			return fmt.Errorf("save sandbox %s: netns index: %w", t.id, err)
 		}
 	}
+	// The copy is staged first and renamed in once the record is written:
+	// the save is the record's write, which happens completely or not at
+	// all; a copy that cannot be written is reported, never fatal (see
+	// mirror.go).
+	stage := t.s.stageMirror(rec, mirrorContent(rec, data))
 	if err := writeAtomic(t.s.sandboxDir, t.s.Path(t.id), data, t.s.durable); err != nil {
+		stage.abort()
 		return fmt.Errorf("save sandbox %s: %w", t.id, err)
 	}
-	if err := writeMirror(rec, mirrorContent(rec, data)); err != nil {
-		return fmt.Errorf("save sandbox %s: %w", t.id, err)
-	}
+	stage.commit()
 	if t.loaded != nil && t.loaded.NetnsID != nil && (rec.NetnsID == nil || *rec.NetnsID != *t.loaded.NetnsID) {
 		t.s.unindexNetns(*t.loaded.NetnsID, t.id)
 	}
@@ -164,7 +168,7 @@ func (t *Tx) Delete() error {
 		t.s.unindexNetns(*rec.NetnsID, t.id)
 	}
 	if err == nil {
-		removeMirror(rec)
+		t.s.removeMirror(rec)
 	}
 	if err := os.Remove(t.s.Path(t.id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("delete record of sandbox %s: %w", t.id, err)

@@ -3,6 +3,7 @@ package netsetup
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 )
@@ -39,6 +40,7 @@ type Store struct {
 	netnsDir     string
 	containerDir string
 	forwardDir   string
+	logger       *slog.Logger
 }
 
 // Options tune a store.
@@ -51,6 +53,9 @@ type Options struct {
 	// TAPs, VMM processes) that do not survive a power loss either. The
 	// indexes are caches checked on every use and are never fsynced.
 	Durable bool
+	// Logger receives what the store repairs or cannot do without failing
+	// the operation (a record copy it cannot refresh); nil discards it.
+	Logger *slog.Logger
 }
 
 // Open opens (creating when needed) the store rooted at stateDir with
@@ -69,6 +74,7 @@ func OpenWithOptions(stateDir string, o Options) (*Store, error) {
 	}
 	s := &Store{
 		durable:      o.Durable,
+		logger:       o.Logger,
 		dir:          abs,
 		sandboxDir:   filepath.Join(abs, "sandboxes"),
 		lockDir:      filepath.Join(abs, "locks"),
@@ -84,6 +90,17 @@ func OpenWithOptions(stateDir string, o Options) (*Store, error) {
 		}
 	}
 	return s, nil
+}
+
+// WithLogger is the store with l as its logger (Options.Logger), unless it
+// has one already. The copy shares everything else with s.
+func (s *Store) WithLogger(l *slog.Logger) *Store {
+	if s.logger != nil || l == nil {
+		return s
+	}
+	cp := *s
+	cp.logger = l
+	return &cp
 }
 
 // Dir is the state directory.

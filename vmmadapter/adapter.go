@@ -87,6 +87,16 @@ type Options struct {
 	// cannot tell (Firecracker's --enable-pci). PCIUnknown lets the adapter try
 	// and map the VMM's refusal to ErrHotplugUnsupported.
 	PCI PCIMode
+	// SocketDirs confines the socket the adapter dials: its directory, as
+	// resolved when the dial opens it, must be one of these or below one
+	// (nil: anywhere). Every dial also refuses a symlink in the socket's
+	// place (vmmadapter/internal/sockdial).
+	SocketDirs []string
+	// SocketOwner, when set, is the uid the socket must belong to (the
+	// owner it had when the VMM was attached): a socket of another sandbox
+	// hard-linked into the VMM's directory is refused.
+	SocketOwner *uint32
+
 	// Logger receives the adapter's log records (key "error" for errors);
 	// nil discards them.
 	Logger *slog.Logger

@@ -1,6 +1,7 @@
 package vmmadapter_test
 
 import (
+	"reflect"
 	"testing"
 	"time"
 
@@ -22,7 +23,7 @@ func TestOptionsWithDefaults(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := tt.in.WithDefaults(); got != tt.want {
+			if got := tt.in.WithDefaults(); !reflect.DeepEqual(got, tt.want) {
 				t.Fatalf("%+v.WithDefaults() = %+v, want %+v", tt.in, got, tt.want)
 			}
 		})

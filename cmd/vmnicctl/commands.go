@@ -28,9 +28,9 @@ func init() {
 		{name: "teardown", args: "<sandbox-id>", npos: 1, run: cmdTeardown, flags: teardownFlags,
 			help: "Remove a sandbox's NICs (VMM first), its owned netns and its record. Idempotent; finishes an invalid sandbox."},
 		{name: "gc", args: "", npos: 0, run: cmdGC, flags: gcFlags,
-			help: "Remove owned vmnic-* netns without a record and tear down records whose netns is gone; prune lock files and index entries left without a record."},
+			help: "Remove owned vmnic-* netns without a record and tear down records whose netns is gone (each under the sandbox's lock, checked again); leave unreadable records and their netns to record recovery; prune lock files and index entries left without a record."},
 		{name: "attach-vmm", args: "<sandbox-id> --kind K --socket S", npos: 1, run: cmdAttachVMM, flags: attachFlags,
-			help: "Record the sandbox's VMM (kind, API socket, booted) and bring in its pending NICs."},
+			help: "Record the sandbox's VMM (kind, API socket, booted) and bring in its NICs the VMM does not have (pending ones, and attached ones after a VMM restart)."},
 		{name: "guest-acked", args: "<sandbox-id> <ifname>", npos: 2, run: cmdGuestAcked, flags: jsonFlag,
 			help: "Record that the guest has released the NIC (for Firecracker: removed its PCI device), so the next DEL or teardown may remove it from the VMM."},
 		{name: "vmm-args", args: "<sandbox-id> --kind K", npos: 1, run: cmdVMMArgs, flags: vmmArgsFlags,
@@ -258,27 +258,37 @@ func cmdGC(ctx context.Context, c *cli, _ *flag.FlagSet, _ []string) error {
 		if o.dryRun {
 			continue
 		}
-		if err := m.RemoveNetns(p); err != nil {
+		// Under the sandbox's lock, checked again: a sandbox being
+		// prepared, or recorded meanwhile, keeps its netns.
+		removed, err := m.RemoveOrphanNetns(ctx, p)
+		if err != nil {
 			errs = append(errs, err)
+		} else if !removed {
+			fmt.Fprintf(c.stdout, "orphan netns %s: a record names it now, kept\n", p)
 		}
 	}
-	recs, err := m.Store.List()
+	ids, err := m.Store.IDs()
 	if err != nil {
 		errs = append(errs, err)
 	}
-	for _, r := range recs {
-		path := r.ResolvedNetnsPath()
-		if path == "" {
+	for _, id := range ids {
+		r, err := m.Store.Get(id)
+		if errors.Is(err, netsetup.ErrNotFound) {
 			continue
 		}
-		if _, err := netsetup.IdentifyNetns(path); err == nil {
+		if err != nil {
+			// Never acted on: an unreadable record is record recovery's.
+			fmt.Fprintf(c.stdout, "sandbox %s: record unreadable, left to record recovery: %v\n", id, err)
 			continue
 		}
-		fmt.Fprintf(c.stdout, "sandbox %s: netns %s is gone\n", r.SandboxID, path)
+		if !sandbox.RecordedNetnsGone(r) {
+			continue
+		}
+		fmt.Fprintf(c.stdout, "sandbox %s: netns %s is gone\n", r.SandboxID, r.ResolvedNetnsPath())
 		if o.dryRun {
 			continue
 		}
-		if err := m.Teardown(ctx, r.SandboxID, sandbox.TeardownOptions{}); err != nil {
+		if err := m.Teardown(ctx, r.SandboxID, sandbox.TeardownOptions{IfNetnsGone: true}); err != nil {
 			errs = append(errs, err)
 		}
 	}

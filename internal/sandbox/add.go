@@ -63,6 +63,8 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Every entry into the netns below is by this identity.
+	s.NetnsID = &nsid
 	tx, err := m.Store.Lock(ctx, s.SandboxID)
 	if err != nil {
 		return nil, coded(CodeTryAgain, err, "sandbox %s", s.SandboxID)
@@ -93,7 +95,7 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 
 	// In the sandbox netns: read the veth, record the NIC pending before
 	// any change (crash safety), then make the backend's part there.
-	err = netns.Do(s.NetnsPath, func() error {
+	err = netns.DoExpected(s.NetnsPath, s.NetnsID, func() error {
 		veth, err := a.readVeth(b)
 		if err != nil {
 			return err
@@ -416,7 +418,7 @@ func (a *adding) rollback(cause error) error {
 	}
 	if len(a.u.ns) > 0 {
 		steps := a.u.ns
-		if err := netns.Do(s.NetnsPath, func() error { return runReverse(steps) }); err != nil && !netns.IsGone(err) {
+		if err := netns.DoExpected(s.NetnsPath, s.NetnsID, func() error { return runReverse(steps) }); err != nil && !netns.IsGone(err) {
 			errs = append(errs, err)
 		}
 	}

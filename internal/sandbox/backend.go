@@ -37,9 +37,16 @@ type backend interface {
 }
 
 // backendOf is the backend of the NICs of rec, for their removal.
+// A backend this version does not know (a newer vmnic's; only a teardown
+// gets here with one) is removed as the cni backend: vmnic's filters and
+// the recorded TAP in the recorded netns.
 func (m *Manager) backendOf(rec *netsetup.NetSetup) backend {
-	if rec.ResolvedNetBackend() == netsetup.BackendBridge {
+	switch rec.ResolvedNetBackend() {
+	case netsetup.BackendBridge:
 		return &bridgeBackend{m: m}
+	case netsetup.BackendCNI:
+	default:
+		m.log().Warn("a net_backend this version does not know: removing its NICs as the cni backend's", "sandbox", rec.SandboxID, "backend", rec.NetBackend)
 	}
 	return &cniBackend{m: m}
 }

@@ -106,8 +106,8 @@ func (b *bridgeBackend) cleanup(ctx context.Context, rec *netsetup.NetSetup, nic
 			errs = append(errs, err)
 		}
 	}
-	if path := rec.ResolvedNetnsPath(); path != "" {
-		if err := unpark(path, nic.IfName, rec.ResolvedNetBridgeDev()); err != nil {
+	if rec.ResolvedNetnsPath() != "" {
+		if err := b.m.unpark(rec, nic.IfName, rec.ResolvedNetBridgeDev()); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -164,15 +164,16 @@ func hostPeer(veth netlink.Link, host *netlink.Handle, br netlink.Link) netlink.
 	return peer
 }
 
-// unpark brings back the veth a bridge-backend NIC parked.
-func unpark(path, ifname, bridge string) error {
+// unpark brings back the veth a bridge-backend NIC parked, in the
+// recorded netns of rec.
+func (m *Manager) unpark(rec *netsetup.NetSetup, ifname, bridge string) error {
 	host, err := netlink.NewHandle()
 	if err != nil {
 		return err
 	}
 	defer host.Close()
 	br, _ := host.LinkByName(bridge)
-	err = netns.Do(path, func() error { return unparkVeth(ifname, host, br) })
+	err = m.inRecordedNetns(rec, func() error { return unparkVeth(ifname, host, br) })
 	if err != nil && !netns.IsGone(err) {
 		return fmt.Errorf("bring %s back: %w", ifname, err)
 	}

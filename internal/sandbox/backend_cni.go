@@ -78,7 +78,7 @@ func (b *cniBackend) cleanup(_ context.Context, rec *netsetup.NetSetup, nic nets
 	if path == "" {
 		return nil
 	}
-	err := netns.Do(path, func() error {
+	err := b.m.inRecordedNetns(rec, func() error {
 		var errs []error
 		veth, err := netlink.LinkByName(nic.IfName)
 		switch {

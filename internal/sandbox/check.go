@@ -10,7 +10,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/vmnic/vmnic/internal/hostnet"
-	"github.com/vmnic/vmnic/internal/netns"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
 )
@@ -43,7 +42,7 @@ func (m *Manager) CheckNIC(ctx context.Context, id, ifname string) error {
 	var vethMTU int
 	var vethMAC string
 	var vethIndex int
-	err = netns.Do(path, func() error {
+	err = m.inRecordedNetns(rec, func() error {
 		veth, err := netlink.LinkByName(ifname)
 		if err != nil {
 			add("interface %s: %v", ifname, err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/vmnic/vmnic/internal/netns"
@@ -47,11 +48,20 @@ func (m *Manager) GC(ctx context.Context, network string, valid []Attachment) er
 }
 
 func (m *Manager) gcSandbox(ctx context.Context, id, network string, keep map[Attachment]bool) error {
-	tx, rec, err := m.lockRecord(ctx, id)
-	if err != nil || rec == nil {
+	tx, err := m.Store.Lock(ctx, id)
+	if err != nil {
 		return err
 	}
 	defer tx.Unlock()
+	rec, err := tx.Load()
+	switch {
+	case errors.Is(err, netsetup.ErrNotFound):
+		return nil
+	case err != nil:
+		// Record recovery's business: GC never acts on a record it cannot read.
+		m.log().Warn("gc: leaving an unreadable record to record recovery", "sandbox", id, "error", err)
+		return nil
+	}
 	var errs []error
 	for _, n := range append([]netsetup.NIC(nil), rec.NetworkConfigs...) {
 		if n.ContainerID == "" || n.Network != network || keep[Attachment{n.ContainerID, n.IfName}] {
@@ -84,7 +94,10 @@ func (m *Manager) PruneStale(ctx context.Context) error {
 }
 
 // OrphanNetns lists the owned vmnic-* namespaces in NetnsDir that no record
-// names (including leftover mount points that hold no namespace).
+// names (including leftover mount points that hold no namespace). A netns
+// whose sandbox has a record that cannot be read is not listed: it is left
+// to record recovery (logged). The list is read without locks: remove its
+// entries with RemoveOrphanNetns, which checks again under the lock.
 func (m *Manager) OrphanNetns(ctx context.Context) ([]string, error) {
 	paths, err := netns.List(m.netnsDir(), OwnedNetnsPrefix)
 	if err != nil {
@@ -103,7 +116,12 @@ func (m *Manager) OrphanNetns(ctx context.Context) ([]string, error) {
 		}
 		// The record named after the netns may still point at it by path.
 		id := filepath.Base(p)[len(OwnedNetnsPrefix):]
-		if rec, err := m.Store.Get(id); err == nil && rec.ResolvedNetnsPath() == p {
+		rec, err := m.Store.Get(id)
+		if err == nil && rec.ResolvedNetnsPath() == p {
+			continue
+		}
+		if err != nil && !errors.Is(err, netsetup.ErrNotFound) && netsetup.ValidateSandboxID(id) == nil {
+			m.log().Warn("gc: leaving the netns of an unreadable record to record recovery", "netns", p, "sandbox", id, "error", err)
 			continue
 		}
 		out = append(out, p)
@@ -111,5 +129,53 @@ func (m *Manager) OrphanNetns(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
+// RemoveOrphanNetns removes an owned netns that OrphanNetns listed, under
+// the lock of the sandbox it is named after and after checking again: a
+// sandbox being prepared (Prepare makes the netns before it saves the
+// record, holding the lock), one recorded meanwhile, one whose record
+// cannot be read (record recovery's) or that another sandbox's record
+// names keeps it. It reports whether it removed the netns.
+func (m *Manager) RemoveOrphanNetns(ctx context.Context, path string) (bool, error) {
+	if filepath.Dir(path) != filepath.Clean(m.netnsDir()) || !strings.HasPrefix(filepath.Base(path), OwnedNetnsPrefix) {
+		return false, fmt.Errorf("%s is not an owned netns of %s", path, m.netnsDir())
+	}
+	id := filepath.Base(path)[len(OwnedNetnsPrefix):]
+	if netsetup.ValidateSandboxID(id) == nil {
+		tx, err := m.Store.Lock(ctx, id)
+		if err != nil {
+			return false, err
+		}
+		defer tx.Unlock()
+		switch rec, err := tx.Load(); {
+		case err == nil:
+			if rec.ResolvedNetnsPath() == path {
+				return false, nil // recorded meanwhile
+			}
+			// The sandbox has a record, and another netns: this one is a
+			// leftover all the same (checked against the index below).
+		case !errors.Is(err, netsetup.ErrNotFound):
+			m.log().Warn("gc: leaving the netns of an unreadable record to record recovery", "netns", path, "sandbox", id, "error", err)
+			return false, nil
+		default:
+			_ = tx.Delete() // no record: this only drops the lock file at Unlock
+		}
+	}
+	if nsid, err := netsetup.IdentifyNetns(path); err == nil {
+		switch other, err := m.Store.FindByNetns(nsid); {
+		case err == nil:
+			m.log().Info("gc: an owned netns another sandbox's record names is not an orphan", "netns", path, "sandbox", other)
+			return false, nil
+		case !errors.Is(err, netsetup.ErrNotFound):
+			return false, err
+		}
+	}
+	if err := netns.Remove(path); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
 // RemoveNetns unmounts and removes a bind-mounted netns (missing is fine).
+// It checks nothing: callers hold the sandbox's lock and have checked that
+// no record names it (else use RemoveOrphanNetns).
 func (m *Manager) RemoveNetns(path string) error { return netns.Remove(path) }

@@ -82,6 +82,10 @@ func New(c Config, opts ...Option) *Manager {
 	for _, o := range opts {
 		o(&h)
 	}
+	if c.Store != nil {
+		// What the store repairs or reports goes to the engine's log.
+		c.Store = c.Store.WithLogger(c.Logger)
+	}
 	m := &Manager{Config: c}
 	if h.times != nil {
 		m.stepHooks = append(m.stepHooks, func(name string) error { h.times.Step(name); return nil })
@@ -119,8 +123,13 @@ type PrepareOptions struct {
 
 // TeardownOptions say how much a teardown removes. KeepNetns (a pod stop)
 // removes the NICs and keeps an owned netns and the record (at zero NICs);
-// without it (a pod removal) everything goes.
-type TeardownOptions struct{ KeepNetns bool }
+// without it (a pod removal) everything goes. IfNetnsGone (a gc) tears
+// down only when, checked again under the sandbox's lock, the recorded
+// netns is gone from its path (or another namespace is there).
+type TeardownOptions struct {
+	KeepNetns   bool
+	IfNetnsGone bool
+}
 
 func (m *Manager) log() *slog.Logger {
 	if m.Logger == nil {

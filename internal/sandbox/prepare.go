@@ -129,7 +129,12 @@ func (m *Manager) reprepare(tx *netsetup.Tx, rec *netsetup.NetSetup, o PrepareOp
 		changed = true
 	case curErr != nil:
 		return nil, fmt.Errorf("prepare sandbox %s: its netns %s is gone: %w", id, path, curErr)
-	case rec.NetnsID == nil || *rec.NetnsID != cur:
+	case rec.NetnsID != nil && *rec.NetnsID != cur:
+		// Another namespace was made at the path (the recorded one was
+		// deleted): it belongs to someone else, not to this sandbox.
+		return nil, fmt.Errorf("prepare sandbox %s: the netns at %s (%s) is not the recorded one (%s): tear the sandbox down, or prepare it with --netns naming the namespace to adopt",
+			id, path, cur, rec.NetnsID)
+	case rec.NetnsID == nil:
 		rec.NetnsID = &cur
 		changed = true
 	}

@@ -67,6 +67,13 @@ func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.
 		if err := m.removeStray(ctx, rec, nic); err != nil {
 			return err
 		}
+	case rec.VMM != nil && !knownNICState(nic.State) && nic.VMMDeviceID != "":
+		// A state a newer vmnic wrote (only a teardown gets here with one):
+		// the device may be in the VMM, so it is taken out like one that
+		// is detaching.
+		if err := m.detach(ctx, tx, rec, nic); err != nil {
+			return err
+		}
 	}
 	if err := m.step("remove-host"); err != nil {
 		return asCoded(err, "remove NIC %s", ifname)
@@ -91,6 +98,11 @@ func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.
 	}
 	m.log().Info("NIC removed", "sandbox", rec.SandboxID, "ifname", ifname, "tap", nic.Tap)
 	return nil
+}
+
+// knownNICState: a NIC state this version of vmnic knows.
+func knownNICState(s netsetup.NICState) bool {
+	return s == netsetup.NICPending || s == netsetup.NICAttached || s == netsetup.NICDetaching
 }
 
 // detach takes nic (attached or detaching) out of the VMM of rec, bounded.

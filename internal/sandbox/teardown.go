@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/vmnic/vmnic/internal/netns"
 	"github.com/vmnic/vmnic/netsetup"
 )
 
@@ -24,6 +23,10 @@ func (m *Manager) Teardown(ctx context.Context, id string, o TeardownOptions) er
 		return err
 	}
 	defer tx.Unlock()
+	if o.IfNetnsGone && !RecordedNetnsGone(rec) {
+		m.log().Info("not torn down: its netns is there again", "sandbox", id, "netns", rec.ResolvedNetnsPath())
+		return nil
+	}
 	rec.Phase = netsetup.PhaseTearingDown
 	if err := tx.Save(rec); err != nil {
 		return fmt.Errorf("teardown sandbox %s: %w", id, err)
@@ -46,7 +49,7 @@ func (m *Manager) Teardown(ctx context.Context, id string, o TeardownOptions) er
 	if len(errs) == 0 && !o.KeepNetns && rec.NetnsOwned {
 		if err := m.step("teardown-netns"); err != nil {
 			errs = append(errs, err)
-		} else if err := netns.Remove(rec.ResolvedNetnsPath()); err != nil {
+		} else if err := m.removeOwnedNetns(rec); err != nil {
 			errs = append(errs, err)
 		} else if err := m.step("netns-removed"); err != nil {
 			errs = append(errs, err)
@@ -65,6 +68,11 @@ func (m *Manager) Teardown(ctx context.Context, id string, o TeardownOptions) er
 		rec.Phase = netsetup.PhasePrepared
 		rec.Error = ""
 		rec.VMM = nil
+		if b := rec.ResolvedNetBackend(); b != netsetup.BackendCNI && b != netsetup.BackendBridge {
+			// At zero NICs the backend is the next ADD's to set; one this
+			// version does not know would not validate as prepared.
+			rec.NetBackend = netsetup.BackendCNI
+		}
 		if err := tx.Save(rec); err != nil {
 			return fmt.Errorf("teardown sandbox %s: %w", id, err)
 		}
@@ -78,6 +86,21 @@ func (m *Manager) Teardown(ctx context.Context, id string, o TeardownOptions) er
 	m.unindexContainers(id, nil, cids...)
 	m.log().Info("sandbox removed", "sandbox", id)
 	return nil
+}
+
+// RecordedNetnsGone says whether the recorded netns of rec is no longer at
+// its path (missing, not a namespace, or another namespace). A record
+// without a netns path (bridge backend) never qualifies.
+func RecordedNetnsGone(rec *netsetup.NetSetup) bool {
+	path := rec.ResolvedNetnsPath()
+	if path == "" {
+		return false
+	}
+	cur, err := netsetup.IdentifyNetns(path)
+	if err != nil {
+		return true
+	}
+	return rec.NetnsID != nil && *rec.NetnsID != cur
 }
 
 // lockRecord locks sandbox id and loads its record. A sandbox without a

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
 	"github.com/vmnic/vmnic/vmmadapter/connect"
@@ -39,7 +41,15 @@ func (m *Manager) openVMM(v *netsetup.VMM) (vmmadapter.Adapter, error) {
 			return nil, fmt.Errorf("%s VMM: %w", v.Kind, err)
 		}
 	}
+	// The adapter's every dial checks again, on the directory's and the
+	// socket's fds, what CheckVMMSocket checked by path.
 	opts := m.VMMOptions
+	if opts.SocketDirs == nil {
+		opts.SocketDirs = m.VMMSocketDirs
+	}
+	if v.SocketUID != nil {
+		opts.SocketOwner = v.SocketUID
+	}
 	if opts.Logger == nil {
 		opts.Logger = m.log()
 	}
@@ -135,6 +145,12 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 		return nil, fmt.Errorf("sandbox %s is %s (%s): %w", id, rec.Phase, rec.Error, ErrInvalidRecord)
 	}
 	v := &netsetup.VMM{Kind: string(kind), APISocket: socket}
+	// The socket's owner now is the VMM's: every later dial checks it.
+	var st unix.Stat_t
+	if err := unix.Lstat(socket, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+		uid := st.Uid
+		v.SocketUID = &uid
+	}
 	a, err := m.openVMM(v)
 	if err != nil {
 		return nil, err
@@ -153,20 +169,26 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 		return nil, err
 	}
 	var errs []error
-	// NICs the VMM already has (cold-plugged from vmm-args at launch) are
-	// only marked attached.
+	// What the VMM has is the truth, not the record: NICs it already has
+	// (cold-plugged from vmm-args at launch) are only marked attached, and
+	// NICs recorded attached that it does not have (a VMM restarted on the
+	// record of the old one) are added again.
 	lctx, cancel := context.WithTimeout(ctx, m.callTimeout())
 	have, err := a.NICs(lctx)
 	cancel()
+	listed := err == nil
 	if err != nil {
 		errs = append(errs, fmt.Errorf("list the NICs of the %s VMM: %w", kind, err))
 	}
 	for i := range rec.NetworkConfigs {
 		n := &rec.NetworkConfigs[i]
-		if n.State != netsetup.NICPending || !n.HostReady {
+		switch {
+		case n.State == netsetup.NICPending && n.HostReady:
+		case n.State == netsetup.NICAttached && listed:
+		default:
 			continue
 		}
-		if id, ok := vmmHas(have, n.ID); ok {
+		if id, ok := vmmHasNIC(have, *n); ok {
 			n.State = netsetup.NICAttached
 			n.VMMDeviceID = id
 			n.Note = ""
@@ -174,14 +196,22 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 		}
 		if err := vmmadapter.ValidateNIC(kind, AdapterNIC(*n)); err != nil {
 			errs = append(errs, fmt.Errorf("NIC %s stays pending: %w", n.IfName, err))
+			n.State = netsetup.NICPending
+			n.VMMDeviceID, n.BDF = "", ""
 			n.Note = fmt.Sprintf("NIC %s stays pending: %v", n.IfName, err)
 			continue
+		}
+		if n.State == netsetup.NICAttached {
+			m.log().Warn("attach-vmm: the VMM does not have a NIC recorded attached (restarted?): adding it again",
+				"sandbox", id, "ifname", n.IfName, "device", n.VMMDeviceID)
 		}
 		actx, cancel := context.WithTimeout(ctx, 2*m.callTimeout())
 		att, err := a.AddNIC(actx, AdapterNIC(*n))
 		cancel()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("NIC %s stays pending: %w", n.IfName, err))
+			n.State = netsetup.NICPending
+			n.VMMDeviceID, n.BDF = "", ""
 			n.Note = fmt.Sprintf("NIC %s stays pending: %v", n.IfName, err)
 			continue
 		}
@@ -197,6 +227,15 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 		errs = append(errs, err)
 	}
 	return rec, errors.Join(errs...)
+}
+
+// vmmHasNIC finds the device of n among the VMM's device ids: its
+// recorded device id, or one its NIC id gives (vmmHas).
+func vmmHasNIC(have []string, n netsetup.NIC) (string, bool) {
+	if n.VMMDeviceID != "" && slices.Contains(have, n.VMMDeviceID) {
+		return n.VMMDeviceID, true
+	}
+	return vmmHas(have, n.ID)
 }
 
 // vmmHas finds the device of NIC id among the VMM's device ids, as given or

@@ -72,7 +72,7 @@ func New(socket string, opts vmmadapter.Options) (*Adapter, error) {
 	}
 	opts = opts.WithDefaults()
 	return &Adapter{
-		c:             apiclient.New(vmmadapter.CloudHypervisor, socket, opts.CallTimeout),
+		c:             apiclient.New(vmmadapter.CloudHypervisor, socket, opts),
 		removeTimeout: opts.RemoveTimeout,
 		removed:       map[string]bool{},
 	}, nil

@@ -68,7 +68,7 @@ func New(socket string, opts vmmadapter.Options) (*Adapter, error) {
 	if socket == "" {
 		return nil, errors.New("firecracker: empty API socket path")
 	}
-	return &Adapter{c: apiclient.New(vmmadapter.Firecracker, socket, opts.CallTimeout), pci: opts.PCI, log: opts.Log()}, nil
+	return &Adapter{c: apiclient.New(vmmadapter.Firecracker, socket, opts), pci: opts.PCI, log: opts.Log()}, nil
 }
 
 // Close releases the adapter's resources.

@@ -113,7 +113,7 @@ func (a *Adapter) conn(ctx context.Context) (*conn, error) {
 	if a.qc != nil && a.qc.failed() == nil {
 		return a.qc, nil
 	}
-	qc, err := dial(ctx, a.socket)
+	qc, err := dial(ctx, a.socket, a.opts)
 	if err != nil {
 		return nil, err
 	}

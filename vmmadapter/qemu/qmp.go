@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vmnic/vmnic/vmmadapter"
+	"github.com/vmnic/vmnic/vmmadapter/internal/sockdial"
 )
 
 // Error is an error reply from QMP.
@@ -74,10 +75,10 @@ type subscription struct {
 	ch    chan Event // buffered; matched events beyond its capacity are dropped
 }
 
-// dial connects to the QMP socket and negotiates capabilities, all within ctx.
-func dial(ctx context.Context, socket string) (*conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", socket)
+// dial connects to the QMP socket (through sockdial, with the socket
+// checks of o) and negotiates capabilities, all within ctx.
+func dial(ctx context.Context, socket string, o vmmadapter.Options) (*conn, error) {
+	c, err := sockdial.Dial(ctx, socket, o)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("connect to QMP socket %s: %w", socket, ctx.Err())

@@ -386,8 +386,12 @@ func (p *Plugin) removeLeftovers(ctx context.Context, st state, id string) error
 		return err
 	}
 	defer tx.Unlock()
-	if _, err := tx.Load(); err == nil {
-		return nil // recorded again meanwhile: not a leftover
+	if _, err := tx.Load(); !errors.Is(err, netsetup.ErrNotFound) {
+		if err != nil {
+			// An unreadable record is record recovery's: never removed here.
+			p.logger().Warn("leftovers: leaving the netns of an unreadable record to record recovery", "sandbox", id, "err", err)
+		}
+		return nil // recorded (again): not a leftover
 	}
 	_ = tx.Delete() // no record: this only drops the lock file at Unlock
 	if err := st.mgr.RemoveNetns(path); err != nil {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/vmnic/vmnic/vmmadapter"
+	"github.com/vmnic/vmnic/vmmadapter/internal/sockdial"
 )
 
 // maxBody bounds what is read of a response (vm.info of a big VM is a few
@@ -33,16 +34,14 @@ type Client struct {
 	http    *http.Client
 }
 
-// New returns a client for socket. It does not connect. A timeout of zero
-// (or less) is vmmadapter.DefaultCallTimeout.
-func New(kind vmmadapter.Kind, socket string, timeout time.Duration) *Client {
-	if timeout <= 0 {
-		timeout = vmmadapter.DefaultCallTimeout
-	}
-	dialer := &net.Dialer{}
+// New returns a client for socket. It does not connect. Its timeout is
+// opts.CallTimeout (zero or less: vmmadapter.DefaultCallTimeout); every
+// connection is dialled through sockdial (opts.SocketDirs, opts.SocketOwner).
+func New(kind vmmadapter.Kind, socket string, opts vmmadapter.Options) *Client {
+	timeout := opts.WithDefaults().CallTimeout
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return dialer.DialContext(ctx, "unix", socket)
+			return sockdial.Dial(ctx, socket, opts)
 		},
 		// One connection per call: a VMM restarted on the same socket path,
 		// or one that closed a connection, never poisons a later call, and
@@ -149,7 +148,7 @@ func isUnavailable(err error) bool {
 	if !errors.As(err, &op) || op.Op != "dial" {
 		return false
 	}
-	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) ||
+	return errors.Is(err, vmmadapter.ErrUnavailable) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) ||
 		errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTSOCK) ||
 		errors.Is(err, syscall.ENOTDIR) || errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPROTOTYPE)
 }
