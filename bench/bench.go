@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -76,6 +77,8 @@ type env struct {
 	exec     *timedexec.Exec
 	stepFile string
 	hasVmnic bool
+	hasPrev  bool // the bin dir has vmnic-prev (the plugin before a change)
+	hasPeer  bool // peer-tcredirect was built
 	report   *Report
 
 	// vmnicCalls are the vmnic execs the sections saw, for the steps table.
@@ -139,6 +142,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := e.installPlugins(); err != nil {
 		return nil, err
 	}
+	e.buildPeer(ctx)
 	e.stepFile = filepath.Join(tmp, "steps.jsonl")
 	e.exec = &timedexec.Exec{Env: append([]string{steptime.EnvVar + "=" + e.stepFile}, cfg.PluginEnv...)}
 	e.cni = libcni.NewCNIConfigWithCacheDir([]string{e.cniBin}, filepath.Join(tmp, "cni-cache"), e.exec)
@@ -216,7 +220,24 @@ func (e *env) installPlugins() error {
 		return nil
 	}
 	e.hasVmnic = true
+	// The previous plugin, when the bin dir has one (a before/after run).
+	if err := copyFile(filepath.Join(e.cfg.BinDir, prevVmnic), filepath.Join(e.cniBin, prevVmnic)); err == nil {
+		e.hasPrev = true
+	}
 	return nil
+}
+
+// buildPeer builds the tc-redirect-tap stand-in (bench/cmd/peer-tcredirect)
+// into the private plugin dir; without it the peer variant is skipped.
+func (e *env) buildPeer(ctx context.Context) {
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", filepath.Join(e.cniBin, peerPlugin), "./cmd/peer-tcredirect")
+	cmd.Dir = filepath.Join(e.cfg.RepoRoot, "bench")
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod -buildvcs=false", "GOWORK=off")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		e.logf("peer-tcredirect not built (%v: %s): its variant is skipped", err, b)
+		return
+	}
+	e.hasPeer = true
 }
 
 func copyFile(src, dst string) error {
