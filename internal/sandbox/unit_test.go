@@ -181,7 +181,7 @@ func TestStepHooks(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !strings.Contains(string(data), `"name":"veth-read"`) || !strings.Contains(string(data), `"name":"tap-created"`) {
-		t.Errorf("recorded steps %s: want pending-saved and tap-created", data)
+		t.Errorf("recorded steps %s: want veth-read and tap-created", data)
 	}
 	if !slices.Equal(seen, []string{"veth-read", "tap-created"}) {
 		t.Errorf("hook saw %v", seen)
