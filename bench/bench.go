@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -39,9 +40,9 @@ type Config struct {
 	// BinDir holds our binaries (vmnic, vmnicctl, vmnic-nri).
 	BinDir string
 	// RefVmnic, when set, is a second vmnic plugin binary (e.g. a build of
-	// an earlier commit): the cycle section then adds the variant
-	// "vmnic-ref", interleaved with the others, for a before/after ratio
-	// from one run.
+	// an earlier commit), measured as the variant "vmnic-prev" interleaved
+	// with the others, for a before/after ratio from one run (without it, a
+	// vmnic-prev in BinDir is used when there is one).
 	RefVmnic string
 	// Sections to run; empty means all (see SectionNames).
 	Sections []string
@@ -81,7 +82,8 @@ type env struct {
 	exec     *timedexec.Exec
 	stepFile string
 	hasVmnic bool
-	hasRef   bool // the vmnic-ref plugin is installed (Config.RefVmnic)
+	hasPrev  bool // the bin dir has vmnic-prev (the plugin before a change)
+	hasPeer  bool // peer-tcredirect was built
 	report   *Report
 
 	// vmnicCalls are the vmnic execs the sections saw, for the steps table.
@@ -145,6 +147,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := e.installPlugins(); err != nil {
 		return nil, err
 	}
+	e.buildPeer(ctx)
 	e.stepFile = filepath.Join(tmp, "steps.jsonl")
 	e.exec = &timedexec.Exec{Env: append([]string{steptime.EnvVar + "=" + e.stepFile}, cfg.PluginEnv...)}
 	e.cni = libcni.NewCNIConfigWithCacheDir([]string{e.cniBin}, filepath.Join(tmp, "cni-cache"), e.exec)
@@ -222,13 +225,31 @@ func (e *env) installPlugins() error {
 		return nil
 	}
 	e.hasVmnic = true
+	// The previous plugin (a before/after run): -ref-vmnic, else vmnic-prev
+	// in the bin dir when it has one.
+	prev := filepath.Join(e.cfg.BinDir, prevVmnic)
 	if e.cfg.RefVmnic != "" {
-		if err := copyFile(e.cfg.RefVmnic, filepath.Join(e.cniBin, "vmnic-ref")); err != nil {
-			return fmt.Errorf("reference vmnic plugin: %w", err)
-		}
-		e.hasRef = true
+		prev = e.cfg.RefVmnic
+	}
+	if err := copyFile(prev, filepath.Join(e.cniBin, prevVmnic)); err == nil {
+		e.hasPrev = true
+	} else if e.cfg.RefVmnic != "" {
+		return fmt.Errorf("reference vmnic plugin (-ref-vmnic): %w", err)
 	}
 	return nil
+}
+
+// buildPeer builds the tc-redirect-tap stand-in (bench/cmd/peer-tcredirect)
+// into the private plugin dir; without it the peer variant is skipped.
+func (e *env) buildPeer(ctx context.Context) {
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", filepath.Join(e.cniBin, peerPlugin), "./cmd/peer-tcredirect")
+	cmd.Dir = filepath.Join(e.cfg.RepoRoot, "bench")
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod -buildvcs=false", "GOWORK=off")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		e.logf("peer-tcredirect not built (%v: %s): its variant is skipped", err, b)
+		return
+	}
+	e.hasPeer = true
 }
 
 func copyFile(src, dst string) error {

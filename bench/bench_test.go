@@ -67,9 +67,12 @@ func TestQuickRun(t *testing.T) {
 	if err := json.Unmarshal(data, &back); err != nil {
 		t.Fatalf("report.json: %v", err)
 	}
-	wantVariants := 7 // baseline, tuning, vmnic, vmnic-fsync, baseline-4nic, vmnic-4nic, tap
+	wantVariants := 8 // baseline, tuning, vmnic, vmnic-fsync, baseline-4nic, vmnic-4nic, peer-tcredirect, tap
 	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
 		wantVariants++ // vmnic-tmpfs
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(vmnic), prevVmnic)); err == nil {
+		wantVariants++ // vmnic-prev
 	}
 	if back.Cycle == nil || len(back.Cycle.Variants) != wantVariants {
 		t.Errorf("cycle section: %+v, want %d variants", back.Cycle, wantVariants)
@@ -80,7 +83,10 @@ func TestQuickRun(t *testing.T) {
 			}
 		}
 	}
-	if len(back.Targets) != 4 {
+	if back.Cycle != nil && (len(back.Cycle.AddVsPeer) == 0 || back.Cycle.AddVsPeer[0].Ratio <= 0) {
+		t.Errorf("cycle section: no ADD ratio against peer-tcredirect: %+v", back.Cycle.AddVsPeer)
+	}
+	if len(back.Targets) != 5 {
 		t.Errorf("targets: %+v", back.Targets)
 	}
 	for _, tg := range back.Targets {

@@ -16,6 +16,23 @@ type CycleResult struct {
 	Iterations int             `json:"iterations"`
 	Warmup     int             `json:"warmup"`
 	Variants   []VariantResult `json:"variants"`
+	// AddVsPeer compares vmnic's ADD exec (the plugin's own exec, as the
+	// runtime sees it) with the tc-redirect-tap stand-in's, per variant.
+	AddVsPeer []AddRatio `json:"add_vs_peer,omitempty"`
+}
+
+// AddRatio is one vmnic variant's ADD exec against the peer's
+// (peer-tcredirect, the tc-redirect-tap stand-in) in the same run.
+type AddRatio struct {
+	Variant string        `json:"variant"`
+	Plugin  string        `json:"plugin"`
+	Add     stats.Summary `json:"add"`
+	PeerAdd stats.Summary `json:"peer_add"`
+	// Ratio is the median ADD exec over the peer's median ADD exec.
+	Ratio float64 `json:"ratio"`
+	// RatioPaired is the median over iterations of the ratio of the two
+	// execs of the same iteration.
+	RatioPaired float64 `json:"ratio_paired"`
 }
 
 // VariantResult is one variant's figures.
@@ -69,12 +86,6 @@ func (e *env) cycleVariants() ([]*variant, error) {
 			func(i int) []pluginConf { return []pluginConf{br(i), tuningNoop(e.dir("tuning"))} }},
 		{"vmnic", "bridge + host-local + vmnic, 1 NIC", "baseline", 1, true,
 			func(i int) []pluginConf { return []pluginConf{br(i), vmnicPlugin(e.dir("vmnic-state"))} }},
-		{"vmnic-ref", "bridge + host-local + vmnic-ref (Config.RefVmnic: another build of vmnic), 1 NIC", "baseline", 1, true,
-			func(i int) []pluginConf {
-				p := vmnicPlugin(e.dir("vmnic-ref-state"))
-				p["type"] = "vmnic-ref"
-				return []pluginConf{br(i), p}
-			}},
 		{"vmnic-fsync", "bridge + host-local + vmnic, 1 NIC, `\"fsync\": true` (durable records)", "baseline", 1, true,
 			func(i int) []pluginConf {
 				p := vmnicPlugin(e.dir("vmnic-state"))
@@ -87,6 +98,14 @@ func (e *env) cycleVariants() ([]*variant, error) {
 			func(i int) []pluginConf { return []pluginConf{br(i)} }},
 		{"vmnic-4nic", "bridge + host-local + vmnic, 4 NICs in one sandbox", "baseline-4nic", 4, true,
 			func(i int) []pluginConf { return []pluginConf{br(i), vmnicPlugin(e.dir("vmnic-state"))} }},
+		{"vmnic-prev", "bridge + host-local + the previous vmnic plugin (`vmnic-prev` in the bin dir), 1 NIC", "baseline", 1, true,
+			func(i int) []pluginConf {
+				p := vmnicPlugin(e.dir("vmnic-prev-state"))
+				p["type"] = prevVmnic
+				return []pluginConf{br(i), p}
+			}},
+		{peerVariant, "bridge + host-local + peer-tcredirect (tc-redirect-tap's ADD, bench/cmd/peer-tcredirect)", "baseline", 1, false,
+			func(i int) []pluginConf { return []pluginConf{br(i), {"type": peerPlugin}} }},
 		{"tap", "reference tap plugin + host-local", "baseline", 1, false,
 			func(i int) []pluginConf {
 				return []pluginConf{tapPlugin(fmt.Sprintf("10.205.%d.0/24", i), e.dir("ipam"))}
@@ -94,7 +113,8 @@ func (e *env) cycleVariants() ([]*variant, error) {
 	}
 	var out []*variant
 	for i, s := range specs {
-		if s.vmnic && !e.hasVmnic || s.name == "vmnic-tmpfs" && e.shm == "" || s.name == "vmnic-ref" && !e.hasRef {
+		if s.vmnic && !e.hasVmnic || s.name == "vmnic-tmpfs" && e.shm == "" ||
+			s.name == "vmnic-prev" && !e.hasPrev || s.name == peerVariant && !e.hasPeer {
 			continue
 		}
 		list, err := e.confList("vmnb-"+s.name, s.plugins(i)...)
@@ -197,6 +217,13 @@ func (e *env) runCycle(ctx context.Context) error {
 		}
 		vr.RatioPaired = stats.MedianFloat(rs)
 	}
+	res.AddVsPeer = addVsPeer(vars, func(name string) [][]timedexec.Call {
+		var out [][]timedexec.Call
+		for _, s := range samples[name] {
+			out = append(out, s.calls)
+		}
+		return out
+	})
 	e.report.Cycle = res
 
 	// The vmnic execs of this section feed the per-step table.
@@ -222,4 +249,58 @@ func (e *env) deleteBridges(n int) {
 	for i := 0; i < n; i++ {
 		_ = deleteBridge(fmt.Sprintf("vmnbrb%d", i))
 	}
+}
+
+// The tc-redirect-tap stand-in and the previous vmnic plugin, as variant
+// and plugin names.
+const (
+	peerVariant = "peer-tcredirect"
+	peerPlugin  = "peer-tcredirect"
+	prevVmnic   = "vmnic-prev"
+)
+
+// addVsPeer compares the ADD exec of each vmnic variant's vmnic plugin with
+// the peer's ADD exec: medians, and the median of the per-iteration ratios
+// (the i-th successful cycle of each). calls gives a variant's successful
+// cycles' plugin execs.
+func addVsPeer(vars []*variant, calls func(name string) [][]timedexec.Call) []AddRatio {
+	addOf := func(cycles [][]timedexec.Call, plugin string) []time.Duration {
+		var out []time.Duration
+		for _, cs := range cycles {
+			var d time.Duration
+			for _, c := range cs {
+				if c.Plugin == plugin && c.Cmd == "ADD" {
+					d += c.Duration()
+				}
+			}
+			out = append(out, d)
+		}
+		return out
+	}
+	peer := addOf(calls(peerVariant), peerPlugin)
+	if len(peer) == 0 {
+		return nil
+	}
+	var out []AddRatio
+	for _, v := range vars {
+		plugin := "vmnic"
+		if v.name == "vmnic-prev" {
+			plugin = prevVmnic
+		}
+		if !v.needsVmnic || v.nics != 1 {
+			continue
+		}
+		add := addOf(calls(v.name), plugin)
+		if len(add) == 0 {
+			continue
+		}
+		var rs []float64
+		for j := 0; j < len(add) && j < len(peer); j++ {
+			rs = append(rs, stats.Ratio(add[j], peer[j]))
+		}
+		a, p := stats.Summarize(add), stats.Summarize(peer)
+		out = append(out, AddRatio{Variant: v.name, Plugin: plugin, Add: a, PeerAdd: p,
+			Ratio: stats.Ratio(a.Median, p.Median), RatioPaired: stats.MedianFloat(rs)})
+	}
+	return out
 }

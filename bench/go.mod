@@ -7,6 +7,7 @@ replace github.com/vmnic/vmnic => ../
 require (
 	github.com/containerd/nri v0.12.5
 	github.com/containernetworking/cni v1.3.1
+	github.com/containernetworking/plugins v1.9.1
 	github.com/vishvananda/netlink v1.3.1
 	github.com/vmnic/vmnic v0.0.0-00010101000000-000000000000
 	golang.org/x/image v0.47.0
@@ -16,7 +17,6 @@ require (
 require (
 	github.com/containerd/log v0.1.0 // indirect
 	github.com/containerd/ttrpc v1.2.7 // indirect
-	github.com/containernetworking/plugins v1.9.1 // indirect
 	github.com/coreos/go-iptables v0.8.0 // indirect
 	github.com/knqyf263/go-plugin v0.9.0 // indirect
 	github.com/opencontainers/runtime-spec v1.3.0 // indirect

@@ -65,6 +65,12 @@ func (e *env) runProcStart(ctx context.Context) error {
 	if e.hasVmnic {
 		bins = append(bins, bin{"vmnic", "our plugin, CNI_COMMAND=VERSION", filepath.Join(e.cniBin, "vmnic")})
 	}
+	if e.hasPrev {
+		bins = append(bins, bin{prevVmnic, "the previous vmnic plugin, CNI_COMMAND=VERSION", filepath.Join(e.cniBin, prevVmnic)})
+	}
+	if e.hasPeer {
+		bins = append(bins, bin{peerPlugin, "tc-redirect-tap stand-in, CNI_COMMAND=VERSION", filepath.Join(e.cniBin, peerPlugin)})
+	}
 	res := &ProcStartResult{Runs: runs}
 	samples := make([][]time.Duration, len(bins))
 	// Round-robin, as everywhere.

@@ -82,6 +82,17 @@ func (r *Report) evaluateTargets() {
 		}
 	}
 	ts = append(ts, t)
+	// 2b. vmnic's ADD exec against tc-redirect-tap's (the stand-in).
+	t = Target{Name: "ADD vs tc-redirect-tap", Goal: "vmnic's ADD exec ≤ peer-tcredirect's (median, same run)", Status: "n/a", Measured: "not measured"}
+	if c := r.Cycle; c != nil {
+		for _, a := range c.AddVsPeer {
+			if a.Variant == "vmnic" {
+				t.Measured = fmt.Sprintf("%s ms vs %s ms: ratio %.3f (paired %.3f)", ms(a.Add.Median), ms(a.PeerAdd.Median), a.Ratio, a.RatioPaired)
+				t.Status = status(a.Ratio <= 1)
+			}
+		}
+	}
+	ts = append(ts, t)
 	// 3. 1,000th sandbox vs 10th.
 	t = Target{Name: "scale", Goal: "vmnic ADD with 1,000 live sandboxes = with 10 ± 20%", Status: "n/a", Measured: "not measured"}
 	if r.Scale != nil {
@@ -333,6 +344,12 @@ func (r *Report) Markdown() string {
 		for _, v := range c.Variants {
 			for _, p := range v.Plugins {
 				w("| %s | %s | %s | %d | %s | %s |\n", v.Name, p.Plugin, p.Cmd, p.Time.N, ms(p.Time.Median), ms(p.Time.P90))
+			}
+		}
+		if len(c.AddVsPeer) > 0 {
+			w("\nvmnic's ADD exec against the tc-redirect-tap stand-in's (`peer-tcredirect`: one TAP with the veth's MTU, ingress qdiscs, u32 match-all mirred redirect both ways, no state file), same run:\n\n| Variant | plugin ADD median | peer ADD median | ratio (median) | ratio (paired) |\n|---|---|---|---|---|\n")
+			for _, a := range c.AddVsPeer {
+				w("| %s | %s | %s | %.3f | %.3f |\n", a.Variant, ms(a.Add.Median), ms(a.PeerAdd.Median), a.Ratio, a.RatioPaired)
 			}
 		}
 		for _, v := range c.Variants {

@@ -5,7 +5,7 @@
 #   make bench BENCH_QUICK=1   smoke run (1–2 min)
 #   make bench BENCH_FLAGS='-sections cycle,steps'
 #   make bench BENCH_FLAGS="-sections cycle -ref-vmnic OLD/vmnic"   before/after:
-#                              a build of an earlier commit as the variant vmnic-ref
+#                              a build of an earlier commit as the variant vmnic-prev
 #   make bench-test            vet the bench module and run its tests (the quick
 #                              run as a test, TestQuickRun; part of `make test`)
 #

@@ -71,6 +71,26 @@ func (s *Store) BridgeForwardUsers(bridge string) ([]string, error) {
 	return sortedUsers(users), nil
 }
 
+// BridgeForwardBridges lists the bridges that have recorded users of their
+// FORWARD rules, sorted (none when nothing was ever recorded).
+func (s *Store) BridgeForwardBridges() ([]string, error) {
+	ents, err := os.ReadDir(s.forwardDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list bridge forward users: %w", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if b, ok := strings.CutSuffix(e.Name(), ".users"); ok && e.Type().IsRegular() && validBridgeName(b) == nil {
+			out = append(out, b)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
 func validBridgeName(bridge string) error {
 	if bridge == "" || strings.ContainsAny(bridge, "/\x00") || len(bridge) > maxBridgeNameLen {
 		return fmt.Errorf("bridge name %q is not valid", bridge)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -239,5 +240,31 @@ func TestVolatileDirsRefuseSymlinks(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(elsewhere); len(ents) != 0 {
 		t.Errorf("files written through the symlinks: %v", ents)
+	}
+}
+
+func TestBridgeForwardBridges(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.BridgeForwardBridges(); err != nil || len(got) != 0 {
+		t.Fatalf("BridgeForwardBridges of a new store = %v, %v; want none", got, err)
+	}
+	noop := func() error { return nil }
+	for _, b := range []string{"vmbr1", "vmbr0"} {
+		if err := s.AcquireBridgeForward(context.Background(), b, "sb/eth0", noop); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.BridgeForwardBridges()
+	if err != nil || !slices.Equal(got, []string{"vmbr0", "vmbr1"}) {
+		t.Fatalf("BridgeForwardBridges = %v, %v; want [vmbr0 vmbr1]", got, err)
+	}
+	if err := s.ReleaseBridgeForward(context.Background(), "vmbr0", "sb/eth0", noop); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.BridgeForwardBridges(); err != nil || !slices.Equal(got, []string{"vmbr1"}) {
+		t.Fatalf("BridgeForwardBridges after the release = %v, %v; want [vmbr1]", got, err)
 	}
 }

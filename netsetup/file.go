@@ -76,6 +76,13 @@ func readNoFollow(path string) ([]byte, error) {
 // (with durable: fsync before the rename and of dir after it). The file is
 // 0600 and never written through a symlink.
 func writeAtomic(dir, path string, data []byte, durable bool) error {
+	return writeAtomicThen(dir, path, data, durable, nil)
+}
+
+// writeAtomicThen is writeAtomic that runs then (when not nil) on the
+// written temp file's path before it is moved to path; an error from then
+// writes nothing.
+func writeAtomicThen(dir, path string, data []byte, durable bool, then func(tmp string) error) error {
 	tmp, err := os.CreateTemp(dir, tempPrefix+"*")
 	if err != nil {
 		return err
@@ -101,6 +108,11 @@ func writeAtomic(dir, path string, data []byte, durable bool) error {
 	}
 	if err := tmp.Close(); err != nil {
 		return err
+	}
+	if then != nil {
+		if err := then(tmpName); err != nil {
+			return err
+		}
 	}
 	if err := replaceFile(tmpName, path); err != nil {
 		return err

@@ -1,6 +1,8 @@
 package netsetup
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -16,6 +18,13 @@ import (
 // (<stateDir>/cni-containers/<container id>: the sandbox a CNI container's
 // NICs live in when its id is not the sandbox's). Both are caches: every
 // use checks an entry against the record it names.
+//
+// A container index entry holds the sandbox id (a line). A netns index
+// entry is a hard link to the version of the record that first named the
+// namespace (Tx.Save links the record's temp file before moving it into
+// place), so it costs a directory entry, not a file of its own: its
+// content is that record, whose sandbox_id is the id (entryID reads both
+// forms; entries written by earlier versions hold the id as a line).
 
 // FindByNetns returns the id of the sandbox whose recorded netns is the
 // namespace nsid, or ErrNotFound. The index entry is checked against the
@@ -29,8 +38,8 @@ func (s *Store) FindByNetns(nsid NetnsID) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("netns index %s: %w", nsid, err)
 	}
-	id := strings.TrimSpace(string(data))
-	if ValidateSandboxID(id) != nil {
+	id := entryID(data)
+	if id == "" {
 		return "", ErrNotFound
 	}
 	rec, err := s.read(id)
@@ -67,9 +76,48 @@ func parseIndexName(name string) (NetnsID, bool) {
 	return NetnsID{Dev: dev, Ino: ino}, true
 }
 
-// indexNetns points the netns index entry of nsid at sandbox id.
-func (s *Store) indexNetns(nsid NetnsID, id string) error {
-	return writeAtomic(s.netnsDir, s.netnsIndexPath(nsid), []byte(id+"\n"), false)
+// linkNetns points the netns index entry of nsid at the record file
+// version rec (a path in the sandboxes dir, not yet moved into place): a
+// hard link, made in place when the entry is missing and else made under a
+// temp name and moved over the entry.
+func (s *Store) linkNetns(nsid NetnsID, rec string) error {
+	path := s.netnsIndexPath(nsid)
+	err := os.Link(rec, path)
+	if !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	tmp := filepath.Join(s.netnsDir, fmt.Sprintf("%s%d-%d", tempPrefix, os.Getpid(), nsid.Ino))
+	os.Remove(tmp)
+	if err := os.Link(rec, tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// entryID is the sandbox id an index entry's content names: a line with
+// the id, or a record (a netns index entry) and its sandbox_id; "" when it
+// names no valid id.
+func entryID(data []byte) string {
+	var id string
+	if t := bytes.TrimSpace(data); len(t) > 0 && t[0] == '{' {
+		var rec struct {
+			SandboxID string `json:"sandbox_id"`
+		}
+		if json.Unmarshal(t, &rec) != nil {
+			return ""
+		}
+		id = rec.SandboxID
+	} else {
+		id = string(t)
+	}
+	if ValidateSandboxID(id) != nil {
+		return ""
+	}
+	return id
 }
 
 // unindexNetns removes the netns index entry of nsid when it names id.
@@ -84,11 +132,7 @@ func readEntry(path string) string {
 	if err != nil {
 		return ""
 	}
-	id := strings.TrimSpace(string(data))
-	if ValidateSandboxID(id) != nil {
-		return ""
-	}
-	return id
+	return entryID(data)
 }
 
 // removeEntryOf removes the index entry at path when it names id.

@@ -141,3 +141,82 @@ func TestContainerIndexRefusesBadEntries(t *testing.T) {
 		t.Error("IndexContainer accepted a sandbox id that could escape the state dir")
 	}
 }
+
+// The netns index entry is a hard link to the record version that first
+// named the namespace (no file of its own), it survives the record's
+// rewrites, and an entry in the older form (the id as a line) still works.
+func TestNetnsIndexEntryIsALink(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	self := "/proc/self/ns/net"
+	nsid, err := IdentifyNetns(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := New("sb-link")
+	rec.NetnsPath, rec.NetnsID = self, &nsid
+	if err := s.Create(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	entry := s.netnsIndexPath(nsid)
+	fi, err := os.Lstat(entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := os.Lstat(s.Path("sb-link"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(fi, first) {
+		t.Errorf("netns index entry %s is not a link to the record's first version", entry)
+	}
+	// A rewrite that keeps the netns leaves the entry alone.
+	if _, err := s.Update(ctx, "sb-link", func(r *NetSetup) error { r.PodName = "p"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := os.Lstat(entry); err != nil || !os.SameFile(again, fi) {
+		t.Errorf("the rewrite replaced the netns index entry (%v)", err)
+	}
+	if id, err := s.FindByNetns(nsid); err != nil || id != "sb-link" {
+		t.Fatalf("FindByNetns = %q, %v; want sb-link", id, err)
+	}
+	// The older form of an entry: the id as a line.
+	if err := os.Remove(entry); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(entry, []byte("sb-link\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := s.FindByNetns(nsid); err != nil || id != "sb-link" {
+		t.Fatalf("FindByNetns with an id-line entry = %q, %v; want sb-link", id, err)
+	}
+	// A new netns for the record replaces the entry of the old one.
+	if _, err := s.Update(ctx, "sb-link", func(r *NetSetup) error { r.NetnsID = nil; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(entry); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("entry of a netns the record no longer names: %v", err)
+	}
+	if _, err := s.Update(ctx, "sb-link", func(r *NetSetup) error { r.NetnsID = &nsid; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := s.FindByNetns(nsid); err != nil || id != "sb-link" {
+		t.Fatalf("FindByNetns after re-indexing = %q, %v", id, err)
+	}
+}
+
+func TestEntryID(t *testing.T) {
+	for in, want := range map[string]string{
+		"sb1\n":                         "sb1",
+		`{"sandbox_id":"sb2","x":1}`:    "sb2",
+		"  {\"sandbox_id\": \"sb3\"}\n": "sb3",
+		`{"sandbox_id":"../x"}`:         "",
+		`{"sandbox_id":`:                "",
+		"":                              "",
+		"a/b":                           "",
+	} {
+		if got := entryID([]byte(in)); got != want {
+			t.Errorf("entryID(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

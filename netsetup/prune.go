@@ -96,8 +96,8 @@ func (p *pruner) netnsEntry(dir string, e fs.DirEntry) {
 	if err != nil {
 		return
 	}
-	id := strings.TrimSpace(string(data))
-	if ValidateSandboxID(id) != nil {
+	id := entryID(data)
+	if id == "" {
 		p.remove(path)
 		return
 	}

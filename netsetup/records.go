@@ -136,9 +136,18 @@ func (t *Tx) Save(rec *NetSetup) error {
 		return fmt.Errorf("save sandbox %s: %w", t.id, err)
 	}
 	data = append(data, '\n')
+	// The netns index entry, only when the record names a namespace it did
+	// not before: a hard link to this version of the record, made before
+	// the record is moved into place (a crash in between leaves an entry
+	// whose record is missing: checked on use, pruned).
+	var index func(tmp string) error
 	if rec.NetnsID != nil && (t.loaded == nil || t.loaded.NetnsID == nil || *t.loaded.NetnsID != *rec.NetnsID) {
-		if err := t.s.indexNetns(*rec.NetnsID, t.id); err != nil {
-			return fmt.Errorf("save sandbox %s: netns index: %w", t.id, err)
+		nsid := *rec.NetnsID
+		index = func(tmp string) error {
+			if err := t.s.linkNetns(nsid, tmp); err != nil {
+				return fmt.Errorf("netns index: %w", err)
+			}
+			return nil
 		}
 	}
 	// The copy is staged first and renamed in once the record is written:
@@ -146,7 +155,7 @@ func (t *Tx) Save(rec *NetSetup) error {
 	// all; a copy that cannot be written is reported, never fatal (see
 	// mirror.go).
 	stage := t.s.stageMirror(rec, mirrorContent(rec, data))
-	if err := writeAtomic(t.s.sandboxDir, t.s.Path(t.id), data, t.s.durable); err != nil {
+	if err := writeAtomicThen(t.s.sandboxDir, t.s.Path(t.id), data, t.s.durable, index); err != nil {
 		stage.abort()
 		return fmt.Errorf("save sandbox %s: %w", t.id, err)
 	}

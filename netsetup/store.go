@@ -23,7 +23,9 @@ var ErrNotFound = errors.New("no NetSetup record")
 //     sandboxes never wait on each other (locks.go);
 //   - <stateDir>/netns/<dev>-<ino>: the netns index, which maps a network
 //     namespace to the sandbox that owns it, so finding a sandbox by netns is
-//     one file read (index.go);
+//     one file read; an entry is a hard link to the record version that
+//     first named the namespace, written only when the record's namespace
+//     changes (index.go);
 //   - <stateDir>/cni-containers/<container id>: the container index, the
 //     sandbox of a CNI container id whose NICs live in a sandbox of another
 //     id (index.go);

@@ -199,7 +199,8 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 	}
 	defer e.closer()
 	st.Step("setup")
-	// prevResult is optional at DEL and not needed: the record tells the TAP.
+	// prevResult is optional at DEL and not needed: the record tells the
+	// TAP, and without one the TAP's name is known (sandbox.DelSpec).
 	a, err := loadArgs(args.Args)
 	if err != nil {
 		return err
@@ -212,7 +213,11 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 	defer cancel()
 	st.Label(id, args.IfName)
 	st.Step("resolve")
-	if err := e.m.DelNIC(ctx, sandbox.DelSpec{SandboxID: id, ContainerID: args.ContainerID, IfName: args.IfName}); err != nil {
+	d := sandbox.DelSpec{
+		SandboxID: id, ContainerID: args.ContainerID, IfName: args.IfName,
+		NetnsPath: args.Netns, Backend: e.conf.Backend, Bridge: e.conf.Bridge,
+	}
+	if err := e.m.DelNIC(ctx, d); err != nil {
 		e.log.Error("DEL failed", "sandbox", id, "ifname", args.IfName, "error", err)
 		return cniError(err)
 	}

@@ -71,13 +71,13 @@ type Point struct {
 var Points = []Point{
 	// CNI ADD.
 	{Name: "add-locked", Component: Engine, Op: OpAdd, Doc: "sandbox lock taken (lock file exists), nothing recorded"},
-	{Name: "pending-saved", Component: Engine, Op: OpAdd, Doc: "NIC recorded pending (record and container index written), no host change"},
-	{Name: "tap-created", Component: Engine, Op: OpAdd, Backend: "cni", Doc: "TAP created in the sandbox netns"},
+	{Name: "veth-read", Component: Engine, Op: OpAdd, Doc: "veth read in the sandbox netns, nothing recorded, no host change"},
+	{Name: "tap-created", Component: Engine, Op: OpAdd, Backend: "cni", Doc: "TAP created in the sandbox netns, nothing recorded"},
 	{Name: "veth-filter-added", Component: Engine, Op: OpAdd, Backend: "cni", Doc: "ingress qdiscs and the veth→TAP redirect added"},
-	{Name: "bridge-tap-created", Component: Engine, Op: OpAdd, Backend: "bridge", Doc: "veth parked down, TAP created on the host"},
-	{Name: "host-ready", Component: Engine, Op: OpAdd, Doc: "every host change made (both redirects, or bridge port and FORWARD rules)"},
-	{Name: "vmm-added", Component: Engine, Op: OpAdd, VMM: true, Doc: "NIC hot-added into the VMM, not yet recorded attached"},
-	{Name: "add-saved", Component: Engine, Op: OpAdd, Doc: "NIC recorded host-ready, result not yet printed"},
+	{Name: "bridge-tap-created", Component: Engine, Op: OpAdd, Backend: "bridge", Doc: "veth parked down, FORWARD rules taken (user recorded), TAP created on the host, nothing recorded"},
+	{Name: "host-ready", Component: Engine, Op: OpAdd, Doc: "every host change made (both redirects, or bridge port and FORWARD rules), nothing recorded"},
+	{Name: "vmm-added", Component: Engine, Op: OpAdd, VMM: true, Doc: "NIC hot-added into the VMM, nothing recorded"},
+	{Name: "add-saved", Component: Engine, Op: OpAdd, Doc: "NIC recorded (the ADD's one record write), result not yet printed"},
 
 	// Removal of one NIC (CNI DEL, GC, teardown).
 	{Name: "detaching-saved", Component: Engine, Op: OpDel, VMM: true, Doc: "NIC recorded detaching, VMM not yet asked"},

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -79,10 +80,22 @@ func CreateTap(s TapSpec) (netlink.Link, error) {
 		return nil, fmt.Errorf("create tap %s: set persist: %w", s.Name, err)
 	}
 	persisted = true
+	// The TAP's MAC, from the tun fd (tun's SIOCGIFHWADDR), before it goes.
+	hw, err := unix.NewIfreq(s.Name)
+	if err == nil {
+		err = unix.IoctlIfreq(fd, unix.SIOCGIFHWADDR, hw)
+	}
 	unix.Close(fd)
 	fd = -1
+	if err != nil {
+		err = fmt.Errorf("create tap %s: read its MAC: %w", s.Name, err)
+		if lerr := DeleteTap(s.Name); lerr != nil {
+			err = errors.Join(err, lerr)
+		}
+		return nil, err
+	}
 
-	link, err := configureTap(s)
+	link, err := configureTap(s, hwAddr(hw))
 	if err != nil && persisted {
 		if lerr := DeleteTap(s.Name); lerr != nil {
 			err = errors.Join(err, lerr)
@@ -91,26 +104,63 @@ func CreateTap(s TapSpec) (netlink.Link, error) {
 	return link, err
 }
 
-func configureTap(s TapSpec) (netlink.Link, error) {
-	link, err := netlink.LinkByName(s.Name)
+// configureTap sets the new TAP up with its MTU (one netlink request) and
+// returns it as a link. Its index comes from an SIOCGIFINDEX ioctl, not a
+// netlink lookup: the ADD needs only the index, the name, the MAC (mac,
+// read from the tun fd) and the MTU it set.
+func configureTap(s TapSpec, mac net.HardwareAddr) (netlink.Link, error) {
+	index, err := ifIndex(s.Name)
 	if err != nil {
 		return nil, fmt.Errorf("create tap %s: look it up: %w", s.Name, err)
 	}
-	if err := quietIPv6(link); err != nil {
+	if err := quietIPv6(&netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: s.Name, Index: index}}); err != nil {
 		return nil, fmt.Errorf("create tap %s: %w", s.Name, err)
 	}
-	mtu := 0
-	if s.MTU > 0 && link.Attrs().MTU != s.MTU {
-		mtu = s.MTU
-	}
-	if err := setUp(link.Attrs().Index, mtu); err != nil {
+	if err := setUp(index, s.MTU); err != nil {
 		return nil, fmt.Errorf("create tap %s: set up (mtu %d): %w", s.Name, s.MTU, err)
 	}
-	if mtu > 0 {
-		link.Attrs().MTU = mtu
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.Index, attrs.HardwareAddr, attrs.MTU = s.Name, index, mac, s.MTU
+	if s.MTU <= 0 {
+		attrs.MTU = defaultTapMTU
 	}
-	link.Attrs().Flags |= net.FlagUp
-	return link, nil
+	attrs.Flags = net.FlagUp
+	q := s.QueuePairs
+	flags := netlink.TUNTAP_ONE_QUEUE | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_NO_PI
+	if q > 1 {
+		flags = netlink.TUNTAP_MULTI_QUEUE | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_NO_PI
+	}
+	return &netlink.Tuntap{LinkAttrs: attrs, Mode: netlink.TUNTAP_MODE_TAP, Flags: flags, Queues: max(q, 1)}, nil
+}
+
+// ifIndex is the index of the interface name in the calling thread's netns
+// (SIOCGIFINDEX on a socket made there).
+func ifIndex(name string) (int, error) {
+	sock, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(sock)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return 0, err
+	}
+	if err := unix.IoctlIfreq(sock, unix.SIOCGIFINDEX, ifr); err != nil {
+		return 0, err
+	}
+	return int(ifr.Uint32()), nil
+}
+
+// defaultTapMTU is the MTU the kernel gives a new TAP (ETH_DATA_LEN).
+const defaultTapMTU = 1500
+
+// hwAddr is the Ethernet address an SIOCGIFHWADDR answer holds (after the
+// sockaddr's 2-byte family); x/sys does not expose an ifreq's sockaddr.
+func hwAddr(ifr *unix.Ifreq) net.HardwareAddr {
+	raw := (*[unix.IFNAMSIZ + 24]byte)(unsafe.Pointer(ifr))
+	mac := make(net.HardwareAddr, 6)
+	copy(mac, raw[unix.IFNAMSIZ+2:unix.IFNAMSIZ+8])
+	return mac
 }
 
 // setUp sets a link up and, when mtu > 0, its MTU, in one RTM_NEWLINK

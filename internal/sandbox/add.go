@@ -54,10 +54,17 @@ type AddedNIC struct {
 	Warning string // set when the NIC could not be brought into the VMM but the ADD succeeded
 }
 
-// AddNIC sets up a NIC for a sandbox: records it pending, creates the TAP
-// and joins it to the veth (or the host bridge), records it host-ready, and
-// brings it into the sandbox's VMM when one is attached. Any failure rolls
-// back every change and returns an *Error naming what failed.
+// AddNIC sets up a NIC for a sandbox: creates the TAP and joins it to the
+// veth (or the host bridge), brings it into the sandbox's VMM when one is
+// attached, and then records it, in the one durable write of the ADD. Any
+// failure rolls back every change and returns an *Error naming what failed.
+//
+// Nothing is recorded before the host changes: a crash part way leaves host
+// objects that DEL, teardown and GC find without a record, by their
+// deterministic names (the TAP hostnet.TapNameInNetns(ifname) in the
+// sandbox netns, or hostnet.TapNameOnHost(sandbox, ifname) with its
+// FORWARD-rule user "<sandbox>/<ifname>" for the bridge backend; vmnic's
+// filter priority; the VMM device id NICID(ifname)): see leftover.go.
 func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 	nsid, err := s.check()
 	if err != nil {
@@ -93,14 +100,14 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 	}
 	defer closeBackend()
 
-	// In the sandbox netns: read the veth, record the NIC pending before
-	// any change (crash safety), then make the backend's part there.
+	// In the sandbox netns: read the veth, then make the backend's part
+	// there.
 	err = netns.DoExpected(s.NetnsPath, s.NetnsID, func() error {
 		veth, err := a.readVeth(b)
 		if err != nil {
 			return err
 		}
-		if err := a.savePending(); err != nil {
+		if err := m.step("veth-read"); err != nil {
 			return err
 		}
 		u, err := b.setupInNetns(veth, &a.nic)
@@ -133,9 +140,8 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 	}
 
 	a.nic.HostReady = true
-	a.rec.PutNIC(a.nic)
-	if err := tx.Save(a.rec); err != nil {
-		return nil, a.rollback(coded(CodeIOFailure, err, "record NIC %s", s.IfName))
+	if err := a.save(); err != nil {
+		return nil, a.rollback(err)
 	}
 	if err := m.step("add-saved"); err != nil {
 		return nil, a.rollback(asCoded(err, "add NIC %s", s.IfName))
@@ -152,7 +158,7 @@ type adding struct {
 	tx      *netsetup.Tx
 	rec     *netsetup.NetSetup
 	created bool // the record is new: this ADD made it
-	saved   bool // the record was saved with the NIC pending
+	saved   bool // the record was saved with the NIC
 	nic     netsetup.NIC
 	u       undo
 }
@@ -240,9 +246,10 @@ func (m *Manager) admit(rec *netsetup.NetSetup, s *NICSpec, nsid netsetup.NetnsI
 	return nil
 }
 
-// clearLeftover undoes what an ADD that crashed may have done for the same
-// NIC: a NIC recorded pending that never became host-ready. Any other NIC
-// of that name is refused.
+// clearLeftover undoes what an ADD of an older vmnic that crashed may have
+// done for the same NIC: a NIC recorded pending that never became
+// host-ready (this version records a NIC only once its host side is made).
+// Any other NIC of that name is refused.
 func (a *adding) clearLeftover(ctx context.Context) error {
 	s, rec := a.s, a.rec
 	old, ok := rec.NIC(s.IfName)
@@ -311,10 +318,11 @@ func (a *adding) readVeth(b backend) (netlink.Link, error) {
 	return veth, nil
 }
 
-// savePending records the NIC pending (and its container in the index),
-// the step "pending-saved": from here a crash leaves what DEL or the next
-// ADD cleans up.
-func (a *adding) savePending() error {
+// save records the NIC (and its container in the index): the one durable
+// write of the ADD. The netns index is written only when the sandbox's
+// netns is new to the record (netsetup.Tx.Save), the container index only
+// when the container's sandbox has another id and no entry yet.
+func (a *adding) save() error {
 	a.rec.PutNIC(a.nic)
 	if err := a.tx.Save(a.rec); err != nil {
 		a.rec.RemoveNIC(a.s.IfName)
@@ -324,7 +332,7 @@ func (a *adding) savePending() error {
 	if err := a.m.indexContainer(a.s.ContainerID, a.s.SandboxID); err != nil {
 		a.m.log().Warn("container index not written", "error", err)
 	}
-	return a.m.step("pending-saved")
+	return nil
 }
 
 // result is what the ADD did, once it succeeded.
@@ -407,8 +415,9 @@ func (a *adding) early(err error) (*AddedNIC, error) {
 	return nil, err
 }
 
-// rollback undoes the host changes and, once the NIC was recorded, its
-// record entry (or the record the ADD created). It returns cause, with a
+// rollback undoes the host changes and, once the NIC was recorded (a
+// failure after the save), its record entry (or the record the ADD
+// created). It returns cause, with a
 // failed rollback added to its message.
 func (a *adding) rollback(cause error) error {
 	s := a.s

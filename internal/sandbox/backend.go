@@ -16,11 +16,12 @@ import (
 // (backend_bridge.go) parks the veth and makes the TAP a port of a host
 // bridge with FORWARD rules.
 //
-// AddNIC calls claim, records the NIC pending, then calls setupInNetns and
-// setupOnHost; the removal of a NIC calls cleanup.
+// AddNIC calls claim, then setupInNetns and setupOnHost, and records the
+// NIC once they made its host side; the removal of a NIC calls cleanup,
+// also for a NIC an ADD killed before its record write left (leftover.go).
 type backend interface {
-	// claim runs in the sandbox netns once the veth is known, before the
-	// NIC is recorded: it refuses, changing nothing, a NIC whose TAP setup
+	// claim runs in the sandbox netns once the veth is known, before any
+	// host change: it refuses, changing nothing, a NIC whose TAP setup
 	// could not make.
 	claim(nic *netsetup.NIC) error
 	// setupInNetns (in the sandbox netns) and then setupOnHost (in the host

@@ -65,11 +65,18 @@ func (b *bridgeBackend) setupInNetns(veth netlink.Link, _ *netsetup.NIC) (undo, 
 	return u, nil
 }
 
-// setupOnHost makes the TAP on the host, a port of the bridge, and takes
-// a share of the bridge's FORWARD rules.
+// setupOnHost takes a share of the bridge's FORWARD rules, then makes the
+// TAP on the host, a port of the bridge. The share comes first: its user
+// "<sandbox>/<ifname>" in the state dir is what GC finds the host TAP of an
+// ADD killed before its record write by (leftover.go).
 func (b *bridgeBackend) setupOnHost(ctx context.Context, nic *netsetup.NIC) (undo, error) {
 	var u undo
 	s := b.spec
+	user := bridgeUser(s.SandboxID, s.IfName)
+	if err := b.m.forwardRules().Acquire(ctx, s.Bridge, user); err != nil {
+		return u, coded(CodeInternal, err, "bridge %s forward rules", s.Bridge)
+	}
+	u.host = append(u.host, b.m.forwardRules().Undo(ctx, s.Bridge, user))
 	tap, err := hostnet.CreateTap(hostnet.TapSpec{Name: nic.Tap, MTU: nic.MTU, QueuePairs: s.QueuePairs, Owner: s.TapOwner, Group: s.TapGroup})
 	if err != nil {
 		return u, tapError(err, nic.Tap, "the host netns")
@@ -82,11 +89,6 @@ func (b *bridgeBackend) setupOnHost(ctx context.Context, nic *netsetup.NIC) (und
 	if err := hostnet.SetMaster(tap, b.br); err != nil {
 		return u, coded(CodeInternal, err, "bridge port")
 	}
-	user := bridgeUser(s.SandboxID, s.IfName)
-	if err := b.m.forwardRules().Acquire(ctx, s.Bridge, user); err != nil {
-		return u, coded(CodeInternal, err, "bridge %s forward rules", s.Bridge)
-	}
-	u.host = append(u.host, b.m.forwardRules().Undo(ctx, s.Bridge, user))
 	return u, nil
 }
 

@@ -21,12 +21,9 @@ type cniBackend struct {
 	mac  string   // the TAP's MAC once made
 }
 
-func (b *cniBackend) claim(nic *netsetup.NIC) error {
-	if l, err := netlink.LinkByName(nic.Tap); err == nil {
-		return codedf(CodeInvalidEnv, "TAP name %s is already taken in netns %s by a %s device", nic.Tap, b.spec.NetnsPath, l.Type())
-	}
-	return nil
-}
+// claim has nothing to look up: CreateTap (IFF_TUN_EXCL) refuses a name any
+// device has, changing nothing, and setupInNetns reports it (tapError).
+func (b *cniBackend) claim(*netsetup.NIC) error { return nil }
 
 // setupInNetns makes the TAP and the redirects veth -> TAP and TAP -> veth.
 func (b *cniBackend) setupInNetns(veth netlink.Link, nic *netsetup.NIC) (undo, error) {

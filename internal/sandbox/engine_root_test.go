@@ -243,7 +243,7 @@ func TestPreexistingIngressQdisc(t *testing.T) {
 }
 
 func TestAddNICRollback(t *testing.T) {
-	steps := []string{"pending-saved", "tap-created", "veth-filter-added", "host-ready"}
+	steps := []string{"veth-read", "tap-created", "veth-filter-added", "host-ready"}
 	for _, prepared := range []bool{false, true} {
 		for _, step := range steps {
 			t.Run(fmt.Sprintf("%s/prepared=%v", step, prepared), func(t *testing.T) {
@@ -622,7 +622,7 @@ func TestBridgeBackend(t *testing.T) {
 // A bridge-backend ADD that fails at any of its steps leaves the host as it
 // was: veth up again, no TAP on the host, no FORWARD rule, no record.
 func TestBridgeAddRollback(t *testing.T) {
-	for _, step := range []string{"pending-saved", "bridge-tap-created", "host-ready", "add-saved"} {
+	for _, step := range []string{"veth-read", "bridge-tap-created", "host-ready", "add-saved"} {
 		t.Run(step, func(t *testing.T) {
 			e := newEnv(t)
 			testenv.Command(t, "iptables")

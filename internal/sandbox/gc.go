@@ -18,7 +18,11 @@ type Attachment struct{ ContainerID, IfName string }
 // GC removes the NICs of network that CNI made (they carry a container
 // id) and whose attachment is not in valid, and the records a CNI ADD made
 // once they have no NIC left; prepared sandboxes keep their record at zero
-// NICs. It goes on past errors and returns them joined.
+// NICs. It also removes the bridge-backend host TAPs that ADDs killed before
+// their record write left, found by their FORWARD-rule users
+// (gcForwardLeftovers; a cni-backend leftover is in the sandbox netns and
+// goes with it, or with the DEL). It goes on past errors and returns them
+// joined.
 func (m *Manager) GC(ctx context.Context, network string, valid []Attachment) error {
 	keep := make(map[Attachment]bool, len(valid))
 	for _, a := range valid {
@@ -37,6 +41,9 @@ func (m *Manager) GC(ctx context.Context, network string, valid []Attachment) er
 		if err := m.gcSandbox(ctx, id, network, keep); err != nil {
 			errs = append(errs, fmt.Errorf("sandbox %s: %w", id, err))
 		}
+	}
+	if err := m.gcForwardLeftovers(ctx, keep); err != nil {
+		errs = append(errs, err)
 	}
 	if err := m.PruneStale(ctx); err != nil {
 		errs = append(errs, err)

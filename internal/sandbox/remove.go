@@ -14,12 +14,21 @@ type DelSpec struct {
 	SandboxID   string
 	ContainerID string // when set, a NIC recorded for another container is left alone
 	IfName      string
+	// Where a NIC that no record lists (what an ADD killed before its record
+	// write left) is looked for by name, when the record does not say: the
+	// netns (CNI_NETNS), the backend and the bridge of the conf. Empty: the
+	// cni backend, and no netns to look in.
+	NetnsPath string
+	Backend   netsetup.Backend
+	Bridge    string
 }
 
 // DelNIC removes a NIC: from the VMM first (bounded), then its host side
 // (vmnic's filters and qdisc, the TAP, the bridge rules), then its record
-// entry. It is idempotent: a missing record, NIC or netns is success. The
-// sandbox's record stays at zero NICs unless a CNI ADD created it.
+// entry. It is idempotent: a missing record, NIC or netns is success. A NIC
+// no record lists is looked for by name (leftover.go) and what an
+// interrupted ADD left of it is removed. The sandbox's record stays at zero
+// NICs unless a CNI ADD created it.
 func (m *Manager) DelNIC(ctx context.Context, d DelSpec) error {
 	if err := netsetup.ValidateSandboxID(d.SandboxID); err != nil {
 		return coded(CodeInvalidEnv, err, "sandbox id")
@@ -31,6 +40,9 @@ func (m *Manager) DelNIC(ctx context.Context, d DelSpec) error {
 	defer tx.Unlock()
 	rec, err := tx.Load()
 	if errors.Is(err, netsetup.ErrNotFound) {
+		if err := m.removeUnrecorded(ctx, nil, d); err != nil {
+			return err
+		}
 		m.unindexContainers(d.SandboxID, nil, d.ContainerID)
 		return nil
 	}
@@ -39,6 +51,9 @@ func (m *Manager) DelNIC(ctx context.Context, d DelSpec) error {
 	}
 	nic, ok := rec.NIC(d.IfName)
 	if !ok {
+		if err := m.removeUnrecorded(ctx, rec, d); err != nil {
+			return err
+		}
 		m.unindexContainers(d.SandboxID, rec, d.ContainerID)
 		return nil
 	}
@@ -190,9 +205,9 @@ func vmmRemoveOutcome(err error) removeOutcome {
 	}
 }
 
-// removeStray takes a NIC recorded pending out of the VMM when the VMM has
-// it anyway: the leftover of an ADD (or attach) killed between the hot-add
-// and the record update. A VMM that cannot be asked is logged and the host
+// removeStray takes a NIC recorded pending (or not recorded at all) out of
+// the VMM when the VMM has it anyway: the leftover of an ADD (or attach)
+// killed between the hot-add and the record update. A VMM that cannot be asked is logged and the host
 // side is removed regardless; only a guest still holding the device makes
 // the removal fail (to be retried).
 func (m *Manager) removeStray(ctx context.Context, rec *netsetup.NetSetup, nic netsetup.NIC) error {

@@ -9,7 +9,8 @@ import (
 )
 
 // Teardown removes the sandbox's NICs (from the VMM, bounded, then from the
-// host), then, unless o.KeepNetns, its owned netns and its record; with
+// host), recorded ones and those an interrupted ADD left unrecorded (found
+// by name, leftover.go), then, unless o.KeepNetns, its owned netns and its record; with
 // KeepNetns the record stays at zero NICs (phase prepared, no VMM). It is
 // idempotent: a missing record is success and a gone netns is fine. A
 // failure half way leaves the record invalid with the error; a retried
@@ -43,6 +44,16 @@ func (m *Manager) Teardown(ctx context.Context, id string, o TeardownOptions) er
 			continue
 		}
 		if err := m.removeNIC(ctx, tx, rec, n.IfName, false); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// Then what ADDs killed before their record write left (by name).
+	strays, err := m.unrecordedNICs(rec)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, n := range strays {
+		if err := m.removeLeftover(ctx, rec, n); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -167,7 +167,7 @@ func TestStepHooks(t *testing.T) {
 		}
 		return nil
 	}))
-	if err := m.step("pending-saved"); err != nil {
+	if err := m.step("veth-read"); err != nil {
 		t.Fatalf("step: %v", err)
 	}
 	if err := m.step("tap-created"); !errors.Is(err, stop) {
@@ -180,10 +180,10 @@ func TestStepHooks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(data), `"name":"pending-saved"`) || !strings.Contains(string(data), `"name":"tap-created"`) {
-		t.Errorf("recorded steps %s: want pending-saved and tap-created", data)
+	if !strings.Contains(string(data), `"name":"veth-read"`) || !strings.Contains(string(data), `"name":"tap-created"`) {
+		t.Errorf("recorded steps %s: want veth-read and tap-created", data)
 	}
-	if !slices.Equal(seen, []string{"pending-saved", "tap-created"}) {
+	if !slices.Equal(seen, []string{"veth-read", "tap-created"}) {
 		t.Errorf("hook saw %v", seen)
 	}
 	if err := New(Config{}).step("tap-created"); err != nil {

@@ -33,7 +33,7 @@ func run() error {
 	flag.BoolVar(&cfg.Quick, "quick", os.Getenv("BENCH_QUICK") == "1", "smoke run: few iterations, small populations (also BENCH_QUICK=1)")
 	flag.StringVar(&cfg.CNIBinDir, "cni-bin", envOr("VMNIC_CNI_BIN", filepath.Join(root, ".tools", "cni")), "reference CNI plugins")
 	flag.StringVar(&cfg.BinDir, "bin", envOr("VMNIC_BIN", filepath.Join(root, "bin")), "vmnic binaries (vmnic, vmnic-nri)")
-	flag.StringVar(&cfg.RefVmnic, "ref-vmnic", "", "a second vmnic plugin binary (e.g. built from an earlier commit), measured as the cycle variant vmnic-ref")
+	flag.StringVar(&cfg.RefVmnic, "ref-vmnic", "", "a second vmnic plugin binary (e.g. built from an earlier commit), measured as the cycle variant vmnic-prev")
 	flag.StringVar(&sections, "sections", "", "comma-separated sections to run (default all): "+strings.Join(bench.SectionNames, ","))
 	flag.IntVar(&cfg.Iterations, "iterations", 0, "iterations of the cycle comparison (default 100, quick 8)")
 	flag.StringVar(&pluginEnv, "plugin-env", "", "space-separated KEY=VALUE added to every plugin's environment (experiments)")
