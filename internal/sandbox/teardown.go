@@ -32,17 +32,11 @@ func (m *Manager) Teardown(ctx context.Context, id string, o TeardownOptions) er
 	if err := m.step("teardown-saved"); err != nil {
 		errs = append(errs, err)
 	}
-	var cids []string
-	for _, n := range append([]netsetup.NIC(nil), rec.NetworkConfigs...) {
-		cids = append(cids, n.ContainerID)
-		if err := m.step("teardown-nic"); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if err := m.removeNIC(ctx, tx, rec, n.IfName, false); err != nil {
-			errs = append(errs, err)
-		}
+	var cids, ifnames []string
+	for _, n := range rec.NetworkConfigs {
+		cids, ifnames = append(cids, n.ContainerID), append(ifnames, n.IfName)
 	}
+	errs = append(errs, m.removeNICs(ctx, tx, rec, ifnames, false, func() error { return m.step("teardown-nic") })...)
 	if len(errs) == 0 && !o.KeepNetns && rec.NetnsOwned {
 		if err := m.step("teardown-netns"); err != nil {
 			errs = append(errs, err)
