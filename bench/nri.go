@@ -309,3 +309,16 @@ func tail(s string, n int) string {
 	}
 	return s
 }
+
+// nriTarget: issue 15's goal for the NRI hook on the pod-start path.
+func (r *Report) nriTarget() Target {
+	t := Target{Name: "NRI RunPodSandbox", Goal: "RunPodSandbox p50 ≤ 1 ms and p99 ≤ 3 ms with 1,000 sandboxes", Status: "n/a", Measured: "not measured"}
+	if n := r.NRI; n != nil && n.RunPodSandbox.N > 0 {
+		t.Measured = fmt.Sprintf("p50 %s ms, p99 %s ms over %d pods (up to %d sandboxes)", ms(n.RunPodSandbox.Median), ms(n.RunPodSandbox.P99), n.RunPodSandbox.N, n.Sandboxes)
+		t.Status = status(n.RunPodSandbox.Median <= time.Millisecond && n.RunPodSandbox.P99 <= 3*time.Millisecond)
+		if n.Sandboxes < 1000 {
+			t.Measured += " (quick mode: fewer sandboxes)"
+		}
+	}
+	return t
+}
