@@ -137,7 +137,7 @@ func (t *Tx) Save(rec *NetSetup) error {
 	}
 	data = append(data, '\n')
 	if rec.NetnsID != nil && (t.loaded == nil || t.loaded.NetnsID == nil || *t.loaded.NetnsID != *rec.NetnsID) {
-		if err := t.s.indexNetns(*rec.NetnsID, t.id); err != nil {
+		if err := t.indexNetns(*rec.NetnsID); err != nil {
 			return fmt.Errorf("save sandbox %s: netns index: %w", t.id, err)
 		}
 	}
