@@ -78,6 +78,9 @@ func (e *env) runNRI(ctx context.Context) error {
 	defer os.RemoveAll(sockDir)
 	socket := filepath.Join(sockDir, "nri.sock")
 	state, nsDir, rtDir := e.dir("nri-state"), e.dir("nri-netns"), e.dir("nri-run")
+	if d := e.shmDir("nri-run"); d != "" {
+		rtDir = d // the runtime dirs are under /run (tmpfs) on a node
+	}
 	for _, d := range []string{filepath.Join(sockDir, "plugins"), filepath.Join(sockDir, "conf.d"), nsDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
@@ -283,7 +286,7 @@ func (e *env) nriGoBench(ctx context.Context) string {
 
 func (r *Report) nriMarkdown(b *strings.Builder) {
 	n := r.NRI
-	fmt.Fprintf(b, "A fake runtime (containerd's NRI `pkg/adaptation`) drives the real `vmnic-nri` as an external plugin over the NRI socket: %d VM pods, each with its own netns, get RunPodSandbox then CreateContainer(vmm); then all are stopped and removed. Round trips as the runtime sees them (its request timeout is 2 s).\n\n", n.Sandboxes)
+	fmt.Fprintf(b, "A fake runtime (containerd's NRI `pkg/adaptation`) drives the real `vmnic-nri` as an external plugin over the NRI socket: %d VM pods, each with its own netns, get RunPodSandbox then CreateContainer(vmm); then all are stopped and removed. The state dir is in the bench's temp dir (the disk's filesystem, as /var/lib/vmnic), the runtime dirs on tmpfs (as /run/vmnic). Round trips as the runtime sees them (its request timeout is 2 s).\n\n", n.Sandboxes)
 	b.WriteString("| Event | calls | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|\n")
 	row := func(name string, s stats.Summary) {
 		fmt.Fprintf(b, "| %s | %d | %s | %s | %s | %s |\n", name, s.N, ms(s.Median), ms(s.P90), ms(s.P99), ms(s.Max))
