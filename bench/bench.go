@@ -67,10 +67,11 @@ const (
 	SecScale       = "scale"
 	SecHotplug     = "hotplug"
 	SecNRI         = "nri"
+	SecTeardown    = "teardown"
 )
 
 // SectionNames lists every section.
-var SectionNames = []string{SecProcStart, SecCycle, SecSteps, SecEngine, SecConcurrency, SecScale, SecHotplug, SecNRI}
+var SectionNames = []string{SecProcStart, SecCycle, SecSteps, SecEngine, SecConcurrency, SecScale, SecHotplug, SecNRI, SecTeardown}
 
 // env is one run's shared state.
 type env struct {
@@ -165,6 +166,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		{SecConcurrency, e.runConcurrency},
 		{SecHotplug, e.runHotplug},
 		{SecNRI, e.runNRI},
+		{SecTeardown, e.runTeardown},
 		{SecScale, e.runScale},
 		{SecSteps, e.runSteps},
 	}

@@ -29,6 +29,7 @@ type Report struct {
 	Scale       *ScaleResult       `json:"scale,omitempty"`
 	Hotplug     *HotplugResult     `json:"hotplug,omitempty"`
 	NRI         *NRIResult         `json:"nri,omitempty"`
+	Teardown    *TeardownResult    `json:"teardown,omitempty"`
 	Skipped     map[string]string  `json:"skipped,omitempty"`
 	Errors      []string           `json:"errors,omitempty"`
 	Plots       []string           `json:"plots,omitempty"`
@@ -52,7 +53,7 @@ const (
 // Section headings of report.md, in order; the test checks them.
 var Headings = []string{
 	"## Machine", "## Targets", "## Process start", "## ADD+DEL cycle", "## Steps inside vmnic", "## Engine in-process",
-	"## Concurrent ADDs", "## Live sandboxes", "## Hot-plug", "## NRI hook",
+	"## Concurrent ADDs", "## Live sandboxes", "## Hot-plug", "## NRI hook", "## Sandbox teardown",
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/1e6) }
@@ -131,6 +132,7 @@ func (r *Report) evaluateTargets() {
 		}
 	}
 	ts = append(ts, t)
+	ts = append(ts, r.nriTarget(), r.teardownTarget())
 	r.Targets = ts
 }
 
@@ -429,6 +431,14 @@ func (r *Report) Markdown() string {
 		r.nriMarkdown(&b)
 	} else {
 		r.skipped(&b, SecNRI)
+	}
+	w("\n")
+
+	w("## Sandbox teardown\n\n")
+	if t := r.Teardown; t != nil {
+		r.teardownMarkdown(&b)
+	} else {
+		r.skipped(&b, SecTeardown)
 	}
 	w("\n")
 	return b.String()

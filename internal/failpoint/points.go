@@ -89,6 +89,7 @@ var Points = []Point{
 	{Name: "prepare-netns-created", Component: Engine, Op: OpPrepare, Doc: "owned netns created, no record yet"},
 	{Name: "teardown-saved", Component: Engine, Op: OpTeardown, Doc: "record marked tearing_down"},
 	{Name: "teardown-nic", Component: Engine, Op: OpTeardown, Doc: "about to remove one NIC of the sandbox"},
+	{Name: "taps-deleted", Component: Engine, Op: OpTeardown, Backend: "cni", Doc: "the sandbox's TAPs deleted in one batch, the record still lists the NICs"},
 	{Name: "teardown-netns", Component: Engine, Op: OpTeardown, Doc: "NICs removed, owned netns not yet removed"},
 	{Name: "netns-removed", Component: Engine, Op: OpTeardown, Doc: "owned netns removed, record not yet deleted"},
 

@@ -82,6 +82,9 @@ func (b *bridgeBackend) setupOnHost(ctx context.Context, nic *netsetup.NIC) (und
 		return u, tapError(err, nic.Tap, "the host netns")
 	}
 	u.host = append(u.host, func() error { return hostnet.DeleteTap(nic.Tap) })
+	if err := joinTapGroup(tap, s.SandboxID); err != nil {
+		return u, err
+	}
 	b.mac = tap.Attrs().HardwareAddr.String()
 	if err := b.m.step("bridge-tap-created"); err != nil {
 		return u, err

@@ -34,6 +34,9 @@ func (b *cniBackend) setupInNetns(veth netlink.Link, nic *netsetup.NIC) (undo, e
 		return u, tapError(err, nic.Tap, s.NetnsPath)
 	}
 	u.ns = append(u.ns, func() error { return hostnet.DeleteTap(nic.Tap) })
+	if err := joinTapGroup(tap, s.SandboxID); err != nil {
+		return u, err
+	}
 	b.mac = tap.Attrs().HardwareAddr.String()
 	if err := b.m.step("tap-created"); err != nil {
 		return u, err

@@ -69,16 +69,15 @@ func (m *Manager) gcSandbox(ctx context.Context, id, network string, keep map[At
 		m.log().Warn("gc: leaving an unreadable record to record recovery", "sandbox", id, "error", err)
 		return nil
 	}
-	var errs []error
-	for _, n := range append([]netsetup.NIC(nil), rec.NetworkConfigs...) {
+	var gone []string
+	for _, n := range rec.NetworkConfigs {
 		if n.ContainerID == "" || n.Network != network || keep[Attachment{n.ContainerID, n.IfName}] {
 			continue
 		}
 		m.log().Info("gc: removing a NIC no runtime uses", "sandbox", id, "ifname", n.IfName, "container", n.ContainerID)
-		if err := m.removeNIC(ctx, tx, rec, n.IfName, true); err != nil {
-			errs = append(errs, err)
-		}
+		gone = append(gone, n.IfName)
 	}
+	errs := m.removeNICs(ctx, tx, rec, gone, true, nil)
 	if len(errs) == 0 && len(rec.NetworkConfigs) == 0 && rec.CreatedBy == netsetup.CreatedByCNI {
 		if err := tx.Delete(); err != nil {
 			errs = append(errs, err)

@@ -65,31 +65,42 @@ func (m *Manager) DelNIC(ctx context.Context, d DelSpec) error {
 }
 
 // removeNIC takes the NIC ifname out of the VMM and off the host and drops
-// it from the record (saved): DEL, GC and teardown call it for each NIC.
-// dropCNIRecord deletes a record a CNI ADD made once its last NIC is gone.
+// it from the record (saved): DEL calls it, GC and teardown go through
+// removeNICs. dropCNIRecord deletes a record a CNI ADD made once its last
+// NIC is gone.
 func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.NetSetup, ifname string, dropCNIRecord bool) error {
 	p, ok := rec.NIC(ifname)
 	if !ok {
 		return nil
 	}
 	nic := *p
+	if err := m.releaseNIC(ctx, tx, rec, nic); err != nil {
+		return err
+	}
+	return m.finishRemoveNIC(ctx, tx, rec, nic, dropCNIRecord)
+}
+
+// releaseNIC takes nic out of the VMM of rec, when the VMM has it: the
+// first part of a NIC's removal, before anything on the host goes.
+func (m *Manager) releaseNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.NetSetup, nic netsetup.NIC) error {
 	switch {
 	case rec.VMM != nil && (nic.State == netsetup.NICAttached || nic.State == netsetup.NICDetaching) && nic.VMMDeviceID != "":
-		if err := m.detach(ctx, tx, rec, nic); err != nil {
-			return err
-		}
+		return m.detach(ctx, tx, rec, nic)
 	case rec.VMM != nil && nic.State == netsetup.NICPending:
-		if err := m.removeStray(ctx, rec, nic); err != nil {
-			return err
-		}
+		return m.removeStray(ctx, rec, nic)
 	case rec.VMM != nil && !knownNICState(nic.State) && nic.VMMDeviceID != "":
 		// A state a newer vmnic wrote (only a teardown gets here with one):
 		// the device may be in the VMM, so it is taken out like one that
 		// is detaching.
-		if err := m.detach(ctx, tx, rec, nic); err != nil {
-			return err
-		}
+		return m.detach(ctx, tx, rec, nic)
 	}
+	return nil
+}
+
+// finishRemoveNIC removes the host side of nic (released from the VMM)
+// and drops it from the record.
+func (m *Manager) finishRemoveNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.NetSetup, nic netsetup.NIC, dropCNIRecord bool) error {
+	ifname := nic.IfName
 	if err := m.step("remove-host"); err != nil {
 		return asCoded(err, "remove NIC %s", ifname)
 	}

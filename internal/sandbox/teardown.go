@@ -36,17 +36,11 @@ func (m *Manager) Teardown(ctx context.Context, id string, o TeardownOptions) er
 	if err := m.step("teardown-saved"); err != nil {
 		errs = append(errs, err)
 	}
-	var cids []string
-	for _, n := range append([]netsetup.NIC(nil), rec.NetworkConfigs...) {
-		cids = append(cids, n.ContainerID)
-		if err := m.step("teardown-nic"); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if err := m.removeNIC(ctx, tx, rec, n.IfName, false); err != nil {
-			errs = append(errs, err)
-		}
+	var cids, ifnames []string
+	for _, n := range rec.NetworkConfigs {
+		cids, ifnames = append(cids, n.ContainerID), append(ifnames, n.IfName)
 	}
+	errs = append(errs, m.removeNICs(ctx, tx, rec, ifnames, false, func() error { return m.step("teardown-nic") })...)
 	// Then what ADDs killed before their record write left (by name).
 	strays, err := m.unrecordedNICs(rec)
 	if err != nil {

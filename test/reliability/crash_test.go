@@ -158,7 +158,7 @@ func TestCrashEveryFailpoint(t *testing.T) {
 				t.Run(p.Name+"/teardown/"+be, func(t *testing.T) { crashTeardown(t, p, be) })
 			}
 		case failpoint.OpTeardown:
-			for _, be := range []string{"cni", "bridge"} {
+			for _, be := range backends {
 				cases++
 				t.Run(p.Name+"/teardown/"+be, func(t *testing.T) { crashTeardown(t, p, be) })
 			}
