@@ -3,6 +3,7 @@ package netsetup
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 )
@@ -27,12 +28,16 @@ var ErrNotFound = errors.New("no NetSetup record")
 //     sandbox of a CNI container id whose NICs live in a sandbox of another
 //     id (index.go);
 //   - <stateDir>/bridge-forward/<bridge>.users and .lock: who uses a host
-//     bridge's FORWARD rules (bridgeforward.go).
+//     bridge's FORWARD rules (bridgeforward.go);
+//   - <stateDir>/quarantine/: records that could not be read, moved aside
+//     with a .reason note each (quarantine.go).
 //
 // It also keeps the live copy of each record in the sandbox's runtime
 // directory (mirror.go). See Options for durability.
 type Store struct {
 	durable      bool
+	logger       *slog.Logger
+	rebuild      RebuildFunc
 	dir          string
 	sandboxDir   string
 	lockDir      string
@@ -51,6 +56,13 @@ type Options struct {
 	// TAPs, VMM processes) that do not survive a power loss either. The
 	// indexes are caches checked on every use and are never fsynced.
 	Durable bool
+	// Logger logs what the store repairs (a quarantined record); nil:
+	// slog's default logger.
+	Logger *slog.Logger
+	// Rebuild makes a record again from the host after its unreadable file
+	// went to the quarantine (see RebuildFunc); nil: nothing is rebuilt.
+	// SetRebuild sets it on an open store.
+	Rebuild RebuildFunc
 }
 
 // Open opens (creating when needed) the store rooted at stateDir with
@@ -69,6 +81,8 @@ func OpenWithOptions(stateDir string, o Options) (*Store, error) {
 	}
 	s := &Store{
 		durable:      o.Durable,
+		logger:       loggerOr(o.Logger),
+		rebuild:      o.Rebuild,
 		dir:          abs,
 		sandboxDir:   filepath.Join(abs, "sandboxes"),
 		lockDir:      filepath.Join(abs, "locks"),
@@ -85,6 +99,13 @@ func OpenWithOptions(stateDir string, o Options) (*Store, error) {
 	}
 	return s, nil
 }
+
+// SetRebuild sets the store's RebuildFunc (see Options.Rebuild); the
+// sandbox engine sets it when it is built on the store.
+func (s *Store) SetRebuild(fn RebuildFunc) { s.rebuild = fn }
+
+// SetLogger sets the store's logger (nil: slog's default).
+func (s *Store) SetLogger(l *slog.Logger) { s.logger = loggerOr(l) }
 
 // Dir is the state directory.
 func (s *Store) Dir() string { return s.dir }

@@ -207,11 +207,20 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return cniError(err)
 	}
+	if a.VMNIC_SANDBOX_ID == "" {
+		// A sandbox with no record (a lost state dir) is found by the
+		// marker of its TAP in CNI_NETNS.
+		if _, gerr := e.m.Store.Get(id); errors.Is(gerr, netsetup.ErrNotFound) {
+			if sid := e.m.SandboxOfMarkers(args.Netns, args.IfName); sid != "" {
+				id = sid
+			}
+		}
+	}
 	ctx, cancel := e.context()
 	defer cancel()
 	st.Label(id, args.IfName)
 	st.Step("resolve")
-	if err := e.m.DelNIC(ctx, sandbox.DelSpec{SandboxID: id, ContainerID: args.ContainerID, IfName: args.IfName}); err != nil {
+	if err := e.m.DelNIC(ctx, sandbox.DelSpec{SandboxID: id, ContainerID: args.ContainerID, IfName: args.IfName, NetnsPath: args.Netns}); err != nil {
 		e.log.Error("DEL failed", "sandbox", id, "ifname", args.IfName, "error", err)
 		return cniError(err)
 	}

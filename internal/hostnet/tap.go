@@ -23,6 +23,9 @@ type TapSpec struct {
 	QueuePairs int // > 1 makes a multiqueue TAP
 	Owner      int // uid; < 0 = not set
 	Group      int // gid; < 0 = not set
+	// Marker, when set (Install not empty), is written as the TAP's alias
+	// in the same request that brings it up.
+	Marker Marker
 }
 
 // CreateTap creates a persistent TAP (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, and
@@ -32,6 +35,11 @@ type TapSpec struct {
 func CreateTap(s TapSpec) (netlink.Link, error) {
 	if s.Name == "" || len(s.Name) > MaxIfNameLen {
 		return nil, fmt.Errorf("tap name %q: must be 1 to %d bytes", s.Name, MaxIfNameLen)
+	}
+	if s.Marker.Install != "" {
+		if err := s.Marker.Validate(); err != nil {
+			return nil, fmt.Errorf("tap %s: %w", s.Name, err)
+		}
 	}
 	if s.QueuePairs < 0 || s.QueuePairs > MaxQueuePairs {
 		return nil, fmt.Errorf("tap %s: %d queue pairs: must be 1 to %d", s.Name, s.QueuePairs, MaxQueuePairs)
@@ -100,19 +108,27 @@ func configureTap(s TapSpec) (netlink.Link, error) {
 	if s.MTU > 0 && link.Attrs().MTU != s.MTU {
 		mtu = s.MTU
 	}
-	if err := setUp(link.Attrs().Index, mtu); err != nil {
+	alias := ""
+	if s.Marker.Install != "" {
+		alias = s.Marker.String()
+	}
+	if err := setUp(link.Attrs().Index, mtu, alias); err != nil {
 		return nil, fmt.Errorf("create tap %s: set up (mtu %d): %w", s.Name, s.MTU, err)
 	}
 	if mtu > 0 {
 		link.Attrs().MTU = mtu
 	}
 	link.Attrs().Flags |= net.FlagUp
+	if alias != "" {
+		link.Attrs().Alias = alias
+	}
 	return link, nil
 }
 
-// setUp sets a link up and, when mtu > 0, its MTU, in one RTM_NEWLINK
-// request (netlink.LinkSetMTU and LinkSetUp would take two).
-func setUp(index, mtu int) error {
+// setUp sets a link up and, when mtu > 0, its MTU, and when alias is not
+// empty, its alias, in one RTM_NEWLINK request (netlink.LinkSetMTU,
+// LinkSetAlias and LinkSetUp would take three).
+func setUp(index, mtu int, alias string) error {
 	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Index = int32(index)
@@ -121,6 +137,9 @@ func setUp(index, mtu int) error {
 	req.AddData(msg)
 	if mtu > 0 {
 		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(mtu))))
+	}
+	if alias != "" {
+		req.AddData(aliasAttr(alias))
 	}
 	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
 	return err

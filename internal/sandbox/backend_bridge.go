@@ -70,7 +70,8 @@ func (b *bridgeBackend) setupInNetns(veth netlink.Link, _ *netsetup.NIC) (undo, 
 func (b *bridgeBackend) setupOnHost(ctx context.Context, nic *netsetup.NIC) (undo, error) {
 	var u undo
 	s := b.spec
-	tap, err := hostnet.CreateTap(hostnet.TapSpec{Name: nic.Tap, MTU: nic.MTU, QueuePairs: s.QueuePairs, Owner: s.TapOwner, Group: s.TapGroup})
+	mark := b.m.marker(s.SandboxID, s.IfName, hostnet.MarkerBridge)
+	tap, err := hostnet.CreateTap(hostnet.TapSpec{Name: nic.Tap, MTU: nic.MTU, QueuePairs: s.QueuePairs, Owner: s.TapOwner, Group: s.TapGroup, Marker: mark})
 	if err != nil {
 		return u, tapError(err, nic.Tap, "the host netns")
 	}

@@ -102,8 +102,15 @@ func (m *Manager) OrphanNetns(ctx context.Context) ([]string, error) {
 			}
 		}
 		// The record named after the netns may still point at it by path.
+		// An unreadable record is quarantined and rebuilt by Get; a record
+		// that cannot be read for another reason keeps its netns.
 		id := filepath.Base(p)[len(OwnedNetnsPrefix):]
-		if rec, err := m.Store.Get(id); err == nil && rec.ResolvedNetnsPath() == p {
+		rec, err := m.Store.Get(id)
+		if err == nil && rec.ResolvedNetnsPath() == p {
+			continue
+		}
+		if err != nil && !errors.Is(err, netsetup.ErrNotFound) && netsetup.ValidateSandboxID(id) == nil {
+			m.log().Warn("gc: keeping an owned netns whose record cannot be read", "netns", p, "error", err)
 			continue
 		}
 		out = append(out, p)

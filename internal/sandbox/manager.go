@@ -83,6 +83,14 @@ func New(c Config, opts ...Option) *Manager {
 		o(&h)
 	}
 	m := &Manager{Config: c}
+	if c.Store != nil {
+		// An unreadable record is quarantined by the store and made again
+		// from the host here (recover.go).
+		c.Store.SetRebuild(m.rebuild)
+		if c.Logger != nil {
+			c.Store.SetLogger(c.Logger)
+		}
+	}
 	if h.times != nil {
 		m.stepHooks = append(m.stepHooks, func(name string) error { h.times.Step(name); return nil })
 	}

@@ -14,6 +14,9 @@ type DelSpec struct {
 	SandboxID   string
 	ContainerID string // when set, a NIC recorded for another container is left alone
 	IfName      string
+	// NetnsPath is CNI_NETNS ("" when the runtime gave none): where a DEL
+	// whose record is lost or unreadable finds the NIC's marked TAP.
+	NetnsPath string
 }
 
 // DelNIC removes a NIC: from the VMM first (bounded), then its host side
@@ -29,13 +32,16 @@ func (m *Manager) DelNIC(ctx context.Context, d DelSpec) error {
 		return coded(CodeTryAgain, err, "sandbox %s", d.SandboxID)
 	}
 	defer tx.Unlock()
-	rec, err := tx.Load()
-	if errors.Is(err, netsetup.ErrNotFound) {
-		m.unindexContainers(d.SandboxID, nil, d.ContainerID)
-		return nil
-	}
+	// A lost or unreadable record is made again from the host (the TAPs'
+	// markers in CNI_NETNS, the owned netns, bridge TAPs on the host), so
+	// the DEL removes what the ADD made.
+	rec, err := m.loadOrRebuild(ctx, tx, d.NetnsPath)
 	if err != nil {
 		return coded(CodeIOFailure, err, "load the record of sandbox %s", d.SandboxID)
+	}
+	if rec == nil {
+		m.unindexContainers(d.SandboxID, nil, d.ContainerID)
+		return nil
 	}
 	nic, ok := rec.NIC(d.IfName)
 	if !ok {
