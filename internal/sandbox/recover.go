@@ -158,8 +158,10 @@ func (m *Manager) findNetns(id, hint string) (string, netsetup.NetnsID) {
 	if len(indexed) == 0 {
 		return "", netsetup.NetnsID{}
 	}
+	// The netns dir first, then every namespace bind-mounted anywhere.
 	paths, _ := netns.List(m.netnsDir(), "")
-	for _, p := range paths {
+	mounted, _ := netns.Mounted()
+	for _, p := range append(paths, mounted...) {
 		nsid, err := netsetup.IdentifyNetns(p)
 		if err != nil {
 			continue
