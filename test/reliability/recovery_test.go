@@ -17,7 +17,9 @@ import (
 var damage = map[string]func(t *testing.T, path, sid string){
 	"empty":     func(t *testing.T, path, _ string) { must(t, "empty", os.WriteFile(path, nil, 0o600)) },
 	"truncated": func(t *testing.T, path, _ string) { must(t, "truncate", os.Truncate(path, 100)) },
-	"not json":  func(t *testing.T, path, _ string) { must(t, "write", os.WriteFile(path, []byte("\x00not a record\n"), 0o600)) },
+	"not json": func(t *testing.T, path, _ string) {
+		must(t, "write", os.WriteFile(path, []byte("\x00not a record\n"), 0o600))
+	},
 	"future schema": func(t *testing.T, path, sid string) {
 		must(t, "write", os.WriteFile(path, []byte(`{"schema": 99, "sandbox_id": "`+sid+`"}`), 0o600))
 	},
@@ -293,4 +295,3 @@ func stateDirLost(t *testing.T, repair string) {
 	e.RemoveNetns(ns3)
 	same(t, "state dir lost, "+repair, base, audit(t, e))
 }
-
