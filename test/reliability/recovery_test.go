@@ -1,11 +1,14 @@
 package reliability
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/containerd/nri/pkg/api"
 
 	"github.com/vmnic/vmnic/internal/hostnet"
 	"github.com/vmnic/vmnic/internal/testkit/faultenv"
@@ -294,4 +297,83 @@ func stateDirLost(t *testing.T, repair string) {
 	// it may still be there in the DEL-first order: gc ran after DEL.
 	e.RemoveNetns(ns3)
 	same(t, "state dir lost, "+repair, base, audit(t, e))
+}
+
+// TestCorruptRecordNRI damages the record of a VM pod the NRI hook
+// prepared (the runtime's netns, a NIC added by the chain) in every
+// unreadable way, then runs the hook's RunPodSandbox (again),
+// StopPodSandbox, RemovePodSandbox or Synchronize (after a restart, the
+// pod gone): each goes on, and the host ends as the pod's clean removal
+// leaves it.
+func TestCorruptRecordNRI(t *testing.T) {
+	n := 0
+	for _, kind := range damageKinds() {
+		for _, ev := range []string{"run", "stop", "remove", "sync"} {
+			n++
+			t.Run(kind+"/"+ev, func(t *testing.T) { corruptNRI(t, kind, ev) })
+		}
+	}
+	t.Logf("%d NRI cases", n)
+}
+
+func corruptNRI(t *testing.T, kind, ev string) {
+	e := newEnv(t)
+	rt := startNRI(t, e)
+	sid := id("q")
+	nsPath, err := e.NewNetns(strings.TrimPrefix(sid, faultenv.NetnsPrefix))
+	must(t, "netns", err)
+	chain, err := e.BridgeChain("vmnr-net", nil)
+	must(t, "chain", err)
+	att := faultenv.Attachment{ContainerID: sid, Netns: nsPath, IfName: "eth0", SandboxID: sid}
+	pod := vmPodSandbox(sid, nsPath)
+	before := audit(t, e)
+
+	rt.startPlugin()
+	rt.setPods(pod)
+	run := func() error {
+		return nriCall(func(c context.Context) error { return rt.r.RunPodSandbox(c, &api.RunPodSandboxRequest{Pod: pod}) })
+	}
+	stop := func() error {
+		return nriCall(func(c context.Context) error { return rt.r.StopPodSandbox(c, &api.StopPodSandboxRequest{Pod: pod}) })
+	}
+	remove := func() error {
+		return nriCall(func(c context.Context) error { return rt.r.RemovePodSandbox(c, &api.RemovePodSandboxRequest{Pod: pod}) })
+	}
+	must(t, "RunPodSandbox", run())
+	_, err = chain.Add(ctx(t), att)
+	must(t, "ADD", err)
+	damage[kind](t, recordPath(e, sid), sid)
+
+	switch ev {
+	case "run":
+		must(t, "RunPodSandbox of the damaged sandbox", run())
+		rec := record(t, e, sid)
+		if nicCount(rec) != 1 || rec.Origin != "nri" {
+			t.Errorf("record after RunPodSandbox: %d NICs, origin %q; want eth0 rebuilt, origin nri", nicCount(rec), rec.Origin)
+		}
+		must(t, "StopPodSandbox", stop())
+		must(t, "DEL", chain.Del(ctx(t), att))
+		must(t, "RemovePodSandbox", remove())
+	case "stop":
+		must(t, "StopPodSandbox of the damaged sandbox", stop())
+		if tapIn(t, nsPath, "tapeth0") {
+			t.Error("StopPodSandbox left the TAP")
+		}
+		must(t, "DEL", chain.Del(ctx(t), att))
+		must(t, "RemovePodSandbox", remove())
+	case "remove":
+		must(t, "DEL", chain.Del(ctx(t), att))
+		must(t, "RemovePodSandbox of the damaged sandbox", remove())
+	case "sync":
+		// The plugin restarts after the pod went: Synchronize tears the
+		// rebuilt sandbox down.
+		rt.stopPlugin()
+		rt.setPods()
+		must(t, "DEL", chain.Del(ctx(t), att))
+		rt.startPlugin()
+	}
+	same(t, kind+" record, NRI "+ev+" (plugin running)", before, audit(t, e), allKindsBut("proc", "file", "dir")...)
+	rt.stopPlugin()
+	quarantined(t, e, 1)
+	same(t, kind+" record, NRI "+ev, before, audit(t, e))
 }
