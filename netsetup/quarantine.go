@@ -120,6 +120,10 @@ func (s *Store) Quarantine() ([]Quarantined, error) {
 	return out, nil
 }
 
+// rebuildWait bounds a rebuild from the host (it may wait for a bridge's
+// FORWARD-rule lock).
+const rebuildWait = 30 * time.Second
+
 // repairWait bounds how long an unlocked read (Get, List) waits for the
 // sandbox's lock to quarantine an unreadable record.
 const repairWait = 5 * time.Second
@@ -147,7 +151,9 @@ func (t *Tx) loadRecovering(u *UnreadableError) (*NetSetup, error) {
 	t.recovery = &Recovery{Reason: u.Reason, Quarantined: dst}
 	var rec *NetSetup
 	if t.s.rebuild != nil {
-		rec, err = t.s.rebuild(context.Background(), t.id, t.hint)
+		ctx, cancel := context.WithTimeout(context.Background(), rebuildWait)
+		rec, err = t.s.rebuild(ctx, t.id, t.hint)
+		cancel()
 		if err != nil {
 			t.s.logger.Error("rebuilding a quarantined record from the host failed", "sandbox", t.id, "error", err)
 			rec = nil
