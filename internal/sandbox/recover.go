@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -380,7 +381,7 @@ func (m *Manager) removeMarked(ctx context.Context, rec *netsetup.NetSetup, k Ma
 	nic := netsetup.NIC{IfName: k.IfName, Tap: k.Tap}
 	if k.Netns == "" {
 		r := *rec
-		r.NetBackend, r.NetnsPath = netsetup.BackendBridge, ""
+		r.NetBackend = netsetup.BackendBridge
 		return (&bridgeBackend{m: m}).cleanup(ctx, &r, nic)
 	}
 	_ = netns.Do(k.Netns, func() error {
@@ -401,4 +402,52 @@ func filepathBase(p string) string {
 		return p[i+1:]
 	}
 	return p
+}
+
+// removeUnrecorded removes the TAP of ifname that carries this
+// installation's marker for sandbox rec.SandboxID but that rec does not
+// list (an ADD killed between making the TAP and recording the NIC): in the
+// sandbox netns (rec's, or the DEL's CNI_NETNS) and on the host.
+func (m *Manager) removeUnrecorded(ctx context.Context, rec *netsetup.NetSetup, d DelSpec) error {
+	install := m.install()
+	var errs []error
+	for _, path := range uniq(rec.ResolvedNetnsPath(), d.NetnsPath) {
+		var found []Marked
+		err := netns.Do(path, func() error {
+			taps, err := hostnet.MarkedTaps(install)
+			for _, t := range taps {
+				if t.Sandbox == rec.SandboxID && t.IfName == d.IfName && t.Backend == hostnet.MarkerCNI {
+					found = append(found, Marked{Sandbox: t.Sandbox, IfName: t.IfName, Tap: t.Link.Attrs().Name, Netns: path})
+				}
+			}
+			return err
+		})
+		if err != nil && !netns.IsGone(err) {
+			errs = append(errs, err)
+		}
+		for _, k := range found {
+			m.log().Warn("removing a marked TAP the record does not list (an interrupted ADD)", "sandbox", rec.SandboxID, "ifname", d.IfName, "tap", k.Tap, "netns", path)
+			errs = append(errs, m.removeMarked(ctx, rec, k))
+		}
+	}
+	if tap := hostnet.TapNameOnHost(rec.SandboxID, d.IfName); tap != "" {
+		if l, err := netlink.LinkByName(tap); err == nil && hostnet.IsTap(l) {
+			if mk, ok := hostnet.ParseMarker(l.Attrs().Alias); ok && mk.Install == install && mk.Sandbox == rec.SandboxID && mk.IfName == d.IfName {
+				m.log().Warn("removing a marked host TAP the record does not list (an interrupted ADD)", "sandbox", rec.SandboxID, "ifname", d.IfName, "tap", tap)
+				errs = append(errs, m.removeMarked(ctx, rec, Marked{Sandbox: mk.Sandbox, IfName: mk.IfName, Tap: tap}))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// uniq is the non-empty paths of ps, each once.
+func uniq(ps ...string) []string {
+	var out []string
+	for _, p := range ps {
+		if p != "" && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }

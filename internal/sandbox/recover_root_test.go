@@ -344,3 +344,38 @@ func mustOpen(t *testing.T, dir string) *netsetup.Store {
 	}
 	return st
 }
+
+// TestDelRemovesUnrecordedMarkedTap: the record lists one NIC, the host
+// has a second marked TAP the record does not (an ADD killed before its
+// save): DEL of that ifname removes it, and only it.
+func TestDelRemovesUnrecordedMarkedTap(t *testing.T) {
+	e := newEnv(t)
+	specs := e.twoNICs(t, "vmnict-unrec")
+	before := netfixture.Take(t, e.scope())
+	for _, s := range specs {
+		if _, err := e.m.AddNIC(ctx(t), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.m.Store.Update(ctx(t), "vmnict-unrec", func(r *netsetup.NetSetup) error {
+		r.RemoveNIC("net1")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.DelNIC(ctx(t), DelSpec{SandboxID: "vmnict-unrec", IfName: "net1", NetnsPath: e.netns}); err != nil {
+		t.Fatal(err)
+	}
+	if netfixture.LinkIn(t, e.netns, "tapnet1") != nil {
+		t.Fatal("DEL left the unrecorded marked TAP")
+	}
+	if netfixture.LinkIn(t, e.netns, "tapeth0") == nil {
+		t.Fatal("DEL of net1 removed eth0's TAP")
+	}
+	if err := e.m.DelNIC(ctx(t), DelSpec{SandboxID: "vmnict-unrec", IfName: "eth0", NetnsPath: e.netns}); err != nil {
+		t.Fatal(err)
+	}
+	if d := before.Diff(netfixture.Take(t, e.scope())); d != "" {
+		t.Errorf("the host is not as before:\n%s", d)
+	}
+}

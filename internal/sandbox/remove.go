@@ -45,6 +45,10 @@ func (m *Manager) DelNIC(ctx context.Context, d DelSpec) error {
 	}
 	nic, ok := rec.NIC(d.IfName)
 	if !ok {
+		// An ADD killed before it recorded the NIC leaves a marked TAP.
+		if err := m.removeUnrecorded(ctx, rec, d); err != nil {
+			return coded(CodeInternal, err, "remove the unrecorded NIC %s of sandbox %s", d.IfName, d.SandboxID)
+		}
 		m.unindexContainers(d.SandboxID, rec, d.ContainerID)
 		return nil
 	}
