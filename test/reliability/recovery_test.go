@@ -87,19 +87,33 @@ func quarantined(t *testing.T, e *faultenv.Env, min int) {
 func TestCorruptRecordMatrix(t *testing.T) {
 	commands := []string{"cni-del", "cni-add", "cni-check", "cni-gc", "cni-status", "ctl-list", "ctl-show", "ctl-teardown", "ctl-gc"}
 	cases := 0
-	for _, kind := range damageKinds() {
-		for _, cmd := range commands {
-			t.Run(kind+"/"+cmd, func(t *testing.T) {
-				corruptCase(t, kind, cmd)
-			})
-			cases++
+	for _, backend := range []string{"cni", "bridge"} {
+		for _, kind := range damageKinds() {
+			for _, cmd := range commands {
+				if backend == "bridge" && cmd == "cni-add" {
+					continue // the second network is a cni-backend chain
+				}
+				t.Run(backend+"/"+kind+"/"+cmd, func(t *testing.T) {
+					corruptCase(t, backend, kind, cmd)
+				})
+				cases++
+			}
 		}
 	}
-	t.Logf("%d unreadable kinds x %d commands = %d cases", len(damage), len(commands), cases)
+	t.Logf("%d unreadable kinds x %d commands x 2 backends = %d cases", len(damage), len(commands), cases)
 }
 
-func corruptCase(t *testing.T, kind, cmd string) {
-	w := newWorld(t, "cni")
+// tapThere says whether the world's NIC still has its TAP (in the netns,
+// or on the host for the bridge backend).
+func (w *world) tapThere(t *testing.T, backend string) bool {
+	if backend == "bridge" {
+		return faultenv.HostHasLink(hostnet.TapNameOnHost(w.sid, "eth0"))
+	}
+	return tapIn(t, w.att.Netns, "tapeth0")
+}
+
+func corruptCase(t *testing.T, backend, kind, cmd string) {
+	w := newWorld(t, backend)
 	base := audit(t, w.e)
 	w.runtimeNetns(t)
 	second, err := w.e.PtpChain("vmnr-net2", nil)
@@ -155,21 +169,21 @@ func corruptCase(t *testing.T, kind, cmd string) {
 	case "ctl-show":
 		r, err := w.e.Vmnicctl(ctx(t), nil, "show", w.sid)
 		must(t, "vmnicctl show", err)
-		if !strings.Contains(r.Stdout, "Rebuilt") || !strings.Contains(r.Stdout, "tapeth0") {
+		if !strings.Contains(r.Stdout, "Rebuilt") || !strings.Contains(r.Stdout, "eth0") {
 			t.Errorf("show: want the rebuilt record:\n%s", r.Stdout)
 		}
 		must(t, "DEL", w.chain.Del(ctx(t), w.att))
 	case "ctl-teardown":
 		_, err := w.e.Vmnicctl(ctx(t), nil, "teardown", w.sid)
 		must(t, "vmnicctl teardown", err)
-		if tapIn(t, w.att.Netns, "tapeth0") {
+		if w.tapThere(t, backend) {
 			t.Error("teardown left the TAP")
 		}
 		must(t, "DEL", w.chain.Del(ctx(t), w.att))
 	case "ctl-gc":
 		_, err := w.e.Vmnicctl(ctx(t), nil, "gc")
 		must(t, "vmnicctl gc", err)
-		if !tapIn(t, w.att.Netns, "tapeth0") {
+		if !w.tapThere(t, backend) {
 			t.Error("gc removed the TAP of a live sandbox whose record was unreadable")
 		}
 		if rec := record(t, w.e, w.sid); nicCount(rec) != 1 {
@@ -179,7 +193,7 @@ func corruptCase(t *testing.T, kind, cmd string) {
 	}
 	quarantined(t, w.e, 1)
 	must(t, "remove netns", w.e.RemoveNetns(w.att.Netns))
-	same(t, kind+" record, "+cmd+", then DEL", base, audit(t, w.e))
+	same(t, backend+" backend, "+kind+" record, "+cmd+", then DEL", base, audit(t, w.e))
 }
 
 // TestStateDirLost deletes the state dir under live sandboxes (cni and
