@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -312,7 +313,7 @@ func (m *Manager) markedTaps() ([]Marked, error) {
 
 // sweepWait bounds the wait for a sandbox's lock in SweepMarked: a lock
 // held longer is a live call, and its sandbox is left alone.
-const sweepWait = 2 // seconds
+const sweepWait = 2 * time.Second
 
 // sweepOne judges one marked TAP under its sandbox's lock and removes it
 // when no record names it. stray reports that no record does.
@@ -320,7 +321,7 @@ func (m *Manager) sweepOne(ctx context.Context, k Marked, dryRun bool) (stray bo
 	if netsetup.ValidateSandboxID(k.Sandbox) != nil {
 		return false, nil
 	}
-	lctx, cancel := context.WithTimeout(ctx, sweepWait*1e9)
+	lctx, cancel := context.WithTimeout(ctx, sweepWait)
 	defer cancel()
 	tx, err := m.Store.Lock(lctx, k.Sandbox)
 	if err != nil {
