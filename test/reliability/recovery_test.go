@@ -2,6 +2,7 @@ package reliability
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"sort"
@@ -390,4 +391,32 @@ func corruptNRI(t *testing.T, kind, ev string) {
 	rt.stopPlugin()
 	quarantined(t, e, 1)
 	same(t, kind+" record, NRI "+ev, before, audit(t, e))
+}
+
+// TestDelWithoutNetnsUsesPrevResult: the state dir is lost and the DEL
+// comes without CNI_NETNS; the TAP's entry in prevResult (the ADD's result)
+// says where it is, and the DEL removes it.
+func TestDelWithoutNetnsUsesPrevResult(t *testing.T) {
+	e := newEnv(t)
+	d := newDirect(t, e)
+	before := audit(t, e)
+	add := d.call(t, "ADD", "eth0", nil)
+	must(t, "ADD", errOf(add))
+	if !tapIn(t, d.ns, "tapeth0") {
+		t.Fatal("ADD made no TAP")
+	}
+	must(t, "lose the state dir", os.RemoveAll(e.StateDir))
+	conf := e.VmnicConf(nil)
+	conf["cniVersion"], conf["name"], conf["type"] = "1.1.0", "vmnr-net", "vmnic"
+	var prev map[string]any
+	must(t, "ADD result", json.Unmarshal(add.Stdout, &prev))
+	conf["prevResult"] = prev
+	stdin, _ := json.Marshal(conf)
+	r, err := faultenv.RunPlugin(ctx(t), e.Bins.Plugin, faultenv.PluginCall{Command: "DEL", ContainerID: d.sid, IfName: "eth0", Path: e.RefCNI, Stdin: stdin})
+	must(t, "run DEL", err)
+	must(t, "DEL without CNI_NETNS", errOf(r))
+	if tapIn(t, d.ns, "tapeth0") {
+		t.Fatal("DEL without CNI_NETNS left the TAP prevResult names")
+	}
+	same(t, "state dir lost, DEL with prevResult only", before, audit(t, e))
 }
