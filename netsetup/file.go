@@ -52,12 +52,18 @@ func privateDir(dir, what string) error {
 	return nil
 }
 
+// notRecordError is readNoFollow's error for a path that is not a regular
+// file (a symlink, a directory, a device…).
+type notRecordError struct{ path, why string }
+
+func (e *notRecordError) Error() string { return e.path + " " + e.why }
+
 // readNoFollow reads the regular file at path, refusing a symlink.
 func readNoFollow(path string) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		if errors.Is(err, unix.ELOOP) {
-			return nil, fmt.Errorf("%s is a symlink: refusing to follow it", path)
+			return nil, &notRecordError{path, "is a symlink: refusing to follow it"}
 		}
 		return nil, err
 	}
@@ -67,7 +73,7 @@ func readNoFollow(path string) ([]byte, error) {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", path)
+		return nil, &notRecordError{path, "is not a regular file (" + fi.Mode().Type().String() + ")"}
 	}
 	return io.ReadAll(f)
 }

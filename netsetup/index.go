@@ -43,6 +43,11 @@ func (s *Store) FindByNetns(nsid NetnsID) (string, error) {
 		return "", ErrNotFound
 	}
 	rec, err := s.read(id)
+	if errors.Is(err, ErrUnreadable) {
+		// The entry is all that is left to go by: the caller's Load of
+		// that sandbox quarantines and rebuilds the record.
+		return id, nil
+	}
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return "", ErrNotFound
@@ -201,4 +206,21 @@ func (s *NetSetup) usedBy(containerID string) bool {
 		}
 	}
 	return false
+}
+
+// IndexedNetns lists the namespaces the netns index says sandbox id owns
+// (a rebuild from the host looks for the sandbox's netns among them).
+func (s *Store) IndexedNetns(id string) []NetnsID {
+	ents, err := os.ReadDir(s.netnsDir)
+	if err != nil {
+		return nil
+	}
+	var out []NetnsID
+	for _, e := range ents {
+		nsid, ok := parseIndexName(e.Name())
+		if ok && readEntry(filepath.Join(s.netnsDir, e.Name())) == id {
+			out = append(out, nsid)
+		}
+	}
+	return out
 }

@@ -264,7 +264,7 @@ func (s *Store) removeMirror(rec *NetSetup) {
 	}
 }
 
-// log is the store's logger (Options.Logger, WithLogger), or one that
+// log is the store's logger (Options.Logger, SetLogger), or one that
 // discards.
 func (s *Store) log() *slog.Logger {
 	if s.logger == nil {

@@ -101,6 +101,10 @@ type NetSetup struct {
 	// empty or anything else for a prepared sandbox (kept at zero NICs).
 	CreatedBy string `json:"created_by,omitempty"`
 
+	// Quarantined is set on a record rebuilt from the host objects: where
+	// the unreadable file it replaces went (<stateDir>/quarantine/…).
+	Quarantined string `json:"quarantined,omitempty"`
+
 	// legacy is set when the record was loaded from an older schema.
 	legacy int
 }
@@ -193,6 +197,11 @@ type NIC struct {
 	// VethQdiscOwned: vmnic added the ingress qdisc on the veth (there was
 	// none), so it removes it again at DEL when no filter is left on it.
 	VethQdiscOwned bool `json:"veth_qdisc_owned,omitempty"`
+
+	// Recovered: the NIC was rebuilt from its host objects (the TAP's
+	// marker) after the record was lost or quarantined; what only the record
+	// knew (IPs, routes, DNS, the VMM device) is missing.
+	Recovered bool `json:"recovered,omitempty"`
 
 	// Schema-1 records kept the sandbox-wide fields on each NIC.
 	LegacyBackend   Backend `json:"backend,omitempty"`

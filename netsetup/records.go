@@ -19,29 +19,47 @@ import (
 func (s *Store) Path(id string) string { return filepath.Join(s.sandboxDir, id+".json") }
 
 // Get reads a sandbox's record without locking (writes are atomic renames,
-// so a reader sees a whole record).
+// so a reader sees a whole record). An unreadable record is quarantined and
+// rebuilt under the sandbox's lock first (see Tx.Load), so Get must not be
+// called by a holder of that lock.
 func (s *Store) Get(id string) (*NetSetup, error) {
 	if err := ValidateSandboxID(id); err != nil {
 		return nil, err
 	}
-	return s.read(id)
+	rec, err := s.read(id)
+	if errors.Is(err, ErrUnreadable) {
+		return s.repair(id)
+	}
+	return rec, err
 }
 
+// read reads the record of id: ErrNotFound when there is none, an
+// *UnreadableError when the file is not a record of id.
 func (s *Store) read(id string) (*NetSetup, error) {
 	path := s.Path(id)
 	data, err := readNoFollow(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("sandbox %s: %w", id, ErrNotFound)
 	}
+	var nr *notRecordError
+	if errors.As(err, &nr) {
+		return nil, &UnreadableError{ID: id, Path: path, Reason: nr.why}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read record %s: %w", path, err)
 	}
+	if len(data) == 0 {
+		return nil, &UnreadableError{ID: id, Path: path, Reason: "empty file"}
+	}
 	rec, err := Decode(data, id)
 	if err != nil {
-		return nil, fmt.Errorf("record %s: %w", path, err)
+		return nil, &UnreadableError{ID: id, Path: path, Reason: err.Error()}
 	}
 	if rec.SandboxID != id {
-		return nil, fmt.Errorf("record %s names sandbox %q", path, rec.SandboxID)
+		return nil, &UnreadableError{ID: id, Path: path, Reason: fmt.Sprintf("it names sandbox %q", rec.SandboxID)}
+	}
+	if err := rec.Validate(); err != nil {
+		return nil, &UnreadableError{ID: id, Path: path, Reason: err.Error()}
 	}
 	return rec, nil
 }
@@ -55,7 +73,9 @@ func (s *Store) IDs() ([]string, error) {
 	ids := make([]string, 0, len(ents))
 	for _, e := range ents {
 		name := e.Name()
-		if !e.Type().IsRegular() || !strings.HasSuffix(name, ".json") || strings.HasPrefix(name, ".") {
+		// Not only regular files: a symlink or a directory in a record's
+		// place is an unreadable record, for the quarantine.
+		if !strings.HasSuffix(name, ".json") || strings.HasPrefix(name, ".") {
 			continue
 		}
 		id := strings.TrimSuffix(name, ".json")
@@ -67,8 +87,10 @@ func (s *Store) IDs() ([]string, error) {
 	return ids, nil
 }
 
-// List reads every record. Records that cannot be read are reported in the
-// returned error (joined) and left out of the list.
+// List reads every record. An unreadable record is quarantined (and
+// rebuilt when the host still has the sandbox's objects, see Tx.Load);
+// records that cannot be read for another reason (an I/O error, a lock
+// held too long) are reported in the returned error (joined) and left out.
 func (s *Store) List() ([]*NetSetup, error) {
 	ids, err := s.IDs()
 	if err != nil {
@@ -77,9 +99,9 @@ func (s *Store) List() ([]*NetSetup, error) {
 	var recs []*NetSetup
 	var errs []error
 	for _, id := range ids {
-		rec, err := s.read(id)
+		rec, err := s.Get(id)
 		if errors.Is(err, ErrNotFound) {
-			continue // removed meanwhile
+			continue // removed meanwhile, or quarantined with nothing to rebuild
 		}
 		if err != nil {
 			errs = append(errs, err)
@@ -97,14 +119,25 @@ type Tx struct {
 	lock   *os.File
 	loaded *NetSetup
 	gone   bool
+	// hint and recovery: see SetHint and Recovery (quarantine.go).
+	hint     string
+	recovery *Recovery
 }
 
 // ID is the sandbox id.
 func (t *Tx) ID() string { return t.id }
 
-// Load reads the record (ErrNotFound when there is none).
+// Load reads the record (ErrNotFound when there is none). An unreadable
+// record is moved to the quarantine and rebuilt from the host (the store's
+// RebuildFunc); Recovery then says so. When nothing was rebuilt the sandbox
+// has no record (ErrNotFound).
 func (t *Tx) Load() (*NetSetup, error) {
+	t.recovery = nil
 	rec, err := t.s.read(t.id)
+	var u *UnreadableError
+	if errors.As(err, &u) {
+		return t.loadRecovering(u)
+	}
 	if err != nil {
 		t.gone = errors.Is(err, ErrNotFound)
 		return nil, err

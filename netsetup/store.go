@@ -30,19 +30,22 @@ var ErrNotFound = errors.New("no NetSetup record")
 //     sandbox of a CNI container id whose NICs live in a sandbox of another
 //     id (index.go);
 //   - <stateDir>/bridge-forward/<bridge>.users and .lock: who uses a host
-//     bridge's FORWARD rules (bridgeforward.go).
+//     bridge's FORWARD rules (bridgeforward.go);
+//   - <stateDir>/quarantine/: records that could not be read, moved aside
+//     with a .reason note each (quarantine.go).
 //
 // It also keeps the live copy of each record in the sandbox's runtime
 // directory (mirror.go). See Options for durability.
 type Store struct {
 	durable      bool
+	logger       *slog.Logger
+	rebuild      RebuildFunc
 	dir          string
 	sandboxDir   string
 	lockDir      string
 	netnsDir     string
 	containerDir string
 	forwardDir   string
-	logger       *slog.Logger
 }
 
 // Options tune a store.
@@ -56,8 +59,13 @@ type Options struct {
 	// indexes are caches checked on every use and are never fsynced.
 	Durable bool
 	// Logger receives what the store repairs or cannot do without failing
-	// the operation (a record copy it cannot refresh); nil discards it.
+	// the operation (a quarantined record, a record copy it cannot
+	// refresh); nil: slog's default logger.
 	Logger *slog.Logger
+	// Rebuild makes a record again from the host after its unreadable file
+	// went to the quarantine (see RebuildFunc); nil: nothing is rebuilt.
+	// SetRebuild sets it on an open store.
+	Rebuild RebuildFunc
 }
 
 // Open opens (creating when needed) the store rooted at stateDir with
@@ -76,7 +84,8 @@ func OpenWithOptions(stateDir string, o Options) (*Store, error) {
 	}
 	s := &Store{
 		durable:      o.Durable,
-		logger:       o.Logger,
+		logger:       loggerOr(o.Logger),
+		rebuild:      o.Rebuild,
 		dir:          abs,
 		sandboxDir:   filepath.Join(abs, "sandboxes"),
 		lockDir:      filepath.Join(abs, "locks"),
@@ -94,16 +103,12 @@ func OpenWithOptions(stateDir string, o Options) (*Store, error) {
 	return s, nil
 }
 
-// WithLogger is the store with l as its logger (Options.Logger), unless it
-// has one already. The copy shares everything else with s.
-func (s *Store) WithLogger(l *slog.Logger) *Store {
-	if s.logger != nil || l == nil {
-		return s
-	}
-	cp := *s
-	cp.logger = l
-	return &cp
-}
+// SetRebuild sets the store's RebuildFunc (see Options.Rebuild); the
+// sandbox engine sets it when it is built on the store.
+func (s *Store) SetRebuild(fn RebuildFunc) { s.rebuild = fn }
+
+// SetLogger sets the store's logger (nil: slog's default).
+func (s *Store) SetLogger(l *slog.Logger) { s.logger = loggerOr(l) }
 
 // Dir is the state directory.
 func (s *Store) Dir() string { return s.dir }

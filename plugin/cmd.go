@@ -14,6 +14,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/vmnic/vmnic/internal/hostnet"
 	"github.com/vmnic/vmnic/internal/sandbox"
 	"github.com/vmnic/vmnic/internal/steptime"
 	"github.com/vmnic/vmnic/netsetup"
@@ -200,14 +201,28 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 	defer e.closer()
 	st.Step("setup")
 	// prevResult is optional at DEL and not needed: the record tells the
-	// TAP, and without one the TAP's name is known (sandbox.DelSpec).
+	// TAP. Without CNI_NETNS it tells where the TAP was (the sandbox of its
+	// interface entry), for a DEL whose record is lost.
 	a, err := loadArgs(args.Args)
 	if err != nil {
 		return err
 	}
+	netnsPath := args.Netns
+	if netnsPath == "" {
+		netnsPath = e.prevTapSandbox(args.IfName)
+	}
 	id, err := e.m.Resolve(string(a.VMNIC_SANDBOX_ID), args.Netns, args.ContainerID)
 	if err != nil {
 		return cniError(err)
+	}
+	if a.VMNIC_SANDBOX_ID == "" {
+		// A sandbox with no record (a lost state dir) is found by the
+		// marker of its TAP in CNI_NETNS.
+		if _, gerr := e.m.Store.Get(id); errors.Is(gerr, netsetup.ErrNotFound) {
+			if sid := e.m.SandboxOfMarkers(netnsPath, args.IfName); sid != "" {
+				id = sid
+			}
+		}
 	}
 	ctx, cancel := e.context()
 	defer cancel()
@@ -215,7 +230,7 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 	st.Step("resolve")
 	d := sandbox.DelSpec{
 		SandboxID: id, ContainerID: args.ContainerID, IfName: args.IfName,
-		NetnsPath: args.Netns, Backend: e.conf.Backend, Bridge: e.conf.Bridge,
+		NetnsPath: netnsPath, Backend: e.conf.Backend, Bridge: e.conf.Bridge,
 	}
 	if err := e.m.DelNIC(ctx, d); err != nil {
 		e.log.Error("DEL failed", "sandbox", id, "ifname", args.IfName, "error", err)
@@ -422,4 +437,24 @@ func buildResult(prev *current.Result, added *sandbox.AddedNIC, cniVersion strin
 		res.Interfaces[len(res.Interfaces)-1].Mtu = added.NIC.MTU
 	}
 	return &res
+}
+
+// prevTapSandbox is the netns path prevResult gives for the TAP vmnic made
+// for ifname ("" when prevResult is missing or does not name it). A
+// prevResult that does not parse is ignored: DEL must not fail on it.
+func (e *env) prevTapSandbox(ifname string) string {
+	if parsePrevResult(e.conf.NetConf) != nil || e.conf.PrevResult == nil {
+		return ""
+	}
+	prev, err := current.NewResultFromResult(e.conf.PrevResult)
+	if err != nil {
+		return ""
+	}
+	tap := hostnet.TapNameInNetns(ifname)
+	for _, itf := range prev.Interfaces {
+		if itf != nil && itf.Name == tap && itf.Sandbox != "" {
+			return itf.Sandbox
+		}
+	}
+	return ""
 }

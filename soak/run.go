@@ -99,6 +99,8 @@ var scenarios = []scenario{
 	{"race-gc", 2, (*runner).raceGC},
 	{"bridge-backend", 2, (*runner).bridgeBackend},
 	{"ptp", 1, (*runner).ptp},
+	{"damage-record", 2, (*runner).damageRecord},
+	{"lose-state-dir", 1, (*runner).loseStateDir},
 }
 
 // Run builds the failpoint binaries, sets up an env and runs the cycles;
@@ -764,4 +766,127 @@ func sum(m map[string]int) int {
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// recordDamage are the ways the soak makes a record unreadable (issue 11).
+var recordDamage = []string{"empty", "truncate", "garbage", "future-schema", "other-id", "symlink", "directory"}
+
+// damage makes the record of sid unreadable in the way named.
+func (r *runner) damage(sid, how string) error {
+	path := filepath.Join(r.e.StateDir, "sandboxes", sid+".json")
+	switch how {
+	case "empty":
+		return os.WriteFile(path, nil, 0o600)
+	case "truncate":
+		fi, err := os.Stat(path)
+		if err != nil {
+			return err
+		}
+		return os.Truncate(path, r.rnd.Int63n(fi.Size()-2)) // a cut before the closing brace
+	case "garbage":
+		return os.WriteFile(path, []byte("\x00\x01 not a record"), 0o600)
+	case "future-schema":
+		return os.WriteFile(path, []byte(`{"schema": 99, "sandbox_id": "`+sid+`"}`), 0o600)
+	case "other-id":
+		return os.WriteFile(path, []byte(`{"schema": 2, "sandbox_id": "x`+sid+`", "phase": "prepared", "network_configs": []}`), 0o600)
+	case "symlink":
+		target := filepath.Join(r.e.Root, "damaged-"+sid+".json")
+		if err := os.Rename(path, target); err != nil {
+			return err
+		}
+		return os.Symlink(target, path)
+	case "directory":
+		if err := os.Remove(path); err != nil {
+			return err
+		}
+		return os.Mkdir(path, 0o700)
+	}
+	return fmt.Errorf("unknown damage %q", how)
+}
+
+// clearQuarantine checks that the quarantine holds a record and removes it
+// (what an operator does once the record was looked at), and the target of
+// a symlinked record.
+func (r *runner) clearQuarantine(sid string) error {
+	dir := filepath.Join(r.e.StateDir, "quarantine")
+	ents, err := os.ReadDir(dir)
+	if err != nil || len(ents) == 0 {
+		return fmt.Errorf("the damaged record of %s is not in the quarantine (%v)", sid, err)
+	}
+	os.Remove(filepath.Join(r.e.Root, "damaged-"+sid+".json"))
+	return os.RemoveAll(dir)
+}
+
+// damageRecord: a live NIC (cni or bridge backend) whose record is made
+// unreadable; then DEL, or CHECK (which must fail) and DEL, or vmnicctl gc
+// (which must keep the live sandbox) and DEL. The host must end clean.
+func (r *runner) damageRecord(ctx context.Context, sid string) error {
+	ns, err := r.netns(sid)
+	if err != nil {
+		return err
+	}
+	chain := "bridge"
+	if r.rnd.Intn(3) == 0 {
+		chain = "brtap"
+	}
+	c, a := r.chains[chain], r.att(sid, ns)
+	if _, err := c.Add(ctx, a); err != nil {
+		return fmt.Errorf("ADD: %w", err)
+	}
+	how := recordDamage[r.rnd.Intn(len(recordDamage))]
+	if err := r.damage(sid, how); err != nil {
+		return err
+	}
+	then := []string{"del", "check", "gc"}[r.rnd.Intn(3)]
+	r.fault("damage-record-" + how + "-" + then)
+	switch then {
+	case "check":
+		if err := c.Check(ctx, a); err == nil {
+			return fmt.Errorf("CHECK of a sandbox whose record was %s succeeded", how)
+		}
+	case "gc":
+		if _, err := r.e.Vmnicctl(ctx, nil, "gc"); err != nil {
+			return err
+		}
+	}
+	if err := c.Del(ctx, a); err != nil {
+		return fmt.Errorf("DEL after the record was damaged (%s): %w", how, err)
+	}
+	return r.clearQuarantine(sid)
+}
+
+// loseStateDir: a live NIC, then the whole state dir is deleted; then DEL,
+// or vmnicctl gc and DEL. The host must end clean.
+func (r *runner) loseStateDir(ctx context.Context, sid string) error {
+	ns, err := r.netns(sid)
+	if err != nil {
+		return err
+	}
+	chain := "bridge"
+	if r.rnd.Intn(2) == 0 {
+		chain = "brtap"
+	}
+	c, a := r.chains[chain], r.att(sid, ns)
+	if _, err := c.Add(ctx, a); err != nil {
+		return fmt.Errorf("ADD: %w", err)
+	}
+	if err := os.RemoveAll(r.e.StateDir); err != nil {
+		return err
+	}
+	gcFirst := r.rnd.Intn(2) == 0
+	r.fault(fmt.Sprintf("lose-state-dir-%s-gc-first=%v", chain, gcFirst))
+	if gcFirst {
+		if _, err := r.e.Vmnicctl(ctx, nil, "gc"); err != nil {
+			return err
+		}
+	}
+	if err := c.Del(ctx, a); err != nil {
+		return fmt.Errorf("DEL after the state dir was lost: %w", err)
+	}
+	if !gcFirst {
+		if _, err := r.e.Vmnicctl(ctx, nil, "gc"); err != nil {
+			return err
+		}
+	}
+	return nil
 }

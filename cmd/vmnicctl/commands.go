@@ -24,11 +24,11 @@ func init() {
 		{name: "show", args: "<sandbox-id>", npos: 1, run: cmdShow, flags: jsonFlag,
 			help: "Show a sandbox's record (a table, or --json)."},
 		{name: "list", args: "", npos: 0, run: cmdList, flags: jsonFlag,
-			help: "List the sandboxes (a table, or --json)."},
+			help: "List the sandboxes (a table, or --json), and the quarantined records (a line each, and a warning)."},
 		{name: "teardown", args: "<sandbox-id>", npos: 1, run: cmdTeardown, flags: teardownFlags,
 			help: "Remove a sandbox's NICs (VMM first), its owned netns and its record. Idempotent; finishes an invalid sandbox."},
 		{name: "gc", args: "", npos: 0, run: cmdGC, flags: gcFlags,
-			help: "Remove owned vmnic-* netns without a record and tear down records whose netns is gone (each under the sandbox's lock, checked again); leave unreadable records and their netns to record recovery; prune lock files and index entries left without a record."},
+			help: "Quarantine and rebuild unreadable records; remove this installation's marked TAPs (and their sandboxes) that no record names, owned vmnic-* netns without a record, and records whose netns is gone; prune lock files and index entries left without a record."},
 		{name: "attach-vmm", args: "<sandbox-id> --kind K --socket S", npos: 1, run: cmdAttachVMM, flags: attachFlags,
 			help: "Record the sandbox's VMM (kind, API socket, booted) and bring in its NICs the VMM does not have (pending ones, and attached ones after a VMM restart)."},
 		{name: "guest-acked", args: "<sandbox-id> <ifname>", npos: 2, run: cmdGuestAcked, flags: jsonFlag,
@@ -111,8 +111,14 @@ func cmdShow(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
 	if err != nil {
 		return err
 	}
+	// An unreadable record is quarantined and rebuilt from the host by
+	// Get; show says so.
 	rec, err := m.Store.Get(pos[0])
 	if err != nil {
+		if q := quarantinedOf(m, pos[0]); q != nil && errors.Is(err, netsetup.ErrNotFound) {
+			fmt.Fprintf(c.stderr, "vmnicctl: warning: the record of sandbox %s was unreadable (%s) and is quarantined at %s; nothing of the sandbox is left on the host\n", pos[0], q.Reason, q.Path)
+			return nil
+		}
 		return err
 	}
 	if o.json {
@@ -122,16 +128,46 @@ func cmdShow(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
 	return nil
 }
 
+// quarantinedOf is the latest quarantined file of sandbox id (nil: none).
+func quarantinedOf(m *sandbox.Manager, id string) *netsetup.Quarantined {
+	qs, _ := m.Store.Quarantine()
+	for i := len(qs) - 1; i >= 0; i-- {
+		if qs[i].ID == id {
+			return &qs[i]
+		}
+	}
+	return nil
+}
+
+// warnQuarantine tells on stderr how many records are in the quarantine.
+func warnQuarantine(c *cli, qs []netsetup.Quarantined) {
+	if len(qs) > 0 {
+		fmt.Fprintf(c.stderr, "vmnicctl: warning: %d unreadable record(s) in the quarantine (%s); the sandboxes were rebuilt from the host where it still had them\n", len(qs), qs[0].Path[:strings.LastIndexByte(qs[0].Path, '/')])
+	}
+}
+
 func cmdList(_ context.Context, c *cli, _ *flag.FlagSet, _ []string) error {
 	m, err := c.manager()
 	if err != nil {
 		return err
 	}
+	// List quarantines (and rebuilds) the records it cannot read; each
+	// quarantined file is shown on a line of its own.
 	recs, lerr := m.Store.List()
 	if recs == nil {
 		recs = []*netsetup.NetSetup{}
 	}
+	qs, qerr := m.Store.Quarantine()
+	if qerr != nil {
+		lerr = errors.Join(lerr, qerr)
+	}
+	warnQuarantine(c, qs)
 	if o.json {
+		// The JSON stays the array of records; the quarantined files are
+		// on stderr, a line each.
+		for _, q := range qs {
+			fmt.Fprintf(c.stderr, "vmnicctl: quarantined: sandbox %s: %s: %s\n", q.ID, q.Path, dash(q.Reason))
+		}
 		if err := writeJSON(c, recs); err != nil {
 			return err
 		}
@@ -151,7 +187,14 @@ func cmdList(_ context.Context, c *cli, _ *flag.FlagSet, _ []string) error {
 		if r.NetnsOwned {
 			netns += " (owned)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", r.SandboxID, r.Phase, r.ResolvedNetBackend(), len(r.NetworkConfigs), vmm, dash(netns))
+		phase := string(r.Phase)
+		if r.Quarantined != "" {
+			phase += " (rebuilt)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", r.SandboxID, phase, r.ResolvedNetBackend(), len(r.NetworkConfigs), vmm, dash(netns))
+	}
+	for _, q := range qs {
+		fmt.Fprintf(tw, "%s\tquarantined\t-\t-\t-\t%s: %s\n", q.ID, q.Path, dash(q.Reason))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -163,6 +206,9 @@ func printRecord(c *cli, r *netsetup.NetSetup) {
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "Sandbox:\t%s\n", r.SandboxID)
 	fmt.Fprintf(tw, "Phase:\t%s\n", r.Phase)
+	if r.Quarantined != "" {
+		fmt.Fprintf(tw, "Rebuilt:\tfrom the host; the unreadable record is at %s\n", r.Quarantined)
+	}
 	if r.Error != "" {
 		fmt.Fprintf(tw, "Error:\t%s\n", r.Error)
 	}
@@ -249,6 +295,21 @@ func cmdGC(ctx context.Context, c *cli, _ *flag.FlagSet, _ []string) error {
 		return err
 	}
 	var errs []error
+	// Unreadable records first: quarantined and rebuilt from the host, so
+	// that nothing below takes a live sandbox for an orphan.
+	if _, err := m.Store.List(); err != nil {
+		errs = append(errs, err)
+	}
+	// TAPs of this installation that no record names (a lost state dir,
+	// an ADD killed before its record): found by their markers in the
+	// host netns and every netns of the netns dir.
+	stray, err := m.SweepMarked(ctx, o.dryRun)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, k := range stray {
+		fmt.Fprintf(c.stdout, "unrecorded %s\n", k)
+	}
 	orphans, err := m.OrphanNetns(ctx)
 	if err != nil {
 		errs = append(errs, err)

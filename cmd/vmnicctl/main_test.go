@@ -276,3 +276,29 @@ func TestFirecrackerGuestNotes(t *testing.T) {
 	}
 	c.ok("guest-acked", "vmnict-fcn", "eth0") // idempotent
 }
+
+// TestListShowQuarantined: an unreadable record is quarantined by list
+// (one line for it, a warning, exit 0) and show says what became of it.
+func TestListShowQuarantined(t *testing.T) {
+	c := newCtl(t)
+	writeRecord(t, c.state, "good")
+	if err := os.WriteFile(c.state+"/sandboxes/bad.json", []byte(`{"schema": 2, "sandbox_id": "ba`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := c.run("list")
+	if code != 0 || !strings.Contains(out, "good") || !strings.Contains(out, "bad") || !strings.Contains(out, "quarantined") || !strings.Contains(errOut, "warning") {
+		t.Fatalf("list: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = c.run("list", "--json")
+	var recs []netsetup.NetSetup
+	if code != 0 || json.Unmarshal([]byte(out), &recs) != nil || len(recs) != 1 || !strings.Contains(errOut, "quarantined: sandbox bad") {
+		t.Fatalf("list --json: exit %d\n%s%s", code, out, errOut)
+	}
+	code, _, errOut = c.run("show", "bad")
+	if code != 0 || !strings.Contains(errOut, "quarantine") {
+		t.Fatalf("show of a quarantined sandbox: exit %d: %s", code, errOut)
+	}
+	if _, err := os.Stat(c.state + "/sandboxes/bad.json"); !os.IsNotExist(err) {
+		t.Fatalf("the unreadable record is still in place: %v", err)
+	}
+}

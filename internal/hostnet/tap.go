@@ -24,6 +24,9 @@ type TapSpec struct {
 	QueuePairs int // > 1 makes a multiqueue TAP
 	Owner      int // uid; < 0 = not set
 	Group      int // gid; < 0 = not set
+	// Marker, when set (Install not empty), is written as the TAP's alias
+	// in the same request that brings it up.
+	Marker Marker
 }
 
 // CreateTap creates a persistent TAP (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, and
@@ -33,6 +36,11 @@ type TapSpec struct {
 func CreateTap(s TapSpec) (netlink.Link, error) {
 	if s.Name == "" || len(s.Name) > MaxIfNameLen {
 		return nil, fmt.Errorf("tap name %q: must be 1 to %d bytes", s.Name, MaxIfNameLen)
+	}
+	if s.Marker.Install != "" {
+		if err := s.Marker.Validate(); err != nil {
+			return nil, fmt.Errorf("tap %s: %w", s.Name, err)
+		}
 	}
 	if s.QueuePairs < 0 || s.QueuePairs > MaxQueuePairs {
 		return nil, fmt.Errorf("tap %s: %d queue pairs: must be 1 to %d", s.Name, s.QueuePairs, MaxQueuePairs)
@@ -116,7 +124,11 @@ func configureTap(s TapSpec, mac net.HardwareAddr) (netlink.Link, error) {
 	if err := quietIPv6(&netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: s.Name, Index: index}}); err != nil {
 		return nil, fmt.Errorf("create tap %s: %w", s.Name, err)
 	}
-	if err := setUp(index, s.MTU); err != nil {
+	alias := ""
+	if s.Marker.Install != "" {
+		alias = s.Marker.String()
+	}
+	if err := setUp(index, s.MTU, alias); err != nil {
 		return nil, fmt.Errorf("create tap %s: set up (mtu %d): %w", s.Name, s.MTU, err)
 	}
 	attrs := netlink.NewLinkAttrs()
@@ -125,6 +137,7 @@ func configureTap(s TapSpec, mac net.HardwareAddr) (netlink.Link, error) {
 		attrs.MTU = defaultTapMTU
 	}
 	attrs.Flags = net.FlagUp
+	attrs.Alias = alias
 	q := s.QueuePairs
 	flags := netlink.TUNTAP_ONE_QUEUE | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_NO_PI
 	if q > 1 {
@@ -163,9 +176,10 @@ func hwAddr(ifr *unix.Ifreq) net.HardwareAddr {
 	return mac
 }
 
-// setUp sets a link up and, when mtu > 0, its MTU, in one RTM_NEWLINK
-// request (netlink.LinkSetMTU and LinkSetUp would take two).
-func setUp(index, mtu int) error {
+// setUp sets a link up and, when mtu > 0, its MTU, and when alias is not
+// empty, its alias, in one RTM_NEWLINK request (netlink.LinkSetMTU,
+// LinkSetAlias and LinkSetUp would take three).
+func setUp(index, mtu int, alias string) error {
 	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Index = int32(index)
@@ -174,6 +188,9 @@ func setUp(index, mtu int) error {
 	req.AddData(msg)
 	if mtu > 0 {
 		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(mtu))))
+	}
+	if alias != "" {
+		req.AddData(aliasAttr(alias))
 	}
 	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
 	return err

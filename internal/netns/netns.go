@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -233,4 +234,48 @@ func DoExpected(path string, want *netsetup.NetnsID, fn func() error) error {
 		errc <- ferr
 	}()
 	return <-errc
+}
+
+// Mounted lists the mount points of every namespace file bind-mounted in
+// the caller's mount namespace (nsfs mounts in /proc/self/mountinfo), of any
+// namespace kind: where a network namespace whose path is lost can still be
+// found by its identity.
+func Mounted() ([]string, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("mountinfo: %w", err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		if !ok {
+			continue
+		}
+		if f := strings.Fields(post); len(f) == 0 || f[0] != "nsfs" {
+			continue
+		}
+		if f := strings.Fields(pre); len(f) >= 5 {
+			out = append(out, unescapeMount(f[4]))
+		}
+	}
+	return out, nil
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space, …).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }

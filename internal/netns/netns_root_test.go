@@ -138,3 +138,29 @@ func TestDo(t *testing.T) {
 		})
 	}
 }
+
+func TestMountedFindsBindMountedNetns(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := filepath.Join(t.TempDir(), "with space")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Create(dir, "vmnict-mounted")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Remove(p)
+	got, err := Mounted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(got, p) {
+		t.Fatalf("Mounted() = %q, want %s among them", got, p)
+	}
+}
+
+func TestUnescapeMount(t *testing.T) {
+	if got := unescapeMount(`/a\040b\134c`); got != `/a b\c` {
+		t.Fatalf("unescapeMount = %q", got)
+	}
+}

@@ -183,6 +183,9 @@ func (s *NICSpec) check() (netsetup.NetnsID, error) {
 // (not saved yet) that a CNI ADD creates.
 func (m *Manager) loadForAdd(tx *netsetup.Tx, s *NICSpec, nsid netsetup.NetnsID) (*adding, error) {
 	a := &adding{m: m, s: s, tx: tx}
+	// An unreadable record is quarantined and rebuilt from the host: the
+	// NICs whose marked TAPs are in CNI_NETNS are recorded again.
+	tx.SetHint(s.NetnsPath)
 	rec, err := tx.Load()
 	switch {
 	case errors.Is(err, netsetup.ErrNotFound):

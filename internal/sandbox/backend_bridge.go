@@ -77,7 +77,8 @@ func (b *bridgeBackend) setupOnHost(ctx context.Context, nic *netsetup.NIC) (und
 		return u, coded(CodeInternal, err, "bridge %s forward rules", s.Bridge)
 	}
 	u.host = append(u.host, b.m.forwardRules().Undo(ctx, s.Bridge, user))
-	tap, err := hostnet.CreateTap(hostnet.TapSpec{Name: nic.Tap, MTU: nic.MTU, QueuePairs: s.QueuePairs, Owner: s.TapOwner, Group: s.TapGroup})
+	mark := b.m.marker(s.SandboxID, s.IfName, hostnet.MarkerBridge)
+	tap, err := hostnet.CreateTap(hostnet.TapSpec{Name: nic.Tap, MTU: nic.MTU, QueuePairs: s.QueuePairs, Owner: s.TapOwner, Group: s.TapGroup, Marker: mark})
 	if err != nil {
 		return u, tapError(err, nic.Tap, "the host netns")
 	}

@@ -29,7 +29,16 @@ func (b *cniBackend) claim(*netsetup.NIC) error { return nil }
 func (b *cniBackend) setupInNetns(veth netlink.Link, nic *netsetup.NIC) (undo, error) {
 	var u undo
 	s := b.spec
-	tap, err := hostnet.CreateTap(hostnet.TapSpec{Name: nic.Tap, MTU: nic.MTU, QueuePairs: s.QueuePairs, Owner: s.TapOwner, Group: s.TapGroup})
+	// The marker says up front whether vmnic will own the veth's ingress
+	// qdisc (there is none yet), so a crash at any later step leaves a TAP
+	// that tells DEL and GC what to remove.
+	kind, err := hostnet.IngressKind(veth)
+	if err != nil {
+		return u, coded(CodeInternal, err, "tc on %s", s.IfName)
+	}
+	mark := b.m.marker(s.SandboxID, s.IfName, hostnet.MarkerCNI)
+	mark.QdiscOwned = kind == ""
+	tap, err := hostnet.CreateTap(hostnet.TapSpec{Name: nic.Tap, MTU: nic.MTU, QueuePairs: s.QueuePairs, Owner: s.TapOwner, Group: s.TapGroup, Marker: mark})
 	if err != nil {
 		return u, tapError(err, nic.Tap, s.NetnsPath)
 	}
@@ -49,6 +58,13 @@ func (b *cniBackend) setupInNetns(veth netlink.Link, nic *netsetup.NIC) (undo, e
 		u.ns = append(u.ns, func() error { return hostnet.RemoveIngressIfEmpty(veth) })
 	}
 	nic.VethQdiscOwned = owned
+	if owned != mark.QdiscOwned {
+		// Another process changed the veth's qdisc meanwhile.
+		mark.QdiscOwned = owned
+		if err := hostnet.SetMarker(tap, mark); err != nil {
+			return u, coded(CodeInternal, err, "TAP %s", nic.Tap)
+		}
+	}
 	if _, err := hostnet.EnsureIngress(tap); err != nil {
 		return u, coded(CodeInternal, err, "tc on %s", nic.Tap)
 	}

@@ -19,8 +19,29 @@ import (
 // the bridge), the TAP's MTU and the recorded MAC still match the veth, and
 // a NIC recorded as attached is still in the VMM. Every problem found is
 // reported (joined).
+//
+// An unreadable record is quarantined and rebuilt from the host (see
+// netsetup's Tx.Load), and the CHECK fails saying so: a NIC rebuilt from
+// its TAP's marker lacks what only the record knew (its IP config, its VMM
+// device), so it fails every CHECK until it is added again.
 func (m *Manager) CheckNIC(ctx context.Context, id, ifname string) error {
-	rec, err := m.Store.Get(id)
+	if err := netsetup.ValidateSandboxID(id); err != nil {
+		return coded(CodeInvalidEnv, err, "sandbox id")
+	}
+	tx, err := m.Store.Lock(ctx, id)
+	if err != nil {
+		return coded(CodeTryAgain, err, "sandbox %s", id)
+	}
+	rec, err := tx.Load()
+	r := tx.Recovery()
+	tx.Unlock()
+	if r != nil {
+		what := "rebuilt from the host"
+		if !r.Rebuilt {
+			what = "nothing of the sandbox was found on the host"
+		}
+		return codedf(CodeInternal, "the record of sandbox %s was unreadable (%s): it was quarantined to %s and %s; NIC %s must be added again (DEL, then ADD)", id, r.Reason, r.Quarantined, what, ifname)
+	}
 	if err != nil {
 		if errors.Is(err, netsetup.ErrNotFound) {
 			return codedf(CodeInternal, "sandbox %s has no record: NIC %s is not set up", id, ifname)
@@ -30,6 +51,9 @@ func (m *Manager) CheckNIC(ctx context.Context, id, ifname string) error {
 	nic, ok := rec.NIC(ifname)
 	if !ok {
 		return codedf(CodeInternal, "sandbox %s has no NIC %s", id, ifname)
+	}
+	if nic.Recovered {
+		return codedf(CodeInternal, "NIC %s of sandbox %s was rebuilt from the host after its record was quarantined (%s): its IP config and VMM device are not known; add it again (DEL, then ADD)", ifname, id, dash(rec.Quarantined))
 	}
 	if !nic.HostReady {
 		return codedf(CodeInternal, "NIC %s of sandbox %s is not set up (state %s)", ifname, id, nic.State)
@@ -163,4 +187,11 @@ func (m *Manager) checkVMM(ctx context.Context, v *netsetup.VMM, nic *netsetup.N
 		return fmt.Errorf("the %s VMM no longer has NIC %s (device %s)", v.Kind, nic.IfName, nic.VMMDeviceID)
 	}
 	return nil
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "lost"
+	}
+	return s
 }

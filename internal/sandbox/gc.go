@@ -121,6 +121,8 @@ func (m *Manager) OrphanNetns(ctx context.Context) ([]string, error) {
 			}
 		}
 		// The record named after the netns may still point at it by path.
+		// An unreadable record is quarantined and rebuilt by Get; a record
+		// that cannot be read for another reason keeps its netns.
 		id := filepath.Base(p)[len(OwnedNetnsPrefix):]
 		rec, err := m.Store.Get(id)
 		if err == nil && rec.ResolvedNetnsPath() == p {

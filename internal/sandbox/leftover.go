@@ -17,7 +17,9 @@ import (
 
 // This file finds and removes the leftovers of an ADD killed before its one
 // record write (add.go): host objects no record lists. They are found by
-// their deterministic names, which a record is not needed to compute:
+// their deterministic names, which a record is not needed to compute, and
+// a TAP counts only when it carries this installation's marker for the
+// sandbox and ifname (hostnet.Marker):
 //   - cni backend: the TAP hostnet.TapNameInNetns(ifname) in the sandbox
 //     netns, and vmnic's redirect filters (hostnet.FilterPriority) on the
 //     veth ifname;
@@ -69,10 +71,14 @@ func delTarget(rec *netsetup.NetSetup, d DelSpec) *netsetup.NetSetup {
 	return &t
 }
 
-// removeUnrecorded is the DEL of NIC d.IfName when rec (nil: no record)
-// does not list it: it removes what a killed ADD left for it, found by name.
-// Nothing found is success.
-func (m *Manager) removeUnrecorded(ctx context.Context, rec *netsetup.NetSetup, d DelSpec) error {
+// removeUnrecordedByName is the DEL of NIC d.IfName when rec (nil: no
+// record) does not list it: it removes what a killed ADD left for it, found
+// by name (a TAP only when it carries this installation's marker for the
+// sandbox and ifname; for the bridge backend also its FORWARD-rule share).
+// Nothing found is success. removeUnrecorded (recover.go) finds marked TAPs
+// by their markers alone; this one also finds what only the state dir
+// names.
+func (m *Manager) removeUnrecordedByName(ctx context.Context, rec *netsetup.NetSetup, d DelSpec) error {
 	t := delTarget(rec, d)
 	nic := unrecordedNIC(t, d.IfName)
 	found, err := m.leftoverFound(ctx, t, nic)
@@ -98,7 +104,7 @@ func (m *Manager) leftoverFound(_ context.Context, rec *netsetup.NetSetup, nic n
 				return true, nil
 			}
 		}
-		return isTap(nic.Tap)
+		return m.isOwnTap(nic.Tap, rec.SandboxID, nic.IfName)
 	}
 	path := rec.ResolvedNetnsPath()
 	if path == "" {
@@ -106,7 +112,7 @@ func (m *Manager) leftoverFound(_ context.Context, rec *netsetup.NetSetup, nic n
 	}
 	var found bool
 	err := netns.Do(path, func() (err error) {
-		found, err = isTap(nic.Tap)
+		found, err = m.isOwnTap(nic.Tap, rec.SandboxID, nic.IfName)
 		return err
 	})
 	if netns.IsGone(err) {
@@ -115,8 +121,11 @@ func (m *Manager) leftoverFound(_ context.Context, rec *netsetup.NetSetup, nic n
 	return found, err
 }
 
-// isTap reports whether the calling thread's netns has a TAP called name.
-func isTap(name string) (bool, error) {
+// isOwnTap reports whether the calling thread's netns has a TAP called
+// name that carries this installation's marker for NIC ifname of sandbox
+// id: a TAP without it (another install's, another plugin's) is never
+// taken for vmnic's.
+func (m *Manager) isOwnTap(name, id, ifname string) (bool, error) {
 	l, err := netlink.LinkByName(name)
 	if err != nil {
 		if hostnet.IsNotFound(err) {
@@ -124,7 +133,14 @@ func isTap(name string) (bool, error) {
 		}
 		return false, fmt.Errorf("look up %s: %w", name, err)
 	}
-	return hostnet.IsTap(l), nil
+	return hostnet.IsTap(l) && m.ownMarker(l, id, ifname), nil
+}
+
+// ownMarker reports whether link carries this installation's marker for
+// NIC ifname of sandbox id.
+func (m *Manager) ownMarker(l netlink.Link, id, ifname string) bool {
+	mk, ok := hostnet.ParseMarker(l.Attrs().Alias)
+	return ok && mk.Install == m.install() && mk.Sandbox == id && mk.IfName == ifname
 }
 
 // removeLeftover removes nic, an unrecordedNIC of rec: from the VMM when
@@ -168,15 +184,16 @@ func (m *Manager) unrecordedNICs(rec *netsetup.NetSetup) ([]netsetup.NIC, error)
 			if err != nil {
 				return err
 			}
-			taps := map[string]bool{}
+			taps := map[string]netlink.Link{}
 			for _, l := range links {
 				if hostnet.IsTap(l) {
-					taps[l.Attrs().Name] = true
+					taps[l.Attrs().Name] = l
 				}
 			}
 			for _, l := range links {
 				name := l.Attrs().Name
-				if !hostnet.IsTap(l) && taps[hostnet.TapNameInNetns(name)] && !recorded(name) {
+				tap, ok := taps[hostnet.TapNameInNetns(name)]
+				if !hostnet.IsTap(l) && ok && m.ownMarker(tap, rec.SandboxID, name) && !recorded(name) {
 					ifnames = append(ifnames, name)
 				}
 			}

@@ -82,11 +82,16 @@ func New(c Config, opts ...Option) *Manager {
 	for _, o := range opts {
 		o(&h)
 	}
-	if c.Store != nil {
-		// What the store repairs or reports goes to the engine's log.
-		c.Store = c.Store.WithLogger(c.Logger)
-	}
 	m := &Manager{Config: c}
+	if c.Store != nil {
+		// An unreadable record is quarantined by the store and made again
+		// from the host here (recover.go); what the store repairs or
+		// reports goes to the engine's log.
+		c.Store.SetRebuild(m.rebuild)
+		if c.Logger != nil {
+			c.Store.SetLogger(c.Logger)
+		}
+	}
 	if h.times != nil {
 		m.stepHooks = append(m.stepHooks, func(name string) error { h.times.Step(name); return nil })
 	}

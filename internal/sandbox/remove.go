@@ -14,10 +14,10 @@ type DelSpec struct {
 	SandboxID   string
 	ContainerID string // when set, a NIC recorded for another container is left alone
 	IfName      string
-	// Where a NIC that no record lists (what an ADD killed before its record
-	// write left) is looked for by name, when the record does not say: the
-	// netns (CNI_NETNS), the backend and the bridge of the conf. Empty: the
-	// cni backend, and no netns to look in.
+	// NetnsPath is CNI_NETNS ("" when the runtime gave none): where a DEL
+	// whose record is lost or unreadable finds the NIC's marked TAP, and
+	// where a NIC no record lists is looked for. Backend and Bridge are the
+	// conf's, for a NIC no record lists (empty: the cni backend).
 	NetnsPath string
 	Backend   netsetup.Backend
 	Bridge    string
@@ -38,20 +38,33 @@ func (m *Manager) DelNIC(ctx context.Context, d DelSpec) error {
 		return coded(CodeTryAgain, err, "sandbox %s", d.SandboxID)
 	}
 	defer tx.Unlock()
-	rec, err := tx.Load()
-	if errors.Is(err, netsetup.ErrNotFound) {
-		if err := m.removeUnrecorded(ctx, nil, d); err != nil {
+	// A lost or unreadable record is made again from the host (the TAPs'
+	// markers in CNI_NETNS, the owned netns, bridge TAPs on the host), so
+	// the DEL removes what the ADD made.
+	rec, err := m.loadOrRebuild(ctx, tx, d.NetnsPath)
+	if err == nil && rec == nil {
+		// No record and nothing of the sandbox on the host to rebuild it
+		// from: what a killed first ADD left that only names find (a
+		// FORWARD-rule share taken before the host TAP).
+		if err := m.removeUnrecordedByName(ctx, nil, d); err != nil {
 			return err
 		}
-		m.unindexContainers(d.SandboxID, nil, d.ContainerID)
-		return nil
 	}
 	if err != nil {
 		return coded(CodeIOFailure, err, "load the record of sandbox %s", d.SandboxID)
 	}
+	if rec == nil {
+		m.unindexContainers(d.SandboxID, nil, d.ContainerID)
+		return nil
+	}
 	nic, ok := rec.NIC(d.IfName)
 	if !ok {
+		// An ADD killed before it recorded the NIC leaves a marked TAP (and,
+		// for the bridge backend, its FORWARD-rule share).
 		if err := m.removeUnrecorded(ctx, rec, d); err != nil {
+			return coded(CodeInternal, err, "remove the unrecorded NIC %s of sandbox %s", d.IfName, d.SandboxID)
+		}
+		if err := m.removeUnrecordedByName(ctx, rec, d); err != nil {
 			return err
 		}
 		m.unindexContainers(d.SandboxID, rec, d.ContainerID)

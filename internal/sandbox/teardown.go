@@ -19,11 +19,24 @@ func (m *Manager) Teardown(ctx context.Context, id string, o TeardownOptions) er
 	if err := netsetup.ValidateSandboxID(id); err != nil {
 		return err
 	}
-	tx, rec, err := m.lockRecord(ctx, id)
-	if err != nil || rec == nil {
+	tx, err := m.Store.Lock(ctx, id)
+	if err != nil {
 		return err
 	}
 	defer tx.Unlock()
+	// No record (a lost state dir) or an unreadable one: what the host
+	// still has of the sandbox (its owned netns, its marked TAPs) is
+	// recorded again and torn down.
+	rec, err := m.loadOrRebuild(ctx, tx, "")
+	if err != nil || rec == nil {
+		return err
+	}
+	return m.teardownLocked(ctx, tx, rec, o)
+}
+
+// teardownLocked is Teardown of rec under tx.
+func (m *Manager) teardownLocked(ctx context.Context, tx *netsetup.Tx, rec *netsetup.NetSetup, o TeardownOptions) error {
+	id := rec.SandboxID
 	if o.IfNetnsGone && !RecordedNetnsGone(rec) {
 		m.log().Info("not torn down: its netns is there again", "sandbox", id, "netns", rec.ResolvedNetnsPath())
 		return nil

@@ -114,6 +114,10 @@ func (p *Plugin) plan(ctx context.Context, st state, pods []*api.PodSandbox) (re
 		switch {
 		case rec.Origin == OriginNRI:
 			plan.teardown = append(plan.teardown, rec.SandboxID)
+		case rec.Quarantined != "" && rec.Origin == "" && hasRuntimeDir(st, rec.SandboxID):
+			// Rebuilt from the host after its record was quarantined: the
+			// origin went with the record, the hook's runtime dir tells it.
+			plan.teardown = append(plan.teardown, rec.SandboxID)
 		case netnsGone(rec):
 			plan.teardown = append(plan.teardown, rec.SandboxID)
 		}
@@ -311,4 +315,10 @@ func (p *Plugin) removeOrphan(ctx context.Context, st state, path string) error 
 	}
 	p.logger().Info("reconcile: removed an owned netns no record names", "netns", path)
 	return nil
+}
+
+// hasRuntimeDir says whether the hook made a runtime dir for sandbox id.
+func hasRuntimeDir(st state, id string) bool {
+	fi, err := os.Lstat(st.cfg.SandboxRuntimeDir(id))
+	return err == nil && fi.IsDir()
 }
