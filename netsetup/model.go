@@ -42,6 +42,13 @@ const (
 	NICAttached NICState = "attached"
 	// NICDetaching: a removal from the VMM or the host is under way.
 	NICDetaching NICState = "detaching"
+	// NICQuiesced: the NIC is out of the data path because its VMM is
+	// paused, stopped or gone: frames arriving on the veth are dropped
+	// there instead of being redirected into a TAP nobody reads. Its host
+	// side is otherwise intact (healthy); ResumeState is the state it goes
+	// back to when the VMM runs again (see Quiesce and Resume in
+	// internal/sandbox).
+	NICQuiesced NICState = "quiesced"
 )
 
 // Backend is how NICs reach the VM.
@@ -186,6 +193,12 @@ type NIC struct {
 	// (vmnicctl guest-acked), so a VMM that tears devices down without
 	// telling the guest (Firecracker) may remove it.
 	GuestAcked bool `json:"guest_acked,omitempty"`
+
+	// ResumeState is the state a quiesced NIC returns to on resume
+	// (pending or attached); QuiesceReason says why it was quiesced. Both
+	// are empty unless State is NICQuiesced.
+	ResumeState   NICState `json:"resume_state,omitempty"`
+	QuiesceReason string   `json:"quiesce_reason,omitempty"`
 
 	// VethQdiscOwned: vmnic added the ingress qdisc on the veth (there was
 	// none), so it removes it again at DEL when no filter is left on it.
@@ -373,6 +386,12 @@ func (s *NetSetup) Validate() error {
 		seen[n.IfName] = true
 		switch n.State {
 		case NICPending, NICAttached, NICDetaching:
+		case NICQuiesced:
+			switch n.ResumeState {
+			case NICPending, NICAttached:
+			default:
+				return fmt.Errorf("sandbox %s: NIC %s: quiesced with resume state %q (want pending or attached)", s.SandboxID, n.IfName, n.ResumeState)
+			}
 		default:
 			return fmt.Errorf("sandbox %s: NIC %s: unknown state %q", s.SandboxID, n.IfName, n.State)
 		}

@@ -50,6 +50,7 @@ const (
 	OpPrepare  Op = "prepare"  // vmnicctl prepare, NRI RunPodSandbox
 	OpNRIRun   Op = "nri-run"  // NRI RunPodSandbox
 	OpNRIStop  Op = "nri-remove"
+	OpQuiesce  Op = "quiesce" // vmnicctl quiesce/resume, NRI Stop/PostStartContainer, CHECK with the VMM gone
 )
 
 // Point is one registered failpoint.
@@ -91,6 +92,10 @@ var Points = []Point{
 	{Name: "teardown-nic", Component: Engine, Op: OpTeardown, Doc: "about to remove one NIC of the sandbox"},
 	{Name: "teardown-netns", Component: Engine, Op: OpTeardown, Doc: "NICs removed, owned netns not yet removed"},
 	{Name: "netns-removed", Component: Engine, Op: OpTeardown, Doc: "owned netns removed, record not yet deleted"},
+
+	// Quiesce and resume (issue 12).
+	{Name: "quiesce-saved", Component: Engine, Op: OpQuiesce, Doc: "NICs recorded quiesced, veth redirects still in place"},
+	{Name: "resume-host", Component: Engine, Op: OpQuiesce, Doc: "redirects back and drop filters gone, NICs still recorded quiesced"},
 
 	// NRI hook handlers.
 	{Name: "nri-runtime-dir", Component: NRI, Op: OpNRIRun, Doc: "RunPodSandbox: runtime dir made, sandbox not prepared"},

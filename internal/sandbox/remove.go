@@ -58,6 +58,9 @@ func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.
 		return nil
 	}
 	nic := *p
+	if nic.State == netsetup.NICQuiesced {
+		nic.State = nic.ResumeState // removed as what it was before (quiesce.go)
+	}
 	switch {
 	case rec.VMM != nil && (nic.State == netsetup.NICAttached || nic.State == netsetup.NICDetaching) && nic.VMMDeviceID != "":
 		if err := m.detach(ctx, tx, rec, nic); err != nil {
