@@ -100,6 +100,12 @@ type NetSetup struct {
 	VMM            *VMM  `json:"vmm,omitempty"`
 	NetworkConfigs []NIC `json:"network_configs"`
 
+	// Restore is set on a sandbox prepared for a restored VM (vmnicctl
+	// restore): the NICs it expects, from the snapshot manifest. A CNI ADD
+	// of an expected ifname is matched to it (restore.go in
+	// internal/sandbox).
+	Restore *Restore `json:"restore,omitempty"`
+
 	// Error says why the record is invalid (set with PhaseInvalid).
 	Error string `json:"error,omitempty"`
 
@@ -110,6 +116,33 @@ type NetSetup struct {
 
 	// legacy is set when the record was loaded from an older schema.
 	legacy int
+}
+
+// Restore is what a sandbox prepared for a restore expects.
+type Restore struct {
+	// From is the sandbox the snapshot was taken of.
+	From string `json:"from"`
+	// KeepIPs: each ADD must bring the snapshot's IPs (the guest keeps
+	// its configuration); else only the MAC must match (a clone whose
+	// guest is told its new addresses).
+	KeepIPs bool `json:"keep_ips"`
+	// VMMKind is the kind of the VMM the snapshot was taken from.
+	VMMKind string `json:"vmm_kind,omitempty"`
+	// Expected are the snapshot's NICs.
+	Expected []SnapNIC `json:"expected_nics"`
+}
+
+// ExpectedNIC is the snapshot NIC the sandbox expects at ifname.
+func (s *NetSetup) ExpectedNIC(ifname string) (*SnapNIC, bool) {
+	if s.Restore == nil {
+		return nil, false
+	}
+	for i := range s.Restore.Expected {
+		if s.Restore.Expected[i].IfName == ifname {
+			return &s.Restore.Expected[i], true
+		}
+	}
+	return nil, false
 }
 
 // CreatedByCNI marks a record made by a CNI ADD (see NetSetup.CreatedBy).
@@ -199,6 +232,16 @@ type NIC struct {
 	// are empty unless State is NICQuiesced.
 	ResumeState   NICState `json:"resume_state,omitempty"`
 	QuiesceReason string   `json:"quiesce_reason,omitempty"`
+
+	// SnapshotTap is the TAP name the VM snapshot refers to when this
+	// restored NIC's TAP had to get another name (that name was taken in
+	// the netns): the override the VMM's restore is given (vmnicctl
+	// restore-args). Empty when the names are the same.
+	SnapshotTap string `json:"snapshot_tap,omitempty"`
+	// L2Bridge is the host bridge the veth's peer is a port of, for a
+	// restored NIC (clones of one snapshot share the guest MAC: two on
+	// one bridge are refused). Empty on point-to-point CNIs.
+	L2Bridge string `json:"l2_bridge,omitempty"`
 
 	// VethQdiscOwned: vmnic added the ingress qdisc on the veth (there was
 	// none), so it removes it again at DEL when no filter is left on it.
