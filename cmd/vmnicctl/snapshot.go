@@ -121,9 +121,6 @@ func cmdRestoreArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) er
 	if err != nil {
 		return err
 	}
-	if rec.Restore == nil {
-		return fmt.Errorf("sandbox %s was not prepared for a restore (vmnicctl restore)", pos[0])
-	}
 	buses := map[string]string{}
 	for _, kv := range strings.FieldsFunc(snapOpts.buses, func(r rune) bool { return r == ',' }) {
 		k, v, ok := strings.Cut(kv, "=")
@@ -132,22 +129,9 @@ func cmdRestoreArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) er
 		}
 		buses[k] = v
 	}
-	var nics []connect.RestoreNIC
-	var missing []string
-	for _, exp := range rec.Restore.Expected {
-		n, ok := rec.NIC(exp.IfName)
-		if !ok || !n.HostReady {
-			missing = append(missing, exp.IfName)
-			continue
-		}
-		snapTap := n.SnapshotTap
-		if snapTap == "" {
-			snapTap = exp.Tap
-		}
-		nics = append(nics, connect.RestoreNIC{NIC: sandbox.AdapterNIC(*n), DeviceID: exp.VMMDeviceID, SnapshotTap: snapTap, BDF: exp.BDF, Bus: buses[exp.VMMDeviceID]})
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("sandbox %s: the expected NICs %s are not added yet: CNI ADD them first", pos[0], strings.Join(missing, ", "))
+	nics, err := sandbox.RestoreNICs(rec, buses)
+	if err != nil {
+		return err
 	}
 	r, err := connect.RestoreArgs(kind, nics, connect.RestoreOptions{
 		SnapshotPath: snapOpts.snapshotPath, MemPath: snapOpts.memPath, SourceURL: snapOpts.sourceURL,

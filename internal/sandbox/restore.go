@@ -13,6 +13,7 @@ import (
 
 	"github.com/vmnic/vmnic/internal/hostnet"
 	"github.com/vmnic/vmnic/netsetup"
+	"github.com/vmnic/vmnic/vmmadapter/connect"
 )
 
 // RestoreOptions say how a sandbox is prepared for a restored VM.
@@ -219,4 +220,32 @@ func hostBridgeOfPeer(peer int) string {
 		return ""
 	}
 	return br.Attrs().Name
+}
+
+// RestoreNICs are the NICs of a restored sandbox as the VMM's restore
+// needs them (connect.RestoreArgs): each expected NIC with its TAP now, its
+// device id and TAP name in the snapshot. buses gives the QEMU root port of
+// a device id (nil: none). Every expected NIC must be added first.
+func RestoreNICs(rec *netsetup.NetSetup, buses map[string]string) ([]connect.RestoreNIC, error) {
+	if rec.Restore == nil {
+		return nil, fmt.Errorf("sandbox %s was not prepared for a restore (vmnicctl restore)", rec.SandboxID)
+	}
+	var nics []connect.RestoreNIC
+	var missing []string
+	for _, exp := range rec.Restore.Expected {
+		n, ok := rec.NIC(exp.IfName)
+		if !ok || !n.HostReady {
+			missing = append(missing, exp.IfName)
+			continue
+		}
+		snapTap := n.SnapshotTap
+		if snapTap == "" {
+			snapTap = exp.Tap
+		}
+		nics = append(nics, connect.RestoreNIC{NIC: AdapterNIC(*n), DeviceID: exp.VMMDeviceID, SnapshotTap: snapTap, BDF: exp.BDF, Bus: buses[exp.VMMDeviceID]})
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("sandbox %s: the expected NICs %s are not added yet: CNI ADD them first", rec.SandboxID, strings.Join(missing, ", "))
+	}
+	return nics, nil
 }
