@@ -115,3 +115,62 @@ func TestRestoreFirecrackerSimulator(t *testing.T) {
 		})
 	}
 }
+
+// TestRestoreCloudHypervisorSimulator: with the snapshot's TAP name free,
+// restore-args' vm.restore (spec-validated by the simulator) brings the VM
+// back on that TAP and attach-vmm records the NIC attached with the
+// snapshot's id. With the name taken, restore-args says what is missing
+// (net_fds with the TAP fd: the fd handoff).
+func TestRestoreCloudHypervisorSimulator(t *testing.T) {
+	for _, taken := range []bool{false, true} {
+		t.Run(map[bool]string{false: "same-name", true: "renamed"}[taken], func(t *testing.T) {
+			w := newRestoreWorld(t)
+			snap := w.man.NICs[0]
+			peer := netfixture.Netns(t, netfixture.Name("vmnicr-p"))
+			id := "vmnicr-ch"
+			ns := w.restoreSandbox(t, id, snapMAC, peer, "peer1", false)
+			if taken {
+				netfixture.Veth(t, ns, snap.Tap, peer, "blocker", 1500, "")
+			}
+			if _, err := w.m.AddNIC(ctx(t), w.spec(id, ns, "10.204.0.9/24")); err != nil {
+				t.Fatalf("AddNIC: %v", err)
+			}
+			rec, _ := w.m.Store.Get(id)
+			nics, err := RestoreNICs(rec, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := connect.RestoreArgs(vmmadapter.CloudHypervisor, nics, connect.RestoreOptions{SourceURL: "file:///snap", Resume: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if taken {
+				if !strings.Contains(r.Missing, "net_fds") || !strings.Contains(r.Missing, snap.Tap) {
+					t.Errorf("missing = %q, want net_fds and the snapshot's TAP named", r.Missing)
+				}
+				return
+			}
+			if r.Missing != "" {
+				t.Errorf("missing = %q with the same TAP name", r.Missing)
+			}
+			sim := vmmsim.NewCH(t, vmmsim.CHConfig{State: vmmsim.CHNotCreated,
+				Snapshot: []vmmsim.CHNet{{ID: snap.VMMDeviceID, Tap: snap.Tap, MAC: snap.MAC, NumQueues: 2, QueueSize: 256}}})
+			if code, body := sendRestore(t, sim.Socket(), r); code != http.StatusNoContent {
+				t.Fatalf("vm.restore: %d %s", code, body)
+			}
+			if v := sim.Violations(); len(v) > 0 {
+				t.Errorf("spec violations: %v", v)
+			}
+			rec, err = w.m.AttachVMM(ctx(t), id, vmmadapter.CloudHypervisor, sim.Socket())
+			if err != nil {
+				t.Fatalf("AttachVMM: %v", err)
+			}
+			if n, _ := rec.NIC("eth0"); n.State != netsetup.NICAttached || n.VMMDeviceID != snap.VMMDeviceID {
+				t.Errorf("after attach-vmm: %s device %q", n.State, n.VMMDeviceID)
+			}
+			if got := sim.CountCalls(http.MethodPut, "/api/v1/vm.add-net"); got != 0 {
+				t.Errorf("attach-vmm sent vm.add-net %d times for a restored NIC", got)
+			}
+		})
+	}
+}
