@@ -99,11 +99,13 @@ func cmdRestore(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) erro
 	}
 	fmt.Fprintln(c.stdout, rec.ResolvedNetnsPath())
 	for _, n := range man.NICs {
-		ips := ""
+		caps := map[string]any{"mac": n.MAC}
 		if !snapOpts.newIPs && len(n.IPs) > 0 {
-			ips = " IP=" + strings.Join(n.IPs, ",")
+			caps["ips"] = n.IPs
 		}
-		fmt.Fprintf(c.stderr, "expects %s (network %s): CNI_ARGS MAC=%s%s\n", n.IfName, dash(n.Network), n.MAC, ips)
+		b, _ := json.Marshal(caps)
+		fmt.Fprintf(c.stderr, "expects %s (network %s): ask the main plugin with runtimeConfig %s (capabilities mac, ips), or CNI_ARGS MAC=%s%s\n",
+			n.IfName, dash(n.Network), b, n.MAC, ipArg(n.IPs, snapOpts.newIPs))
 	}
 	return nil
 }
@@ -149,4 +151,15 @@ func cmdRestoreArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) er
 	enc := json.NewEncoder(c.stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(r)
+}
+
+// ipArg is the CNI_ARGS IP pair for one address ("" for none, several, or
+// new IPs): the reference plugins take a single IP there; several go
+// through the ips capability.
+func ipArg(ips []string, newIPs bool) string {
+	if newIPs || len(ips) != 1 {
+		return ""
+	}
+	addr, _, _ := strings.Cut(ips[0], "/")
+	return ";IP=" + addr
 }

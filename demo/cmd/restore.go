@@ -77,16 +77,14 @@ func (d *demo) snapshotRestore() {
 	d.teardown(orig)
 	d.ok("QEMU stopped, the sandbox torn down; the snapshot is %s + %s", state, manifest)
 
-	d.header("Restore into sandbox " + restored + ": vmnicctl restore, then cnitool add with the snapshot's MAC and IPs (CNI_ARGS)")
+	d.header("Restore into sandbox " + restored + ": vmnicctl restore, then cnitool add asking for the snapshot's MAC and IPs (CNI mac and ips capabilities)")
 	d.sandboxes = append(d.sandboxes, restored)
 	out := d.mustExec(nil, d.vmnicctl, d.ctl("restore", restored, "--from", manifest)...)
 	nsB := strings.TrimSpace(strings.SplitN(out, "\n", 2)[0])
-	ips := make([]string, len(nic.IPs))
-	for i, p := range nic.IPs {
-		ips[i] = strings.Split(p, "/")[0]
-	}
+	capArgs, err := json.Marshal(map[string]any{"mac": nic.MAC, "ips": nic.IPs})
+	d.check(err, "capability args")
 	d.added = append(d.added, attachment{net: n, netns: nsB, ifname: "eth0"})
-	d.mustExec(append(d.cniEnv("eth0"), "CNI_ARGS=IgnoreUnknown=1;MAC="+nic.MAC+";IP="+strings.Join(ips, ",")), d.cnitool, "add", n.name, nsB)
+	d.mustExec(append(d.cniEnv("eth0"), "CAP_ARGS="+string(capArgs)), d.cnitool, "add", n.name, nsB)
 	rn, _ := d.record(restored).NIC("eth0")
 	if rn.MAC != nic.MAC {
 		d.fail("restored eth0 has MAC %s, the snapshot's is %s", rn.MAC, nic.MAC)

@@ -100,8 +100,8 @@ func (a *adding) matchRestore(veth netlink.Link) error {
 	}
 	if a.rec.Restore.KeepIPs && len(exp.IPs) > 0 && !sameAddrs(s.IPs, exp.IPs) {
 		return codedf(CodeInvalidConfig, "IP mismatch for the restored NIC %s of sandbox %s: the main plugin gave %v, but the guest in the snapshot of %s keeps %v; "+
-			"ask for them with the CNI \"ips\" capability (runtimeConfig {\"ips\": [%q]}) or CNI_ARGS IP=%s, or restore without keeping the IPs (vmnicctl restore --new-ips) and tell the guest its new addresses",
-			s.IfName, s.SandboxID, s.IPs, from, exp.IPs, exp.IPs[0], addrOnly(exp.IPs))
+			"ask for them with the CNI \"ips\" capability (runtimeConfig {\"ips\": %s}) or, for a single address, CNI_ARGS IP=%s; or restore without keeping the IPs (vmnicctl restore --new-ips) and tell the guest its new addresses",
+			s.IfName, s.SandboxID, s.IPs, from, exp.IPs, jsonList(exp.IPs), addrOnly(exp.IPs[:1]))
 	}
 	if exp.NumQueues > 0 && a.nic.NumQueues != exp.NumQueues {
 		return codedf(CodeInvalidConfig, "queues: the restored NIC %s has %d queue pairs in the snapshot of %s, this ADD asks for %d; configure queues %d",
@@ -248,4 +248,12 @@ func RestoreNICs(rec *netsetup.NetSetup, buses map[string]string) ([]connect.Res
 		return nil, fmt.Errorf("sandbox %s: the expected NICs %s are not added yet: CNI ADD them first", rec.SandboxID, strings.Join(missing, ", "))
 	}
 	return nics, nil
+}
+
+func jsonList(l []string) string {
+	q := make([]string, len(l))
+	for i, s := range l {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
 }
