@@ -3,6 +3,7 @@ module github.com/vmnic/vmnic
 go 1.26.8
 
 require (
+	github.com/cilium/ebpf v0.17.3
 	github.com/containerd/nri v0.12.5
 	github.com/containernetworking/cni v1.3.1
 	github.com/containernetworking/plugins v1.9.1

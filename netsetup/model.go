@@ -42,6 +42,13 @@ const (
 	NICAttached NICState = "attached"
 	// NICDetaching: a removal from the VMM or the host is under way.
 	NICDetaching NICState = "detaching"
+	// NICQuiesced: the NIC is out of the data path because its VMM is
+	// paused, stopped or gone: frames arriving on the veth are dropped
+	// there instead of being redirected into a TAP nobody reads. Its host
+	// side is otherwise intact (healthy); ResumeState is the state it goes
+	// back to when the VMM runs again (see Quiesce and Resume in
+	// internal/sandbox).
+	NICQuiesced NICState = "quiesced"
 )
 
 // Backend is how NICs reach the VM.
@@ -93,6 +100,12 @@ type NetSetup struct {
 	VMM            *VMM  `json:"vmm,omitempty"`
 	NetworkConfigs []NIC `json:"network_configs"`
 
+	// Restore is set on a sandbox prepared for a restored VM (vmnicctl
+	// restore): the NICs it expects, from the snapshot manifest. A CNI ADD
+	// of an expected ifname is matched to it (restore.go in
+	// internal/sandbox).
+	Restore *Restore `json:"restore,omitempty"`
+
 	// Error says why the record is invalid (set with PhaseInvalid).
 	Error string `json:"error,omitempty"`
 
@@ -107,6 +120,33 @@ type NetSetup struct {
 
 	// legacy is set when the record was loaded from an older schema.
 	legacy int
+}
+
+// Restore is what a sandbox prepared for a restore expects.
+type Restore struct {
+	// From is the sandbox the snapshot was taken of.
+	From string `json:"from"`
+	// KeepIPs: each ADD must bring the snapshot's IPs (the guest keeps
+	// its configuration); else only the MAC must match (a clone whose
+	// guest is told its new addresses).
+	KeepIPs bool `json:"keep_ips"`
+	// VMMKind is the kind of the VMM the snapshot was taken from.
+	VMMKind string `json:"vmm_kind,omitempty"`
+	// Expected are the snapshot's NICs.
+	Expected []SnapNIC `json:"expected_nics"`
+}
+
+// ExpectedNIC is the snapshot NIC the sandbox expects at ifname.
+func (s *NetSetup) ExpectedNIC(ifname string) (*SnapNIC, bool) {
+	if s.Restore == nil {
+		return nil, false
+	}
+	for i := range s.Restore.Expected {
+		if s.Restore.Expected[i].IfName == ifname {
+			return &s.Restore.Expected[i], true
+		}
+	}
+	return nil, false
 }
 
 // CreatedByCNI marks a record made by a CNI ADD (see NetSetup.CreatedBy).
@@ -193,6 +233,22 @@ type NIC struct {
 	// (vmnicctl guest-acked), so a VMM that tears devices down without
 	// telling the guest (Firecracker) may remove it.
 	GuestAcked bool `json:"guest_acked,omitempty"`
+
+	// ResumeState is the state a quiesced NIC returns to on resume
+	// (pending or attached); QuiesceReason says why it was quiesced. Both
+	// are empty unless State is NICQuiesced.
+	ResumeState   NICState `json:"resume_state,omitempty"`
+	QuiesceReason string   `json:"quiesce_reason,omitempty"`
+
+	// SnapshotTap is the TAP name the VM snapshot refers to when this
+	// restored NIC's TAP had to get another name (that name was taken in
+	// the netns): the override the VMM's restore is given (vmnicctl
+	// restore-args). Empty when the names are the same.
+	SnapshotTap string `json:"snapshot_tap,omitempty"`
+	// L2Bridge is the host bridge the veth's peer is a port of, for a
+	// restored NIC (clones of one snapshot share the guest MAC: two on
+	// one bridge are refused). Empty on point-to-point CNIs.
+	L2Bridge string `json:"l2_bridge,omitempty"`
 
 	// VethQdiscOwned: vmnic added the ingress qdisc on the veth (there was
 	// none), so it removes it again at DEL when no filter is left on it.
@@ -390,6 +446,12 @@ func (s *NetSetup) Validate() error {
 		seen[n.IfName] = true
 		switch n.State {
 		case NICPending, NICAttached, NICDetaching:
+		case NICQuiesced:
+			switch n.ResumeState {
+			case NICPending, NICAttached:
+			default:
+				return fmt.Errorf("sandbox %s: NIC %s: quiesced with resume state %q (want pending or attached)", s.SandboxID, n.IfName, n.ResumeState)
+			}
 		default:
 			// A state this version does not know (a newer vmnic wrote it
 			// before a downgrade) is kept as written while the sandbox is

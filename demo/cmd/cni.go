@@ -27,6 +27,8 @@ func (d *demo) writeConflist(n *cniNet) string {
 		"plugins": []any{
 			map[string]any{
 				"type": "bridge", "bridge": n.bridge, "isGateway": true, "ipMasq": false,
+				// A restored VM asks for the snapshot's MAC and IPs (vmnicctl restore).
+				"capabilities": map[string]any{"mac": true, "ips": true},
 				"ipam": map[string]any{
 					"type":    "host-local",
 					"dataDir": d.ipamDir,

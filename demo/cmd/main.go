@@ -6,7 +6,9 @@
 // are installed it then does the same with a real QEMU guest: a NIC
 // hot-added by vmnic appears in the running guest, whose agent configures it
 // from the config vmnic renders (vmnicctl guest-config; the json form in the
-// record's live copy, shared into the guest), and pings both gateways.
+// record's live copy, shared into the guest), and pings both gateways; and
+// a guest is paused (NICs quiesced and resumed), snapshotted, and restored
+// into a new sandbox from vmnicctl snapshot / restore / restore-args.
 //
 // Run as root from the repository root (demo/demo.sh does). It uses the
 // state dir /tmp/vmnic-demo and names vmnic-demo-*; it cleans up after
@@ -126,6 +128,7 @@ func (d *demo) runAll() (err error) {
 		d.note("(make demo installs qemu-system-x86, linux-image-amd64 and busybox-static)")
 	} else {
 		d.realGuest()
+		d.snapshotRestore()
 	}
 	d.nothingLeft()
 	return nil

@@ -50,6 +50,7 @@ const (
 	OpPrepare  Op = "prepare"  // vmnicctl prepare, NRI RunPodSandbox
 	OpNRIRun   Op = "nri-run"  // NRI RunPodSandbox
 	OpNRIStop  Op = "nri-remove"
+	OpQuiesce  Op = "quiesce" // vmnicctl quiesce/resume, NRI Stop/PostStartContainer, CHECK with the VMM gone
 )
 
 // Point is one registered failpoint.
@@ -92,6 +93,10 @@ var Points = []Point{
 	{Name: "taps-deleted", Component: Engine, Op: OpTeardown, Backend: "cni", Doc: "the sandbox's TAPs deleted in one batch, the record still lists the NICs"},
 	{Name: "teardown-netns", Component: Engine, Op: OpTeardown, Doc: "NICs removed, owned netns not yet removed"},
 	{Name: "netns-removed", Component: Engine, Op: OpTeardown, Doc: "owned netns removed, record not yet deleted"},
+
+	// Quiesce and resume (issue 12).
+	{Name: "quiesce-saved", Component: Engine, Op: OpQuiesce, Doc: "NICs recorded quiesced, veth redirects still in place"},
+	{Name: "resume-host", Component: Engine, Op: OpQuiesce, Doc: "redirects back and drop filters gone, NICs still recorded quiesced"},
 
 	// NRI hook handlers.
 	{Name: "nri-runtime-dir", Component: NRI, Op: OpNRIRun, Doc: "RunPodSandbox: runtime dir made, sandbox not prepared"},

@@ -98,20 +98,33 @@ func AddRedirect(from, to netlink.Link) error {
 	return nil
 }
 
-// DelRedirect removes vmnic's filters (its priority) from link's ingress
-// hook. Nothing to remove is not an error.
+// DelRedirect removes vmnic's filters from link's ingress hook: the
+// redirect (FilterPriority) and a quiesced NIC's drop (QuiescePriority), so
+// that every removal path also clears a quiesced NIC. Nothing to remove is
+// not an error.
 func DelRedirect(link netlink.Link) error {
-	f := &netlink.U32{FilterAttrs: netlink.FilterAttrs{
+	return errors.Join(delFilter(link, FilterPriority), delFilter(link, QuiescePriority))
+}
+
+// delFilter removes the filters of priority prio (the redirect's u32 at
+// FilterPriority, the drop's bpf at QuiescePriority) from link's ingress
+// hook.
+func delFilter(link netlink.Link, prio uint16) error {
+	attrs := netlink.FilterAttrs{
 		LinkIndex: link.Attrs().Index,
 		Parent:    ingressParent,
-		Priority:  FilterPriority,
+		Priority:  prio,
 		Protocol:  unix.ETH_P_ALL,
-	}}
+	}
+	var f netlink.Filter = &netlink.U32{FilterAttrs: attrs}
+	if prio == QuiescePriority {
+		f = &netlink.BpfFilter{FilterAttrs: attrs}
+	}
 	err := netlink.FilterDel(f)
 	if err == nil || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENODEV) {
 		return nil
 	}
-	return fmt.Errorf("remove redirect filter on %s: %w", link.Attrs().Name, err)
+	return fmt.Errorf("remove vmnic's tc filter (pref %d) on %s: %w", prio, link.Attrs().Name, err)
 }
 
 // HasRedirect reports whether link's ingress hook has vmnic's redirect to

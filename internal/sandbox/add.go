@@ -120,6 +120,9 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		}
 		return nil, a.rollback(asCoded(err, "set up NIC %s", s.IfName))
 	}
+	if err := a.checkClones(); err != nil { // restore.go
+		return nil, a.rollback(err)
+	}
 	u, err := b.setupOnHost(ctx, &a.nic)
 	a.u.add(u)
 	if err == nil {
@@ -161,6 +164,10 @@ type adding struct {
 	saved   bool // the record was saved with the NIC
 	nic     netsetup.NIC
 	u       undo
+	// restored: the NIC matches one a restored sandbox expects
+	// (restore.go); vethPeer is the veth's peer ifindex then.
+	restored bool
+	vethPeer int
 }
 
 // check validates s (filling its defaults) and returns the identity of
@@ -315,6 +322,9 @@ func (a *adding) readVeth(b backend) (netlink.Link, error) {
 	}
 	a.nic.MAC = mac.String()
 	a.nic.MTU = veth.Attrs().MTU
+	if err := a.matchRestore(veth); err != nil { // restore.go
+		return nil, err
+	}
 	if err := b.claim(&a.nic); err != nil {
 		return nil, err
 	}

@@ -18,7 +18,10 @@ import (
 // up, vmnic's filters are on the veth and the TAP (or the TAP is a port of
 // the bridge), the TAP's MTU and the recorded MAC still match the veth, and
 // a NIC recorded as attached is still in the VMM. Every problem found is
-// reported (joined).
+// reported (joined). A quiesced NIC is healthy when its drop filter stands
+// in for the veth's redirect. A NIC whose VMM no longer answers is
+// reported, and quiesced here with all of its sandbox, so that the next
+// CHECK finds it healthy but quiesced.
 //
 // An unreadable record is quarantined and rebuilt from the host (see
 // netsetup's Tx.Load), and the CHECK fails saying so: a NIC rebuilt from
@@ -96,6 +99,12 @@ func (m *Manager) CheckNIC(ctx context.Context, id, ifname string) error {
 	}
 	if rec.VMM != nil && nic.State == netsetup.NICAttached {
 		if err := m.checkVMM(ctx, rec.VMM, nic); err != nil {
+			if errors.Is(err, vmmadapter.ErrUnavailable) {
+				// The VMM is gone: take the sandbox's NICs out of the data
+				// path (quiesce_check.go). This CHECK reports the loss;
+				// the next finds the NIC healthy but quiesced.
+				err = m.quiesceGoneVMM(ctx, id, err)
+			}
 			problems = append(problems, err)
 		}
 	}
@@ -137,7 +146,9 @@ func checkTap(nic *netsetup.NIC, veth netlink.Link, add func(string, ...any)) {
 	if mq := tap.(*netlink.Tuntap).Flags&netlink.TUNTAP_MULTI_QUEUE != 0; mq != (nic.QueuePairs() > 1) {
 		add("TAP %s queue mode: multiqueue=%v, but %d queue pairs recorded", nic.Tap, mq, nic.QueuePairs())
 	}
-	if ok, err := hostnet.HasRedirect(veth, tap.Attrs().Index); err != nil {
+	if nic.State == netsetup.NICQuiesced {
+		checkQuiesced(nic, veth, add)
+	} else if ok, err := hostnet.HasRedirect(veth, tap.Attrs().Index); err != nil {
 		add("%v", err)
 	} else if !ok {
 		add("tc redirect filter %s -> %s missing", nic.IfName, nic.Tap)

@@ -739,6 +739,16 @@ func TestVMMGoneAtDel(t *testing.T) {
 	if err := e.m.CheckNIC(ctx(t), id, "eth0"); err == nil || !strings.Contains(err.Error(), "VMM") {
 		t.Errorf("CheckNIC with the VMM gone = %v", err)
 	}
+	// That CHECK quiesced the sandbox (issue 12): the NIC comes back
+	// pending for the next VMM, and the next CHECK finds it healthy.
+	if rec, err := e.m.Store.Get(id); err != nil {
+		t.Fatal(err)
+	} else if n, _ := rec.NIC("eth0"); n.State != netsetup.NICQuiesced || n.ResumeState != netsetup.NICPending {
+		t.Errorf("after CHECK found the VMM gone the NIC is %s (resume %s), want quiesced (resume pending)", n.State, n.ResumeState)
+	}
+	if err := e.m.CheckNIC(ctx(t), id, "eth0"); err != nil {
+		t.Errorf("second CheckNIC (quiesced) = %v, want healthy", err)
+	}
 	if err := e.m.DelNIC(ctx(t), DelSpec{SandboxID: id, IfName: "eth0"}); err != nil {
 		t.Fatalf("DelNIC with the VMM gone: %v", err)
 	}

@@ -8,7 +8,10 @@
 // NIC (also used by teardown.go and gc.go); backend.go is the host side of
 // a NIC, with one implementation per backend (backend_cni.go,
 // backend_bridge.go); vmm.go talks to the VMM; prepare.go, teardown.go,
-// gc.go, resolve.go and check.go hold the operations they name.
+// gc.go, resolve.go and check.go hold the operations they name; quiesce.go
+// takes a sandbox's NICs out of the data path and back (VMM paused, stopped,
+// gone), restore.go prepares a sandbox for a restored VM and matches its
+// ADDs to the snapshot's NICs.
 package sandbox
 
 import (

@@ -87,6 +87,9 @@ func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.
 		return nil
 	}
 	nic := *p
+	if nic.State == netsetup.NICQuiesced {
+		nic.State = nic.ResumeState // removed as what it was before (quiesce.go)
+	}
 	if err := m.releaseNIC(ctx, tx, rec, nic); err != nil {
 		return err
 	}
@@ -96,6 +99,9 @@ func (m *Manager) removeNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.
 // releaseNIC takes nic out of the VMM of rec, when the VMM has it: the
 // first part of a NIC's removal, before anything on the host goes.
 func (m *Manager) releaseNIC(ctx context.Context, tx *netsetup.Tx, rec *netsetup.NetSetup, nic netsetup.NIC) error {
+	if nic.State == netsetup.NICQuiesced {
+		nic.State = nic.ResumeState // removed as what it was before (quiesce.go)
+	}
 	switch {
 	case rec.VMM != nil && (nic.State == netsetup.NICAttached || nic.State == netsetup.NICDetaching) && nic.VMMDeviceID != "":
 		return m.detach(ctx, tx, rec, nic)

@@ -135,6 +135,21 @@ func (rt *runtime) CreateContainer(ctx context.Context, p harness.Pod, c harness
 	return out, nil
 }
 
+func (rt *runtime) StopContainer(ctx context.Context, p harness.Pod, c harness.Container) error {
+	_, err := rt.r.StopContainer(ctx, &api.StopContainerRequest{
+		Pod:       pod(p),
+		Container: &api.Container{Id: c.ID, PodSandboxId: p.ID, Name: c.Name, Linux: &api.LinuxContainer{}},
+	})
+	return err
+}
+
+func (rt *runtime) PostStartContainer(ctx context.Context, p harness.Pod, c harness.Container) error {
+	return rt.r.PostStartContainer(ctx, &api.StateChangeEvent{
+		Pod:       pod(p),
+		Container: &api.Container{Id: c.ID, PodSandboxId: p.ID, Name: c.Name, Linux: &api.LinuxContainer{}},
+	})
+}
+
 type quiet struct{}
 
 func (quiet) Debugf(context.Context, string, ...interface{}) {}

@@ -165,6 +165,11 @@ func TestCrashEveryFailpoint(t *testing.T) {
 		case failpoint.OpPrepare:
 			cases++
 			t.Run(p.Name+"/prepare", func(t *testing.T) { crashPrepare(t, p) })
+		case failpoint.OpQuiesce:
+			for _, rep := range []string{"retry", "del", "teardown"} {
+				cases++
+				t.Run(p.Name+"/quiesce/"+rep, func(t *testing.T) { crashQuiesce(t, p, rep) })
+			}
 		default:
 			t.Errorf("failpoint %s: no crash scenario for op %s", p.Name, p.Op)
 		}
@@ -322,4 +327,54 @@ func crashPrepare(t *testing.T, p failpoint.Point) {
 	_, err = w.e.Vmnicctl(ctx(t), nil, "teardown", w.sid)
 	must(t, "teardown", err)
 	same(t, "prepare/teardown after the repair", before, audit(t, w.e))
+}
+
+// crashQuiesce: a prepared sandbox (cni backend) with a NIC; vmnicctl
+// quiesce, then resume, with a crash armed at p (a point of one of them).
+// The repair is the retried command pair (then DEL), the chain's DEL, or
+// vmnicctl teardown and DEL: the host ends as it was.
+func crashQuiesce(t *testing.T, p failpoint.Point, repair string) {
+	w := newWorld(t, "cni")
+	before := audit(t, w.e)
+	w.prepare(t)
+	_, err := w.chain.Add(ctx(t), w.att)
+	must(t, "ADD", err)
+
+	env := w.e.Arm(p.Name, crash)
+	var crashedIn string
+	for _, cmd := range []string{"quiesce", "resume"} {
+		r, err := w.e.Vmnicctl(ctx(t), env, cmd, w.sid)
+		if err == nil {
+			continue
+		}
+		if r.ExitCode != 137 {
+			t.Fatalf("vmnicctl %s with a crash armed at %s: %v (exit status %d, want 137)", cmd, p.Name, err, r.ExitCode)
+		}
+		w.crashed(t, p.Name, "vmnicctl "+cmd, nil, r.Crashed)
+		crashedIn = cmd
+		break
+	}
+	if crashedIn == "" {
+		t.Fatalf("neither quiesce nor resume reached %s", p.Name)
+	}
+	switch repair {
+	case "retry":
+		for _, cmd := range []string{"quiesce", "resume", "resume"} {
+			_, err := w.e.Vmnicctl(ctx(t), nil, cmd, w.sid)
+			must(t, "vmnicctl "+cmd+" after the crash", err)
+		}
+		must(t, "CHECK after the repair", w.chain.Check(ctx(t), w.att))
+		must(t, "DEL", w.chain.Del(ctx(t), w.att))
+		_, err := w.e.Vmnicctl(ctx(t), nil, "teardown", w.sid)
+		must(t, "teardown", err)
+	case "del":
+		must(t, "DEL after the crash", w.chain.Del(ctx(t), w.att))
+		_, err := w.e.Vmnicctl(ctx(t), nil, "teardown", w.sid)
+		must(t, "teardown", err)
+	case "teardown":
+		_, err := w.e.Vmnicctl(ctx(t), nil, "teardown", w.sid)
+		must(t, "vmnicctl teardown after the crash", err)
+		must(t, "DEL after the teardown", w.chain.Del(ctx(t), w.att))
+	}
+	same(t, "crash in "+crashedIn+" at "+p.Name+", then "+repair, before, audit(t, w.e))
 }

@@ -58,6 +58,10 @@ type CHConfig struct {
 	// "vmm: Make device removal retryable"), so the device is ejected only
 	// after remove-device has been sent again (where CH allows that).
 	IgnoreFirstNotify bool
+	// Snapshot is the network config of the snapshot vm.restore loads
+	// (what the snapshot directory's config.json would hold;
+	// ch_restore.go).
+	Snapshot []CHNet
 }
 
 // CHNet is one entry of the simulated VM's config.net.
@@ -386,6 +390,7 @@ var chEndpoints = map[string]string{
 	"vm.add-net": http.MethodPut, "vm.remove-device": http.MethodPut, "vm.boot": http.MethodPut,
 	"vm.create": http.MethodPut, "vm.shutdown": http.MethodPut, "vm.delete": http.MethodPut,
 	"vmm.shutdown": http.MethodPut, "vm.pause": http.MethodPut, "vm.resume": http.MethodPut,
+	"vm.restore": http.MethodPut,
 }
 
 func (c *CH) handle(w *reply, r *http.Request, body []byte) {
@@ -443,6 +448,8 @@ func (c *CH) handle(w *reply, r *http.Request, body []byte) {
 		}
 		c.state = CHCreated
 		w.empty(http.StatusNoContent)
+	case "vm.restore":
+		c.restore(w, body)
 	case "vm.pause", "vm.resume", "vm.shutdown", "vm.delete":
 		if hasBody {
 			c.fail(w, "bad-request", "This endpoint does not take a body")

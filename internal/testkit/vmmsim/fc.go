@@ -33,6 +33,9 @@ type FCConfig struct {
 	State FCState
 	// NoSpec disables spec validation.
 	NoSpec bool
+	// Snapshot is the network of the snapshot PUT /snapshot/load loads
+	// (what the state file would hold; fc_snapshot.go).
+	Snapshot []FCNet
 }
 
 // FCNet is one network interface as the simulated Firecracker holds it.
@@ -245,6 +248,8 @@ func (f *FC) handle(w *reply, r *http.Request, body []byte) {
 			f.start()
 		}
 		w.empty(http.StatusNoContent)
+	case path == "/snapshot/load" && r.Method == http.MethodPut:
+		f.loadSnapshot(w, body)
 	case strings.HasPrefix(path, "/network-interfaces/"):
 		id := strings.TrimPrefix(path, "/network-interfaces/")
 		switch r.Method {

@@ -67,6 +67,10 @@ type Runtime interface {
 	StopPodSandbox(ctx context.Context, p Pod) error
 	RemovePodSandbox(ctx context.Context, p Pod) error
 	CreateContainer(ctx context.Context, p Pod, c Container) (*Adjustment, error)
+	// StopContainer and PostStartContainer: the VMM container stopping
+	// and running again (the plugin quiesces and resumes the pod's NICs).
+	StopContainer(ctx context.Context, p Pod, c Container) error
+	PostStartContainer(ctx context.Context, p Pod, c Container) error
 	Stop()
 }
 
@@ -158,6 +162,14 @@ func suite(t *testing.T, v Version, start Factory, bin string, external bool) {
 	adj, err := rt.CreateContainer(ctx, vm, Container{ID: "c-vmm", Name: "vmm"})
 	must(t, "CreateContainer vmm", err)
 	checkVMM(t, e, vm.ID, adj, "")
+	// The VMM container stops and starts again: the plugin subscribed to
+	// both events (this runtime accepted the subscription) and handles them
+	// for a pod at zero NICs without changing its record.
+	must(t, "StopContainer vmm", rt.StopContainer(ctx, vm, Container{ID: "c-vmm", Name: "vmm"}))
+	must(t, "PostStartContainer vmm", rt.PostStartContainer(ctx, vm, Container{ID: "c-vmm", Name: "vmm"}))
+	if rec2, err := e.record(vm.ID); err != nil || rec2.Phase != "prepared" {
+		t.Errorf("record after the VMM container stopped and started: %+v %v", rec2, err)
+	}
 	adj, err = rt.CreateContainer(ctx, vm, Container{ID: "c-side", Name: "sidecar"})
 	must(t, "CreateContainer sidecar", err)
 	if adj != nil && (len(adj.Devices) > 0 || len(adj.Mounts) > 0 || len(adj.Env) > 0) {

@@ -40,22 +40,27 @@ const MaxHandlerTime = 1500 * time.Millisecond
 // every NRI runtime since v0.2 knows: a runtime with NRI < v0.10
 // (containerd ≤ 2.1, CRI-O ≤ 1.33) refuses a plugin that subscribes to a
 // newer one. Synchronize is part of the handshake, not an event.
+// StopContainer and PostStartContainer (the VMM container stopping and
+// running again: quiesce and resume, vmmstate.go) are such old events.
 var Events = func() api.EventMask {
 	var m api.EventMask
 	m.Set(api.Event_RUN_POD_SANDBOX, api.Event_STOP_POD_SANDBOX,
-		api.Event_REMOVE_POD_SANDBOX, api.Event_CREATE_CONTAINER)
+		api.Event_REMOVE_POD_SANDBOX, api.Event_CREATE_CONTAINER,
+		api.Event_POST_START_CONTAINER, api.Event_STOP_CONTAINER)
 	return m
 }()
 
 // The NRI stub finds the handlers by type assertion: a method whose
 // signature drifts from the interface would silently stop being called.
 var (
-	_ stub.ConfigureInterface       = (*Plugin)(nil)
-	_ stub.SynchronizeInterface     = (*Plugin)(nil)
-	_ stub.RunPodInterface          = (*Plugin)(nil)
-	_ stub.StopPodInterface         = (*Plugin)(nil)
-	_ stub.RemovePodInterface       = (*Plugin)(nil)
-	_ stub.CreateContainerInterface = (*Plugin)(nil)
+	_ stub.ConfigureInterface          = (*Plugin)(nil)
+	_ stub.SynchronizeInterface        = (*Plugin)(nil)
+	_ stub.RunPodInterface             = (*Plugin)(nil)
+	_ stub.StopPodInterface            = (*Plugin)(nil)
+	_ stub.RemovePodInterface          = (*Plugin)(nil)
+	_ stub.CreateContainerInterface    = (*Plugin)(nil)
+	_ stub.StopContainerInterface      = (*Plugin)(nil)
+	_ stub.PostStartContainerInterface = (*Plugin)(nil)
 )
 
 // Runtime is what the plugin learns from the NRI stub about the runtime.

@@ -32,10 +32,10 @@ func TestAtLeast(t *testing.T) {
 	}
 }
 
-// TestEvents: the subscription names exactly the four events the plugin
+// TestEvents: the subscription names exactly the six events the plugin
 // handles, all known to NRI runtimes older than v0.10 (event numbers below 12).
 func TestEvents(t *testing.T) {
-	if got := Events.PrettyString(); got != "RunPodSandbox,StopPodSandbox,RemovePodSandbox,CreateContainer" {
+	if got := Events.PrettyString(); got != "RunPodSandbox,StopPodSandbox,RemovePodSandbox,CreateContainer,PostStartContainer,StopContainer" {
 		t.Errorf("events %s", got)
 	}
 	for e := api.Event_UPDATE_POD_SANDBOX; e < api.Event_LAST; e++ {
