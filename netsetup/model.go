@@ -416,6 +416,18 @@ func ValidateSandboxID(id string) error {
 }
 
 // Validate checks a record's invariants before it is written.
+// validateReadable is what a record must be to be read at all: Validate,
+// except that values a newer vmnic may have written (a phase, a NIC state,
+// a backend this version does not know) are kept, as Validate keeps them
+// while a sandbox is torn down. Such a record is not unreadable: it is not
+// quarantined, a teardown finishes it (issue 16 item 2), and a change that
+// would save it as it is fails Validate with a message naming the value.
+func (s *NetSetup) validateReadable() error {
+	c := *s
+	c.Phase = PhaseTearingDown
+	return c.Validate()
+}
+
 func (s *NetSetup) Validate() error {
 	if err := ValidateSandboxID(s.SandboxID); err != nil {
 		return err

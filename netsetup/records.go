@@ -58,7 +58,7 @@ func (s *Store) read(id string) (*NetSetup, error) {
 	if rec.SandboxID != id {
 		return nil, &UnreadableError{ID: id, Path: path, Reason: fmt.Sprintf("it names sandbox %q", rec.SandboxID)}
 	}
-	if err := rec.Validate(); err != nil {
+	if err := rec.validateReadable(); err != nil {
 		return nil, &UnreadableError{ID: id, Path: path, Reason: err.Error()}
 	}
 	return rec, nil

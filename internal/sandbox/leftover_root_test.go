@@ -18,14 +18,22 @@ import (
 func TestUnrecordedLeftovers(t *testing.T) {
 	e := newEnv(t)
 	id := "vmnict-left"
-	leave := func() {
+	// leave makes what a killed ADD leaves; its TAP carries the marker
+	// CreateTap sets with the TAP's link up (unmarked: what another
+	// program made under that name).
+	leave := func(marked bool) {
 		t.Helper()
+		var mark hostnet.Marker
+		if marked {
+			mark = e.m.marker(id, "eth0", hostnet.MarkerCNI)
+			mark.QdiscOwned = true // it adds the veth's ingress qdisc below
+		}
 		netfixture.In(t, e.netns, func() error {
 			veth, err := netlink.LinkByName("eth0")
 			if err != nil {
 				return err
 			}
-			tap, err := hostnet.CreateTap(hostnet.TapSpec{Name: hostnet.TapNameInNetns("eth0"), MTU: veth.Attrs().MTU, Owner: -1, Group: -1})
+			tap, err := hostnet.CreateTap(hostnet.TapSpec{Name: hostnet.TapNameInNetns("eth0"), MTU: veth.Attrs().MTU, Owner: -1, Group: -1, Marker: mark})
 			if err != nil {
 				return err
 			}
@@ -41,7 +49,19 @@ func TestUnrecordedLeftovers(t *testing.T) {
 		})
 	}
 	before := netfixture.Take(t, e.scope())
-	leave()
+	// A TAP of vmnic's name without vmnic's marker is never removed.
+	netfixture.In(t, e.netns, func() error {
+		_, err := hostnet.CreateTap(hostnet.TapSpec{Name: hostnet.TapNameInNetns("eth0"), Owner: -1, Group: -1})
+		return err
+	})
+	if err := e.m.DelNIC(ctx(t), DelSpec{SandboxID: id, IfName: "eth0", NetnsPath: e.netns}); err != nil {
+		t.Fatal(err)
+	}
+	if netfixture.LinkIn(t, e.netns, "tapeth0") == nil {
+		t.Fatal("a DEL removed an unmarked TAP it had no record of")
+	}
+	netfixture.In(t, e.netns, func() error { return hostnet.DeleteTap("tapeth0") })
+	leave(true)
 	if err := e.m.DelNIC(ctx(t), DelSpec{SandboxID: id, IfName: "eth0"}); err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +79,7 @@ func TestUnrecordedLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	prepared := netfixture.Take(t, e.scope())
-	leave()
+	leave(true)
 	if err := e.m.Teardown(ctx(t), id, TeardownOptions{KeepNetns: true}); err != nil {
 		t.Fatal(err)
 	}

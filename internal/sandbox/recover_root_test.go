@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/vishvananda/netlink"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,10 +26,23 @@ func (e *env) twoNICs(t *testing.T, id string) []NICSpec {
 	t.Helper()
 	if netfixture.LinkIn(t, e.netns, "net1") == nil {
 		netfixture.Veth(t, e.netns, "net1", e.peer, "peer1", 1400, "02:00:0a:c9:00:06")
+		// The address a main plugin would give it (CHECK verifies it).
+		netfixture.In(t, e.netns, func() error {
+			l, err := netlink.LinkByName("net1")
+			if err != nil {
+				return err
+			}
+			a, err := netlink.ParseAddr("10.202.0.5/24")
+			if err != nil {
+				return err
+			}
+			return netlink.AddrAdd(l, a)
+		})
 	}
 	s0 := e.spec(id)
 	s1 := s0
 	s1.IfName, s1.Network = "net1", "vmnict-net2"
+	s1.IPs, s1.Gateway = []string{"10.202.0.5/24"}, "10.202.0.1"
 	return []NICSpec{s0, s1}
 }
 
