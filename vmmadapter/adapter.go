@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os"
 	"time"
 )
 
@@ -32,6 +33,13 @@ type NIC struct {
 	MTU        int    // 0 = leave to the VMM
 	QueuePairs int    // TAP queue pairs; CH num_queues = 2 × QueuePairs; 0 means 1
 	QueueSize  int    // 0 = VMM default
+	// Fds, when set, are the TAP's queue fds (one per queue pair, opened
+	// by vmnic in the sandbox netns): the VMM gets them over its control
+	// socket (SCM_RIGHTS) instead of opening Tap by name, so it needs no
+	// /dev/net/tun, no CAP_NET_ADMIN and need not live in the netns. Only
+	// adapters whose TakesFds is true accept them; the caller keeps
+	// ownership and closes its copies once AddNIC returns.
+	Fds []*os.File
 }
 
 // Attachment is what the VMM reports for an attached NIC.
@@ -156,6 +164,13 @@ var (
 	// NIC's queue pairs (a multi-queue TAP for one pair, or the other way
 	// round); the TAP must be recreated, or the NIC's queues changed.
 	ErrTapQueueMismatch = errors.New("TAP multi-queue flag does not match the NIC's queue pairs")
+	// ErrFdsUnsupported: the VMM cannot take TAP fds over its control
+	// socket (Firecracker; a Cloud Hypervisor that refused them): the NIC
+	// must be handed over by name.
+	ErrFdsUnsupported = errors.New("the VMM does not take TAP fds")
+	// ErrFdCount: the number of fds does not match the NIC's queue pairs
+	// (Cloud Hypervisor: fds.len()*2 != num_queues).
+	ErrFdCount = errors.New("TAP fd count does not match the queue pairs")
 	// ErrGuestMustAct: the VMM would tear the device down under a guest
 	// that still uses it (Firecracker notifies the guest of nothing); the
 	// guest must release it first, and the caller then says so

@@ -26,6 +26,15 @@
 //     can be missed by a loaded guest) it re-sends remove-device while it
 //     waits for the eject. v53 answers a second remove with an error, so it
 //     is not re-sent there either.
+//   - A NIC with Fds hands the TAP's queue fds over with the vm.add-net
+//     request as SCM_RIGHTS ancillary data (apiclient.CallWithFiles): CH
+//     assigns every fd of the request to the NIC (attach_fds_to_cfg in
+//     vmm/src/api/http/http_endpoint.rs), requires fds.len()*2 ==
+//     num_queues (VnetQueueFdMismatch, vmm/src/config.rs), dup()s the fds
+//     and learns the TAP name from them (Net::from_tap_fds,
+//     virtio-devices/src/net.rs). CH then needs no /dev/net/tun and no
+//     CAP_NET_ADMIN. remove-device closes the preserved fds; the device's
+//     own copies close when the guest ejects it (PR #7371).
 //   - A paused VM runs no vCPU and so cannot eject: removal is refused with
 //     vmmadapter.ErrVMPaused instead of waiting for an eject that cannot
 //     come before vm.resume.
@@ -330,8 +339,20 @@ func (a *Adapter) AddNIC(ctx context.Context, nic vmmadapter.NIC) (vmmadapter.At
 	if err := validateNIC(nic); err != nil {
 		return vmmadapter.Attachment{}, err
 	}
+	if err := vmmadapter.ValidateFds(vmmadapter.CloudHypervisor, nic); err != nil {
+		return vmmadapter.Attachment{}, err
+	}
 	what := fmt.Sprintf("add NIC %q (TAP %s)", nic.ID, nic.Tap)
-	resp, call, err := a.call(ctx, http.MethodPut, "vm.add-net", netConfigFor(nic))
+	if len(nic.Fds) > 0 {
+		what = fmt.Sprintf("add NIC %q (TAP %s, %d fds)", nic.ID, nic.Tap, len(nic.Fds))
+	}
+	path := apiPrefix + "/vm.add-net"
+	call := http.MethodPut + " " + path
+	// With fds the request carries them as SCM_RIGHTS; CH takes all the
+	// fds of the request for this NIC and ignores tap (kept in the body
+	// only so vm.info names the TAP; Net::from_tap_fds learns the name
+	// from the fds).
+	resp, err := a.c.CallWithFiles(ctx, http.MethodPut, path, netConfigFor(nic), nic.Fds)
 	if err != nil {
 		return vmmadapter.Attachment{}, fmt.Errorf("%s: %w", what, err)
 	}
@@ -360,6 +381,9 @@ func (a *Adapter) AddNIC(ctx context.Context, nic vmmadapter.NIC) (vmmadapter.At
 		// MultiQueueNoTapSupport.
 		return vmmadapter.Attachment{}, fmt.Errorf("%s: TAP %s is single-queue but the NIC has %d queue pairs: %w: %w",
 			what, nic.Tap, pairs(nic), vmmadapter.ErrTapQueueMismatch, apiErr)
+	case apiErr.Contains("does not match the number of input FDs"):
+		// vmm/src/config.rs ValidationError::VnetQueueFdMismatch.
+		return vmmadapter.Attachment{}, fmt.Errorf("%s: %w: %w", what, vmmadapter.ErrFdCount, apiErr)
 	case apiErr.Contains("resource busy", "os error 16", "EBUSY"):
 		return vmmadapter.Attachment{}, fmt.Errorf("%s: TAP %s: %w (another VMM, or a removed NIC the guest has not ejected yet, holds it): %w",
 			what, nic.Tap, vmmadapter.ErrTapBusy, apiErr)

@@ -116,7 +116,7 @@ func Args(nics []vmmadapter.NIC) []string {
 	return args
 }
 
-// netdevArgs is the QMP netdev_add argument object for nic.
+// netdevArgs is the QMP netdev_add argument object for nic opened by name.
 func netdevArgs(id string, nic vmmadapter.NIC) map[string]any {
 	a := map[string]any{
 		"type":       "tap",
@@ -128,6 +128,25 @@ func netdevArgs(id string, nic vmmadapter.NIC) map[string]any {
 	}
 	if q := queuePairs(nic); q > 1 {
 		a["queues"] = q
+	}
+	return a
+}
+
+// FdName is the monitor name of queue fd q of the NIC with device id devID
+// (getfd fdname).
+func FdName(devID string, q int) string { return fmt.Sprintf("vmnic-%s-q%d", devID, q) }
+
+// netdevFdArgs is the netdev_add argument object for a tap netdev on the
+// queue fds passed before with getfd under names: "fd" for one queue,
+// "fds" (colon-separated) for several. net/tap.c net_init_tap refuses
+// ifname, script, downscript and queues together with fd/fds (the queue
+// count is the number of fds), so none is given; vhost stays off.
+func netdevFdArgs(id string, names []string) map[string]any {
+	a := map[string]any{"type": "tap", "id": NetdevID(id), "vhost": false}
+	if len(names) == 1 {
+		a["fd"] = names[0]
+	} else {
+		a["fds"] = strings.Join(names, ":")
 	}
 	return a
 }
