@@ -187,6 +187,14 @@ type NIC struct {
 	// telling the guest (Firecracker) may remove it.
 	GuestAcked bool `json:"guest_acked,omitempty"`
 
+	// TapHandoff is the handoff the NIC's conf asked for: HandoffFd,
+	// HandoffName, or empty for auto (fd where the VMM takes fds).
+	TapHandoff Handoff `json:"tap_handoff,omitempty"`
+	// Handoff is how the VMM got the TAP when the NIC was attached: its
+	// queue fds over the control socket (HandoffFd) or by name
+	// (HandoffName); empty while no VMM has it.
+	Handoff Handoff `json:"handoff,omitempty"`
+
 	// VethQdiscOwned: vmnic added the ingress qdisc on the veth (there was
 	// none), so it removes it again at DEL when no filter is left on it.
 	VethQdiscOwned bool `json:"veth_qdisc_owned,omitempty"`
@@ -196,6 +204,18 @@ type NIC struct {
 	LegacyNetnsPath string  `json:"netns_path,omitempty"`
 	LegacyBridge    string  `json:"bridge,omitempty"`
 }
+
+// Handoff is how a VMM gets a NIC's TAP.
+type Handoff string
+
+const (
+	// HandoffFd: vmnic opens one fd per queue pair of the TAP in the
+	// sandbox netns and passes them over the VMM's control socket
+	// (SCM_RIGHTS); the VMM needs no /dev/net/tun and no CAP_NET_ADMIN.
+	HandoffFd Handoff = "fd"
+	// HandoffName: the VMM opens the TAP by name in its own netns.
+	HandoffName Handoff = "name"
+)
 
 // QueuePairs is the TAP's queue-pair count (num_queues counts virtqueues: 2 per pair).
 func (n NIC) QueuePairs() int {
