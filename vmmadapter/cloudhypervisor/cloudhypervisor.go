@@ -582,12 +582,28 @@ func (a *Adapter) waitError(ctx context.Context, what string, start time.Time, l
 // none (see the package doc): CH takes the MTU vmnic gave the TAP.
 // No NICs → no arguments.
 func NetArgs(nics []vmmadapter.NIC) []string {
+	return NetFdArgs(nics, nil)
+}
+
+// NetFdArgs is NetArgs for a launcher that hands CH its TAPs as inherited
+// fds: NIC i whose fds[i] is non-empty gets "fd=[n,…]" (CH's --net fd
+// list; with it CH ignores tap=, vmm/src/config.rs NetConfig::parse)
+// instead of "tap=…". fds[i] must have one fd per queue pair, each > 2
+// (CH's VnetReservedFd); nil fds is NetArgs.
+func NetFdArgs(nics []vmmadapter.NIC, fds [][]int) []string {
 	if len(nics) == 0 {
 		return nil
 	}
 	args := []string{"--net"}
-	for _, nic := range nics {
+	for i, nic := range nics {
 		parts := []string{"tap=" + nic.Tap}
+		if i < len(fds) && len(fds[i]) > 0 {
+			nums := make([]string, len(fds[i]))
+			for j, fd := range fds[i] {
+				nums[j] = strconv.Itoa(fd)
+			}
+			parts = []string{"fd=[" + strings.Join(nums, ",") + "]"}
+		}
 		if nic.MAC != "" {
 			parts = append(parts, "mac="+nic.MAC)
 		}

@@ -90,13 +90,32 @@ func optValue(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 // for each NIC a "-netdev tap,…" and a "-device virtio-net-pci,…" pair with
 // the same ids AddNIC would use, so RemoveNIC works on them later.
 func Args(nics []vmmadapter.NIC) []string {
+	return FdArgs(nics, nil)
+}
+
+// FdArgs is Args for a launcher that hands QEMU its TAPs as inherited fds:
+// NIC i whose fds[i] is non-empty gets "-netdev tap,id=…,fd=N,vhost=off"
+// (one queue pair) or "fds=N:M:…" (several), without ifname, script or
+// queues, which net/tap.c refuses together with fd/fds. nil fds is Args.
+func FdArgs(nics []vmmadapter.NIC, fds [][]int) []string {
 	var args []string
-	for _, nic := range nics {
+	for i, nic := range nics {
 		id := nicID(nic)
 		q := queuePairs(nic)
 		netdev := fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no,vhost=off", NetdevID(id), optValue(nic.Tap))
 		if q > 1 {
 			netdev += fmt.Sprintf(",queues=%d", q)
+		}
+		if i < len(fds) && len(fds[i]) > 0 {
+			nums := make([]string, len(fds[i]))
+			for j, fd := range fds[i] {
+				nums[j] = fmt.Sprint(fd)
+			}
+			key := "fd"
+			if len(nums) > 1 {
+				key = "fds"
+			}
+			netdev = fmt.Sprintf("tap,id=%s,%s=%s,vhost=off", NetdevID(id), key, strings.Join(nums, ":"))
 		}
 		dev := fmt.Sprintf("virtio-net-pci,netdev=%s,id=%s", NetdevID(id), id)
 		if nic.MAC != "" {
