@@ -96,9 +96,11 @@ func writeRecordQS(t *testing.T, state, id string, net1Queues, net1QSize int) {
 	rec := netsetup.New(id)
 	rec.NetnsPath = "/var/run/netns/" + id
 	rec.PutNIC(netsetup.NIC{ID: "net1", IfName: "net1", Tap: "tapnet1", MAC: "02:00:00:00:00:02", MTU: 1400, NumQueues: net1Queues, QueueSize: net1QSize,
-		IPs: []string{"10.211.0.5/24"}, Gateway: "10.211.0.1", State: netsetup.NICPending, HostReady: true, Network: "b"})
+		IPs: []string{"10.211.0.5/24"}, Gateway: "10.211.0.1", State: netsetup.NICPending, HostReady: true, Network: "b",
+		TapHandoff: netsetup.HandoffName}) // no real TAP behind these records: the VMM gets the name
 	rec.PutNIC(netsetup.NIC{ID: "eth0", IfName: "eth0", Tap: "tapeth0", MAC: "02:00:00:00:00:01", MTU: 1500, NumQueues: 2, QueueSize: 256,
-		IPs: []string{"10.201.0.5/24"}, Gateway: "10.201.0.1", State: netsetup.NICPending, HostReady: true, Network: "a"})
+		IPs: []string{"10.201.0.5/24"}, Gateway: "10.201.0.1", State: netsetup.NICPending, HostReady: true, Network: "a",
+		TapHandoff: netsetup.HandoffName})
 	if err := st.Create(context.Background(), rec); err != nil {
 		t.Fatal(err)
 	}

@@ -205,3 +205,82 @@ func tunFds(t *testing.T, pid int) int {
 	}
 	return n
 }
+
+// TestQEMUExecVMMBootFds: the pre-boot form. A NIC set up before the VMM
+// exists is handed to QEMU at launch: vmnicctl exec-vmm opens its TAP
+// queues in the sandbox netns and runs QEMU (as nobody, no capabilities,
+// no /dev/net/tun, outside the netns) with them as fd 3… and the
+// "-netdev tap,fds=…" arguments. The guest has the NIC at boot and pings
+// both ways; vmnicctl keeps no copy of the fds; attach-vmm finds the NIC
+// in QEMU, and cnitool del removes it.
+func TestQEMUExecVMMBootFds(t *testing.T) {
+	testenv.RequireRoot(t)
+	if err := qemuguest.Available(); err != nil {
+		testenv.Unavailable(t, "QEMU guest: %v", err)
+	}
+	testenv.Command(t, "ping")
+	testenv.Command(t, "setpriv")
+	testenv.Command(t, "unshare")
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+
+	id := "vmnd-x-" + randHex(t, 3)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	var nsPath string
+	t.Cleanup(func() {
+		if _, err := runCtl(t, stateDir, "teardown", id); err != nil {
+			t.Logf("cleanup teardown: %v", err)
+		}
+		if _, err := os.Stat(nsPath); nsPath != "" && err == nil {
+			unix.Unmount(nsPath, unix.MNT_DETACH)
+			os.Remove(nsPath)
+		}
+	})
+	mustCtl(t, stateDir, "prepare", id)
+	nsPath = record(t, stateDir, id).ResolvedNetnsPath()
+	deleteHostLinkAtCleanup(t, "vmnbrfd4")
+	nw := writeNetwork(t, "vmnd-xeth0", "1.0.0", stateDir, bridgeChain("vmnbrfd4", "10.206.24.0/24", t.TempDir(), stateDir, 2))
+	t.Cleanup(func() { nw.cnitool(t, "del", nsPath, "eth0", "") })
+	nw.mustCNI(t, "add", nsPath, "eth0", "")
+	nic, ok := record(t, stateDir, id).NIC("eth0")
+	if !ok || nic.State != netsetup.NICPending || !nic.HostReady {
+		t.Fatalf("NIC before the VMM: %+v; want pending, host-ready", nic)
+	}
+
+	g, err := qemuguest.Boot(ctx, qemuguest.Config{
+		RunAs: &nobody, CPUs: 2, BootTimeout: 3 * time.Minute, Logf: t.Logf,
+		Launcher: []string{vmnicctl(t), "--state-dir", stateDir, "exec-vmm", id, "--kind", "qemu", "--"},
+	})
+	if err != nil {
+		t.Fatalf("boot QEMU through exec-vmm: %v", err)
+	}
+	t.Cleanup(func() { g.Close() })
+	if n := tunFds(t, g.PID()); n != 0 {
+		t.Errorf("vmnicctl exec-vmm (pid %d) still holds %d TAP fds after starting QEMU", g.PID(), n)
+	}
+	ifname, err := g.WaitForMAC(ctx, nic.MAC)
+	if err != nil {
+		t.Fatalf("the NIC passed at launch (MAC %s) is not in the guest: %v", nic.MAC, err)
+	}
+	out, err := g.Run(ctx, "ls /sys/class/net/"+ifname+"/queues")
+	if err != nil || !strings.Contains(out, "rx-1") {
+		t.Errorf("guest %s queues: %q %v; want 2 queue pairs", ifname, out, err)
+	}
+	out, err = g.Run(ctx, fmt.Sprintf("ip addr add %s dev %s && ip link set %s up && ping -c 2 -W 3 %s", nic.IPs[0], ifname, ifname, nic.Gateway))
+	if err != nil || received(out) < 2 {
+		t.Fatalf("guest → gateway ping over the NIC passed at launch: %v\n%s", err, out)
+	}
+	hostPing(t, mustAddr(t, nic.IPs[0]))
+
+	mustCtl(t, stateDir, "attach-vmm", id, "--kind", "qemu", "--socket", g.QMPSocket())
+	if n, _ := record(t, stateDir, id).NIC("eth0"); n == nil || n.State != netsetup.NICAttached {
+		t.Fatalf("NIC after attach-vmm: %+v; want attached (QEMU has it)", n)
+	}
+	nw.mustCNI(t, "del", nsPath, "eth0", "")
+	if err := g.WaitForLinkGone(ctx, ifname); err != nil {
+		t.Fatalf("guest still has %s after DEL: %v", ifname, err)
+	}
+	if linkExists(t, nsPath, nic.Tap) {
+		t.Errorf("TAP %s still in the netns after DEL", nic.Tap)
+	}
+}

@@ -64,6 +64,11 @@ type Config struct {
 	// open /dev/net/tun at all. Such a QEMU can only use TAPs it is handed
 	// as fds. WorkDir is given to the user (sockets are made there).
 	RunAs *User
+	// Launcher, when set, is a command QEMU's command line is appended to
+	// (e.g. "vmnicctl exec-vmm <id> --kind qemu --"): it starts QEMU
+	// (under RunAs's wrapper when set) and may add arguments of its own.
+	// PID is then the launcher's.
+	Launcher []string
 	// Logf, when set, gets progress lines (boot time, …), e.g. t.Logf.
 	Logf func(format string, args ...any)
 	// Console, when set, also gets the serial console output as it comes
@@ -264,6 +269,10 @@ func Boot(ctx context.Context, cfg Config) (_ *Guest, err error) {
 			return nil, fmt.Errorf("boot guest: give the work dir to uid %d: %w", cfg.RunAs.UID, err)
 		}
 		bin, args = unprivileged(*cfg.RunAs, cfg.QEMU, args)
+	}
+	if len(cfg.Launcher) > 0 {
+		args = append(append(append([]string{}, cfg.Launcher[1:]...), bin), args...)
+		bin = cfg.Launcher[0]
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = stderr
