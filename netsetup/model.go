@@ -396,6 +396,13 @@ func (s *NetSetup) Validate() error {
 		default:
 			return fmt.Errorf("sandbox %s: NIC %s: unknown state %q", s.SandboxID, n.IfName, n.State)
 		}
+		for field, h := range map[string]Handoff{"handoff": n.Handoff, "tap_handoff": n.TapHandoff} {
+			switch h {
+			case "", HandoffFd, HandoffName:
+			default:
+				return fmt.Errorf("sandbox %s: NIC %s: unknown %s %q", s.SandboxID, n.IfName, field, h)
+			}
+		}
 	}
 	return nil
 }
