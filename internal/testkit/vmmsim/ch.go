@@ -12,7 +12,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vmnic/vmnic/internal/hostnet"
 	"github.com/vmnic/vmnic/internal/testkit/openapi"
 )
 
@@ -694,7 +693,7 @@ func (c *CH) checkFds(n *CHNet, files []*os.File) []string {
 	wantMQ := n.NumQueues/2 > 1
 	name := ""
 	for i, f := range files {
-		got, flags, err := hostnet.TapQueueInfo(f)
+		got, flags, err := tapQueueInfo(f)
 		if err != nil {
 			return append(pre, "Unable to get the TAP interface name", fmt.Sprintf("fd %d: %v", i, err))
 		}

@@ -7,6 +7,8 @@ import (
 	"os"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // maxRecvFds is how many fds one read can carry (the kernel's SCM_MAX_FD).
@@ -99,4 +101,28 @@ func closeAll(files []*os.File) {
 			f.Close()
 		}
 	}
+}
+
+// tapQueueInfo is TUNGETIFF on f: the device name and flags of a TUN/TAP
+// queue fd, as Cloud Hypervisor's Net::from_tap_fds learns them. (The
+// simulator does its own ioctl rather than importing vmnic's hostnet, so
+// that modules using the test kit need none of hostnet's dependencies.)
+func tapQueueInfo(f *os.File) (string, uint16, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return "", 0, err
+	}
+	var ifr *unix.Ifreq
+	var ioErr error
+	if err := rc.Control(func(fd uintptr) {
+		if ifr, ioErr = unix.NewIfreq(""); ioErr == nil {
+			ioErr = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr)
+		}
+	}); err != nil {
+		return "", 0, err
+	}
+	if ioErr != nil {
+		return "", 0, ioErr
+	}
+	return ifr.Name(), ifr.Uint16(), nil
 }

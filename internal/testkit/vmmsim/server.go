@@ -290,6 +290,10 @@ func (s *server) serve(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.handle(w, r, body)
+	// A refused request's fds close before the answer goes out, as the
+	// VMM drops them when its handler returns.
+	closeAll(w.files)
+	w.files = nil
 	if w.die != "" {
 		s.dead, s.deathNote = true, w.die
 		s.mu.Unlock()
