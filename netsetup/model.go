@@ -123,6 +123,10 @@ type VMM struct {
 	APISocket string `json:"api_socket"`
 	Booted    bool   `json:"booted"`
 	Version   string `json:"version,omitempty"`
+	// PID is the VMM's process id when its API reported one at attach
+	// (Cloud Hypervisor's vmm.ping): TAP fds are sent only to that
+	// process (SO_PEERCRED).
+	PID int `json:"pid,omitempty"`
 }
 
 // DNS mirrors the CNI DNS block.

@@ -57,8 +57,12 @@ type Attachment struct {
 
 // Info describes the VMM behind the socket.
 type Info struct {
-	Kind      Kind
-	Version   string
+	Kind    Kind
+	Version string
+	// PID is the VMM's process id when its API reports it (Cloud
+	// Hypervisor's vmm.ping), 0 otherwise. Recorded, it lets fds be sent
+	// only to that process (Options.PeerPID).
+	PID       int
 	Booted    bool // the guest is running (hot-plug rules apply)
 	HotAdd    bool // NICs can be added after boot
 	HotRemove bool // NICs can be removed after boot
@@ -95,6 +99,11 @@ type Options struct {
 	// cannot tell (Firecracker's --enable-pci). PCIUnknown lets the adapter try
 	// and map the VMM's refusal to ErrHotplugUnsupported.
 	PCI PCIMode
+	// PeerPID, when > 0, is the process that must be at the other end of
+	// the control socket for TAP fds to be sent there (checked with
+	// SO_PEERCRED on the connection that carries them); another peer gets
+	// no fd and the call fails with ErrPeerMismatch.
+	PeerPID int
 	// Logger receives the adapter's log records (key "error" for errors);
 	// nil discards them.
 	Logger *slog.Logger
@@ -171,6 +180,9 @@ var (
 	// ErrFdCount: the number of fds does not match the NIC's queue pairs
 	// (Cloud Hypervisor: fds.len()*2 != num_queues).
 	ErrFdCount = errors.New("TAP fd count does not match the queue pairs")
+	// ErrPeerMismatch: the process behind the VMM socket is not the
+	// recorded VMM (SO_PEERCRED), so no fd is sent to it.
+	ErrPeerMismatch = errors.New("the socket's peer is not the recorded VMM process")
 	// ErrGuestMustAct: the VMM would tear the device down under a guest
 	// that still uses it (Firecracker notifies the guest of nothing); the
 	// guest must release it first, and the caller then says so

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vmnic/vmnic/internal/testkit/netfixture"
 	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
@@ -217,5 +218,44 @@ func TestOpenTapFdsChecksRecord(t *testing.T) {
 	moved.NetnsID = &netsetup.NetnsID{Dev: 1, Ino: 1}
 	if _, err := OpenTapFds(&moved, *n); err == nil || !strings.Contains(err.Error(), "no longer the netns") {
 		t.Errorf("OpenTapFds in a netns that is not the recorded one = %v", err)
+	}
+}
+
+// TestFdHandoffPeerChecked: attach records the VMM's pid (CH's vmm.ping);
+// TAP fds go only to that process (SO_PEERCRED). A record whose VMM pid is
+// another process's gets no fd: the ADD fails, rolled back.
+func TestFdHandoffPeerChecked(t *testing.T) {
+	e := newEnv(t)
+	id := "vmnict-peer"
+	sim := attachCH(t, e, id, vmmsim.CHRunning)
+	rec, err := e.m.Store.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.VMM.PID != os.Getpid() {
+		t.Fatalf("recorded VMM pid %d, want the simulator's %d", rec.VMM.PID, os.Getpid())
+	}
+	if _, err := e.m.AddNIC(ctx(t), e.spec(id)); err != nil {
+		t.Fatalf("ADD with the right peer: %v", err)
+	}
+	if err := e.m.DelNIC(ctx(t), DelSpec{SandboxID: id, IfName: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.Store.Update(ctx(t), id, func(r *netsetup.NetSetup) error {
+		r.VMM.PID = os.Getppid() // some other process
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	calls := sim.CountCalls(http.MethodPut, "/api/v1/vm.add-net")
+	_, err = e.m.AddNIC(ctx(t), e.spec(id))
+	if !errors.Is(err, vmmadapter.ErrPeerMismatch) {
+		t.Fatalf("ADD with another process recorded as the VMM = %v, want ErrPeerMismatch", err)
+	}
+	if n := sim.CountCalls(http.MethodPut, "/api/v1/vm.add-net"); n != calls {
+		t.Errorf("vm.add-net sent to a peer that is not the recorded VMM")
+	}
+	if netfixture.LinkIn(t, e.netns, "tapeth0") != nil {
+		t.Error("refused ADD left its TAP")
 	}
 }

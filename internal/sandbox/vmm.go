@@ -41,6 +41,9 @@ func (m *Manager) openVMM(v *netsetup.VMM) (vmmadapter.Adapter, error) {
 		}
 	}
 	opts := m.VMMOptions
+	if v.PID > 0 {
+		opts.PeerPID = v.PID
+	}
 	if opts.Logger == nil {
 		opts.Logger = m.log()
 	}
@@ -207,6 +210,7 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 	}
 	v.Booted = info.Booted
 	v.Version = info.Version
+	v.PID = info.PID
 	rec.VMM = v
 	if err := tx.Save(rec); err != nil {
 		return nil, err

@@ -80,8 +80,10 @@ func New(socket string, opts vmmadapter.Options) (*Adapter, error) {
 		return nil, errors.New("cloud-hypervisor: empty API socket path")
 	}
 	opts = opts.WithDefaults()
+	c := apiclient.New(vmmadapter.CloudHypervisor, socket, opts.CallTimeout)
+	c.PeerPID = opts.PeerPID
 	return &Adapter{
-		c:             apiclient.New(vmmadapter.CloudHypervisor, socket, opts.CallTimeout),
+		c:             c,
 		removeTimeout: opts.RemoveTimeout,
 		removed:       map[string]bool{},
 	}, nil
@@ -116,6 +118,7 @@ type removeDevice struct {
 type pingResponse struct {
 	BuildVersion string `json:"build_version"`
 	Version      string `json:"version"`
+	PID          int64  `json:"pid"`
 }
 
 type vmInfo struct {
@@ -161,21 +164,30 @@ func (a *Adapter) call(ctx context.Context, method, endpoint string, body any) (
 
 // ping returns the VMM's version.
 func (a *Adapter) ping(ctx context.Context) (string, error) {
-	resp, call, err := a.call(ctx, http.MethodGet, "vmm.ping", nil)
+	p, err := a.pingInfo(ctx)
 	if err != nil {
 		return "", err
-	}
-	if !resp.OK() {
-		return "", a.c.NewAPIError(call, resp)
-	}
-	var p pingResponse
-	if err := json.Unmarshal(resp.Body, &p); err != nil || (p.Version == "" && p.BuildVersion == "") {
-		return "", a.badBody(call, resp, "VmmPingResponse", err)
 	}
 	if p.Version != "" {
 		return p.Version, nil
 	}
 	return p.BuildVersion, nil
+}
+
+// pingInfo is vmm.ping's answer.
+func (a *Adapter) pingInfo(ctx context.Context) (pingResponse, error) {
+	resp, call, err := a.call(ctx, http.MethodGet, "vmm.ping", nil)
+	if err != nil {
+		return pingResponse{}, err
+	}
+	if !resp.OK() {
+		return pingResponse{}, a.c.NewAPIError(call, resp)
+	}
+	var p pingResponse
+	if err := json.Unmarshal(resp.Body, &p); err != nil || (p.Version == "" && p.BuildVersion == "") {
+		return pingResponse{}, a.badBody(call, resp, "VmmPingResponse", err)
+	}
+	return p, nil
 }
 
 // info returns vm.info, or created=false when the VMM has no VM yet.
@@ -247,9 +259,13 @@ func notFound(e *apiclient.APIError) bool {
 // Info reports the version and whether the VM is booted. A VMM without a VM
 // (not yet vm.create'd) reports Booted false.
 func (a *Adapter) Info(ctx context.Context) (vmmadapter.Info, error) {
-	ver, err := a.ping(ctx)
+	p, err := a.pingInfo(ctx)
 	if err != nil {
 		return vmmadapter.Info{}, err
+	}
+	ver := p.Version
+	if ver == "" {
+		ver = p.BuildVersion
 	}
 	v, created, err := a.info(ctx)
 	if err != nil {
@@ -258,6 +274,7 @@ func (a *Adapter) Info(ctx context.Context) (vmmadapter.Info, error) {
 	return vmmadapter.Info{
 		Kind:      vmmadapter.CloudHypervisor,
 		Version:   ver,
+		PID:       int(p.PID),
 		Booted:    created && v.booted(),
 		HotAdd:    true,
 		HotRemove: true,

@@ -13,6 +13,10 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmnic/vmnic/vmmadapter"
 )
 
 // MaxFiles bounds the fds one request carries: the kernel's SCM_MAX_FD
@@ -84,6 +88,9 @@ func (c *Client) CallWithFiles(ctx context.Context, method, path string, body an
 	if !ok {
 		return nil, c.fail(call, "connect", fmt.Errorf("the connection to %s is a %T, not a unix socket: cannot pass fds", c.Socket, nc))
 	}
+	if err := c.checkPeer(uc); err != nil {
+		return nil, c.fail(call, "check the peer", err)
+	}
 	// The context bounds every read and write: when it ends, the deadline
 	// moves to the past and the blocked call returns.
 	stop := context.AfterFunc(ctx, func() { uc.SetDeadline(time.Unix(1, 0)) })
@@ -120,6 +127,33 @@ func writeWithRights(uc *net.UnixConn, b, oob []byte) error {
 			return err
 		}
 		n += m
+	}
+	return nil
+}
+
+// checkPeer refuses a connection whose peer (SO_PEERCRED, taken by the
+// kernel at connect) is not c.PeerPID, when that is set.
+func (c *Client) checkPeer(uc *net.UnixConn) error {
+	if c.PeerPID <= 0 {
+		return nil
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return err
+	}
+	if credErr != nil {
+		return fmt.Errorf("SO_PEERCRED: %w", credErr)
+	}
+	if int(cred.Pid) != c.PeerPID {
+		return fmt.Errorf("%w: pid %d (uid %d) answers on %s, the recorded VMM is pid %d (re-attach the VMM if it was restarted)",
+			vmmadapter.ErrPeerMismatch, cred.Pid, cred.Uid, c.Socket, c.PeerPID)
 	}
 	return nil
 }
