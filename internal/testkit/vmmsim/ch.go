@@ -153,6 +153,28 @@ func StartCH(socket string, cfg CHConfig) (*CH, error) {
 	return c, nil
 }
 
+// Close stops the simulator as a VMM process ends: its socket goes, and
+// every TAP fd it was handed is closed.
+func (c *CH) Close() error {
+	err := c.server.Close()
+	c.mu.Lock()
+	c.closeFiles()
+	c.mu.Unlock()
+	return err
+}
+
+// closeFiles closes every TAP fd the VMM holds (mu held).
+func (c *CH) closeFiles() {
+	for id, f := range c.files {
+		closeAll(f)
+		delete(c.files, id)
+	}
+	for _, d := range c.devices {
+		closeAll(d.files)
+		d.files = nil
+	}
+}
+
 // --- test accessors ---
 
 // State returns the VM state.
@@ -785,6 +807,7 @@ func (c *CH) removeDevice(w *reply, body []byte) {
 			// PR #8559: virtio-net removal unwraps the config entry that
 			// the first remove already dropped.
 			w.die = fmt.Sprintf("second vm.remove-device for %q while its eject was pending: the VMM thread panicked (v%d, unwrap on a missing config entry)", id, v)
+			c.closeFiles() // a dead process's fds close with it
 		case v == 53:
 			// Commit 5b53f4202 "vmm: Reject removal of already removed
 			// devices" (first in v53.0): UnknownDeviceId, HTTP 500.
