@@ -170,6 +170,10 @@ type VMM struct {
 	// SocketUID is the owner of the API socket when the VMM was attached;
 	// vmnic dials only a socket of that owner (nil: not known, any).
 	SocketUID *uint32 `json:"socket_uid,omitempty"`
+	// PID is the VMM's process id when its API reported one at attach
+	// (Cloud Hypervisor's vmm.ping): TAP fds are sent only to that
+	// process (SO_PEERCRED).
+	PID int `json:"pid,omitempty"`
 }
 
 // DNS mirrors the CNI DNS block.
@@ -250,6 +254,14 @@ type NIC struct {
 	// one bridge are refused). Empty on point-to-point CNIs.
 	L2Bridge string `json:"l2_bridge,omitempty"`
 
+	// TapHandoff is the handoff the NIC's conf asked for: HandoffFd,
+	// HandoffName, or empty for auto (fd where the VMM takes fds).
+	TapHandoff Handoff `json:"tap_handoff,omitempty"`
+	// Handoff is how the VMM got the TAP when the NIC was attached: its
+	// queue fds over the control socket (HandoffFd) or by name
+	// (HandoffName); empty while no VMM has it.
+	Handoff Handoff `json:"handoff,omitempty"`
+
 	// VethQdiscOwned: vmnic added the ingress qdisc on the veth (there was
 	// none), so it removes it again at DEL when no filter is left on it.
 	VethQdiscOwned bool `json:"veth_qdisc_owned,omitempty"`
@@ -264,6 +276,18 @@ type NIC struct {
 	LegacyNetnsPath string  `json:"netns_path,omitempty"`
 	LegacyBridge    string  `json:"bridge,omitempty"`
 }
+
+// Handoff is how a VMM gets a NIC's TAP.
+type Handoff string
+
+const (
+	// HandoffFd: vmnic opens one fd per queue pair of the TAP in the
+	// sandbox netns and passes them over the VMM's control socket
+	// (SCM_RIGHTS); the VMM needs no /dev/net/tun and no CAP_NET_ADMIN.
+	HandoffFd Handoff = "fd"
+	// HandoffName: the VMM opens the TAP by name in its own netns.
+	HandoffName Handoff = "name"
+)
 
 // QueuePairs is the TAP's queue-pair count (num_queues counts virtqueues: 2 per pair).
 func (n NIC) QueuePairs() int {
@@ -473,6 +497,13 @@ func (s *NetSetup) Validate() error {
 				continue
 			}
 			return fmt.Errorf("sandbox %s: NIC %s: unknown state %q", s.SandboxID, n.IfName, n.State)
+		}
+		for field, h := range map[string]Handoff{"handoff": n.Handoff, "tap_handoff": n.TapHandoff} {
+			switch h {
+			case "", HandoffFd, HandoffName:
+			default:
+				return fmt.Errorf("sandbox %s: NIC %s: unknown %s %q", s.SandboxID, n.IfName, field, h)
+			}
 		}
 	}
 	return nil

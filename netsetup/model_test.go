@@ -110,6 +110,13 @@ func TestValidateRecord(t *testing.T) {
 		}, "NIC eth0 recorded twice"},
 		{"nic state", func(s *NetSetup) { s.NetworkConfigs = []NIC{{IfName: "eth0", State: "up"}} }, `unknown state "up"`},
 		{"nic without ifname", func(s *NetSetup) { s.NetworkConfigs = []NIC{{State: NICPending}} }, "no ifname"},
+		{"handoffs", func(s *NetSetup) {
+			s.NetworkConfigs = []NIC{{IfName: "eth0", State: NICAttached, Handoff: HandoffFd}, {IfName: "eth1", State: NICPending, TapHandoff: HandoffName}}
+		}, ""},
+		{"bad handoff", func(s *NetSetup) {
+			s.NetworkConfigs = []NIC{{IfName: "eth0", State: NICAttached, Handoff: "smoke-signal"}}
+		}, `unknown handoff "smoke-signal"`},
+		{"bad tap_handoff", func(s *NetSetup) { s.NetworkConfigs = []NIC{{IfName: "eth0", State: NICPending, TapHandoff: "FD"}} }, `unknown tap_handoff "FD"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

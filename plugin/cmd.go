@@ -169,6 +169,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		Bridge:       e.conf.Bridge,
 		QueuePairs:   e.conf.Queues,
 		QueueSize:    e.conf.QueueSize,
+		TapHandoff:   e.conf.Handoff,
 		TapOwner:     e.conf.TapOwner,
 		TapGroup:     e.conf.TapGroup,
 		MAC:          pick.mac,

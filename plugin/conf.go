@@ -46,6 +46,12 @@ type NetConf struct {
 	// unprivileged VMM can open it. Unset: no owner/group is set.
 	TapOwner *ID `json:"tapOwner,omitempty"`
 	TapGroup *ID `json:"tapGroup,omitempty"`
+	// TapHandoff is how the VMM gets the TAP: "fd" (vmnic opens the TAP's
+	// queues and passes the fds over the VMM's control socket; the VMM
+	// needs no /dev/net/tun, no CAP_NET_ADMIN, no tapOwner), "name" (the
+	// VMM opens it by name in its netns) or "auto" (default: fd where the
+	// VMM takes fds, Cloud Hypervisor and QEMU; name for Firecracker).
+	TapHandoff string `json:"tapHandoff,omitempty"`
 	// LogFile receives the plugin's log (default stderr); never stdout.
 	LogFile string `json:"logFile,omitempty"`
 	// LogLevel is debug, info, warn (default) or error.
@@ -164,6 +170,7 @@ var SupportedVersions = []string{"0.4.0", "1.0.0", "1.1.0"}
 type Resolved struct {
 	*NetConf
 	Backend  netsetup.Backend
+	Handoff  netsetup.Handoff // "" = auto
 	TapOwner int
 	TapGroup int
 	Level    slog.Level
@@ -210,6 +217,9 @@ func parseConf(stdin []byte) (*Resolved, error) {
 		return nil, bad("%v", err)
 	}
 	var err error
+	if r.Handoff, err = sandbox.ParseHandoff(conf.TapHandoff); err != nil {
+		return nil, bad("%v", err)
+	}
 	if r.TapOwner, err = conf.TapOwner.resolve(false); err != nil {
 		return nil, bad("tapOwner %q: %v", conf.TapOwner.Name, err)
 	}

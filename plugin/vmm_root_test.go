@@ -73,10 +73,15 @@ func TestVMMRefusalFailsADD(t *testing.T) {
 	netns := netfixture.Netns(t, netfixture.Name("vmnict-r"))
 	id := netfixture.Name("pod")
 	sim := preparedWithCH(t, n, netns, id)
-	sim.HoldTap("tapeth0")
+	sim.HoldTap("tapeth0") // a simulated holder: only a VMM opening by name sees it
 	pr := prev(t, n, netns, "ctr-r", "eth0")
 	before := netfixture.Take(t, n.scope(netns))
-	out := pluginRun{command: "ADD", containerID: "ctr-r", netns: netns, ifname: "eth0", stdin: n.vmnicConf(t, pr)}.exec(t)
+	conf := n.vmnicConf(t, pr)
+	var m map[string]any
+	json.Unmarshal(conf, &m)
+	m["tapHandoff"] = "name"
+	conf, _ = json.Marshal(m)
+	out := pluginRun{command: "ADD", containerID: "ctr-r", netns: netns, ifname: "eth0", stdin: conf}.exec(t)
 	if out.cniErr == nil || !strings.Contains(out.cniErr.Msg, "cloud-hypervisor") || !strings.Contains(out.cniErr.Msg, "busy") {
 		t.Fatalf("ADD = %+v %s, want the VMM's reason", out.cniErr, out.stdout)
 	}

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os"
 	"time"
 )
 
@@ -32,6 +33,13 @@ type NIC struct {
 	MTU        int    // 0 = leave to the VMM
 	QueuePairs int    // TAP queue pairs; CH num_queues = 2 × QueuePairs; 0 means 1
 	QueueSize  int    // 0 = VMM default
+	// Fds, when set, are the TAP's queue fds (one per queue pair, opened
+	// by vmnic in the sandbox netns): the VMM gets them over its control
+	// socket (SCM_RIGHTS) instead of opening Tap by name, so it needs no
+	// /dev/net/tun, no CAP_NET_ADMIN and need not live in the netns. Only
+	// adapters whose TakesFds is true accept them; the caller keeps
+	// ownership and closes its copies once AddNIC returns.
+	Fds []*os.File
 }
 
 // Attachment is what the VMM reports for an attached NIC.
@@ -49,8 +57,12 @@ type Attachment struct {
 
 // Info describes the VMM behind the socket.
 type Info struct {
-	Kind      Kind
-	Version   string
+	Kind    Kind
+	Version string
+	// PID is the VMM's process id when its API reports it (Cloud
+	// Hypervisor's vmm.ping), 0 otherwise. Recorded, it lets fds be sent
+	// only to that process (Options.PeerPID).
+	PID       int
 	Booted    bool // the guest is running (hot-plug rules apply)
 	HotAdd    bool // NICs can be added after boot
 	HotRemove bool // NICs can be removed after boot
@@ -97,6 +109,11 @@ type Options struct {
 	// hard-linked into the VMM's directory is refused.
 	SocketOwner *uint32
 
+	// PeerPID, when > 0, is the process that must be at the other end of
+	// the control socket for TAP fds to be sent there (checked with
+	// SO_PEERCRED on the connection that carries them); another peer gets
+	// no fd and the call fails with ErrPeerMismatch.
+	PeerPID int
 	// Logger receives the adapter's log records (key "error" for errors);
 	// nil discards them.
 	Logger *slog.Logger
@@ -166,6 +183,16 @@ var (
 	// NIC's queue pairs (a multi-queue TAP for one pair, or the other way
 	// round); the TAP must be recreated, or the NIC's queues changed.
 	ErrTapQueueMismatch = errors.New("TAP multi-queue flag does not match the NIC's queue pairs")
+	// ErrFdsUnsupported: the VMM cannot take TAP fds over its control
+	// socket (Firecracker; a Cloud Hypervisor that refused them): the NIC
+	// must be handed over by name.
+	ErrFdsUnsupported = errors.New("the VMM does not take TAP fds")
+	// ErrFdCount: the number of fds does not match the NIC's queue pairs
+	// (Cloud Hypervisor: fds.len()*2 != num_queues).
+	ErrFdCount = errors.New("TAP fd count does not match the queue pairs")
+	// ErrPeerMismatch: the process behind the VMM socket is not the
+	// recorded VMM (SO_PEERCRED), so no fd is sent to it.
+	ErrPeerMismatch = errors.New("the socket's peer is not the recorded VMM process")
 	// ErrGuestMustAct: the VMM would tear the device down under a guest
 	// that still uses it (Firecracker notifies the guest of nothing); the
 	// guest must release it first, and the caller then says so

@@ -32,6 +32,9 @@ func ValidateNIC(kind Kind, nic NIC) error {
 	if nic.MTU < 0 || nic.QueuePairs < 0 || nic.QueueSize < 0 {
 		return fmt.Errorf("%s: NIC %q: negative MTU, queue pairs or queue size", kind, nic.ID)
 	}
+	if err := ValidateFds(kind, nic); err != nil {
+		return err
+	}
 	qs := nic.QueueSize
 	pow2 := qs&(qs-1) == 0
 	switch kind {
@@ -57,6 +60,37 @@ func ValidateNIC(kind Kind, nic NIC) error {
 		}
 	default:
 		return fmt.Errorf("unknown VMM kind %q", kind)
+	}
+	return nil
+}
+
+// TakesFds reports whether the VMM of kind can take a NIC's TAP as queue
+// fds over its control socket: Cloud Hypervisor (SCM_RIGHTS on vm.add-net,
+// vmm/src/api/http/http_endpoint.rs) and QEMU (getfd over QMP, then
+// netdev_add tap fd=/fds=, qapi/net.json NetdevTapOptions). Firecracker's
+// API server never reads ancillary data: it opens TAPs by name.
+func TakesFds(kind Kind) bool {
+	return kind == CloudHypervisor || kind == QEMU
+}
+
+// ValidateFds checks nic.Fds: none, or one (non-nil) per queue pair for a
+// VMM that takes fds (ErrFdsUnsupported, ErrFdCount otherwise).
+func ValidateFds(kind Kind, nic NIC) error {
+	if len(nic.Fds) == 0 {
+		return nil
+	}
+	if !TakesFds(kind) {
+		return fmt.Errorf("%s: NIC %q: %w (it opens TAP %s by name)", kind, nic.ID, ErrFdsUnsupported, nic.Tap)
+	}
+	pairs := max(nic.QueuePairs, 1)
+	if len(nic.Fds) != pairs {
+		return fmt.Errorf("%s: NIC %q: %d TAP fds for %d queue pair(s) (num_queues %d): %w",
+			kind, nic.ID, len(nic.Fds), pairs, 2*pairs, ErrFdCount)
+	}
+	for i, f := range nic.Fds {
+		if f == nil {
+			return fmt.Errorf("%s: NIC %q: TAP fd %d is nil", kind, nic.ID, i)
+		}
 	}
 	return nil
 }

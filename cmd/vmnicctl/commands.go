@@ -35,6 +35,8 @@ func init() {
 			help: "Record that the guest has released the NIC (for Firecracker: removed its PCI device), so the next DEL or teardown may remove it from the VMM."},
 		{name: "vmm-args", args: "<sandbox-id> --kind K", npos: 1, run: cmdVMMArgs, flags: vmmArgsFlags,
 			help: "Print the pre-boot NIC arguments for a VMM launcher: Cloud Hypervisor --net, Firecracker network-interfaces JSON, QEMU -netdev/-device."},
+		{name: "exec-vmm", args: "<sandbox-id> --kind K -- <vmm command…>", npos: -1, run: cmdExecVMM, flags: execVMMFlags,
+			help: "Open the TAP queue fds of the sandbox's NICs in its netns and exec the VMM command with them inherited (fd 3 on) and the fd handoff NIC arguments appended (as vmm-args --fds prints them)."},
 		guestConfigCommand,
 	}
 }
@@ -52,6 +54,7 @@ type opts struct {
 	socket     string
 	fcVersion  string
 	rootPorts  int
+	fds        bool
 }
 
 var o opts
@@ -85,7 +88,13 @@ func vmmArgsFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.kind, "kind", "", "VMM kind: "+kindHelp)
 	fs.StringVar(&o.fcVersion, "fc-version", "", "Firecracker version (mtu is written only from the 1.16.0 release)")
 	fs.IntVar(&o.rootPorts, "root-ports", 0, "QEMU q35: also reserve N free PCIe root ports for hot-plugged NICs (pcie.0 takes none)")
+	fs.BoolVar(&o.fds, "fds", false, "render the fd handoff form (CH --net fd=[…], QEMU -netdev tap,fds=…), with the fd numbers exec-vmm gives: from 3 on, one per queue pair, in NIC order")
 	jsonFlag(fs)
+}
+
+func execVMMFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.kind, "kind", "", "VMM kind: "+kindHelp+" (not firecracker: it takes no fds)")
+	fs.IntVar(&o.rootPorts, "root-ports", 0, "QEMU q35: also reserve N free PCIe root ports for hot-plugged NICs")
 }
 
 func cmdPrepare(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
@@ -422,7 +431,11 @@ func cmdVMMArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error 
 			nics = append(nics, sandbox.AdapterNIC(n))
 		}
 	}
-	launch, err := connect.LaunchNICs(kind, nics, connect.LaunchOptions{Version: o.fcVersion, RootPorts: o.rootPorts})
+	lo := connect.LaunchOptions{Version: o.fcVersion, RootPorts: o.rootPorts}
+	if o.fds {
+		lo.Fds = fdLayout(nics)
+	}
+	launch, err := connect.LaunchNICs(kind, nics, lo)
 	if err != nil {
 		return fmt.Errorf("--kind %s: %w", kind, err)
 	}

@@ -171,6 +171,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // parseInterleaved parses flags anywhere among the positional arguments.
 func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	// Everything after the first "--" is positional, flags or not (the
+	// VMM command of exec-vmm).
+	var tail []string
+	for i, a := range args {
+		if a == "--" {
+			args, tail = args[:i], args[i+1:]
+			break
+		}
+	}
+	pos, err := parseFlagsAndPos(fs, args)
+	if err != nil {
+		return nil, err
+	}
+	return append(pos, tail...), nil
+}
+
+func parseFlagsAndPos(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {

@@ -96,9 +96,11 @@ func writeRecordQS(t *testing.T, state, id string, net1Queues, net1QSize int) {
 	rec := netsetup.New(id)
 	rec.NetnsPath = "/var/run/netns/" + id
 	rec.PutNIC(netsetup.NIC{ID: "net1", IfName: "net1", Tap: "tapnet1", MAC: "02:00:00:00:00:02", MTU: 1400, NumQueues: net1Queues, QueueSize: net1QSize,
-		IPs: []string{"10.211.0.5/24"}, Gateway: "10.211.0.1", State: netsetup.NICPending, HostReady: true, Network: "b"})
+		IPs: []string{"10.211.0.5/24"}, Gateway: "10.211.0.1", State: netsetup.NICPending, HostReady: true, Network: "b",
+		TapHandoff: netsetup.HandoffName}) // no real TAP behind these records: the VMM gets the name
 	rec.PutNIC(netsetup.NIC{ID: "eth0", IfName: "eth0", Tap: "tapeth0", MAC: "02:00:00:00:00:01", MTU: 1500, NumQueues: 2, QueueSize: 256,
-		IPs: []string{"10.201.0.5/24"}, Gateway: "10.201.0.1", State: netsetup.NICPending, HostReady: true, Network: "a"})
+		IPs: []string{"10.201.0.5/24"}, Gateway: "10.201.0.1", State: netsetup.NICPending, HostReady: true, Network: "a",
+		TapHandoff: netsetup.HandoffName})
 	if err := st.Create(context.Background(), rec); err != nil {
 		t.Fatal(err)
 	}
@@ -300,5 +302,38 @@ func TestListShowQuarantined(t *testing.T) {
 	}
 	if _, err := os.Stat(c.state + "/sandboxes/bad.json"); !os.IsNotExist(err) {
 		t.Fatalf("the unreadable record is still in place: %v", err)
+	}
+}
+
+// TestVMMArgsFds: vmm-args --fds prints the fd handoff form with the fd
+// numbers exec-vmm gives (3 on, one per queue pair, in NIC order), and
+// refuses it for Firecracker, which takes no fds.
+func TestVMMArgsFds(t *testing.T) {
+	c := newCtl(t)
+	writeRecord(t, c.state, "vmnict-fds")
+	var ch []string
+	if err := json.Unmarshal([]byte(c.ok("vmm-args", "vmnict-fds", "--kind", "ch", "--fds", "--json")), &ch); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"--net", "fd=[3],mac=02:00:00:00:00:01,num_queues=2,queue_size=256,id=eth0", "fd=[4,5],mac=02:00:00:00:00:02,num_queues=4,queue_size=512,id=net1"}
+	if strings.Join(ch, " ") != strings.Join(want, " ") {
+		t.Errorf("cloud-hypervisor --fds args:\n%q\nwant\n%q", ch, want)
+	}
+	var q []string
+	if err := json.Unmarshal([]byte(c.ok("vmm-args", "vmnict-fds", "--kind", "qemu", "--fds", "--json")), &q); err != nil {
+		t.Fatal(err)
+	}
+	if len(q) != 8 || q[1] != "tap,id=netdev-eth0,fd=3,vhost=off" || q[5] != "tap,id=netdev-net1,fds=4:5,vhost=off" {
+		t.Errorf("qemu --fds args: %q", q)
+	}
+	writeRecordQS(t, c.state, "vmnict-fcfd", 2, 256)
+	if code, _, errOut := c.run("vmm-args", "vmnict-fcfd", "--kind", "fc", "--fds"); code != 1 || !strings.Contains(errOut, "does not take TAP fds") {
+		t.Errorf("firecracker --fds: %d %s", code, errOut)
+	}
+	if code, _, errOut := c.run("exec-vmm", "vmnict-fcfd", "--kind", "fc", "--", "true"); code != 1 || !strings.Contains(errOut, "does not take TAP fds") {
+		t.Errorf("exec-vmm --kind fc: %d %s", code, errOut)
+	}
+	if code, _, errOut := c.run("exec-vmm", "vmnict-fds", "--kind", "ch"); code != 1 || !strings.Contains(errOut, "vmm command") {
+		t.Errorf("exec-vmm without a command: %d %s", code, errOut)
 	}
 }

@@ -77,6 +77,7 @@ var Points = []Point{
 	{Name: "veth-filter-added", Component: Engine, Op: OpAdd, Backend: "cni", Doc: "ingress qdiscs and the veth→TAP redirect added"},
 	{Name: "bridge-tap-created", Component: Engine, Op: OpAdd, Backend: "bridge", Doc: "veth parked down, FORWARD rules taken (user recorded), TAP created on the host, nothing recorded"},
 	{Name: "host-ready", Component: Engine, Op: OpAdd, Doc: "every host change made (both redirects, or bridge port and FORWARD rules), nothing recorded"},
+	{Name: "fds-opened", Component: Engine, Op: OpAdd, VMM: true, Doc: "TAP queue fds opened for the fd handoff, not yet sent to the VMM, nothing recorded"},
 	{Name: "vmm-added", Component: Engine, Op: OpAdd, VMM: true, Doc: "NIC hot-added into the VMM, nothing recorded"},
 	{Name: "add-saved", Component: Engine, Op: OpAdd, Doc: "NIC recorded (the ADD's one record write), result not yet printed"},
 

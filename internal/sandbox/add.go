@@ -31,6 +31,9 @@ type NICSpec struct {
 	Bridge     string // host bridge of the bridge backend
 	QueuePairs int    // TAP queue pairs; > 1 makes a multiqueue TAP
 	QueueSize  int    // 0 = DefaultQueueSize
+	// TapHandoff is how the VMM gets the TAP: netsetup.HandoffFd,
+	// HandoffName, or "" for auto (fd where the VMM takes fds).
+	TapHandoff netsetup.Handoff
 	TapOwner   int    // uid; < 0 = not set
 	TapGroup   int    // gid; < 0 = not set
 	MAC        string // the interface's MAC in prevResult (checked; the live veth MAC is used)
@@ -290,6 +293,7 @@ func (s *NICSpec) newNIC() netsetup.NIC {
 		IfName:      s.IfName,
 		NumQueues:   2 * s.QueuePairs,
 		QueueSize:   s.QueueSize,
+		TapHandoff:  s.TapHandoff,
 		IPs:         s.IPs,
 		Gateway:     s.Gateway,
 		Gateways:    s.Gateways,
@@ -362,9 +366,10 @@ func (a *adding) result(b backend, warning string) *AddedNIC {
 // any other failure fails the ADD.
 func (a *adding) addToVMM(ctx context.Context) (warning string, err error) {
 	m, rec, s := a.m, a.rec, a.s
-	att, err := m.vmmAdd(ctx, rec.VMM, a.nic)
+	att, handoff, err := m.vmmAdd(ctx, rec, a.nic)
 	if err == nil {
 		a.nic.State = netsetup.NICAttached
+		a.nic.Handoff = handoff
 		a.nic.VMMDeviceID = att.ID
 		a.nic.BDF = att.BDF
 		a.nic.Note = att.Note // what the guest must know or do
@@ -411,7 +416,9 @@ func vmmAddOutcome(err error, booted bool) addOutcome {
 		return addOutcome{stayPending: true, until: " until the VMM starts"}
 	case errors.Is(err, vmmadapter.ErrUnavailable):
 		return addOutcome{code: CodeTryAgain}
-	case errors.Is(err, vmmadapter.ErrDeviceIDInUse), errors.Is(err, vmmadapter.ErrTapBusy):
+	case errors.Is(err, vmmadapter.ErrDeviceIDInUse), errors.Is(err, vmmadapter.ErrTapBusy),
+		errors.Is(err, errFdOpen), errors.Is(err, vmmadapter.ErrFdCount), errors.Is(err, vmmadapter.ErrFdsUnsupported):
+		// The VMM was not called, or refused before making a device.
 		return addOutcome{code: CodeInternal}
 	default:
 		// No answer, a lost connection or a garbled one.

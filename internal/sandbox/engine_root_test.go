@@ -717,9 +717,11 @@ func TestVMMRefusalRollsBack(t *testing.T) {
 	e := newEnv(t)
 	id := "vmnict-ref"
 	sim := attachCH(t, e, id, vmmsim.CHRunning)
-	sim.HoldTap("tapeth0")
+	sim.HoldTap("tapeth0") // a simulated holder: only a VMM opening by name sees it
 	before := netfixture.Take(t, e.scope())
-	_, err := e.m.AddNIC(ctx(t), e.spec(id))
+	spec := e.spec(id)
+	spec.TapHandoff = netsetup.HandoffName
+	_, err := e.m.AddNIC(ctx(t), spec)
 	if err == nil || !strings.Contains(err.Error(), "busy") {
 		t.Fatalf("AddNIC = %v, want the VMM's refusal (TAP busy)", err)
 	}

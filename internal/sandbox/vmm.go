@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vmnic/vmnic/internal/hostnet"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
 	"github.com/vmnic/vmnic/vmmadapter/connect"
@@ -50,6 +51,9 @@ func (m *Manager) openVMM(v *netsetup.VMM) (vmmadapter.Adapter, error) {
 	if v.SocketUID != nil {
 		opts.SocketOwner = v.SocketUID
 	}
+	if v.PID > 0 {
+		opts.PeerPID = v.PID
+	}
 	if opts.Logger == nil {
 		opts.Logger = m.log()
 	}
@@ -77,23 +81,78 @@ func AdapterNIC(n netsetup.NIC) vmmadapter.NIC {
 	}
 }
 
-// vmmAdd brings nic into the VMM (hot-add after boot, cold before).
-func (m *Manager) vmmAdd(ctx context.Context, v *netsetup.VMM, nic netsetup.NIC) (vmmadapter.Attachment, error) {
-	a, err := m.openVMM(v)
+// vmmAdd brings nic into the VMM of rec (hot-add after boot, cold
+// before), handing the TAP over as fds or by name (addWithHandoff).
+func (m *Manager) vmmAdd(ctx context.Context, rec *netsetup.NetSetup, nic netsetup.NIC) (vmmadapter.Attachment, netsetup.Handoff, error) {
+	a, err := m.openVMM(rec.VMM)
 	if err != nil {
-		return vmmadapter.Attachment{}, err
+		return vmmadapter.Attachment{}, "", err
 	}
 	defer a.Close()
 	ctx, cancel := context.WithTimeout(ctx, 2*m.callTimeout())
 	defer cancel()
-	att, err := a.AddNIC(ctx, AdapterNIC(nic))
+	att, h, err := m.addWithHandoff(ctx, a, rec, nic)
 	if err != nil {
-		return att, err
+		return att, h, err
 	}
 	if att.ID == "" {
 		att.ID = nic.ID
 	}
-	return att, nil
+	return att, h, nil
+}
+
+// errFdOpen marks a hot-add that failed before the VMM was called: the TAP
+// fds could not be opened, so the VMM has no device.
+var errFdOpen = errors.New("TAP fds not opened")
+
+// addWithHandoff adds nic through a, handing its TAP over as the NIC and
+// the VMM's kind say (handoffFor): with fd handoff it opens the TAP's
+// queue fds in the sandbox netns (OpenTapFds), passes them with the add
+// and closes vmnic's copies as soon as the VMM has answered (the VMM holds
+// its own). A VMM that refuses fds while the NIC asked for auto gets the
+// TAP by name instead, with a warning logged and a note on the NIC. It
+// returns the handoff used.
+func (m *Manager) addWithHandoff(ctx context.Context, a vmmadapter.Adapter, rec *netsetup.NetSetup, nic netsetup.NIC) (vmmadapter.Attachment, netsetup.Handoff, error) {
+	kind := vmmadapter.Kind(rec.VMM.Kind)
+	h, err := handoffFor(kind, nic.TapHandoff)
+	if err != nil {
+		return vmmadapter.Attachment{}, "", err
+	}
+	an := AdapterNIC(nic)
+	if h == netsetup.HandoffName {
+		att, err := a.AddNIC(ctx, an)
+		return att, h, err
+	}
+	files, err := OpenTapFds(rec, nic)
+	if err != nil {
+		return vmmadapter.Attachment{}, h, fmt.Errorf("%w: %w", errFdOpen, err)
+	}
+	if err := m.step("fds-opened"); err != nil {
+		hostnet.CloseFiles(files)
+		return vmmadapter.Attachment{}, h, fmt.Errorf("%w: %w", errFdOpen, err)
+	}
+	an.Fds = files
+	att, err := a.AddNIC(ctx, an)
+	hostnet.CloseFiles(files)
+	if err == nil || !errors.Is(err, vmmadapter.ErrFdsUnsupported) || nic.TapHandoff == netsetup.HandoffFd {
+		return att, h, err
+	}
+	note := fmt.Sprintf("the %s VMM refused the TAP fds (%v); it was handed the TAP by name", kind, err)
+	m.log().Warn("VMM refused TAP fds; falling back to name handoff", "ifname", nic.IfName, "tap", nic.Tap, "error", err)
+	an.Fds = nil
+	att, err = a.AddNIC(ctx, an)
+	att.Note = joinNotes(att.Note, note)
+	return att, netsetup.HandoffName, err
+}
+
+func joinNotes(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + "; " + b
 }
 
 // checkNICForVMM refuses, at ADD, a NIC the sandbox's VMM cannot take
@@ -104,6 +163,9 @@ func checkNICForVMM(v *netsetup.VMM, nic netsetup.NIC) error {
 		return nil
 	}
 	if err := vmmadapter.ValidateNIC(vmmadapter.Kind(v.Kind), AdapterNIC(nic)); err != nil {
+		return coded(CodeInvalidConfig, err, "NIC %s for the sandbox's %s VMM", nic.IfName, v.Kind)
+	}
+	if _, err := handoffFor(vmmadapter.Kind(v.Kind), nic.TapHandoff); err != nil {
 		return coded(CodeInvalidConfig, err, "NIC %s for the sandbox's %s VMM", nic.IfName, v.Kind)
 	}
 	return nil
@@ -164,6 +226,7 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 	}
 	v.Booted = info.Booted
 	v.Version = info.Version
+	v.PID = info.PID
 	rec.VMM = v
 	if err := tx.Save(rec); err != nil {
 		return nil, err
@@ -194,7 +257,7 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 			n.Note = ""
 			continue
 		}
-		if err := vmmadapter.ValidateNIC(kind, AdapterNIC(*n)); err != nil {
+		if err := checkNICForVMM(v, *n); err != nil {
 			errs = append(errs, fmt.Errorf("NIC %s stays pending: %w", n.IfName, err))
 			n.State = netsetup.NICPending
 			n.VMMDeviceID, n.BDF = "", ""
@@ -206,7 +269,7 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 				"sandbox", id, "ifname", n.IfName, "device", n.VMMDeviceID)
 		}
 		actx, cancel := context.WithTimeout(ctx, 2*m.callTimeout())
-		att, err := a.AddNIC(actx, AdapterNIC(*n))
+		att, h, err := m.addWithHandoff(actx, a, rec, *n)
 		cancel()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("NIC %s stays pending: %w", n.IfName, err))
@@ -217,6 +280,7 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 		}
 		n.State = netsetup.NICAttached
 		n.Note = att.Note
+		n.Handoff = h
 		n.VMMDeviceID = att.ID
 		if n.VMMDeviceID == "" {
 			n.VMMDeviceID = n.ID

@@ -26,6 +26,15 @@
 //     can be missed by a loaded guest) it re-sends remove-device while it
 //     waits for the eject. v53 answers a second remove with an error, so it
 //     is not re-sent there either.
+//   - A NIC with Fds hands the TAP's queue fds over with the vm.add-net
+//     request as SCM_RIGHTS ancillary data (apiclient.CallWithFiles): CH
+//     assigns every fd of the request to the NIC (attach_fds_to_cfg in
+//     vmm/src/api/http/http_endpoint.rs), requires fds.len()*2 ==
+//     num_queues (VnetQueueFdMismatch, vmm/src/config.rs), dup()s the fds
+//     and learns the TAP name from them (Net::from_tap_fds,
+//     virtio-devices/src/net.rs). CH then needs no /dev/net/tun and no
+//     CAP_NET_ADMIN. remove-device closes the preserved fds; the device's
+//     own copies close when the guest ejects it (PR #7371).
 //   - A paused VM runs no vCPU and so cannot eject: removal is refused with
 //     vmmadapter.ErrVMPaused instead of waiting for an eject that cannot
 //     come before vm.resume.
@@ -71,8 +80,10 @@ func New(socket string, opts vmmadapter.Options) (*Adapter, error) {
 		return nil, errors.New("cloud-hypervisor: empty API socket path")
 	}
 	opts = opts.WithDefaults()
+	c := apiclient.New(vmmadapter.CloudHypervisor, socket, opts)
+	c.PeerPID = opts.PeerPID
 	return &Adapter{
-		c:             apiclient.New(vmmadapter.CloudHypervisor, socket, opts),
+		c:             c,
 		removeTimeout: opts.RemoveTimeout,
 		removed:       map[string]bool{},
 	}, nil
@@ -107,6 +118,7 @@ type removeDevice struct {
 type pingResponse struct {
 	BuildVersion string `json:"build_version"`
 	Version      string `json:"version"`
+	PID          int64  `json:"pid"`
 }
 
 type vmInfo struct {
@@ -152,21 +164,30 @@ func (a *Adapter) call(ctx context.Context, method, endpoint string, body any) (
 
 // ping returns the VMM's version.
 func (a *Adapter) ping(ctx context.Context) (string, error) {
-	resp, call, err := a.call(ctx, http.MethodGet, "vmm.ping", nil)
+	p, err := a.pingInfo(ctx)
 	if err != nil {
 		return "", err
-	}
-	if !resp.OK() {
-		return "", a.c.NewAPIError(call, resp)
-	}
-	var p pingResponse
-	if err := json.Unmarshal(resp.Body, &p); err != nil || (p.Version == "" && p.BuildVersion == "") {
-		return "", a.badBody(call, resp, "VmmPingResponse", err)
 	}
 	if p.Version != "" {
 		return p.Version, nil
 	}
 	return p.BuildVersion, nil
+}
+
+// pingInfo is vmm.ping's answer.
+func (a *Adapter) pingInfo(ctx context.Context) (pingResponse, error) {
+	resp, call, err := a.call(ctx, http.MethodGet, "vmm.ping", nil)
+	if err != nil {
+		return pingResponse{}, err
+	}
+	if !resp.OK() {
+		return pingResponse{}, a.c.NewAPIError(call, resp)
+	}
+	var p pingResponse
+	if err := json.Unmarshal(resp.Body, &p); err != nil || (p.Version == "" && p.BuildVersion == "") {
+		return pingResponse{}, a.badBody(call, resp, "VmmPingResponse", err)
+	}
+	return p, nil
 }
 
 // info returns vm.info, or created=false when the VMM has no VM yet.
@@ -238,9 +259,13 @@ func notFound(e *apiclient.APIError) bool {
 // Info reports the version and whether the VM is booted. A VMM without a VM
 // (not yet vm.create'd) reports Booted false.
 func (a *Adapter) Info(ctx context.Context) (vmmadapter.Info, error) {
-	ver, err := a.ping(ctx)
+	p, err := a.pingInfo(ctx)
 	if err != nil {
 		return vmmadapter.Info{}, err
+	}
+	ver := p.Version
+	if ver == "" {
+		ver = p.BuildVersion
 	}
 	v, created, err := a.info(ctx)
 	if err != nil {
@@ -249,6 +274,7 @@ func (a *Adapter) Info(ctx context.Context) (vmmadapter.Info, error) {
 	return vmmadapter.Info{
 		Kind:      vmmadapter.CloudHypervisor,
 		Version:   ver,
+		PID:       int(p.PID),
 		Booted:    created && v.booted(),
 		HotAdd:    true,
 		HotRemove: true,
@@ -330,8 +356,20 @@ func (a *Adapter) AddNIC(ctx context.Context, nic vmmadapter.NIC) (vmmadapter.At
 	if err := validateNIC(nic); err != nil {
 		return vmmadapter.Attachment{}, err
 	}
+	if err := vmmadapter.ValidateFds(vmmadapter.CloudHypervisor, nic); err != nil {
+		return vmmadapter.Attachment{}, err
+	}
 	what := fmt.Sprintf("add NIC %q (TAP %s)", nic.ID, nic.Tap)
-	resp, call, err := a.call(ctx, http.MethodPut, "vm.add-net", netConfigFor(nic))
+	if len(nic.Fds) > 0 {
+		what = fmt.Sprintf("add NIC %q (TAP %s, %d fds)", nic.ID, nic.Tap, len(nic.Fds))
+	}
+	path := apiPrefix + "/vm.add-net"
+	call := http.MethodPut + " " + path
+	// With fds the request carries them as SCM_RIGHTS; CH takes all the
+	// fds of the request for this NIC and ignores tap (kept in the body
+	// only so vm.info names the TAP; Net::from_tap_fds learns the name
+	// from the fds).
+	resp, err := a.c.CallWithFiles(ctx, http.MethodPut, path, netConfigFor(nic), nic.Fds)
 	if err != nil {
 		return vmmadapter.Attachment{}, fmt.Errorf("%s: %w", what, err)
 	}
@@ -360,6 +398,9 @@ func (a *Adapter) AddNIC(ctx context.Context, nic vmmadapter.NIC) (vmmadapter.At
 		// MultiQueueNoTapSupport.
 		return vmmadapter.Attachment{}, fmt.Errorf("%s: TAP %s is single-queue but the NIC has %d queue pairs: %w: %w",
 			what, nic.Tap, pairs(nic), vmmadapter.ErrTapQueueMismatch, apiErr)
+	case apiErr.Contains("does not match the number of input FDs"):
+		// vmm/src/config.rs ValidationError::VnetQueueFdMismatch.
+		return vmmadapter.Attachment{}, fmt.Errorf("%s: %w: %w", what, vmmadapter.ErrFdCount, apiErr)
 	case apiErr.Contains("resource busy", "os error 16", "EBUSY"):
 		return vmmadapter.Attachment{}, fmt.Errorf("%s: TAP %s: %w (another VMM, or a removed NIC the guest has not ejected yet, holds it): %w",
 			what, nic.Tap, vmmadapter.ErrTapBusy, apiErr)
@@ -558,12 +599,28 @@ func (a *Adapter) waitError(ctx context.Context, what string, start time.Time, l
 // none (see the package doc): CH takes the MTU vmnic gave the TAP.
 // No NICs → no arguments.
 func NetArgs(nics []vmmadapter.NIC) []string {
+	return NetFdArgs(nics, nil)
+}
+
+// NetFdArgs is NetArgs for a launcher that hands CH its TAPs as inherited
+// fds: NIC i whose fds[i] is non-empty gets "fd=[n,…]" (CH's --net fd
+// list; with it CH ignores tap=, vmm/src/config.rs NetConfig::parse)
+// instead of "tap=…". fds[i] must have one fd per queue pair, each > 2
+// (CH's VnetReservedFd); nil fds is NetArgs.
+func NetFdArgs(nics []vmmadapter.NIC, fds [][]int) []string {
 	if len(nics) == 0 {
 		return nil
 	}
 	args := []string{"--net"}
-	for _, nic := range nics {
+	for i, nic := range nics {
 		parts := []string{"tap=" + nic.Tap}
+		if i < len(fds) && len(fds[i]) > 0 {
+			nums := make([]string, len(fds[i]))
+			for j, fd := range fds[i] {
+				nums[j] = strconv.Itoa(fd)
+			}
+			parts = []string{"fd=[" + strings.Join(nums, ",") + "]"}
+		}
 		if nic.MAC != "" {
 			parts = append(parts, "mac="+nic.MAC)
 		}

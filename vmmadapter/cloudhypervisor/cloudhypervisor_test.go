@@ -63,7 +63,8 @@ func TestInfo(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := vmmadapter.Info{Kind: vmmadapter.CloudHypervisor, Version: itoa(tt.version) + ".0.0", Booted: tt.booted, HotAdd: true, HotRemove: true}
+			// The simulator runs in this process: vmm.ping's pid is ours.
+			want := vmmadapter.Info{Kind: vmmadapter.CloudHypervisor, Version: itoa(tt.version) + ".0.0", PID: os.Getpid(), Booted: tt.booted, HotAdd: true, HotRemove: true}
 			if info != want {
 				t.Fatalf("Info = %+v, want %+v", info, want)
 			}

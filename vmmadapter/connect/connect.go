@@ -41,14 +41,17 @@ var vmms = map[vmmadapter.Kind]vmm{
 	vmmadapter.CloudHypervisor: {
 		open:     adapter(cloudhypervisor.New),
 		deviceID: func(id string) string { return id }, // vm.add-net and --net take the id as given
-		launch: func(nics []vmmadapter.NIC, _ LaunchOptions) (Launch, error) {
-			return Launch{Args: cloudhypervisor.NetArgs(nics)}, nil
+		launch: func(nics []vmmadapter.NIC, o LaunchOptions) (Launch, error) {
+			return Launch{Args: cloudhypervisor.NetFdArgs(nics, o.Fds)}, nil
 		},
 	},
 	vmmadapter.Firecracker: {
 		open:     adapter(firecracker.New),
 		deviceID: firecracker.IfaceID,
 		launch: func(nics []vmmadapter.NIC, o LaunchOptions) (Launch, error) {
+			if len(o.Fds) > 0 {
+				return Launch{}, fmt.Errorf("firecracker: %w (it opens TAPs by name)", vmmadapter.ErrFdsUnsupported)
+			}
 			out, err := firecracker.NetworkInterfacesJSON(nics, o.Version)
 			if err != nil {
 				return Launch{}, err
@@ -63,7 +66,7 @@ var vmms = map[vmmadapter.Kind]vmm{
 			if o.RootPorts < 0 || o.RootPorts > qemu.MaxRootPorts {
 				return Launch{}, fmt.Errorf("root ports %d: must be 0 to %d", o.RootPorts, qemu.MaxRootPorts)
 			}
-			return Launch{Args: append(qemu.Args(nics), qemu.RootPortArgs(o.RootPorts)...)}, nil
+			return Launch{Args: append(qemu.FdArgs(nics, o.Fds), qemu.RootPortArgs(o.RootPorts)...)}, nil
 		},
 	},
 }
@@ -115,6 +118,11 @@ type LaunchOptions struct {
 	// hot-added later (q35: pcie.0 refuses hot-plug); other kinds ignore
 	// it.
 	RootPorts int
+	// Fds, when set, are the TAP queue fds the VMM inherits, per NIC (in
+	// the order of the nics given, one per queue pair): the NICs are
+	// rendered for fd handoff (CH "--net fd=[…]", QEMU "-netdev
+	// tap,fds=…"). Firecracker takes none.
+	Fds [][]int
 }
 
 // Launch is how a VMM launcher passes NICs at boot: command-line arguments
@@ -133,6 +141,21 @@ func LaunchNICs(kind vmmadapter.Kind, nics []vmmadapter.NIC, o LaunchOptions) (L
 	v, err := lookup(kind)
 	if err != nil {
 		return Launch{}, fmt.Errorf("launch arguments: %w", err)
+	}
+	if len(o.Fds) > 0 {
+		if len(o.Fds) != len(nics) {
+			return Launch{}, fmt.Errorf("launch arguments: fds for %d NICs, %d NICs: %w", len(o.Fds), len(nics), vmmadapter.ErrFdCount)
+		}
+		for i, nic := range nics {
+			if want := max(nic.QueuePairs, 1); len(o.Fds[i]) != want {
+				return Launch{}, fmt.Errorf("launch arguments: NIC %s: %d fds for %d queue pair(s): %w", nic.ID, len(o.Fds[i]), want, vmmadapter.ErrFdCount)
+			}
+			for _, fd := range o.Fds[i] {
+				if fd <= 2 {
+					return Launch{}, fmt.Errorf("launch arguments: NIC %s: fd %d: stdin, stdout and stderr cannot carry a TAP", nic.ID, fd)
+				}
+			}
+		}
 	}
 	return v.launch(nics, o)
 }

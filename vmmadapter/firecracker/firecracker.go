@@ -343,6 +343,11 @@ const NoteRescan = "Firecracker sends the guest no hot-plug notification: the gu
 func (a *Adapter) AddNIC(ctx context.Context, nic vmmadapter.NIC) (vmmadapter.Attachment, error) {
 	iface := IfaceID(nic.ID)
 	what := fmt.Sprintf("add NIC %q (iface_id %s, TAP %s)", nic.ID, iface, nic.Tap)
+	if err := vmmadapter.ValidateFds(vmmadapter.Firecracker, nic); err != nil {
+		// Firecracker's API server reads no ancillary data and opens the
+		// TAP by name in its own netns (Tap::open_named).
+		return vmmadapter.Attachment{}, err
+	}
 	in, v, err := a.instance(ctx)
 	if err != nil {
 		return vmmadapter.Attachment{}, fmt.Errorf("%s: %w", what, err)

@@ -90,13 +90,32 @@ func optValue(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 // for each NIC a "-netdev tap,…" and a "-device virtio-net-pci,…" pair with
 // the same ids AddNIC would use, so RemoveNIC works on them later.
 func Args(nics []vmmadapter.NIC) []string {
+	return FdArgs(nics, nil)
+}
+
+// FdArgs is Args for a launcher that hands QEMU its TAPs as inherited fds:
+// NIC i whose fds[i] is non-empty gets "-netdev tap,id=…,fd=N,vhost=off"
+// (one queue pair) or "fds=N:M:…" (several), without ifname, script or
+// queues, which net/tap.c refuses together with fd/fds. nil fds is Args.
+func FdArgs(nics []vmmadapter.NIC, fds [][]int) []string {
 	var args []string
-	for _, nic := range nics {
+	for i, nic := range nics {
 		id := nicID(nic)
 		q := queuePairs(nic)
 		netdev := fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no,vhost=off", NetdevID(id), optValue(nic.Tap))
 		if q > 1 {
 			netdev += fmt.Sprintf(",queues=%d", q)
+		}
+		if i < len(fds) && len(fds[i]) > 0 {
+			nums := make([]string, len(fds[i]))
+			for j, fd := range fds[i] {
+				nums[j] = fmt.Sprint(fd)
+			}
+			key := "fd"
+			if len(nums) > 1 {
+				key = "fds"
+			}
+			netdev = fmt.Sprintf("tap,id=%s,%s=%s,vhost=off", NetdevID(id), key, strings.Join(nums, ":"))
 		}
 		dev := fmt.Sprintf("virtio-net-pci,netdev=%s,id=%s", NetdevID(id), id)
 		if nic.MAC != "" {
@@ -116,7 +135,7 @@ func Args(nics []vmmadapter.NIC) []string {
 	return args
 }
 
-// netdevArgs is the QMP netdev_add argument object for nic.
+// netdevArgs is the QMP netdev_add argument object for nic opened by name.
 func netdevArgs(id string, nic vmmadapter.NIC) map[string]any {
 	a := map[string]any{
 		"type":       "tap",
@@ -128,6 +147,25 @@ func netdevArgs(id string, nic vmmadapter.NIC) map[string]any {
 	}
 	if q := queuePairs(nic); q > 1 {
 		a["queues"] = q
+	}
+	return a
+}
+
+// FdName is the monitor name of queue fd q of the NIC with device id devID
+// (getfd fdname).
+func FdName(devID string, q int) string { return fmt.Sprintf("vmnic-%s-q%d", devID, q) }
+
+// netdevFdArgs is the netdev_add argument object for a tap netdev on the
+// queue fds passed before with getfd under names: "fd" for one queue,
+// "fds" (colon-separated) for several. net/tap.c net_init_tap refuses
+// ifname, script, downscript and queues together with fd/fds (the queue
+// count is the number of fds), so none is given; vhost stays off.
+func netdevFdArgs(id string, names []string) map[string]any {
+	a := map[string]any{"type": "tap", "id": NetdevID(id), "vhost": false}
+	if len(names) == 1 {
+		a["fd"] = names[0]
+	} else {
+		a["fds"] = strings.Join(names, ":")
 	}
 	return a
 }

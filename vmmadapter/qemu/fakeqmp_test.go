@@ -6,6 +6,7 @@ import (
 	"net"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -170,6 +171,9 @@ type simQEMU struct {
 	// pcie-root-port devices, each a bus of its own that takes one device.
 	q35       bool
 	rootPorts []string
+	// fds are the names getfd registered and netdev_add has not taken
+	// (monitor/fds.c; net/tap.c takes a named fd off the monitor's list).
+	fds map[string]bool
 }
 
 type simDev struct {
@@ -179,7 +183,7 @@ type simDev struct {
 }
 
 func newSim() *simQEMU {
-	return &simQEMU{status: "running", devices: map[string]simDev{}, netdevs: map[string]bool{}, unplugging: map[string]bool{}}
+	return &simQEMU{status: "running", devices: map[string]simDev{}, netdevs: map[string]bool{}, unplugging: map[string]bool{}, fds: map[string]bool{}}
 }
 
 func (s *simQEMU) handle(c *fakeConn, r fakeReq) {
@@ -220,8 +224,35 @@ func (s *simQEMU) handle(c *fakeConn, r fakeReq) {
 			return
 		}
 		c.reply(r, d.netdev)
+	case "getfd":
+		s.fds[str("fdname")] = true
+		c.reply(r, map[string]any{})
+	case "closefd":
+		if !s.fds[str("fdname")] {
+			c.fail(r, "GenericError", "File descriptor named '"+str("fdname")+"' not found")
+			return
+		}
+		delete(s.fds, str("fdname"))
+		c.reply(r, map[string]any{})
 	case "netdev_add":
 		id := str("id")
+		if names := str("fd") + str("fds"); names != "" {
+			if str("ifname") != "" || r.Arguments["queues"] != nil || str("script") != "" {
+				c.fail(r, "GenericError", "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, and vhostfd= are invalid with fds=")
+				return
+			}
+			for _, n := range strings.Split(names, ":") {
+				if !s.fds[n] {
+					c.fail(r, "GenericError", "File descriptor named '"+n+"' has not been found")
+					return
+				}
+			}
+			if s.failNetdevAdd == "" {
+				for _, n := range strings.Split(names, ":") {
+					delete(s.fds, n)
+				}
+			}
+		}
 		if s.failNetdevAdd != "" {
 			c.fail(r, "GenericError", s.failNetdevAdd)
 			return

@@ -2,7 +2,11 @@
 // Protocol) on a unix socket (-qmp unix:PATH,server=on,wait=off).
 //
 // A NIC is a tap netdev ("netdev-<id>", vhost off, script=no) plus a
-// virtio-net-pci device ("<id>"). Before the guest runs (QEMU started with
+// virtio-net-pci device ("<id>"). The netdev opens the TAP by name, or,
+// when the NIC carries its TAP's queue fds, takes them: each is passed with
+// getfd over the QMP socket (SCM_RIGHTS), then netdev_add names them in
+// fd=/fds=, so QEMU needs no /dev/net/tun, no CAP_NET_ADMIN and need not be
+// in the TAP's netns. Before the guest runs (QEMU started with
 // -S) adding one is a cold attach that the firmware enumerates at boot; once
 // it runs, QEMU hot-plugs it (ACPI or PCIe hotplug). Removal is device_del,
 // a bounded wait for DEVICE_DELETED (the guest ejects the device), then
@@ -39,6 +43,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -200,6 +205,9 @@ func (a *Adapter) AddNIC(ctx context.Context, nic vmmadapter.NIC) (vmmadapter.At
 	if err := vmmadapter.ValidateNIC(vmmadapter.QEMU, nic); err != nil {
 		return vmmadapter.Attachment{}, err
 	}
+	if len(nic.Fds) > maxFds {
+		return vmmadapter.Attachment{}, fmt.Errorf("qemu add nic: %d TAP fds: at most %d", len(nic.Fds), maxFds)
+	}
 	id := nicID(nic)
 	fail := func(err error) (vmmadapter.Attachment, error) {
 		return vmmadapter.Attachment{}, fmt.Errorf("qemu add nic %s (tap %s): %w", id, nic.Tap, err)
@@ -220,12 +228,12 @@ func (a *Adapter) AddNIC(ctx context.Context, nic vmmadapter.NIC) (vmmadapter.At
 		return fail(err)
 	}
 
-	err = a.Execute(ctx, "netdev_add", netdevArgs(id, nic), nil)
+	err = a.netdevAdd(ctx, id, nic)
 	var qe *Error
 	if errors.As(err, &qe) && strings.Contains(qe.Desc, "Duplicate") {
 		// A netdev of ours without its device: left by an interrupted add.
 		if derr := a.Execute(ctx, "netdev_del", map[string]any{"id": NetdevID(id)}, nil); derr == nil {
-			err = a.Execute(ctx, "netdev_add", netdevArgs(id, nic), nil)
+			err = a.netdevAdd(ctx, id, nic)
 		}
 	}
 	if err != nil {
@@ -258,6 +266,55 @@ func (a *Adapter) AddNIC(ctx context.Context, nic vmmadapter.NIC) (vmmadapter.At
 	att := vmmadapter.Attachment{ID: id, Hot: booted}
 	att.BDF, _ = a.bdf(ctx, id) // informational; the NIC is attached either way
 	return att, nil
+}
+
+// maxFds bounds the queue fds of one NIC (the kernel's MAX_TAP_QUEUES).
+const maxFds = 256
+
+// netdevAdd adds the tap netdev of nic: opened by name (ifname=), or on
+// the TAP queue fds of nic.Fds, each first handed to QEMU with getfd over
+// this QMP connection (SCM_RIGHTS) under FdName, then named in fd=/fds=
+// (qapi/net.json NetdevTapOptions; net/tap.c takes the named fds from the
+// monitor, monitor_fd_param, which removes them from its list). If
+// netdev_add fails, the names still held are closed again (closefd), so
+// QEMU keeps no stray copy.
+func (a *Adapter) netdevAdd(ctx context.Context, id string, nic vmmadapter.NIC) error {
+	if len(nic.Fds) == 0 {
+		return a.Execute(ctx, "netdev_add", netdevArgs(id, nic), nil)
+	}
+	names := make([]string, 0, len(nic.Fds))
+	closeNames := func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.opts.CallTimeout)
+		defer cancel()
+		for _, n := range names {
+			// "File descriptor named '…' not found" once netdev_add took it.
+			_ = a.Execute(rctx, "closefd", map[string]any{"fdname": n}, nil)
+		}
+	}
+	for q, f := range nic.Fds {
+		name := FdName(id, q)
+		if err := a.executeFile(ctx, "getfd", map[string]any{"fdname": name}, nil, f); err != nil {
+			closeNames()
+			return fmt.Errorf("hand TAP queue fd %d to QEMU: %w", q, err)
+		}
+		names = append(names, name)
+	}
+	if err := a.Execute(ctx, "netdev_add", netdevFdArgs(id, names), nil); err != nil {
+		closeNames()
+		return err
+	}
+	return nil
+}
+
+// executeFile is Execute with f passed along (SCM_RIGHTS).
+func (a *Adapter) executeFile(ctx context.Context, cmd string, args, out any, f *os.File) error {
+	ctx, cancel := context.WithTimeout(ctx, a.opts.CallTimeout)
+	defer cancel()
+	qc, err := a.conn(ctx)
+	if err != nil {
+		return fmt.Errorf("qmp %s: %w", cmd, err)
+	}
+	return qc.executeFile(ctx, cmd, args, out, f)
 }
 
 // RemoveNIC deletes the device, waits (at most Options.RemoveTimeout) until

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -703,5 +704,50 @@ func TestRootPortPlacement(t *testing.T) {
 	s2.status = "prelaunch"
 	if _, err := a2.AddNIC(context.Background(), vmmadapter.NIC{ID: "n0", Tap: "tap0"}); err != nil || s2.devices["n0"].bus != "" {
 		t.Fatalf("cold add on q35: %v", err)
+	}
+}
+
+// TestAddNICWithFds: a NIC with TAP fds is added as one getfd per queue
+// (named vmnic-<id>-q<n>) and a netdev_add naming them in fd=/fds=,
+// without ifname, script or queues; when netdev_add fails, every name is
+// closed again so QEMU keeps no stray fd.
+func TestAddNICWithFds(t *testing.T) {
+	devnull := func(n int) []*os.File {
+		var out []*os.File
+		for range n {
+			f, err := os.Open(os.DevNull)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { f.Close() })
+			out = append(out, f)
+		}
+		return out
+	}
+	s := newSim()
+	a, f := openSim(t, s, fast)
+	if _, err := a.AddNIC(context.Background(), vmmadapter.NIC{ID: "eth0", Tap: "tapeth0", QueuePairs: 2, Fds: devnull(2)}); err != nil {
+		t.Fatal(err)
+	}
+	r, ok := f.request("netdev_add")
+	if !ok || r.Arguments["fds"] != "vmnic-eth0-q0:vmnic-eth0-q1" || r.Arguments["ifname"] != nil || r.Arguments["queues"] != nil || r.Arguments["vhost"] != false {
+		t.Fatalf("netdev_add %+v: want fds=vmnic-eth0-q0:vmnic-eth0-q1, vhost off, no ifname/queues", r.Arguments)
+	}
+	if got := strings.Join(f.commands(), " "); !strings.Contains(got, "getfd getfd netdev_add device_add") {
+		t.Errorf("commands %s: want two getfd before netdev_add", got)
+	}
+	if len(s.fds) != 0 {
+		t.Errorf("names left in QEMU: %v", s.fds)
+	}
+
+	s.failNetdevAdd = "could not configure tap"
+	if _, err := a.AddNIC(context.Background(), vmmadapter.NIC{ID: "eth1", Tap: "tapeth1", Fds: devnull(1)}); err == nil {
+		t.Fatal("AddNIC succeeded although netdev_add failed")
+	}
+	if len(s.fds) != 0 {
+		t.Errorf("a failed netdev_add left fds in QEMU: %v", s.fds)
+	}
+	if _, err := a.AddNIC(context.Background(), vmmadapter.NIC{ID: "eth2", Tap: "tapeth2", QueuePairs: 2, Fds: devnull(1)}); !errors.Is(err, vmmadapter.ErrFdCount) {
+		t.Errorf("1 fd for 2 queue pairs = %v, want ErrFdCount", err)
 	}
 }

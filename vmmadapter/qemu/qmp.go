@@ -238,6 +238,14 @@ func (qc *conn) unsubscribe(s *subscription) {
 // execute runs cmd and decodes its return value into out (when non-nil).
 // It returns when the reply arrives, ctx ends or the connection fails.
 func (qc *conn) execute(ctx context.Context, cmd string, args any, out any) error {
+	return qc.executeFile(ctx, cmd, args, out, nil)
+}
+
+// executeFile is execute with f passed as SCM_RIGHTS ancillary data on the
+// command's bytes (for getfd and add-fd: QEMU's socket chardev keeps the
+// fds that arrive with a message, chardev/char-socket.c tcp_chr_recv, and
+// the command takes them, monitor/fds.c qmp_getfd). f nil sends none.
+func (qc *conn) executeFile(ctx context.Context, cmd string, args any, out any, f *os.File) error {
 	qc.mu.Lock()
 	if qc.err != nil {
 		err := qc.err
@@ -261,7 +269,7 @@ func (qc *conn) execute(ctx context.Context, cmd string, args any, out any) erro
 		return fmt.Errorf("qmp %s: encode arguments: %w", cmd, err)
 	}
 	line = append(line, '\n')
-	if err := qc.write(ctx, line); err != nil {
+	if err := qc.write(ctx, line, f); err != nil {
 		forget()
 		if ctx.Err() != nil {
 			return fmt.Errorf("qmp %s: send: %w", cmd, ctx.Err())
@@ -300,13 +308,29 @@ func decodeReply(cmd string, m message, out any) error {
 	return nil
 }
 
-func (qc *conn) write(ctx context.Context, line []byte) error {
+func (qc *conn) write(ctx context.Context, line []byte, f *os.File) error {
 	qc.wmu.Lock()
 	defer qc.wmu.Unlock()
 	if dl, ok := ctx.Deadline(); ok {
 		qc.c.SetWriteDeadline(dl)
 		defer qc.c.SetWriteDeadline(time.Time{})
 	}
-	_, err := qc.c.Write(line)
+	if f == nil {
+		_, err := qc.c.Write(line)
+		return err
+	}
+	uc, ok := qc.c.(*net.UnixConn)
+	if !ok {
+		return fmt.Errorf("the QMP connection is a %T, not a unix socket: cannot pass fds", qc.c)
+	}
+	n, oobn, err := uc.WriteMsgUnix(line, syscall.UnixRights(int(f.Fd())), nil)
+	if err == nil && oobn == 0 {
+		err = errors.New("sendmsg passed no SCM_RIGHTS data")
+	}
+	for err == nil && n < len(line) {
+		var m int
+		m, err = uc.Write(line[n:])
+		n += m
+	}
 	return err
 }

@@ -57,11 +57,40 @@ type Config struct {
 	// Prelaunch starts QEMU with -S: Boot returns once QMP is up and the
 	// guest has not run yet (NICs added now are cold-plugged); Start runs it.
 	Prelaunch bool
+	// RunAs, when set, runs QEMU as an unprivileged user: that uid/gid, no
+	// supplementary groups, no capabilities (inheritable, ambient and
+	// bounding sets cleared, no_new_privs; setpriv), and in a mount
+	// namespace of its own where /dev/net is an empty tmpfs, so it cannot
+	// open /dev/net/tun at all. Such a QEMU can only use TAPs it is handed
+	// as fds. WorkDir is given to the user (sockets are made there).
+	RunAs *User
+	// Launcher, when set, is a command QEMU's command line is appended to
+	// (e.g. "vmnicctl exec-vmm <id> --kind qemu --"): it starts QEMU
+	// (under RunAs's wrapper when set) and may add arguments of its own.
+	// PID is then the launcher's.
+	Launcher []string
 	// Logf, when set, gets progress lines (boot time, …), e.g. t.Logf.
 	Logf func(format string, args ...any)
 	// Console, when set, also gets the serial console output as it comes
 	// (CRs removed), e.g. os.Stderr for a demo.
 	Console io.Writer
+}
+
+// User is a uid/gid to run QEMU as (Config.RunAs).
+type User struct{ UID, GID int }
+
+// unprivileged wraps QEMU's command line so that it runs as u with no
+// privilege and no /dev/net/tun: unshare(1) gives it a private mount
+// namespace, a tmpfs hides /dev/net there, and setpriv(1) drops the uid,
+// gid, groups and every capability before exec'ing QEMU. unshare and
+// setpriv exec in place, so the process is QEMU's own (same pid).
+// setpriv re-arms the parent-death signal, which a credential change
+// clears.
+func unprivileged(u User, qemu string, args []string) (string, []string) {
+	script := fmt.Sprintf("mount -t tmpfs -o size=4k,mode=0755 vmnic-no-tun /dev/net && "+
+		"exec setpriv --reuid=%d --regid=%d --clear-groups --inh-caps=-all --ambient-caps=-all --bounding-set=-all "+
+		"--no-new-privs --pdeathsig=SIGKILL -- \"$0\" \"$@\"", u.UID, u.GID)
+	return "unshare", append([]string{"--mount", "--propagation", "private", "sh", "-c", script, qemu}, args...)
 }
 
 // DefaultCacheDir is where initramfs archives are cached: $VMNIC_TOOLS/guest,
@@ -229,7 +258,23 @@ func Boot(ctx context.Context, cfg Config) (_ *Guest, err error) {
 		args = append(args, "-S")
 	}
 	args = append(args, cfg.ExtraArgs...)
-	cmd := exec.Command(cfg.QEMU, args...)
+	bin := cfg.QEMU
+	if cfg.RunAs != nil {
+		for _, tool := range []string{"unshare", "setpriv"} {
+			if _, err := exec.LookPath(tool); err != nil {
+				return nil, fmt.Errorf("boot guest: run QEMU unprivileged: %s (util-linux) not found: %w", tool, err)
+			}
+		}
+		if err := os.Chown(g.workDir, cfg.RunAs.UID, cfg.RunAs.GID); err != nil {
+			return nil, fmt.Errorf("boot guest: give the work dir to uid %d: %w", cfg.RunAs.UID, err)
+		}
+		bin, args = unprivileged(*cfg.RunAs, cfg.QEMU, args)
+	}
+	if len(cfg.Launcher) > 0 {
+		args = append(append(append([]string{}, cfg.Launcher[1:]...), bin), args...)
+		bin = cfg.Launcher[0]
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Stderr = stderr
 	// QEMU dies with us (see start).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

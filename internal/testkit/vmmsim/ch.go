@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnic/vmnic/internal/testkit/openapi"
 )
 
@@ -69,6 +71,9 @@ type CHNet struct {
 	ID, Tap, MAC, IP, Mask string
 	MTU, NumQueues         int
 	QueueSize              int
+	// Fds is how many TAP fds came with vm.add-net (0: opened by name).
+	// With fds, Tap is the name CH learned from them (TUNGETIFF).
+	Fds int
 }
 
 type chDevice struct {
@@ -78,6 +83,9 @@ type chDevice struct {
 	never   bool      // removed, and the guest never ejects
 	removed bool
 	missed  bool // removed, and the guest missed the notification
+	// files are the TAP fds the device holds once removed, until the
+	// guest ejects it (the device's duplicates; PR #7371).
+	files []*os.File
 }
 
 // chTap is a TAP that exists in the simulated VMM's netns, with the
@@ -100,6 +108,10 @@ type CH struct {
 	taps     map[string]chTap
 	removes  map[string]int
 	renotify map[string]int
+	// files are the TAP fds of config.net entries that came with fds
+	// (the preserved originals; vmm/src/api/http/http_endpoint.rs
+	// attach_fds_to_cfg keeps them with the NetConfig).
+	files map[string][]*os.File
 }
 
 // NewCH starts a simulator on a socket in a temporary directory; it stops
@@ -133,14 +145,38 @@ func StartCH(socket string, cfg CHConfig) (*CH, error) {
 		cfg: cfg, state: cfg.State,
 		devices: map[string]*chDevice{}, slots: map[int]bool{},
 		held: map[string]bool{}, taps: map[string]chTap{}, removes: map[string]int{}, renotify: map[string]int{},
+		files: map[string][]*os.File{},
 	}
 	srv, err := newServer("cloud-hypervisor", socket, spec, specErr, nil)
 	if err != nil {
 		return nil, err
 	}
 	srv.handle = c.handle
+	srv.takesFds = true
 	c.server = srv
 	return c, nil
+}
+
+// Close stops the simulator as a VMM process ends: its socket goes, and
+// every TAP fd it was handed is closed.
+func (c *CH) Close() error {
+	err := c.server.Close()
+	c.mu.Lock()
+	c.closeFiles()
+	c.mu.Unlock()
+	return err
+}
+
+// closeFiles closes every TAP fd the VMM holds (mu held).
+func (c *CH) closeFiles() {
+	for id, f := range c.files {
+		closeAll(f)
+		delete(c.files, id)
+	}
+	for _, d := range c.devices {
+		closeAll(d.files)
+		d.files = nil
+	}
 }
 
 // --- test accessors ---
@@ -297,6 +333,7 @@ func (c *CH) ejectDue() {
 
 func (c *CH) drop(id string) {
 	if d := c.devices[id]; d != nil {
+		closeAll(d.files)
 		var slot int
 		fmt.Sscanf(d.bdf, "0000:00:%02x.0", &slot)
 		delete(c.slots, slot)
@@ -327,6 +364,14 @@ func (c *CH) attach(n CHNet) *chDevice {
 func (c *CH) openTap(n CHNet, mtuGiven bool) []string {
 	pre := []string{"Error from API", "The network device could not be added to the VM", "Error from device manager",
 		"Cannot create virtio-net device", "Failed to open taps"}
+	if n.Fds > 0 {
+		// The fds are queues the kernel already attached (checkFds): no
+		// open by name, so no busy or multi-queue check here.
+		if mtuGiven && !c.cfg.CapNetAdmin {
+			return append(pre, "Setting MTU failed", "Ioctl failed (35106)", "Operation not permitted (os error 1)")
+		}
+		return nil
+	}
 	wantMQ := n.NumQueues/2 > 1
 	tap, exists := c.taps[n.Tap]
 	switch {
@@ -425,6 +470,12 @@ func (c *CH) handle(w *reply, r *http.Request, body []byte) {
 		w.json(http.StatusOK, []byte(`{}`))
 	case "vm.add-net":
 		c.addNet(w, body)
+	case "vm.create":
+		// vm.create takes no fds: the handler drops them
+		// (http_endpoint.rs, "vm.create does not accept fds").
+		closeAll(w.files)
+		w.files = nil
+		c.create(w)
 	case "vm.remove-device":
 		c.removeDevice(w, body)
 	case "vm.boot":
@@ -441,13 +492,6 @@ func (c *CH) handle(w *reply, r *http.Request, body []byte) {
 			return
 		}
 		w.empty(http.StatusNoContent)
-	case "vm.create":
-		if c.state != CHNotCreated {
-			c.fail(w, "other", "Error from API", "The VM could not be created", "The VM is already created")
-			return
-		}
-		c.state = CHCreated
-		w.empty(http.StatusNoContent)
 	case "vm.restore":
 		c.restore(w, body)
 	case "vm.pause", "vm.resume", "vm.shutdown", "vm.delete":
@@ -459,6 +503,15 @@ func (c *CH) handle(w *reply, r *http.Request, body []byte) {
 	default:
 		w.empty(http.StatusNoContent)
 	}
+}
+
+func (c *CH) create(w *reply) {
+	if c.state != CHNotCreated {
+		c.fail(w, "other", "Error from API", "The VM could not be created", "The VM is already created")
+		return
+	}
+	c.state = CHCreated
+	w.empty(http.StatusNoContent)
 }
 
 // lifecycle serves vm.pause, vm.resume, vm.shutdown and vm.delete as
@@ -508,6 +561,10 @@ func (c *CH) lifecycle(w *reply, ep string) {
 			c.shutdown()
 		}
 		c.net = nil
+		for id, f := range c.files {
+			closeAll(f)
+			delete(c.files, id)
+		}
 		c.state = CHNotCreated
 	}
 	w.empty(http.StatusNoContent)
@@ -568,7 +625,14 @@ func (c *CH) addNet(w *reply, body []byte) {
 	invalid := func(msg string) {
 		c.fail(w, "config-invalid", "Error from API", top, "Error validating configuration", msg)
 	}
+	files := w.files
+	n.Fds = len(files)
 	switch {
+	case len(files) > 0 && len(files)*2 != n.NumQueues:
+		// vmm/src/config.rs NetConfig::validate: with fds,
+		// fds.len() * 2 must equal num_queues (VnetQueueFdMismatch).
+		invalid("Number of queues to virtio_net does not match the number of input FDs")
+		return
 	case n.NumQueues < 2:
 		invalid("Number of queues to virtio_net is less than 2")
 		return
@@ -611,8 +675,20 @@ func (c *CH) addNet(w *reply, body []byte) {
 		c.macSeq++
 		n.MAC = fmt.Sprintf("52:54:00:00:00:%02x", c.macSeq&0xff)
 	}
+	if len(files) > 0 {
+		// Net::from_tap_fds (virtio-devices/src/net.rs) learns the name of
+		// each fd by TUNGETIFF and re-issues TUNSETIFF with the flags of
+		// the queue count; a fd that is not a TAP queue, or of another
+		// TAP, fails device creation. The simulator checks the same on the
+		// fds it received, with the real ioctl.
+		if msgs := c.checkFds(&n, files); msgs != nil {
+			c.fail(w, "other", msgs...)
+			return
+		}
+	}
 	if !c.booted() {
 		c.net = append(c.net, n) // cold add: no TAP opened until boot
+		c.keepFiles(w, n.ID)
 		w.empty(http.StatusNoContent)
 		return
 	}
@@ -622,8 +698,51 @@ func (c *CH) addNet(w *reply, body []byte) {
 	}
 	d := c.attach(n)
 	c.net = append(c.net, n)
+	c.keepFiles(w, n.ID)
 	resp, _ := json.Marshal(map[string]string{"id": n.ID, "bdf": d.bdf})
 	w.json(http.StatusOK, resp)
+}
+
+// keepFiles makes the request's fds the preserved fds of NIC id.
+func (c *CH) keepFiles(w *reply, id string) {
+	if len(w.files) > 0 {
+		c.files[id] = w.files
+		w.files = nil
+	}
+}
+
+// checkFds checks the TAP fds of n as Net::from_tap_fds would use them:
+// every fd a TAP queue (TUNGETIFF), all of one TAP, multi-queue exactly
+// when n has more than one queue pair (the TUNSETIFF CH re-issues with
+// IFF_MULTI_QUEUE fails on a single-queue TAP, and a single-queue request
+// on a multi-queue TAP). It sets n.Tap to the name learned.
+func (c *CH) checkFds(n *CHNet, files []*os.File) []string {
+	pre := []string{"Error from API", "The network device could not be added to the VM", "Error from device manager",
+		"Cannot create virtio-net device", "Failed to open taps"}
+	wantMQ := n.NumQueues/2 > 1
+	name := ""
+	for i, f := range files {
+		got, flags, err := tapQueueInfo(f)
+		if err != nil {
+			return append(pre, "Unable to get the TAP interface name", fmt.Sprintf("fd %d: %v", i, err))
+		}
+		if flags&unix.IFF_TAP == 0 {
+			return append(pre, fmt.Sprintf("fd %d (%s) is not a TAP (flags %#x)", i, got, flags))
+		}
+		if mq := flags&unix.IFF_MULTI_QUEUE != 0; mq != wantMQ {
+			side := "TAP"
+			if mq {
+				side = "device"
+			}
+			return append(pre, fmt.Sprintf("Error related to the multiqueue support (no support %s side)", side))
+		}
+		if name != "" && got != name {
+			return append(pre, fmt.Sprintf("fds of different TAPs (%s, %s)", name, got))
+		}
+		name = got
+	}
+	n.Tap = name
+	return nil
 }
 
 func (c *CH) hasNet(id string) bool {
@@ -636,6 +755,14 @@ func (c *CH) hasNet(id string) bool {
 }
 
 func (c *CH) dropNet(id string) {
+	// remove-device closes the preserved fds at once (PR #7371); a device
+	// the guest has not ejected yet keeps its own copies (d.files).
+	if d := c.devices[id]; d != nil {
+		d.files = append(d.files, c.files[id]...)
+	} else {
+		closeAll(c.files[id])
+	}
+	delete(c.files, id)
 	out := c.net[:0]
 	for _, e := range c.net {
 		if e.ID != id {
@@ -687,6 +814,7 @@ func (c *CH) removeDevice(w *reply, body []byte) {
 			// PR #8559: virtio-net removal unwraps the config entry that
 			// the first remove already dropped.
 			w.die = fmt.Sprintf("second vm.remove-device for %q while its eject was pending: the VMM thread panicked (v%d, unwrap on a missing config entry)", id, v)
+			c.closeFiles() // a dead process's fds close with it
 		case v == 53:
 			// Commit 5b53f4202 "vmm: Reject removal of already removed
 			// devices" (first in v53.0): UnknownDeviceId, HTTP 500.

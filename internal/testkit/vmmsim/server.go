@@ -34,6 +34,7 @@ type Call struct {
 	Body   []byte
 	Status int    // status answered; 0 when none was (fault, death)
 	Fault  string // fault mode applied, if any
+	Fds    int    // fds received with the request (SCM_RIGHTS)
 }
 
 // FaultMode selects how the simulator misbehaves.
@@ -87,6 +88,9 @@ type server struct {
 	stop    chan struct{}
 	closed  sync.Once
 	handle  func(w *reply, r *http.Request, body []byte) // VMM logic; runs under mu
+	// takesFds: the VMM reads SCM_RIGHTS fds (Cloud Hypervisor); one that
+	// does not (Firecracker) never sees them, and they are closed.
+	takesFds bool
 
 	mu         sync.Mutex // the "VMM thread": requests are served one at a time
 	calls      []Call
@@ -110,8 +114,8 @@ func newServer(name, socket string, spec *openapi.Spec, specErr error, gaps []ga
 	// A crashed VMM leaves its socket file behind: connections are refused.
 	ln.SetUnlinkOnClose(false)
 	s := &server{name: name, socket: socket, spec: spec, specErr: specErr, gaps: gaps, ln: ln, stop: make(chan struct{})}
-	s.srv = &http.Server{Handler: http.HandlerFunc(s.serve), ReadHeaderTimeout: 10 * time.Second}
-	go s.srv.Serve(ln) //nolint:errcheck // ends with ErrServerClosed or when the VMM "dies"
+	s.srv = &http.Server{Handler: http.HandlerFunc(s.serve), ReadHeaderTimeout: 10 * time.Second, ConnContext: withConn}
+	go s.srv.Serve(fdListener{ln}) //nolint:errcheck // ends with ErrServerClosed or when the VMM "dies"
 	return s, nil
 }
 
@@ -216,6 +220,9 @@ type reply struct {
 	status int
 	body   []byte
 	die    string // non-empty: the VMM dies instead of answering
+	// files are the fds received with the request; a handler that keeps
+	// them sets files to nil, the rest are closed after the request.
+	files []*os.File
 }
 
 func (w *reply) json(status int, body []byte) { w.status, w.body = status, body }
@@ -226,10 +233,19 @@ const maxRequestBody = 4 << 20
 func (s *server) serve(rw http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(io.LimitReader(r.Body, maxRequestBody))
 	method, path := r.Method, r.URL.Path
+	files := requestFiles(r)
+	w := &reply{files: files}
+	// What the handler did not keep is closed, whatever happens to the
+	// request (a fault, a death: a dead VMM's fds close with it).
+	defer func() { closeAll(w.files) }()
+	if !s.takesFds {
+		closeAll(w.files)
+		w.files = nil
+	}
 
 	s.mu.Lock()
 	idx := len(s.calls)
-	s.calls = append(s.calls, Call{Method: method, Path: path, Body: body})
+	s.calls = append(s.calls, Call{Method: method, Path: path, Body: body, Fds: len(files)})
 	s.validate(method, path, body)
 	f := s.takeFault(method, path)
 	if f != nil {
@@ -273,8 +289,11 @@ func (s *server) serve(rw http.ResponseWriter, r *http.Request) {
 		s.hijack(rw, nil)
 		return
 	}
-	w := &reply{}
 	s.handle(w, r, body)
+	// A refused request's fds close before the answer goes out, as the
+	// VMM drops them when its handler returns.
+	closeAll(w.files)
+	w.files = nil
 	if w.die != "" {
 		s.dead, s.deathNote = true, w.die
 		s.mu.Unlock()

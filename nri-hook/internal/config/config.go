@@ -87,6 +87,15 @@ type Config struct {
 	// containerd sends none for pods that existed before it restarted.
 	// A Go duration ("30s", "500ms"); default 30s; 0 disables the sweep.
 	SweepInterval *Duration `json:"sweepInterval,omitempty" yaml:"sweepInterval,omitempty"`
+	// TapHandoff is how the VMMs of VM pods get their TAPs, and so what
+	// their containers need: "fd" (vmnic hands the TAP queue fds over the
+	// VMM's control socket: the VMM container gets no /dev/net/tun and
+	// needs no network capability; Cloud Hypervisor and QEMU), "name"
+	// (the VMM opens its TAPs by name: /dev/net/tun is injected;
+	// Firecracker), or "auto" (default: /dev/net/tun is injected, as any
+	// VMM may be one that opens by name). The CNI conf's tapHandoff picks
+	// the handoff of each NIC; set both to "fd" for unprivileged VMMs.
+	TapHandoff string `json:"tapHandoff,omitempty" yaml:"tapHandoff,omitempty"`
 	// LogFile receives the plugin's log (default: stderr, which a runtime
 	// discards for pre-installed plugins).
 	LogFile string `json:"logFile,omitempty" yaml:"logFile,omitempty"`
@@ -347,6 +356,11 @@ func (c *Config) Validate() error {
 	if _, err := c.Level(); err != nil {
 		return err
 	}
+	switch c.TapHandoff {
+	case "", "auto", "fd", "name":
+	default:
+		return fmt.Errorf("config: tapHandoff %q: use \"auto\", \"fd\" or \"name\"", c.TapHandoff)
+	}
 	if c.Sweep() < 0 {
 		return fmt.Errorf("config: sweepInterval %s is negative (0 disables the sweep)", c.SweepInterval)
 	}
@@ -364,6 +378,10 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// InjectTun reports whether a VMM container gets /dev/net/tun: not with
+// tapHandoff "fd", where vmnic hands the VMM its TAPs as fds.
+func (c *Config) InjectTun() bool { return c.TapHandoff != "fd" }
 
 // Level is the slog level of LogLevel.
 func (c *Config) Level() (slog.Level, error) {

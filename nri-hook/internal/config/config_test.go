@@ -161,3 +161,24 @@ func TestIsVMMContainer(t *testing.T) {
 		}
 	}
 }
+
+func TestTapHandoff(t *testing.T) {
+	for _, tc := range []struct {
+		in     string
+		inject bool
+		ok     bool
+	}{{"", true, true}, {"auto", true, true}, {"name", true, true}, {"fd", false, true}, {"FD", true, false}, {"fds", true, false}} {
+		c, err := Parse([]byte(`{"runtimeHandlers":["kata"],"tapHandoff":"` + tc.in + `"}`))
+		if err == nil {
+			c.setDefaults()
+			err = c.Validate()
+		}
+		if (err == nil) != tc.ok {
+			t.Errorf("tapHandoff %q: %v, want ok=%v", tc.in, err, tc.ok)
+			continue
+		}
+		if err == nil && c.InjectTun() != tc.inject {
+			t.Errorf("tapHandoff %q: InjectTun %v, want %v", tc.in, c.InjectTun(), tc.inject)
+		}
+	}
+}

@@ -27,7 +27,7 @@ const (
 )
 
 // CreateContainer wires the VMM container of a VM pod: /dev/net/tun (device
-// node and cgroup rule), the per-sandbox runtime directory (for the VMM's
+// node and cgroup rule; not with tapHandoff "fd"), the per-sandbox runtime directory (for the VMM's
 // API socket, at the same path as on the host, read-write) with its
 // netsetup/ subdirectory read-only on top (the live copy of the NetSetup
 // record, netsetup.json, that every save of the record refreshes), the
@@ -106,7 +106,7 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 			return nil, nil, err
 		}
 	}
-	adj := Adjustment(id, rtDir, rec)
+	adj := AdjustmentFor(id, rtDir, rec, st.cfg.InjectTun())
 	p.logger().Info("VMM container wired", "pod", podRef(pod), "container", ctr.GetName(),
 		"netns", rec.NetnsPath, "owned", rec.NetnsOwned, "runtimeDir", rtDir)
 	return adj, nil, nil
@@ -119,24 +119,33 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 // would keep the file it found at CreateContainer (the store replaces the
 // record by an atomic rename).
 func Adjustment(id, runtimeDir string, rec *netsetup.NetSetup) *api.ContainerAdjustment {
+	return AdjustmentFor(id, runtimeDir, rec, true)
+}
+
+// AdjustmentFor is Adjustment with /dev/net/tun (device node and cgroup
+// rule) only when tun is true: a VMM that is handed its TAPs as fds
+// (tapHandoff "fd") opens no TUN device, so its container gets none.
+func AdjustmentFor(id, runtimeDir string, rec *netsetup.NetSetup, tun bool) *api.ContainerAdjustment {
 	adj := &api.ContainerAdjustment{}
-	adj.AddDevice(&api.LinuxDevice{
-		Path:     tunPath,
-		Type:     "c",
-		Major:    tunMajor,
-		Minor:    tunMinor,
-		FileMode: api.FileMode(0o666),
-	})
-	if adj.Linux.Resources == nil {
-		adj.Linux.Resources = &api.LinuxResources{}
+	if tun {
+		adj.AddDevice(&api.LinuxDevice{
+			Path:     tunPath,
+			Type:     "c",
+			Major:    tunMajor,
+			Minor:    tunMinor,
+			FileMode: api.FileMode(0o666),
+		})
+		if adj.Linux.Resources == nil {
+			adj.Linux.Resources = &api.LinuxResources{}
+		}
+		adj.Linux.Resources.Devices = append(adj.Linux.Resources.Devices, &api.LinuxDeviceCgroup{
+			Allow:  true,
+			Type:   "c",
+			Major:  api.Int64(int64(tunMajor)),
+			Minor:  api.Int64(int64(tunMinor)),
+			Access: "rwm",
+		})
 	}
-	adj.Linux.Resources.Devices = append(adj.Linux.Resources.Devices, &api.LinuxDeviceCgroup{
-		Allow:  true,
-		Type:   "c",
-		Major:  api.Int64(int64(tunMajor)),
-		Minor:  api.Int64(int64(tunMinor)),
-		Access: "rwm",
-	})
 	adj.AddMount(&api.Mount{
 		Source:      runtimeDir,
 		Destination: runtimeDir,

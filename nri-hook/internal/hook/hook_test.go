@@ -166,3 +166,29 @@ func envOf(adj *api.ContainerAdjustment) map[string]string {
 	}
 	return env
 }
+
+// TestAdjustmentTun: the VMM container gets /dev/net/tun (device and
+// cgroup rule) unless the VMM is handed its TAPs as fds (tapHandoff fd).
+func TestAdjustmentTun(t *testing.T) {
+	rec := netsetup.New("vmnn-tun")
+	for _, tun := range []bool{true, false} {
+		adj := AdjustmentFor("vmnn-tun", "/run/vmnic/sandboxes/vmnn-tun", rec, tun)
+		var devs, rules int
+		for _, d := range adj.GetLinux().GetDevices() {
+			if d.Path == tunPath {
+				devs++
+			}
+		}
+		for _, r := range adj.GetLinux().GetResources().GetDevices() {
+			if r.Major.GetValue() == tunMajor && r.Minor.GetValue() == tunMinor {
+				rules++
+			}
+		}
+		if want := map[bool]int{true: 1, false: 0}[tun]; devs != want || rules != want {
+			t.Errorf("tun=%v: %d /dev/net/tun devices and %d cgroup rules, want %d", tun, devs, rules, want)
+		}
+		if len(adj.GetMounts()) != 2 || envOf(adj)[EnvSandboxID] != "vmnn-tun" {
+			t.Errorf("tun=%v: the rest of the wiring changed: mounts %v env %v", tun, adj.GetMounts(), envOf(adj))
+		}
+	}
+}

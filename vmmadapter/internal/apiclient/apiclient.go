@@ -31,6 +31,9 @@ type Client struct {
 	Kind    vmmadapter.Kind
 	Socket  string
 	Timeout time.Duration
+	// PeerPID, when > 0, is the only process CallWithFiles sends fds to
+	// (SO_PEERCRED of the connection).
+	PeerPID int
 	http    *http.Client
 }
 
