@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -366,7 +367,13 @@ func (a *adding) result(b backend, warning string) *AddedNIC {
 // any other failure fails the ADD.
 func (a *adding) addToVMM(ctx context.Context) (warning string, err error) {
 	m, rec, s := a.m, a.rec, a.s
-	att, handoff, err := m.vmmAdd(ctx, rec, a.nic)
+	// The record as it will be saved: the NIC is recorded only after this
+	// step (one write per ADD), and the fd handoff opens only TAPs the
+	// record lists (OpenTapFds).
+	view := *rec
+	view.NetworkConfigs = slices.Clone(rec.NetworkConfigs)
+	view.PutNIC(a.nic)
+	att, handoff, err := m.vmmAdd(ctx, &view, a.nic)
 	if err == nil {
 		a.nic.State = netsetup.NICAttached
 		a.nic.Handoff = handoff
