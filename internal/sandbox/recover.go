@@ -99,6 +99,12 @@ func (m *Manager) fromHost(ctx context.Context, id, hint string) (*netsetup.NetS
 					br = l.Attrs().Name
 				}
 			}
+			if br == "" {
+				// Killed before the TAP became a port (failpoint
+				// bridge-tap-created): its share of a bridge's FORWARD
+				// rules, taken before the TAP was made, names the bridge.
+				br = m.forwardBridgeOf(bridgeUser(id, t.IfName))
+			}
 			if rec.NetBridgeDev != "" && br != rec.NetBridgeDev {
 				continue // one bridge per sandbox: a stray TAP is left to GC
 			}
@@ -119,6 +125,27 @@ func (m *Manager) fromHost(ctx context.Context, id, hint string) (*netsetup.NetS
 	}
 	m.log().Warn("sandbox rebuilt from its host objects", "sandbox", id, "netns", path, "nics", len(rec.NetworkConfigs), "backend", rec.ResolvedNetBackend())
 	return rec, nil
+}
+
+// forwardBridgeOf is the bridge whose FORWARD-rule users in the state dir
+// include user ("" when none does, or more than one).
+func (m *Manager) forwardBridgeOf(user string) string {
+	bridges, err := m.Store.BridgeForwardBridges()
+	if err != nil {
+		return ""
+	}
+	found := ""
+	for _, br := range bridges {
+		users, err := m.forwardRules().Users(br)
+		if err != nil || !slices.Contains(users, user) {
+			continue
+		}
+		if found != "" {
+			return ""
+		}
+		found = br
+	}
+	return found
 }
 
 // recoveredNIC is the record entry of a marked TAP.
