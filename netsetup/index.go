@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // This file holds the two indexes, one small file per entry that names a
@@ -39,6 +40,10 @@ func (s *Store) FindByNetns(nsid NetnsID) (string, error) {
 		return "", fmt.Errorf("netns index %s: %w", nsid, err)
 	}
 	id := entryID(data)
+	if id == "" {
+		// Damaged with the record it is a name of (see linkedRecordID).
+		id = s.linkedRecordID(s.netnsIndexPath(nsid))
+	}
 	if id == "" {
 		return "", ErrNotFound
 	}
@@ -215,12 +220,85 @@ func (s *Store) IndexedNetns(id string) []NetnsID {
 	if err != nil {
 		return nil
 	}
+	files := s.recordFilesOf(id)
 	var out []NetnsID
 	for _, e := range ents {
 		nsid, ok := parseIndexName(e.Name())
-		if ok && readEntry(filepath.Join(s.netnsDir, e.Name())) == id {
+		if !ok {
+			continue
+		}
+		path := filepath.Join(s.netnsDir, e.Name())
+		if readEntry(path) == id || sameAsAny(path, files) {
 			out = append(out, nsid)
 		}
 	}
 	return out
+}
+
+// A netns index entry is a hard link to a version of its record, so damage
+// done to that file in place (a power loss truncating it, a write over it)
+// is damage to the entry too: its content then names no sandbox, or the
+// wrong one. The entry is still a name of the record's file, and that file
+// (at its place, or moved to the quarantine) says which sandbox it is.
+
+// recordFilesOf is what is known of the files that are, or were, sandbox
+// id's record: its record file and its quarantined files.
+func (s *Store) recordFilesOf(id string) []os.FileInfo {
+	var out []os.FileInfo
+	if fi, err := os.Lstat(s.Path(id)); err == nil && fi.Mode().IsRegular() {
+		out = append(out, fi)
+	}
+	ents, _ := os.ReadDir(s.QuarantineDir())
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), id+".json.") || strings.HasSuffix(e.Name(), reasonSuffix) {
+			continue
+		}
+		if fi, err := os.Lstat(filepath.Join(s.QuarantineDir(), e.Name())); err == nil && fi.Mode().IsRegular() {
+			out = append(out, fi)
+		}
+	}
+	return out
+}
+
+// sameAsAny reports whether the file at path is one of files.
+func sameAsAny(path string, files []os.FileInfo) bool {
+	if len(files) == 0 {
+		return false
+	}
+	fi, err := os.Lstat(path)
+	if err != nil || !fi.Mode().IsRegular() {
+		return false
+	}
+	for _, f := range files {
+		if os.SameFile(fi, f) {
+			return true
+		}
+	}
+	return false
+}
+
+// linkedRecordID is the sandbox whose record file (at its place in the
+// sandboxes dir) is the file at path, an index entry ("" when none is).
+func (s *Store) linkedRecordID(path string) string {
+	fi, err := os.Lstat(path)
+	if err != nil || !fi.Mode().IsRegular() {
+		return ""
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink < 2 {
+		return "" // no other name
+	}
+	ents, err := os.ReadDir(s.sandboxDir)
+	if err != nil {
+		return ""
+	}
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || ValidateSandboxID(id) != nil {
+			continue
+		}
+		if rf, err := os.Lstat(filepath.Join(s.sandboxDir, e.Name())); err == nil && os.SameFile(fi, rf) {
+			return id
+		}
+	}
+	return ""
 }

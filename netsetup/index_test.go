@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestFindByNetns(t *testing.T) {
@@ -218,5 +219,72 @@ func TestEntryID(t *testing.T) {
 		if got := entryID([]byte(in)); got != want {
 			t.Errorf("entryID(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestNetnsIndexEntryDamagedWithItsRecord: the entry is a hard link to the
+// record, so a record damaged in place (here: emptied, and made to name
+// another sandbox) damages the entry too. The entry must still name the
+// sandbox: FindByNetns and IndexedNetns find it, Prune keeps it, and once
+// the record is quarantined IndexedNetns still finds the namespace through
+// the quarantined file, for the rebuild.
+func TestNetnsIndexEntryDamagedWithItsRecord(t *testing.T) {
+	self := "/proc/self/ns/net"
+	nsid, err := IdentifyNetns(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		data string
+	}{
+		{"empty", ""},
+		{"other id", `{"schema": 2, "sandbox_id": "sb-other"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := openStore(t)
+			ctx := context.Background()
+			var hint []NetnsID
+			s.SetRebuild(func(_ context.Context, id, _ string) (*NetSetup, error) {
+				hint = s.IndexedNetns(id)
+				return nil, nil
+			})
+			rec := New("sb-dmg")
+			rec.NetnsPath, rec.NetnsID = self, &nsid
+			if err := s.Create(ctx, rec); err != nil {
+				t.Fatal(err)
+			}
+			// In place, as a power loss or a write over the file does.
+			if err := os.WriteFile(s.Path("sb-dmg"), []byte(tc.data), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if got := s.IndexedNetns("sb-dmg"); len(got) != 1 || got[0] != nsid {
+				t.Errorf("IndexedNetns of the damaged record = %v, want [%v]", got, nsid)
+			}
+			if tc.data == "" {
+				if id, err := s.FindByNetns(nsid); err != nil || id != "sb-dmg" {
+					t.Errorf("FindByNetns = %q, %v; want sb-dmg", id, err)
+				}
+			}
+			removed, err := s.Prune(ctx, time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Lstat(s.netnsIndexPath(nsid)); err != nil {
+				t.Fatalf("Prune removed the entry of a damaged record (removed %v): %v", removed, err)
+			}
+			tx, err := s.Lock(ctx, "sb-dmg")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = tx.Load()
+			tx.Unlock()
+			if !errors.Is(err, ErrNotFound) {
+				t.Fatalf("Load of the damaged record = %v, want quarantined, nothing rebuilt", err)
+			}
+			if len(hint) != 1 || hint[0] != nsid {
+				t.Errorf("IndexedNetns during the rebuild = %v, want [%v]", hint, nsid)
+			}
+		})
 	}
 }

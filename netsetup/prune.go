@@ -97,15 +97,23 @@ func (p *pruner) netnsEntry(dir string, e fs.DirEntry) {
 		return
 	}
 	id := entryID(data)
+	if id != "" {
+		if rec, err := p.s.read(id); err == nil && rec.NetnsID != nil && *rec.NetnsID == nsid {
+			return
+		}
+	}
+	if p.s.linkedRecordID(path) != "" {
+		// A name of a record's file in place: the entry is that record's,
+		// and when the file is damaged (the entry with it), it belongs to
+		// the record's recovery, which looks for the netns by it.
+		return
+	}
 	if id == "" {
 		p.remove(path)
 		return
 	}
-	if rec, err := p.s.read(id); err == nil && rec.NetnsID != nil && *rec.NetnsID == nsid {
-		return
-	}
 	_, err = p.underLock(id, func(rec *NetSetup) {
-		if (rec == nil || rec.NetnsID == nil || *rec.NetnsID != nsid) && readEntry(path) == id {
+		if (rec == nil || rec.NetnsID == nil || *rec.NetnsID != nsid) && readEntry(path) == id && p.s.linkedRecordID(path) == "" {
 			p.remove(path)
 		}
 	})

@@ -99,6 +99,12 @@ func (m *Manager) fromHost(ctx context.Context, id, hint string) (*netsetup.NetS
 					br = l.Attrs().Name
 				}
 			}
+			if br == "" {
+				// Killed before the TAP became a port (failpoint
+				// bridge-tap-created): its share of a bridge's FORWARD
+				// rules, taken before the TAP was made, names the bridge.
+				br = m.forwardBridgeOf(bridgeUser(id, t.IfName))
+			}
 			if rec.NetBridgeDev != "" && br != rec.NetBridgeDev {
 				continue // one bridge per sandbox: a stray TAP is left to GC
 			}
@@ -119,6 +125,27 @@ func (m *Manager) fromHost(ctx context.Context, id, hint string) (*netsetup.NetS
 	}
 	m.log().Warn("sandbox rebuilt from its host objects", "sandbox", id, "netns", path, "nics", len(rec.NetworkConfigs), "backend", rec.ResolvedNetBackend())
 	return rec, nil
+}
+
+// forwardBridgeOf is the bridge whose FORWARD-rule users in the state dir
+// include user ("" when none does, or more than one).
+func (m *Manager) forwardBridgeOf(user string) string {
+	bridges, err := m.Store.BridgeForwardBridges()
+	if err != nil {
+		return ""
+	}
+	found := ""
+	for _, br := range bridges {
+		users, err := m.forwardRules().Users(br)
+		if err != nil || !slices.Contains(users, user) {
+			continue
+		}
+		if found != "" {
+			return ""
+		}
+		found = br
+	}
+	return found
 }
 
 // recoveredNIC is the record entry of a marked TAP.
@@ -412,6 +439,17 @@ func filepathBase(p string) string {
 func (m *Manager) removeUnrecorded(ctx context.Context, rec *netsetup.NetSetup, d DelSpec) error {
 	install := m.install()
 	var errs []error
+	// The VMM first, as for a recorded NIC: an ADD killed after its hot-add
+	// (failpoint vmm-added) left the device NICID(ifname) in the VMM, and it
+	// goes before the TAP it was given (removeStray, once).
+	strayChecked := false
+	stray := func() error {
+		if strayChecked {
+			return nil
+		}
+		strayChecked = true
+		return m.removeStray(ctx, rec, unrecordedNIC(rec, d.IfName))
+	}
 	for _, path := range uniq(rec.ResolvedNetnsPath(), d.NetnsPath) {
 		var found []Marked
 		err := netns.Do(path, func() error {
@@ -427,6 +465,9 @@ func (m *Manager) removeUnrecorded(ctx context.Context, rec *netsetup.NetSetup, 
 			errs = append(errs, err)
 		}
 		for _, k := range found {
+			if err := stray(); err != nil {
+				return err
+			}
 			m.log().Warn("removing a marked TAP the record does not list (an interrupted ADD)", "sandbox", rec.SandboxID, "ifname", d.IfName, "tap", k.Tap, "netns", path)
 			errs = append(errs, m.removeMarked(ctx, rec, k))
 		}
@@ -434,6 +475,9 @@ func (m *Manager) removeUnrecorded(ctx context.Context, rec *netsetup.NetSetup, 
 	if tap := hostnet.TapNameOnHost(rec.SandboxID, d.IfName); tap != "" {
 		if l, err := netlink.LinkByName(tap); err == nil && hostnet.IsTap(l) {
 			if mk, ok := hostnet.ParseMarker(l.Attrs().Alias); ok && mk.Install == install && mk.Sandbox == rec.SandboxID && mk.IfName == d.IfName {
+				if err := stray(); err != nil {
+					return err
+				}
 				m.log().Warn("removing a marked host TAP the record does not list (an interrupted ADD)", "sandbox", rec.SandboxID, "ifname", d.IfName, "tap", tap)
 				errs = append(errs, m.removeMarked(ctx, rec, Marked{Sandbox: mk.Sandbox, IfName: mk.IfName, Tap: tap}))
 			}

@@ -60,9 +60,11 @@ func (m *Manager) DelNIC(ctx context.Context, d DelSpec) error {
 	nic, ok := rec.NIC(d.IfName)
 	if !ok {
 		// An ADD killed before it recorded the NIC leaves a marked TAP (and,
-		// for the bridge backend, its FORWARD-rule share).
+		// for the bridge backend, its FORWARD-rule share; after its hot-add,
+		// the VMM device).
 		if err := m.removeUnrecorded(ctx, rec, d); err != nil {
-			return coded(CodeInternal, err, "remove the unrecorded NIC %s of sandbox %s", d.IfName, d.SandboxID)
+			// A VMM that still holds the device keeps its code (try again).
+			return asCoded(err, "remove the unrecorded NIC %s of sandbox %s", d.IfName, d.SandboxID)
 		}
 		if err := m.removeUnrecordedByName(ctx, rec, d); err != nil {
 			return err

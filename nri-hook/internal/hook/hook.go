@@ -374,7 +374,17 @@ func (p *Plugin) teardown(ctx context.Context, pod *api.PodSandbox, event string
 
 // removeLeftovers removes what a sandbox without a record may have left:
 // its runtime directory and an owned netns (a crash between creating the
-// netns and writing the record).
+// netns and writing the record). It runs only for a pod the runtime is
+// done with (Stop/Remove, or gone at a reconcile or sweep), after its
+// teardown.
+//
+// An unreadable record is record recovery's (issue 11, issue 16 item 9):
+// the Load moves it to the quarantine (never deletes it) and rebuilds it
+// from the host. A rebuilt record is not a leftover, so its netns stays.
+// When nothing was rebuilt, the owned path still goes unless it is a
+// network namespace: a namespace at the owned path is what the rebuild
+// finds, so its absence from a rebuild means the rebuild failed, and the
+// netns stays for the next recovery.
 func (p *Plugin) removeLeftovers(ctx context.Context, st state, id string) error {
 	if err := netsetup.ValidateSandboxID(id); err != nil {
 		return err
@@ -397,6 +407,12 @@ func (p *Plugin) removeLeftovers(ctx context.Context, st state, id string) error
 			p.logger().Warn("leftovers: leaving the netns of an unreadable record to record recovery", "sandbox", id, "err", err)
 		}
 		return nil // recorded (again): not a leftover
+	}
+	if r := tx.Recovery(); r != nil {
+		if _, err := netsetup.IdentifyNetns(path); err == nil {
+			p.logger().Warn("leftovers: the record was quarantined and not rebuilt; leaving its owned netns to record recovery", "sandbox", id, "netns", path, "quarantined", r.Quarantined)
+			return nil
+		}
 	}
 	_ = tx.Delete() // no record: this only drops the lock file at Unlock
 	if err := st.mgr.RemoveNetns(path); err != nil {
