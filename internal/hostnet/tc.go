@@ -99,7 +99,8 @@ func AddRedirect(from, to netlink.Link) error {
 }
 
 // DelRedirect removes vmnic's filters (its priority) from link's ingress
-// hook. Nothing to remove is not an error.
+// hook, whatever their kind (u32 or cls_bpf: a record's data path may lag
+// behind what a crashed ADD attached). Nothing to remove is not an error.
 func DelRedirect(link netlink.Link) error {
 	f := &netlink.U32{FilterAttrs: netlink.FilterAttrs{
 		LinkIndex: link.Attrs().Index,
@@ -107,15 +108,17 @@ func DelRedirect(link netlink.Link) error {
 		Priority:  FilterPriority,
 		Protocol:  unix.ETH_P_ALL,
 	}}
+	// A kind that does not match the filter at that priority is EINVAL.
 	err := netlink.FilterDel(f)
-	if err == nil || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENODEV) {
-		return nil
+	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("remove redirect filter on %s: %w", link.Attrs().Name, err)
 	}
-	return fmt.Errorf("remove redirect filter on %s: %w", link.Attrs().Name, err)
+	return DelBPFRedirect(link)
 }
 
 // HasRedirect reports whether link's ingress hook has vmnic's redirect to
-// the device with index toIndex.
+// the device with index toIndex, on either data path (u32 + mirred, or
+// cls_bpf with bpf_redirect or bpf_redirect_peer).
 func HasRedirect(link netlink.Link, toIndex int) (bool, error) {
 	fs, err := netlinksafe.FilterList(link, ingressParent)
 	if err != nil {
@@ -125,20 +128,49 @@ func HasRedirect(link netlink.Link, toIndex int) (bool, error) {
 		return false, fmt.Errorf("list filters on %s: %w", link.Attrs().Name, err)
 	}
 	for _, f := range fs {
-		u, ok := f.(*netlink.U32)
-		if !ok || u.Priority != FilterPriority {
-			continue
-		}
-		if u.RedirIndex == toIndex {
+		if isU32Redirect(f, toIndex) {
 			return true, nil
 		}
-		for _, a := range u.Actions {
-			if m, ok := a.(*netlink.MirredAction); ok && m.MirredAction == netlink.TCA_EGRESS_REDIR && m.Ifindex == toIndex {
-				return true, nil
+		for _, h := range []BPFHelper{HelperRedirect, HelperRedirectPeer} {
+			if ok, err := isBPFRedirect(f, toIndex, h); ok || err != nil {
+				return ok, err
 			}
 		}
 	}
 	return false, nil
+}
+
+// hasU32Redirect: link's ingress hook has vmnic's u32 + mirred redirect to toIndex.
+func hasU32Redirect(link netlink.Link, toIndex int) (bool, error) {
+	fs, err := netlinksafe.FilterList(link, ingressParent)
+	if err != nil {
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			return false, nil
+		}
+		return false, fmt.Errorf("list filters on %s: %w", link.Attrs().Name, err)
+	}
+	for _, f := range fs {
+		if isU32Redirect(f, toIndex) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func isU32Redirect(f netlink.Filter, toIndex int) bool {
+	u, ok := f.(*netlink.U32)
+	if !ok || u.Priority != FilterPriority {
+		return false
+	}
+	if u.RedirIndex == toIndex {
+		return true
+	}
+	for _, a := range u.Actions {
+		if m, ok := a.(*netlink.MirredAction); ok && m.MirredAction == netlink.TCA_EGRESS_REDIR && m.Ifindex == toIndex {
+			return true
+		}
+	}
+	return false
 }
 
 // RemoveIngressIfEmpty deletes link's ingress qdisc when it is a plain
