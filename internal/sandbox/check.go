@@ -102,15 +102,8 @@ func checkTap(nic *netsetup.NIC, veth netlink.Link, add func(string, ...any)) {
 	if mq := tap.(*netlink.Tuntap).Flags&netlink.TUNTAP_MULTI_QUEUE != 0; mq != (nic.QueuePairs() > 1) {
 		add("TAP %s queue mode: multiqueue=%v, but %d queue pairs recorded", nic.Tap, mq, nic.QueuePairs())
 	}
-	if ok, err := hostnet.HasRedirect(veth, tap.Attrs().Index); err != nil {
-		add("%v", err)
-	} else if !ok {
-		add("tc redirect filter %s -> %s missing", nic.IfName, nic.Tap)
-	}
-	if ok, err := hostnet.HasRedirect(tap, veth.Attrs().Index); err != nil {
-		add("%v", err)
-	} else if !ok {
-		add("tc redirect filter %s -> %s missing", nic.Tap, nic.IfName)
+	for _, p := range hostnet.CheckJoin(veth, tap, hostnet.DataPath(nic.DataPath)) {
+		add("%v", p)
 	}
 }
 

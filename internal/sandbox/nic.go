@@ -36,6 +36,9 @@ type NICSpec struct {
 	TapOwner   int    // uid; < 0 = not set
 	TapGroup   int    // gid; < 0 = not set
 	MAC        string // the interface's MAC in prevResult (checked; the live veth MAC is used)
+	// DataPath chooses how the cni backend joins veth and TAP ("" = the
+	// $VMNIC_DATAPATH default, else auto); see hostnet.JoinOptions.
+	DataPath hostnet.DataPathMode
 
 	IPs     []string
 	Gateway string
@@ -390,27 +393,16 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		if err := m.step("tap-created"); err != nil {
 			return err
 		}
-		owned, err := hostnet.EnsureIngress(veth)
+		j, err := hostnet.Join(veth, tap, hostnet.JoinOptions{Mode: s.DataPath, Log: m.log(), Step: m.step})
 		if err != nil {
-			return coded(CodeInternal, err, "tc on %s", s.IfName)
+			if errors.Is(err, hostnet.ErrBPFUnavailable) {
+				return coded(CodeNotAvailable, err, "join %s and %s", s.IfName, nic.Tap)
+			}
+			return asCoded(err, "join %s and %s", s.IfName, nic.Tap)
 		}
-		if owned {
-			u.ns = append(u.ns, func() error { return hostnet.RemoveIngressIfEmpty(veth) })
-		}
-		nic.VethQdiscOwned = owned
-		if _, err := hostnet.EnsureIngress(tap); err != nil {
-			return coded(CodeInternal, err, "tc on %s", nic.Tap)
-		}
-		if err := hostnet.AddRedirect(veth, tap); err != nil {
-			return coded(CodeInternal, err, "tc redirect")
-		}
-		u.ns = append(u.ns, func() error { return hostnet.DelRedirect(veth) })
-		if err := m.step("veth-filter-added"); err != nil {
-			return err
-		}
-		if err := hostnet.AddRedirect(tap, veth); err != nil {
-			return coded(CodeInternal, err, "tc redirect")
-		}
+		u.ns = append(u.ns, func() error { return hostnet.Unjoin(veth, nil, j) })
+		nic.VethQdiscOwned = j.VethQdiscOwned
+		nic.DataPath = string(j.DataPath)
 		return nil
 	})
 	if err != nil {

@@ -166,12 +166,9 @@ func (m *Manager) cleanupHost(rec *netsetup.NetSetup, nic netsetup.NIC) error {
 		veth, err := netlink.LinkByName(nic.IfName)
 		switch {
 		case err == nil:
-			if err := hostnet.DelRedirect(veth); err != nil {
+			j := hostnet.Joined{DataPath: hostnet.DataPath(nic.DataPath), VethQdiscOwned: nic.VethQdiscOwned}
+			if err := hostnet.Unjoin(veth, nil, j); err != nil {
 				errs = append(errs, err)
-			} else if nic.VethQdiscOwned {
-				if err := hostnet.RemoveIngressIfEmpty(veth); err != nil {
-					errs = append(errs, err)
-				}
 			}
 		case !hostnet.IsNotFound(err):
 			errs = append(errs, fmt.Errorf("look up %s: %w", nic.IfName, err))
