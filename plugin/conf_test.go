@@ -12,8 +12,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/vmnic/vmnic/internal/sandbox"
 	"github.com/vmnic/vmnic/internal/hostnet"
+	"github.com/vmnic/vmnic/internal/sandbox"
 	"github.com/vmnic/vmnic/netsetup"
 )
 
