@@ -201,5 +201,49 @@ func (t *Tap) WriteFrame(frame []byte) error {
 	return nil
 }
 
+// WriteRaw writes b as is: a virtio-net header the caller built (when the
+// queue has one, VnetHdrLen bytes) followed by the Ethernet frame. A
+// userspace stack that offloads segmentation and checksums (GSO) writes
+// this way.
+func (t *Tap) WriteRaw(b []byte) error {
+	n, err := t.f.Write(b)
+	if err != nil {
+		return fmt.Errorf("write to tap %s: %w", t.name, err)
+	}
+	if n != len(b) {
+		return fmt.Errorf("write to tap %s: short write %d of %d", t.name, n, len(b))
+	}
+	return nil
+}
+
+// TUNSETOFFLOAD flags (include/uapi/linux/if_tun.h): what the reader of
+// the TAP accepts, as a virtio-net driver negotiates guest_csum and
+// guest_tso4/6. They are the TAP device's offload features, so frames
+// reach its queues unsegmented and with partial checksums.
+const (
+	OffloadCsum = 0x01 // TUN_F_CSUM
+	OffloadTSO4 = 0x02 // TUN_F_TSO4
+	OffloadTSO6 = 0x04 // TUN_F_TSO6
+)
+
+// SetOffload sets the TAP's offloads (TUNSETOFFLOAD); 0 turns them off.
+// It needs a queue opened with a virtio-net header.
+func (t *Tap) SetOffload(flags uint) error {
+	raw, err := t.f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ierr error
+	if err := raw.Control(func(fd uintptr) {
+		ierr = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, int(flags))
+	}); err != nil {
+		return err
+	}
+	if ierr != nil {
+		return fmt.Errorf("TUNSETOFFLOAD %#x on tap %s: %w", flags, t.name, ierr)
+	}
+	return nil
+}
+
 // Close releases the fd (the TAP itself stays: it is persistent).
 func (t *Tap) Close() error { return t.f.Close() }
