@@ -36,7 +36,11 @@ import (
 // RX checksum offload, as a virtio-net driver does for VIRTIO_NET_HDR_F_
 // NEEDS_CSUM frames), and writes netstack's GSO packets with a header
 // saying how the kernel is to segment and checksum them. One reader
-// goroutine per queue; a packet is written to queue hash % queues.
+// goroutine per queue. Each flow (netstack's per-endpoint packet hash)
+// gets the next queue, round robin, the first time it sends — as a guest
+// with one flow per vCPU and XPS would; the TAP then steers the flow's
+// host → guest frames to that queue too (tun_flow_update /
+// tun_automq_select_queue, drivers/net/tun.c).
 
 const (
 	vnetHdrLen              = 10 // struct virtio_net_hdr
@@ -73,6 +77,9 @@ type tapEndpoint struct {
 	rxFrames, rxBytes, rxSuper, rxMax atomic.Uint64
 	txFrames, txBytes, txSuper        atomic.Uint64
 	rxPerQueue                        []atomic.Uint64
+
+	flowMu    sync.Mutex
+	flowQueue map[uint32]int
 }
 
 var (
@@ -86,7 +93,7 @@ func newTapEndpoint(queues []*tapguest.Tap, mtu int, mac net.HardwareAddr) (*tap
 			return nil, fmt.Errorf("tap %s: queue has a %d-byte virtio-net header, want %d", q.Name(), q.VnetHdrLen(), vnetHdrLen)
 		}
 	}
-	return &tapEndpoint{queues: queues, mtu: uint32(mtu), addr: tcpip.LinkAddress(mac), rxPerQueue: make([]atomic.Uint64, len(queues))}, nil
+	return &tapEndpoint{queues: queues, mtu: uint32(mtu), addr: tcpip.LinkAddress(mac), rxPerQueue: make([]atomic.Uint64, len(queues)), flowQueue: map[uint32]int{}}, nil
 }
 
 func (e *tapEndpoint) stats() FrameStats {
@@ -238,7 +245,7 @@ func (e *tapEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Erro
 		for _, s := range pkt.AsSlices() {
 			out = append(out, s...)
 		}
-		q := e.queues[int(pkt.Hash%uint32(len(e.queues)))]
+		q := e.queues[e.queueOf(pkt.Hash)]
 		if err := q.WriteRaw(out); err != nil {
 			if n == 0 {
 				return 0, &tcpip.ErrClosedForSend{}
@@ -254,6 +261,20 @@ func (e *tapEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Erro
 		n++
 	}
 	return n, nil
+}
+
+func (e *tapEndpoint) queueOf(flow uint32) int {
+	if len(e.queues) == 1 {
+		return 0
+	}
+	e.flowMu.Lock()
+	defer e.flowMu.Unlock()
+	q, ok := e.flowQueue[flow]
+	if !ok {
+		q = len(e.flowQueue) % len(e.queues)
+		e.flowQueue[flow] = q
+	}
+	return q
 }
 
 // tcpGuest is a netstack guest serving the throughput protocol on
