@@ -57,8 +57,8 @@ func TestNICDataPathThroughPlugin(t *testing.T) {
 		{name: "ptp chain, CNI 1.0.0", chain: "ptp", cniVersion: "1.0.0", octet: 1},
 		{name: "bridge chain, multiqueue TAP, CNI 1.1.0", chain: "bridge", cniVersion: "1.1.0", octet: 2, queues: 2, bySandboxArg: true},
 		{name: "ptp chain, CNI 0.4.0", chain: "ptp", cniVersion: "0.4.0", octet: 3, bySandboxArg: true},
-		{name: "ptp chain, dataPath bpf", chain: "ptp", cniVersion: "1.1.0", octet: 4, dataPath: "bpf"},
-		{name: "bridge chain, dataPath u32", chain: "bridge", cniVersion: "1.1.0", octet: 5, dataPath: "u32"},
+		{name: "ptp chain, dataPath bpf", chain: "ptp", cniVersion: "1.1.0", octet: 6, dataPath: "bpf"},
+		{name: "bridge chain, dataPath u32", chain: "bridge", cniVersion: "1.1.0", octet: 7, dataPath: "u32"},
 	} {
 		t.Run(tc.name, func(t *testing.T) { runNICCase(t, tc) })
 	}
