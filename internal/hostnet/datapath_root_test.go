@@ -398,3 +398,52 @@ func TestJoinRollsBack(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkJoin is one Join + Unjoin per data path (the probe is cached
+// after the first; loading the two programs is part of a bpf Join).
+func BenchmarkJoin(b *testing.B) {
+	for _, mode := range []DataPathMode{ModeU32, ModeBPF} {
+		b.Run(string(mode), func(b *testing.B) {
+			testenv.RequireRoot(b)
+			ns := netfixture.Netns(b, netfixture.Name("vmnict-jb"))
+			peer := netfixture.Netns(b, netfixture.Name("vmnict-jp"))
+			netfixture.Veth(b, ns, "eth0", peer, "peer0", 0, "")
+			netfixture.In(b, ns, func() error {
+				if _, err := CreateTap(TapSpec{Name: "tapb0", Owner: -1, Group: -1}); err != nil {
+					return err
+				}
+				veth, err := netlink.LinkByName("eth0")
+				if err != nil {
+					return err
+				}
+				tap, err := netlink.LinkByName("tapb0")
+				if err != nil {
+					return err
+				}
+				for b.Loop() {
+					j, err := Join(veth, tap, JoinOptions{Mode: mode})
+					if err != nil {
+						return err
+					}
+					if err := Unjoin(veth, tap, j); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		})
+	}
+}
+
+// BenchmarkLoadRedirect is one program load (what ProbeBPF does twice,
+// once per process).
+func BenchmarkLoadRedirect(b *testing.B) {
+	testenv.RequireRoot(b)
+	for b.Loop() {
+		p, err := loadRedirect(1, HelperRedirectPeer)
+		if err != nil {
+			b.Fatal(err)
+		}
+		p.Close()
+	}
+}
