@@ -44,9 +44,9 @@ type nicCase struct {
 	name         string
 	chain        string // bridge | ptp
 	cniVersion   string
-	octet        int  // subnet 10.206.<octet>.0/24
-	queues       int  // vmnic "queues" (0 = default single queue)
-	bySandboxArg bool // name the sandbox with CNI_ARGS VMNIC_SANDBOX_ID (else cnitool's container id)
+	octet        int    // subnet 10.206.<octet>.0/24
+	queues       int    // vmnic "queues" (0 = default single queue)
+	bySandboxArg bool   // name the sandbox with CNI_ARGS VMNIC_SANDBOX_ID (else cnitool's container id)
 	dataPath     string // vmnic "dataPath" ("" = unset: $VMNIC_DATAPATH, else auto)
 }
 
