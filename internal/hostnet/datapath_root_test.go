@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -445,5 +446,30 @@ func BenchmarkLoadRedirect(b *testing.B) {
 			b.Fatal(err)
 		}
 		p.Close()
+	}
+}
+
+// Both programs give the redirect verdict for any frame (the kernel's
+// BPF_PROG_TEST_RUN; the redirect itself needs a real hook).
+func TestRedirectProgramsVerdict(t *testing.T) {
+	testenv.RequireRoot(t)
+	if err := ProbeBPF(); err != nil {
+		testenv.Unavailable(t, "BPF: %v", err)
+	}
+	frame := make([]byte, 64)
+	for i := range 12 {
+		frame[i] = 0xff
+	}
+	frame[12], frame[13] = 0x08, 0x06 // ARP
+	for _, h := range []BPFHelper{HelperRedirect, HelperRedirectPeer} {
+		p, err := loadRedirect(1, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ret, err := p.Run(&ebpf.RunOptions{Data: frame})
+		p.Close()
+		if err != nil || ret != tcActRedirect {
+			t.Errorf("%s program: verdict %d, %v; want TC_ACT_REDIRECT (%d)", h, ret, err, tcActRedirect)
+		}
 	}
 }
