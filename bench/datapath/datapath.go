@@ -301,7 +301,7 @@ func (r *Report) variant(name string) *VariantResult {
 // pingGuest opens the ARP/ICMP stand-in on n's TAP and pings it from the
 // host with window outstanding for d.
 func pingGuest(n *nic, window int, d time.Duration) (PingResult, []time.Duration, error) {
-	g, err := tapguest.Open(tapguest.Config{NetnsPath: n.tapNetns, Tap: n.tap, MAC: n.mac, IP: n.ip, Gateway: n.gateway})
+	g, err := tapguest.Open(tapguest.Config{Tap: n.tap, MAC: n.mac, IP: n.ip, Gateway: n.gateway, Opener: n.opener(false)})
 	if err != nil {
 		return PingResult{}, nil, err
 	}
@@ -363,7 +363,7 @@ func cpuTimes() (proc, machine float64) {
 // moves total bytes over flows concurrent TCP connections, host → guest
 // (toGuest) or guest → host.
 func tcpRun(n *nic, queues, flows int, toGuest bool, total int64, gso bool) (TCPResult, error) {
-	g, err := openTCPGuest(n.tapNetns, n.tap, queues, n.mtu, n.mac, n.ip, gso)
+	g, err := openTCPGuest(n.opener(queues > 1), queues, n.mtu, n.mac, n.ip, gso)
 	if err != nil {
 		return TCPResult{}, err
 	}

@@ -26,10 +26,10 @@ func TestQuickRun(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if len(rep.Variants) != 3 {
-		t.Fatalf("%d variants, want bridge, cni-u32, cni-bpf", len(rep.Variants))
+	if len(rep.Variants) != 4 {
+		t.Fatalf("%d variants, want bridge, cni-u32, cni-bpf, macvtap", len(rep.Variants))
 	}
-	want := map[string]string{"bridge": "", "cni-u32": "u32", "cni-bpf": "bpf"}
+	want := map[string]string{"bridge": "", "cni-u32": "u32", "cni-bpf": "bpf", "macvtap": ""}
 	for _, v := range rep.Variants {
 		if dp, ok := want[v.Name]; !ok || v.DataPath != dp {
 			t.Errorf("variant %s recorded data path %q, want %q", v.Name, v.DataPath, dp)

@@ -288,9 +288,9 @@ type tcpGuest struct {
 	err atomic.Pointer[error]
 }
 
-// openTCPGuest opens queues TAP queues (each with offloads on when gso) in
-// netns and starts the stack with ip/prefix and mac.
-func openTCPGuest(netns, tap string, queues int, mtu int, mac net.HardwareAddr, ip netip.Prefix, gso bool) (*tcpGuest, error) {
+// openTCPGuest opens queues TAP queues with open (offloads on when gso)
+// and starts the stack with ip/prefix and mac.
+func openTCPGuest(open func() (*tapguest.Tap, error), queues int, mtu int, mac net.HardwareAddr, ip netip.Prefix, gso bool) (*tcpGuest, error) {
 	var qs []*tapguest.Tap
 	closeAll := func() {
 		for _, q := range qs {
@@ -298,7 +298,7 @@ func openTCPGuest(netns, tap string, queues int, mtu int, mac net.HardwareAddr, 
 		}
 	}
 	for i := 0; i < queues; i++ {
-		q, err := tapguest.OpenTap(tapguest.TapOptions{NetnsPath: netns, Name: tap, MultiQueue: queues > 1})
+		q, err := open()
 		if err != nil {
 			closeAll()
 			return nil, fmt.Errorf("tcp guest: %w", err)
