@@ -324,9 +324,7 @@ func openTCPGuest(open func() (*tapguest.Tap, error), queues int, mtu int, mac n
 	})
 	g := &tcpGuest{st: st, ep: ep}
 	fail := func(what string, e tcpip.Error) (*tcpGuest, error) {
-		st.Close()
-		ep.Close()
-		st.Wait()
+		g.stop()
 		return nil, fmt.Errorf("tcp guest: %s: %s", what, e)
 	}
 	sack := tcpip.TCPSACKEnabled(true)
@@ -350,8 +348,7 @@ func openTCPGuest(open func() (*tapguest.Tap, error), queues int, mtu int, mac n
 	st.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}})
 	ln, err := gonet.ListenTCP(st, tcpip.FullAddress{NIC: 1, Addr: addr, Port: guestTCPPort}, ipv4.ProtocolNumber)
 	if err != nil {
-		st.Close()
-		ep.Close()
+		g.stop()
 		return nil, fmt.Errorf("tcp guest: listen: %w", err)
 	}
 	g.ln = ln
@@ -426,8 +423,17 @@ func (g *tcpGuest) Err() error {
 
 func (g *tcpGuest) Close() {
 	g.ln.Close()
-	g.st.Close()
-	g.ep.Close()
-	g.st.Wait()
+	g.stop()
 	g.wg.Wait()
+}
+
+// stop ends the readers first (closing the queues), then the stack: a
+// reader delivering a packet takes the stack's lock, which Stack.Wait
+// holds while it waits for the link endpoint, so the endpoint must be
+// idle before.
+func (g *tcpGuest) stop() {
+	g.ep.Close()
+	g.ep.wg.Wait()
+	g.st.Close()
+	g.st.Wait()
 }
