@@ -157,6 +157,9 @@ type Report struct {
 	Metrics  []Metric        `json:"metrics"`
 	Targets  []Target        `json:"targets"`
 	Notes    []string        `json:"notes,omitempty"`
+	// Retries counts echo runs whose guest was opened a second time
+	// because it did not answer the warm-up.
+	Retries int `json:"retries"`
 }
 
 func (c *Config) logf(format string, args ...any) {
@@ -227,6 +230,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg.logf("variant %s: TAP %s (data path %q)", v.Name, n.tap, n.dataPath)
 	}
 
+	retry := func(n *nic) func(error) {
+		return func(err error) {
+			rep.Retries++
+			cfg.logf("%s: guest opened again: %v", n.v.Name, err)
+		}
+	}
 	type step struct {
 		name string
 		run  func(n, mq *nic, r *Round) error
@@ -234,12 +243,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	steps := []step{
 		{"echo, 1 outstanding", func(n, _ *nic, r *Round) (err error) {
 			var rtts []time.Duration
-			r.Ping1, rtts, err = pingGuest(n, 1, cfg.PingDuration)
+			r.Ping1, rtts, err = pingGuest(n, 1, cfg.PingDuration, retry(n))
 			rep.variant(n.v.Name).rtt1 = append(rep.variant(n.v.Name).rtt1, rtts...)
 			return err
 		}},
 		{"echo, 64 outstanding", func(n, _ *nic, r *Round) (err error) {
-			r.Ping64, _, err = pingGuest(n, 64, cfg.PingDuration)
+			r.Ping64, _, err = pingGuest(n, 64, cfg.PingDuration, retry(n))
 			return err
 		}},
 		{"TCP host → guest", func(n, _ *nic, r *Round) (err error) {
@@ -299,8 +308,28 @@ func (r *Report) variant(name string) *VariantResult {
 }
 
 // pingGuest opens the ARP/ICMP stand-in on n's TAP and pings it from the
-// host with window outstanding for d.
-func pingGuest(n *nic, window int, d time.Duration) (PingResult, []time.Duration, error) {
+// host with window outstanding for d. A guest that does not answer the
+// warm-up (the host resolves it with ARP) is opened again once; retried
+// counts that.
+func pingGuest(n *nic, window int, d time.Duration, retry func(error)) (PingResult, []time.Duration, error) {
+	var werr error
+	for attempt := 0; attempt < 2; attempt++ {
+		if attempt > 0 {
+			retry(werr)
+			time.Sleep(200 * time.Millisecond)
+		}
+		res, rtts, err := pingOnce(n, window, d)
+		if err == nil || !errors.Is(err, errWarmup) {
+			return res, rtts, err
+		}
+		werr = err
+	}
+	return PingResult{}, nil, werr
+}
+
+var errWarmup = errors.New("warm-up")
+
+func pingOnce(n *nic, window int, d time.Duration) (PingResult, []time.Duration, error) {
 	g, err := tapguest.Open(tapguest.Config{Tap: n.tap, MAC: n.mac, IP: n.ip, Gateway: n.gateway, Opener: n.opener(false)})
 	if err != nil {
 		return PingResult{}, nil, err
@@ -311,12 +340,14 @@ func pingGuest(n *nic, window int, d time.Duration) (PingResult, []time.Duration
 		return PingResult{}, nil, err
 	}
 	defer p.Close()
-	// Warm up: the host resolves the guest with ARP.
 	if _, _, err := p.run(1, 0, 3); err != nil {
-		return PingResult{}, nil, fmt.Errorf("warm-up: %w", err)
+		return PingResult{}, nil, fmt.Errorf("%w: %v (guest %+v)", errWarmup, err, g.Stats())
 	}
 	res, rtts, err := p.runSamples(window, d)
-	return res, rtts, err
+	if err != nil {
+		return res, rtts, fmt.Errorf("%w (guest %+v)", err, g.Stats())
+	}
+	return res, rtts, nil
 }
 
 func quantilesUs(s []time.Duration, steps int) []float64 {

@@ -18,6 +18,9 @@ func (r *Report) Markdown() string {
 	}
 	fmt.Fprintf(&b, "- mode: %s; %d interleaved round(s); TCP guest GSO: %v\n", mode, r.Rounds, r.GSO)
 	fmt.Fprintf(&b, "- kernel %s, %d CPUs, load average %s at the start, %s at the end; took %s\n", r.Kernel, r.CPUs, r.LoadAvg[0], r.LoadAvg[1], r.Duration.Round(1e9))
+	if r.Retries > 0 {
+		fmt.Fprintf(&b, "- %d echo run(s) opened the guest a second time: no answer to the warm-up\n", r.Retries)
+	}
 	if r.Command != "" {
 		fmt.Fprintf(&b, "- command: `%s`\n", r.Command)
 	}
