@@ -112,7 +112,7 @@ type VariantResult struct {
 	DataPath string  `json:"datapath,omitempty"`
 	Rounds   []Round `json:"rounds"`
 	// RTT1Quantiles are the RTT quantiles (µs) at 1 outstanding over all
-	// rounds' samples: q = 0, 0.05, ..., 1 (for the plot).
+	// rounds' samples, at RTTQuantiles (for the plot).
 	RTT1Quantiles []float64 `json:"rtt1_quantiles_us"`
 	rtt1          []time.Duration
 }
@@ -285,7 +285,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg.logf("round %d of %d done", round+1, cfg.Rounds)
 	}
 	for i := range rep.Variants {
-		rep.Variants[i].RTT1Quantiles = quantilesUs(rep.Variants[i].rtt1, 20)
+		rep.Variants[i].RTT1Quantiles = quantilesUs(rep.Variants[i].rtt1, RTTQuantiles)
 	}
 	rep.summarize()
 	rep.LoadAvg[1] = loadAvg()
@@ -350,15 +350,26 @@ func pingOnce(n *nic, window int, d time.Duration) (PingResult, []time.Duration,
 	return res, rtts, nil
 }
 
-func quantilesUs(s []time.Duration, steps int) []float64 {
+// RTTQuantiles are the quantiles of the RTT plot: 0 to 0.95 in steps of
+// 0.05, then 0.99 (the maximum is left out: one outlier would flatten the
+// curve).
+var RTTQuantiles = func() []float64 {
+	var q []float64
+	for k := 0; k <= 19; k++ {
+		q = append(q, float64(k)/20)
+	}
+	return append(q, 0.99)
+}()
+
+func quantilesUs(s []time.Duration, qs []float64) []float64 {
 	if len(s) == 0 {
 		return nil
 	}
 	s = append([]time.Duration(nil), s...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	var out []float64
-	for k := 0; k <= steps; k++ {
-		i := int(math.Round(float64(k) / float64(steps) * float64(len(s)-1)))
+	for _, q := range qs {
+		i := int(math.Round(q * float64(len(s)-1)))
 		out = append(out, float64(s[i].Nanoseconds())/1e3)
 	}
 	return out

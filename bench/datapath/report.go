@@ -92,14 +92,14 @@ func num(x float64) string {
 
 // plot draws the RTT distribution at 1 outstanding per variant.
 func (r *Report) plot(path string) error {
-	p := &pngplot.Plot{Title: "echo RTT, 1 outstanding (all rounds)", XLabel: "percentile", YLabel: "RTT (µs)"}
+	p := &pngplot.Plot{Title: "echo RTT host -> guest -> host, 1 outstanding, all rounds", XLabel: "percentile", YLabel: "RTT (us)"}
 	for i, v := range r.Variants {
 		if len(v.RTT1Quantiles) == 0 {
 			continue
 		}
 		s := pngplot.Series{Name: v.Name, Color: i}
 		for k, q := range v.RTT1Quantiles {
-			s.X = append(s.X, float64(k)*100/float64(len(v.RTT1Quantiles)-1))
+			s.X = append(s.X, RTTQuantiles[k]*100)
 			s.Y = append(s.Y, q)
 		}
 		p.Series = append(p.Series, s)
@@ -107,6 +107,6 @@ func (r *Report) plot(path string) error {
 	if len(p.Series) == 0 {
 		return nil
 	}
-	p.XTicks = []float64{0, 25, 50, 75, 90, 100}
+	p.XTicks = []float64{0, 25, 50, 75, 90, 99}
 	return p.WriteFile(path)
 }
