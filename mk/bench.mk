@@ -32,3 +32,13 @@ bench-test: tools build
 	  $(GO) test -count=1 -p 1 -timeout 40m $(GOTEST_FLAGS) ./...
 
 TEST_DEPS += bench-test
+
+# bench-datapath: issue 15 §1 — how fast a NIC carries traffic (bench/datapath):
+# vmnic's bridge backend vs the cni backend with the u32 and the bpf data path,
+# interleaved; report in $(BENCH_OUT)/datapath.md (BENCH_QUICK=1: smoke run).
+BENCH_DATAPATH_FLAGS ?=
+
+.PHONY: bench-datapath
+bench-datapath: apt tools build
+	@test "$$(id -u)" = 0 || { echo "make bench-datapath needs root (network namespaces, links, tc, BPF)" >&2; exit 1; }
+	cd bench && GOFLAGS="$(MODULE_GOFLAGS)" $(GO) run ./datapath/cmd/vmnic-datapath-bench -out $(abspath $(BENCH_OUT)) $(if $(filter 1 true yes,$(BENCH_QUICK)),-quick) $(BENCH_DATAPATH_FLAGS)

@@ -265,6 +265,10 @@ type NIC struct {
 	// VethQdiscOwned: vmnic added the ingress qdisc on the veth (there was
 	// none), so it removes it again at DEL when no filter is left on it.
 	VethQdiscOwned bool `json:"veth_qdisc_owned,omitempty"`
+	// DataPath is how the cni backend joins the veth and the TAP: "bpf"
+	// (cls_bpf redirect) or "u32" (tc u32 + mirred). Absent: u32 (records
+	// written before the field existed), or a bridge-backend NIC.
+	DataPath string `json:"datapath,omitempty"`
 
 	// Recovered: the NIC was rebuilt from its host objects (the TAP's
 	// marker) after the record was lost or quarantined; what only the record

@@ -167,6 +167,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		NetnsID:      nsid,
 		Backend:      e.conf.Backend,
 		Bridge:       e.conf.Bridge,
+		DataPath:     e.conf.DataPath,
 		QueuePairs:   e.conf.Queues,
 		QueueSize:    e.conf.QueueSize,
 		TapHandoff:   e.conf.Handoff,

@@ -37,6 +37,11 @@ type NetConf struct {
 	Backend string `json:"backend,omitempty"`
 	// Bridge is the host bridge of the bridge backend.
 	Bridge string `json:"bridge,omitempty"`
+	// DataPath is how the cni backend joins veth and TAP: "auto" (default:
+	// the cls_bpf redirect where the kernel can run it, else tc u32 +
+	// mirred), "bpf" (fail the ADD where it cannot) or "u32". Unset: the
+	// VMNIC_DATAPATH environment variable, else auto.
+	DataPath string `json:"dataPath,omitempty"`
 	// Queues is the number of TAP queue pairs (> 1 makes a multiqueue TAP;
 	// the VMM must then use num_queues = 2 × queues).
 	Queues int `json:"queues,omitempty"`
@@ -171,6 +176,7 @@ type Resolved struct {
 	*NetConf
 	Backend  netsetup.Backend
 	Handoff  netsetup.Handoff // "" = auto
+	DataPath hostnet.DataPathMode
 	TapOwner int
 	TapGroup int
 	Level    slog.Level
@@ -207,6 +213,14 @@ func parseConf(stdin []byte) (*Resolved, error) {
 	default:
 		return nil, bad("backend %q: must be \"cni\" or \"bridge\"", conf.Backend)
 	}
+	dp, err := hostnet.ParseDataPathMode(conf.DataPath)
+	if err != nil {
+		return nil, bad("%v", err)
+	}
+	if r.Backend == netsetup.BackendBridge && dp != "" && dp != hostnet.ModeAuto {
+		return nil, bad("dataPath %q applies to the cni backend only: the bridge backend's TAP is a bridge port", conf.DataPath)
+	}
+	r.DataPath = dp
 	if conf.Queues < 0 || conf.Queues > hostnet.MaxQueuePairs {
 		return nil, bad("queues %d: must be 1 to %d queue pairs", conf.Queues, hostnet.MaxQueuePairs)
 	}
@@ -216,7 +230,6 @@ func parseConf(stdin []byte) (*Resolved, error) {
 	if err := sandbox.ValidateQueueSize(conf.QueueSize); err != nil {
 		return nil, bad("%v", err)
 	}
-	var err error
 	if r.Handoff, err = sandbox.ParseHandoff(conf.TapHandoff); err != nil {
 		return nil, bad("%v", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/vmnic/vmnic/internal/hostnet"
 	"github.com/vmnic/vmnic/internal/sandbox"
 	"github.com/vmnic/vmnic/netsetup"
 )
@@ -51,6 +52,18 @@ func TestParseConf(t *testing.T) {
 					t.Errorf("attachments = %+v %+v", r.ValidAttachments, r.LegacyAttachments)
 				}
 			}},
+		{name: "data path", json: `{` + base + `,"dataPath":"u32"}`, want: func(t *testing.T, r *Resolved) {
+			if r.DataPath != hostnet.ModeU32 {
+				t.Errorf("dataPath = %q", r.DataPath)
+			}
+		}},
+		{name: "data path unset", json: `{` + base + `}`, want: func(t *testing.T, r *Resolved) {
+			if r.DataPath != "" {
+				t.Errorf("dataPath = %q, want unset (the engine's default)", r.DataPath)
+			}
+		}},
+		{name: "bad data path", json: `{` + base + `,"dataPath":"xdp"}`, code: types.ErrInvalidNetworkConfig, msg: `dataPath "xdp"`},
+		{name: "data path with bridge backend", json: `{` + base + `,"backend":"bridge","bridge":"br0","dataPath":"bpf"}`, code: types.ErrInvalidNetworkConfig, msg: "cni backend only"},
 		{name: "not json", json: `{`, code: types.ErrDecodingFailure, msg: "decode"},
 		{name: "queues wrong type", json: `{` + base + `,"queues":"two"}`, code: types.ErrDecodingFailure, msg: "queues"},
 		{name: "no cniVersion", json: `{"name":"n","type":"vmnic"}`, code: types.ErrInvalidNetworkConfig, msg: "cniVersion"},

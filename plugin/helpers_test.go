@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/vmnic/vmnic/internal/hostnet"
 	"github.com/vmnic/vmnic/internal/testkit/hostaudit"
 	"github.com/vmnic/vmnic/internal/testkit/netfixture"
 	"github.com/vmnic/vmnic/internal/testkit/testenv"
@@ -251,6 +252,9 @@ func (r pluginRun) exec(t *testing.T) pluginOut {
 	env := []string{
 		"CNI_COMMAND=" + r.command, "CNI_CONTAINERID=" + r.containerID, "CNI_NETNS=" + r.netns,
 		"CNI_IFNAME=" + r.ifname, "CNI_PATH=" + cniPath(t), "CNI_ARGS=" + r.args, "PATH=" + os.Getenv("PATH"),
+	}
+	if dp := os.Getenv(hostnet.DataPathEnv); dp != "" {
+		env = append(env, hostnet.DataPathEnv+"="+dp) // a suite run with either data path
 	}
 	cmd.Env = append(env, r.env...)
 	cmd.Stdin = bytes.NewReader(r.stdin)

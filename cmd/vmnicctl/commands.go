@@ -256,8 +256,15 @@ func printRecord(c *cli, r *netsetup.NetSetup) {
 	}
 	fmt.Fprintln(c.stdout)
 	tw = tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "IFNAME\tTAP\tMAC\tMTU\tQUEUES\tSTATE\tNETWORK\tIPS\tGATEWAY\tDEVICE")
+	fmt.Fprintln(tw, "IFNAME\tTAP\tMAC\tMTU\tQUEUES\tDATAPATH\tSTATE\tNETWORK\tIPS\tGATEWAY\tDEVICE")
 	for _, n := range r.NetworkConfigs {
+		dp := "-" // a bridge port: no veth to join
+		if r.ResolvedNetBackend() == netsetup.BackendCNI {
+			dp = n.DataPath
+			if dp == "" {
+				dp = "u32" // recorded before the data path was
+			}
+		}
 		state := string(n.State)
 		if !n.HostReady {
 			state += " (host not ready)"
@@ -266,7 +273,7 @@ func printRecord(c *cli, r *netsetup.NetSetup) {
 		if n.BDF != "" {
 			dev += "@" + n.BDF
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", n.IfName, n.Tap, dash(n.MAC), n.MTU, n.NumQueues, state,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", n.IfName, n.Tap, dash(n.MAC), n.MTU, n.NumQueues, dp, state,
 			dash(n.Network), dash(strings.Join(n.IPs, ",")), dash(n.Gateway), dash(dev))
 	}
 	tw.Flush()

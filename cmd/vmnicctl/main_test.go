@@ -97,7 +97,7 @@ func writeRecordQS(t *testing.T, state, id string, net1Queues, net1QSize int) {
 	rec.NetnsPath = "/var/run/netns/" + id
 	rec.PutNIC(netsetup.NIC{ID: "net1", IfName: "net1", Tap: "tapnet1", MAC: "02:00:00:00:00:02", MTU: 1400, NumQueues: net1Queues, QueueSize: net1QSize,
 		IPs: []string{"10.211.0.5/24"}, Gateway: "10.211.0.1", State: netsetup.NICPending, HostReady: true, Network: "b",
-		TapHandoff: netsetup.HandoffName}) // no real TAP behind these records: the VMM gets the name
+		TapHandoff: netsetup.HandoffName, DataPath: "bpf"}) // no real TAP behind these records: the VMM gets the name
 	rec.PutNIC(netsetup.NIC{ID: "eth0", IfName: "eth0", Tap: "tapeth0", MAC: "02:00:00:00:00:01", MTU: 1500, NumQueues: 2, QueueSize: 256,
 		IPs: []string{"10.201.0.5/24"}, Gateway: "10.201.0.1", State: netsetup.NICPending, HostReady: true, Network: "a",
 		TapHandoff: netsetup.HandoffName})
@@ -117,6 +117,13 @@ func TestShowListJSON(t *testing.T) {
 	}
 	if strings.Index(out, "tapeth0") > strings.Index(out, "tapnet1") {
 		t.Errorf("eth0 not listed first:\n%s", out)
+	}
+	// The data path column: eth0's record has none (u32), net1's says bpf.
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) > 5 && (f[0] == "eth0" && f[5] != "u32" || f[0] == "net1" && f[5] != "bpf") {
+			t.Errorf("data path column of %s: %q\n%s", f[0], f[5], out)
+		}
 	}
 	var rec netsetup.NetSetup
 	if err := json.Unmarshal([]byte(c.ok("show", "vmnict-show", "--json")), &rec); err != nil || len(rec.NetworkConfigs) != 2 {

@@ -57,7 +57,7 @@ func Quiesce(veth netlink.Link) error {
 			return err
 		}
 	}
-	return delFilter(veth, FilterPriority)
+	return delVethRedirect(veth)
 }
 
 func addDrop(veth netlink.Link) error {
@@ -84,19 +84,31 @@ func addDrop(veth netlink.Link) error {
 }
 
 // Resume puts a quiesced NIC back: the redirect veth -> tap first (when it
-// is missing), then the drop filter goes. Idempotent.
-func Resume(veth, tap netlink.Link) error {
-	has, err := HasRedirect(veth, tap.Attrs().Index)
+// is missing), by the NIC's data path dp ("" = u32), then the drop filter
+// goes. Idempotent.
+func Resume(veth, tap netlink.Link, dp DataPath) error {
+	var has bool
+	var err error
+	if dp == DataPathBPF {
+		has, err = HasBPFRedirect(veth, tap.Attrs().Index, HelperRedirect)
+	} else {
+		has, err = HasRedirect(veth, tap.Attrs().Index)
+	}
 	if err != nil {
 		return err
 	}
 	if !has {
 		// A redirect to another device (a TAP re-made under the same
-		// name) is replaced.
-		if err := delFilter(veth, FilterPriority); err != nil {
+		// name) is replaced, by the NIC's data path.
+		if err := delVethRedirect(veth); err != nil {
 			return err
 		}
-		if err := AddRedirect(veth, tap); err != nil {
+		if dp == DataPathBPF {
+			err = AddBPFRedirect(veth, tap, HelperRedirect)
+		} else {
+			err = AddRedirect(veth, tap)
+		}
+		if err != nil {
 			return err
 		}
 	}

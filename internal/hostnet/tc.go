@@ -99,11 +99,18 @@ func AddRedirect(from, to netlink.Link) error {
 }
 
 // DelRedirect removes vmnic's filters from link's ingress hook: the
-// redirect (FilterPriority) and a quiesced NIC's drop (QuiescePriority), so
-// that every removal path also clears a quiesced NIC. Nothing to remove is
-// not an error.
+// redirect at FilterPriority, whatever its kind (u32 or cls_bpf: a record's
+// data path may lag behind what a crashed ADD attached), and a quiesced
+// NIC's drop (QuiescePriority), so that every removal path also clears a
+// quiesced NIC. Nothing to remove is not an error.
 func DelRedirect(link netlink.Link) error {
-	return errors.Join(delFilter(link, FilterPriority), delFilter(link, QuiescePriority))
+	return errors.Join(delVethRedirect(link), delFilter(link, QuiescePriority))
+}
+
+// delVethRedirect removes vmnic's redirect at FilterPriority, u32 or
+// cls_bpf.
+func delVethRedirect(link netlink.Link) error {
+	return errors.Join(delFilter(link, FilterPriority), DelBPFRedirect(link))
 }
 
 // delFilter removes the filters of priority prio (the redirect's u32 at
@@ -121,14 +128,15 @@ func delFilter(link netlink.Link, prio uint16) error {
 		f = &netlink.BpfFilter{FilterAttrs: attrs}
 	}
 	err := netlink.FilterDel(f)
-	if err == nil || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENODEV) {
-		return nil
+	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("remove redirect filter on %s: %w", link.Attrs().Name, err)
 	}
 	return fmt.Errorf("remove vmnic's tc filter (pref %d) on %s: %w", prio, link.Attrs().Name, err)
 }
 
 // HasRedirect reports whether link's ingress hook has vmnic's redirect to
-// the device with index toIndex.
+// the device with index toIndex, on either data path (u32 + mirred, or
+// cls_bpf with bpf_redirect or bpf_redirect_peer).
 func HasRedirect(link netlink.Link, toIndex int) (bool, error) {
 	fs, err := netlinksafe.FilterList(link, ingressParent)
 	if err != nil {
@@ -138,20 +146,49 @@ func HasRedirect(link netlink.Link, toIndex int) (bool, error) {
 		return false, fmt.Errorf("list filters on %s: %w", link.Attrs().Name, err)
 	}
 	for _, f := range fs {
-		u, ok := f.(*netlink.U32)
-		if !ok || u.Priority != FilterPriority {
-			continue
-		}
-		if u.RedirIndex == toIndex {
+		if isU32Redirect(f, toIndex) {
 			return true, nil
 		}
-		for _, a := range u.Actions {
-			if m, ok := a.(*netlink.MirredAction); ok && m.MirredAction == netlink.TCA_EGRESS_REDIR && m.Ifindex == toIndex {
-				return true, nil
+		for _, h := range []BPFHelper{HelperRedirect, HelperRedirectPeer} {
+			if ok, err := isBPFRedirect(f, toIndex, h); ok || err != nil {
+				return ok, err
 			}
 		}
 	}
 	return false, nil
+}
+
+// hasU32Redirect: link's ingress hook has vmnic's u32 + mirred redirect to toIndex.
+func hasU32Redirect(link netlink.Link, toIndex int) (bool, error) {
+	fs, err := netlinksafe.FilterList(link, ingressParent)
+	if err != nil {
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			return false, nil
+		}
+		return false, fmt.Errorf("list filters on %s: %w", link.Attrs().Name, err)
+	}
+	for _, f := range fs {
+		if isU32Redirect(f, toIndex) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func isU32Redirect(f netlink.Filter, toIndex int) bool {
+	u, ok := f.(*netlink.U32)
+	if !ok || u.Priority != FilterPriority {
+		return false
+	}
+	if u.RedirIndex == toIndex {
+		return true
+	}
+	for _, a := range u.Actions {
+		if m, ok := a.(*netlink.MirredAction); ok && m.MirredAction == netlink.TCA_EGRESS_REDIR && m.Ifindex == toIndex {
+			return true
+		}
+	}
+	return false
 }
 
 // RemoveIngressIfEmpty deletes link's ingress qdisc when it is a plain

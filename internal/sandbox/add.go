@@ -38,6 +38,9 @@ type NICSpec struct {
 	TapOwner   int    // uid; < 0 = not set
 	TapGroup   int    // gid; < 0 = not set
 	MAC        string // the interface's MAC in prevResult (checked; the live veth MAC is used)
+	// DataPath chooses how the cni backend joins veth and TAP ("" = the
+	// $VMNIC_DATAPATH default, else auto); see hostnet.JoinOptions.
+	DataPath hostnet.DataPathMode
 
 	IPs     []string
 	Gateway string

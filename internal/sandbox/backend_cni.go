@@ -68,16 +68,18 @@ func (b *cniBackend) setupInNetns(veth netlink.Link, nic *netsetup.NIC) (undo, e
 	if _, err := hostnet.EnsureIngress(tap); err != nil {
 		return u, coded(CodeInternal, err, "tc on %s", nic.Tap)
 	}
-	if err := hostnet.AddRedirect(veth, tap); err != nil {
-		return u, coded(CodeInternal, err, "tc redirect")
+	// The redirects both ways, by the data path the conf and the kernel
+	// allow (cls_bpf direct action where it loads, else u32 + mirred):
+	// Join removes its own filters when it fails.
+	j, err := hostnet.Join(veth, tap, hostnet.JoinOptions{Mode: s.DataPath, Log: b.m.log(), Step: b.m.step})
+	if err != nil {
+		if errors.Is(err, hostnet.ErrBPFUnavailable) {
+			return u, coded(CodeNotAvailable, err, "join %s and %s", s.IfName, nic.Tap)
+		}
+		return u, asCoded(err, "join %s and %s", s.IfName, nic.Tap)
 	}
 	u.ns = append(u.ns, func() error { return hostnet.DelRedirect(veth) })
-	if err := b.m.step("veth-filter-added"); err != nil {
-		return u, err
-	}
-	if err := hostnet.AddRedirect(tap, veth); err != nil {
-		return u, coded(CodeInternal, err, "tc redirect")
-	}
+	nic.DataPath = string(j.DataPath)
 	return u, nil
 }
 

@@ -74,6 +74,17 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
+// defaultDataPath is the data path an ADD without a configured one gets:
+// $VMNIC_DATAPATH's, else bpf where this kernel runs it.
+func defaultDataPath(t *testing.T) hostnet.DataPath {
+	t.Helper()
+	dp, err := hostnet.ChooseDataPath(hostnet.JoinOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dp
+}
+
 func (e *env) spec(id string) NICSpec {
 	return NICSpec{
 		SandboxID: id, ContainerID: id, Network: "vmnict-net", IfName: "eth0", NetnsPath: e.netns,
@@ -139,8 +150,9 @@ func TestAddDelNICCNIBackend(t *testing.T) {
 	}
 	nic, ok := rec.NIC("eth0")
 	if !ok || !nic.HostReady || nic.State != netsetup.NICPending || nic.MAC != e.vethMAC || nic.MTU != 1400 ||
-		nic.NumQueues != 2 || nic.QueueSize != DefaultQueueSize || !nic.VethQdiscOwned || nic.Gateway != "10.201.0.1" {
-		t.Errorf("recorded NIC = %+v", nic)
+		nic.NumQueues != 2 || nic.QueueSize != DefaultQueueSize || !nic.VethQdiscOwned || nic.Gateway != "10.201.0.1" ||
+		nic.DataPath != string(defaultDataPath(t)) {
+		t.Errorf("recorded NIC = %+v (want data path %s)", nic, defaultDataPath(t))
 	}
 	if rec.Phase != netsetup.PhaseConfigured || rec.CreatedBy != netsetup.CreatedByCNI || rec.NetnsOwned {
 		t.Errorf("record phase %s created_by %q owned %v", rec.Phase, rec.CreatedBy, rec.NetnsOwned)
@@ -224,7 +236,8 @@ func TestPreexistingIngressQdisc(t *testing.T) {
 				t.Error("vmnic claims the pre-existing qdisc")
 			}
 			mid := netfixture.Take(t, e.scope())
-			for _, want := range []string{"qdisc " + kind + " dev eth0", "filter dev eth0 parent ffff:fff2 u32 prio 7", fmt.Sprintf("filter dev eth0 parent ffff:fff2 u32 prio %d", hostnet.FilterPriority)} {
+			for _, want := range []string{"qdisc " + kind + " dev eth0", "filter dev eth0 parent ffff:fff2 u32 prio 7",
+				fmt.Sprintf("filter dev eth0 parent ffff:fff2 %s prio %d", hostnet.FilterKind(hostnet.DataPath(added.NIC.DataPath)), hostnet.FilterPriority)} {
 				if !mid.Contains(want) {
 					t.Errorf("after ADD, no %q:\n%s", want, strings.Join(mid, "\n"))
 				}

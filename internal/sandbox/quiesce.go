@@ -182,7 +182,7 @@ func (m *Manager) applyDataPath(rec *netsetup.NetSetup, nics []netsetup.NIC, res
 				errs = append(errs, fmt.Errorf("NIC %s: look up TAP %s: %w", n.IfName, n.Tap, err))
 				continue
 			}
-			if err := hostnet.Resume(veth, tap); err != nil {
+			if err := hostnet.Resume(veth, tap, hostnet.DataPath(n.DataPath)); err != nil {
 				errs = append(errs, fmt.Errorf("NIC %s: %w", n.IfName, err))
 			}
 		}

@@ -44,9 +44,10 @@ type nicCase struct {
 	name         string
 	chain        string // bridge | ptp
 	cniVersion   string
-	octet        int  // subnet 10.206.<octet>.0/24
-	queues       int  // vmnic "queues" (0 = default single queue)
-	bySandboxArg bool // name the sandbox with CNI_ARGS VMNIC_SANDBOX_ID (else cnitool's container id)
+	octet        int    // subnet 10.206.<octet>.0/24
+	queues       int    // vmnic "queues" (0 = default single queue)
+	bySandboxArg bool   // name the sandbox with CNI_ARGS VMNIC_SANDBOX_ID (else cnitool's container id)
+	dataPath     string // vmnic "dataPath" ("" = unset: $VMNIC_DATAPATH, else auto)
 }
 
 func TestNICDataPathThroughPlugin(t *testing.T) {
@@ -56,6 +57,8 @@ func TestNICDataPathThroughPlugin(t *testing.T) {
 		{name: "ptp chain, CNI 1.0.0", chain: "ptp", cniVersion: "1.0.0", octet: 1},
 		{name: "bridge chain, multiqueue TAP, CNI 1.1.0", chain: "bridge", cniVersion: "1.1.0", octet: 2, queues: 2, bySandboxArg: true},
 		{name: "ptp chain, CNI 0.4.0", chain: "ptp", cniVersion: "0.4.0", octet: 3, bySandboxArg: true},
+		{name: "ptp chain, dataPath bpf", chain: "ptp", cniVersion: "1.1.0", octet: 6, dataPath: "bpf"},
+		{name: "bridge chain, dataPath u32", chain: "bridge", cniVersion: "1.1.0", octet: 7, dataPath: "u32"},
 	} {
 		t.Run(tc.name, func(t *testing.T) { runNICCase(t, tc) })
 	}
@@ -78,6 +81,9 @@ func runNICCase(t *testing.T, tc nicCase) {
 		plugins = ptpChain(subnet, ipamDir, stateDir, tc.queues)
 	default:
 		t.Fatalf("unknown chain %s", tc.chain)
+	}
+	if tc.dataPath != "" {
+		plugins[len(plugins)-1]["dataPath"] = tc.dataPath
 	}
 	nsPath := newNetns(t, "vmnd-dp-"+id)
 	nw := writeNetwork(t, "vmnd-"+tc.chain+"-"+id, tc.cniVersion, stateDir, plugins)
@@ -107,6 +113,9 @@ func runNICCase(t *testing.T, tc nicCase) {
 	nic := rec.NetworkConfigs[0]
 	if nic.IfName != "eth0" || nic.Tap == "" || nic.Network != nw.Name {
 		t.Fatalf("recorded NIC %+v: want ifname eth0, a TAP, network %s", nic, nw.Name)
+	}
+	if tc.dataPath != "" && nic.DataPath != tc.dataPath {
+		t.Errorf("recorded data path %q, want the conf's %q", nic.DataPath, tc.dataPath)
 	}
 	if nic.State != netsetup.NICPending {
 		t.Errorf("recorded NIC state %q without a VMM, want %q", nic.State, netsetup.NICPending)

@@ -342,6 +342,9 @@ func describeFilter(f netlink.Filter, names map[int]string, exact bool) string {
 	if exact {
 		s += " handle " + netlink.HandleStr(fa.Handle)
 	}
+	if b, ok := f.(*netlink.BpfFilter); ok {
+		s += fmt.Sprintf(" name %s direct-action %v", b.Name, b.DirectAction)
+	}
 	if u, ok := f.(*netlink.U32); ok {
 		for _, a := range u.Actions {
 			if m, ok := a.(*netlink.MirredAction); ok {

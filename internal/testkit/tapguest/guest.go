@@ -37,6 +37,9 @@ type Config struct {
 	// while waiting for an answer (default 200 ms).
 	RetryInterval time.Duration
 	Logger        *slog.Logger // nil: no logging
+	// Opener, when set, opens the queue instead of OpenTap (e.g.
+	// OpenMacvtap); NetnsPath, VnetHdrLen and MultiQueue are then unused.
+	Opener func() (*Tap, error)
 }
 
 // Stats counts the guest's traffic.
@@ -108,7 +111,13 @@ func Open(cfg Config) (*Guest, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	tap, err := OpenTap(TapOptions{NetnsPath: cfg.NetnsPath, Name: cfg.Tap, VnetHdrLen: cfg.VnetHdrLen, MultiQueue: cfg.MultiQueue})
+	open := cfg.Opener
+	if open == nil {
+		open = func() (*Tap, error) {
+			return OpenTap(TapOptions{NetnsPath: cfg.NetnsPath, Name: cfg.Tap, VnetHdrLen: cfg.VnetHdrLen, MultiQueue: cfg.MultiQueue})
+		}
+	}
+	tap, err := open()
 	if err != nil {
 		return nil, fmt.Errorf("guest %s: %w", cfg.IP, err)
 	}

@@ -98,6 +98,33 @@ func OpenTap(o TapOptions) (*Tap, error) {
 	return &Tap{f: os.NewFile(uintptr(fd), "tap:"+o.Name), name: o.Name, hdrLen: hdr, multiQueue: mq}, nil
 }
 
+// OpenMacvtap opens a queue of a macvtap device through its character
+// device (/dev/tapN, or wherever devPath is), as a VMM given a macvtap does:
+// IFF_TAP|IFF_NO_PI|IFF_VNET_HDR (TUNSETIFF on the queue), a 10-byte
+// virtio-net header. Every open adds a queue; name is for messages.
+func OpenMacvtap(devPath, name string) (*Tap, error) {
+	fd, err := unix.Open(devPath, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open macvtap %s: %w", devPath, err)
+	}
+	var req ifreqFlags
+	req.Flags = unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR
+	if err := ioctlPtr(fd, unix.TUNSETIFF, unsafe.Pointer(&req)); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("open macvtap %s: TUNSETIFF: %w", devPath, err)
+	}
+	sz := int32(VnetHdrLen)
+	if err := ioctlPtr(fd, unix.TUNSETVNETHDRSZ, unsafe.Pointer(&sz)); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("open macvtap %s: TUNSETVNETHDRSZ: %w", devPath, err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("open macvtap %s: set non-blocking: %w", devPath, err)
+	}
+	return &Tap{f: os.NewFile(uintptr(fd), "macvtap:"+name), name: name, hdrLen: VnetHdrLen, multiQueue: true}, nil
+}
+
 // waitRunning polls until the interface is up and running (IFF_RUNNING:
 // carrier and operstate up) or the timeout passes.
 func waitRunning(name string, timeout time.Duration) bool {
@@ -197,6 +224,50 @@ func (t *Tap) WriteFrame(frame []byte) error {
 	}
 	if n != len(b) {
 		return fmt.Errorf("write to tap %s: short write %d of %d", t.name, n, len(b))
+	}
+	return nil
+}
+
+// WriteRaw writes b as is: a virtio-net header the caller built (when the
+// queue has one, VnetHdrLen bytes) followed by the Ethernet frame. A
+// userspace stack that offloads segmentation and checksums (GSO) writes
+// this way.
+func (t *Tap) WriteRaw(b []byte) error {
+	n, err := t.f.Write(b)
+	if err != nil {
+		return fmt.Errorf("write to tap %s: %w", t.name, err)
+	}
+	if n != len(b) {
+		return fmt.Errorf("write to tap %s: short write %d of %d", t.name, n, len(b))
+	}
+	return nil
+}
+
+// TUNSETOFFLOAD flags (include/uapi/linux/if_tun.h): what the reader of
+// the TAP accepts, as a virtio-net driver negotiates guest_csum and
+// guest_tso4/6. They are the TAP device's offload features, so frames
+// reach its queues unsegmented and with partial checksums.
+const (
+	OffloadCsum = 0x01 // TUN_F_CSUM
+	OffloadTSO4 = 0x02 // TUN_F_TSO4
+	OffloadTSO6 = 0x04 // TUN_F_TSO6
+)
+
+// SetOffload sets the TAP's offloads (TUNSETOFFLOAD); 0 turns them off.
+// It needs a queue opened with a virtio-net header.
+func (t *Tap) SetOffload(flags uint) error {
+	raw, err := t.f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ierr error
+	if err := raw.Control(func(fd uintptr) {
+		ierr = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, int(flags))
+	}); err != nil {
+		return err
+	}
+	if ierr != nil {
+		return fmt.Errorf("TUNSETOFFLOAD %#x on tap %s: %w", flags, t.name, ierr)
 	}
 	return nil
 }
