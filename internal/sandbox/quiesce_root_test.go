@@ -72,7 +72,10 @@ func newQuiesceEnv(t *testing.T) *quiesceEnv {
 			IP: q.guestIP.AsSlice(), HardwareAddr: hw, Family: unix.AF_INET})
 	})
 	spec := NICSpec{SandboxID: q.id, ContainerID: q.id, Network: "vmnicq-net", IfName: q.ifname, NetnsPath: q.netns,
-		TapOwner: -1, TapGroup: -1, IPs: []string{"10.202.0.5/24"}, Gateway: "10.202.0.1"}
+		TapOwner: -1, TapGroup: -1, IPs: []string{"10.202.0.5/24"}, Gateway: "10.202.0.1",
+		// u32 + mirred: the data path whose redirect into a dead TAP floods
+		// the kernel log (a cls_bpf redirect drops silently).
+		DataPath: hostnet.ModeU32}
 	if _, err := q.m.AddNIC(ctx(t), spec); err != nil {
 		t.Fatalf("AddNIC: %v", err)
 	}

@@ -41,6 +41,9 @@ type fdConn struct {
 func (c *fdConn) Read(b []byte) (int, error) {
 	oob := make([]byte, syscall.CmsgSpace(maxRecvFds*4))
 	n, oobn, _, _, err := c.ReadMsgUnix(b, oob)
+	if n < 0 {
+		n = 0 // a failed recvmsg; io.Reader never returns a negative count
+	}
 	if oobn > 0 {
 		c.keep(oob[:oobn])
 	}
