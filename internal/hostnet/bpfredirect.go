@@ -8,7 +8,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -254,12 +253,9 @@ func DelBPFRedirect(link netlink.Link) error {
 // direct-action filter running the program that redirects to toIndex with
 // helper h (recognised by its kernel tag).
 func HasBPFRedirect(link netlink.Link, toIndex int, h BPFHelper) (bool, error) {
-	fs, err := netlinksafe.FilterList(link, ingressParent)
+	fs, err := ingressFilters(link)
 	if err != nil {
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-			return false, nil
-		}
-		return false, fmt.Errorf("list filters on %s: %w", link.Attrs().Name, err)
+		return false, err
 	}
 	for _, f := range fs {
 		if ok, err := isBPFRedirect(f, toIndex, h); ok || err != nil {
@@ -296,12 +292,9 @@ func hostByteOrder() binary.ByteOrder {
 // redirectFilterKind is the kind ("u32", "bpf") of vmnic's filter on link's
 // ingress hook, "" when there is none.
 func redirectFilterKind(link netlink.Link) (string, error) {
-	fs, err := netlinksafe.FilterList(link, ingressParent)
+	fs, err := ingressFilters(link)
 	if err != nil {
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-			return "", nil
-		}
-		return "", fmt.Errorf("list filters on %s: %w", link.Attrs().Name, err)
+		return "", err
 	}
 	for _, f := range fs {
 		if f.Attrs().Priority == FilterPriority {

@@ -1,12 +1,10 @@
 package hostnet
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -118,12 +116,9 @@ func Resume(veth, tap netlink.Link, dp DataPath) error {
 // HasDrop reports whether link's ingress hook has vmnic's drop filter (a
 // quiesced NIC).
 func HasDrop(link netlink.Link) (bool, error) {
-	fs, err := netlinksafe.FilterList(link, ingressParent)
+	fs, err := ingressFilters(link)
 	if err != nil {
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-			return false, nil
-		}
-		return false, fmt.Errorf("list filters on %s: %w", link.Attrs().Name, err)
+		return false, err
 	}
 	for _, f := range fs {
 		if b, ok := f.(*netlink.BpfFilter); ok && b.Priority == QuiescePriority && b.DirectAction && b.Name == DropFilterName {

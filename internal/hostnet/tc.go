@@ -139,12 +139,9 @@ func delFilter(link netlink.Link, prio uint16) error {
 // the device with index toIndex, on either data path (u32 + mirred, or
 // cls_bpf with bpf_redirect or bpf_redirect_peer).
 func HasRedirect(link netlink.Link, toIndex int) (bool, error) {
-	fs, err := netlinksafe.FilterList(link, ingressParent)
+	fs, err := ingressFilters(link)
 	if err != nil {
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-			return false, nil // no ingress hook at all
-		}
-		return false, fmt.Errorf("list filters on %s: %w", link.Attrs().Name, err)
+		return false, err
 	}
 	for _, f := range fs {
 		if isU32Redirect(f, toIndex) {
@@ -159,14 +156,24 @@ func HasRedirect(link netlink.Link, toIndex int) (bool, error) {
 	return false, nil
 }
 
-// hasU32Redirect: link's ingress hook has vmnic's u32 + mirred redirect to toIndex.
-func hasU32Redirect(link netlink.Link, toIndex int) (bool, error) {
+// ingressFilters lists the filters on link's ingress hook; a link with no
+// ingress hook at all (EINVAL, ENOENT) has none.
+func ingressFilters(link netlink.Link) ([]netlink.Filter, error) {
 	fs, err := netlinksafe.FilterList(link, ingressParent)
 	if err != nil {
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-			return false, nil
+			return nil, nil
 		}
-		return false, fmt.Errorf("list filters on %s: %w", link.Attrs().Name, err)
+		return nil, fmt.Errorf("list filters on %s: %w", link.Attrs().Name, err)
+	}
+	return fs, nil
+}
+
+// hasU32Redirect: link's ingress hook has vmnic's u32 + mirred redirect to toIndex.
+func hasU32Redirect(link netlink.Link, toIndex int) (bool, error) {
+	fs, err := ingressFilters(link)
+	if err != nil {
+		return false, err
 	}
 	for _, f := range fs {
 		if isU32Redirect(f, toIndex) {
