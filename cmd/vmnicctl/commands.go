@@ -425,12 +425,22 @@ func cmdGuestAcked(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) e
 	return showRecord(c, rec)
 }
 
-func cmdVMMArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
+// kindAndRecord is --kind and the record of sandbox id, for the commands
+// that print a VMM's arguments.
+func (c *cli) kindAndRecord(id string) (vmmadapter.Kind, *netsetup.NetSetup, error) {
 	kind, err := connect.ParseKind(o.kind)
 	if err != nil {
-		return fmt.Errorf("--kind: %w", err)
+		return "", nil, fmt.Errorf("--kind: %w", err)
 	}
-	rec, err := c.loadRecord(pos[0])
+	rec, err := c.loadRecord(id)
+	if err != nil {
+		return "", nil, err
+	}
+	return kind, rec, nil
+}
+
+func cmdVMMArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
+	kind, rec, err := c.kindAndRecord(pos[0])
 	if err != nil {
 		return err
 	}

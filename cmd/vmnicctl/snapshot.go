@@ -111,11 +111,7 @@ func cmdRestore(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) erro
 }
 
 func cmdRestoreArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
-	kind, err := connect.ParseKind(o.kind)
-	if err != nil {
-		return fmt.Errorf("--kind: %w", err)
-	}
-	rec, err := c.loadRecord(pos[0])
+	kind, rec, err := c.kindAndRecord(pos[0])
 	if err != nil {
 		return err
 	}
