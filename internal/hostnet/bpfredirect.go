@@ -253,16 +253,7 @@ func DelBPFRedirect(link netlink.Link) error {
 // direct-action filter running the program that redirects to toIndex with
 // helper h (recognised by its kernel tag).
 func HasBPFRedirect(link netlink.Link, toIndex int, h BPFHelper) (bool, error) {
-	fs, err := ingressFilters(link)
-	if err != nil {
-		return false, err
-	}
-	for _, f := range fs {
-		if ok, err := isBPFRedirect(f, toIndex, h); ok || err != nil {
-			return ok, err
-		}
-	}
-	return false, nil
+	return hasFilter(link, func(f netlink.Filter) (bool, error) { return isBPFRedirect(f, toIndex, h) })
 }
 
 // isBPFRedirect: f is vmnic's cls_bpf filter redirecting to toIndex with h.

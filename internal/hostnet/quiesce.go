@@ -116,14 +116,8 @@ func Resume(veth, tap netlink.Link, dp DataPath) error {
 // HasDrop reports whether link's ingress hook has vmnic's drop filter (a
 // quiesced NIC).
 func HasDrop(link netlink.Link) (bool, error) {
-	fs, err := ingressFilters(link)
-	if err != nil {
-		return false, err
-	}
-	for _, f := range fs {
-		if b, ok := f.(*netlink.BpfFilter); ok && b.Priority == QuiescePriority && b.DirectAction && b.Name == DropFilterName {
-			return true, nil
-		}
-	}
-	return false, nil
+	return hasFilter(link, func(f netlink.Filter) (bool, error) {
+		b, ok := f.(*netlink.BpfFilter)
+		return ok && b.Priority == QuiescePriority && b.DirectAction && b.Name == DropFilterName, nil
+	})
 }

@@ -139,11 +139,7 @@ func delFilter(link netlink.Link, prio uint16) error {
 // the device with index toIndex, on either data path (u32 + mirred, or
 // cls_bpf with bpf_redirect or bpf_redirect_peer).
 func HasRedirect(link netlink.Link, toIndex int) (bool, error) {
-	fs, err := ingressFilters(link)
-	if err != nil {
-		return false, err
-	}
-	for _, f := range fs {
+	return hasFilter(link, func(f netlink.Filter) (bool, error) {
 		if isU32Redirect(f, toIndex) {
 			return true, nil
 		}
@@ -151,6 +147,21 @@ func HasRedirect(link netlink.Link, toIndex int) (bool, error) {
 			if ok, err := isBPFRedirect(f, toIndex, h); ok || err != nil {
 				return ok, err
 			}
+		}
+		return false, nil
+	})
+}
+
+// hasFilter reports whether a filter on link's ingress hook matches; the
+// first match or match error ends the search.
+func hasFilter(link netlink.Link, match func(netlink.Filter) (bool, error)) (bool, error) {
+	fs, err := ingressFilters(link)
+	if err != nil {
+		return false, err
+	}
+	for _, f := range fs {
+		if ok, err := match(f); ok || err != nil {
+			return ok, err
 		}
 	}
 	return false, nil
@@ -171,16 +182,7 @@ func ingressFilters(link netlink.Link) ([]netlink.Filter, error) {
 
 // hasU32Redirect: link's ingress hook has vmnic's u32 + mirred redirect to toIndex.
 func hasU32Redirect(link netlink.Link, toIndex int) (bool, error) {
-	fs, err := ingressFilters(link)
-	if err != nil {
-		return false, err
-	}
-	for _, f := range fs {
-		if isU32Redirect(f, toIndex) {
-			return true, nil
-		}
-	}
-	return false, nil
+	return hasFilter(link, func(f netlink.Filter) (bool, error) { return isU32Redirect(f, toIndex), nil })
 }
 
 func isU32Redirect(f netlink.Filter, toIndex int) bool {
