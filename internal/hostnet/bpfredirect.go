@@ -188,17 +188,12 @@ func AddBPFRedirect(from, to netlink.Link, h BPFHelper) error {
 		name = bpfNamePeer
 	}
 	f := &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: from.Attrs().Index,
-			Parent:    ingressParent,
-			Handle:    FilterHandle,
-			Priority:  FilterPriority,
-			Protocol:  unix.ETH_P_ALL,
-		},
+		FilterAttrs:  ingressAttrs(from, FilterPriority),
 		Fd:           prog.FD(),
 		Name:         name,
 		DirectAction: true,
 	}
+	f.Handle = FilterHandle
 	if err := netlink.FilterAdd(f); err != nil {
 		return &bpfAttachError{fmt.Errorf("add cls_bpf redirect filter %s -> %s (%s): %w", from.Attrs().Name, to.Attrs().Name, h, err)}
 	}
@@ -236,12 +231,7 @@ func IsBPFUnsupported(err error) bool {
 // DelBPFRedirect removes vmnic's cls_bpf filter (its priority) from link's
 // ingress hook. Nothing to remove is not an error.
 func DelBPFRedirect(link netlink.Link) error {
-	f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{
-		LinkIndex: link.Attrs().Index,
-		Parent:    ingressParent,
-		Priority:  FilterPriority,
-		Protocol:  unix.ETH_P_ALL,
-	}}
+	f := &netlink.BpfFilter{FilterAttrs: ingressAttrs(link, FilterPriority)}
 	err := netlink.FilterDel(f)
 	if err == nil || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENODEV) {
 		return nil

@@ -6,7 +6,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // QuiescePriority is the priority of the drop filter that stands in for the
@@ -65,12 +64,7 @@ func addDrop(veth netlink.Link) error {
 	}
 	defer prog.Close() // the filter holds its own reference
 	f := &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: veth.Attrs().Index,
-			Parent:    ingressParent,
-			Priority:  QuiescePriority,
-			Protocol:  unix.ETH_P_ALL,
-		},
+		FilterAttrs:  ingressAttrs(veth, QuiescePriority),
 		Fd:           prog.FD(),
 		Name:         DropFilterName,
 		DirectAction: true,

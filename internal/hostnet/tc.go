@@ -80,12 +80,7 @@ func IngressKind(link netlink.Link) (string, error) { return ingressKind(link) }
 // action mirred egress redirect to to, TC_ACT_STOLEN.
 func AddRedirect(from, to netlink.Link) error {
 	f := &netlink.U32{
-		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: from.Attrs().Index,
-			Parent:    ingressParent,
-			Priority:  FilterPriority,
-			Protocol:  unix.ETH_P_ALL,
-		},
+		FilterAttrs: ingressAttrs(from, FilterPriority),
 		Actions: []netlink.Action{&netlink.MirredAction{
 			ActionAttrs:  netlink.ActionAttrs{Action: netlink.TC_ACT_STOLEN},
 			MirredAction: netlink.TCA_EGRESS_REDIR,
@@ -117,12 +112,7 @@ func delVethRedirect(link netlink.Link) error {
 // FilterPriority, the drop's bpf at QuiescePriority) from link's ingress
 // hook.
 func delFilter(link netlink.Link, prio uint16) error {
-	attrs := netlink.FilterAttrs{
-		LinkIndex: link.Attrs().Index,
-		Parent:    ingressParent,
-		Priority:  prio,
-		Protocol:  unix.ETH_P_ALL,
-	}
+	attrs := ingressAttrs(link, prio)
 	var f netlink.Filter = &netlink.U32{FilterAttrs: attrs}
 	if prio == QuiescePriority {
 		f = &netlink.BpfFilter{FilterAttrs: attrs}
@@ -150,6 +140,17 @@ func HasRedirect(link netlink.Link, toIndex int) (bool, error) {
 		}
 		return false, nil
 	})
+}
+
+// ingressAttrs are the attributes of vmnic's filter at priority prio on
+// link's ingress hook (every protocol).
+func ingressAttrs(link netlink.Link, prio uint16) netlink.FilterAttrs {
+	return netlink.FilterAttrs{
+		LinkIndex: link.Attrs().Index,
+		Parent:    ingressParent,
+		Priority:  prio,
+		Protocol:  unix.ETH_P_ALL,
+	}
 }
 
 // hasFilter reports whether a filter on link's ingress hook matches; the
