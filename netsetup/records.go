@@ -240,18 +240,29 @@ func (s *Store) Create(ctx context.Context, rec *NetSetup) error {
 	return tx.Save(rec)
 }
 
+// LockLoad takes the sandbox's lock and loads its record. On an error the
+// lock is not held; otherwise the caller unlocks tx.
+func (s *Store) LockLoad(ctx context.Context, id string) (*Tx, *NetSetup, error) {
+	tx, err := s.Lock(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	rec, err := tx.Load()
+	if err != nil {
+		tx.Unlock()
+		return nil, nil, err
+	}
+	return tx, rec, nil
+}
+
 // Update locks the sandbox, loads its record, applies fn and saves the
 // result. A missing record is ErrNotFound; an error from fn saves nothing.
 func (s *Store) Update(ctx context.Context, id string, fn func(*NetSetup) error) (*NetSetup, error) {
-	tx, err := s.Lock(ctx, id)
+	tx, rec, err := s.LockLoad(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer tx.Unlock()
-	rec, err := tx.Load()
-	if err != nil {
-		return nil, err
-	}
 	if err := fn(rec); err != nil {
 		return nil, err
 	}

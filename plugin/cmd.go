@@ -133,8 +133,11 @@ func cniError(err error) error {
 	return types.NewError(types.ErrInternal, err.Error(), "")
 }
 
-func cmdAdd(args *skel.CmdArgs) (err error) {
-	st := steptime.FromEnv("ADD")
+// timed is the prologue of ADD and DEL: it times the command (steptime,
+// step "setup" for the plugin's setup), builds its env and closes it when
+// body returns.
+func timed(args *skel.CmdArgs, cmd string, body func(*skel.CmdArgs, *env, *steptime.Recorder) error) (err error) {
+	st := steptime.FromEnv(cmd)
 	defer func() { st.Finish(err) }()
 	e, err := setup(args, st)
 	if err != nil {
@@ -142,6 +145,15 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	}
 	defer e.closer()
 	st.Step("setup")
+	return body(args, e, st)
+}
+
+func cmdAdd(args *skel.CmdArgs) error {
+	return timed(args, "ADD", add)
+}
+
+// add is ADD after the prologue.
+func add(args *skel.CmdArgs, e *env, st *steptime.Recorder) error {
 	prev, err := e.prevResult("vmnic must be chained after a plugin that makes the interface (bridge, ptp, …)")
 	if err != nil {
 		return err
@@ -193,15 +205,12 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	return err
 }
 
-func cmdDel(args *skel.CmdArgs) (err error) {
-	st := steptime.FromEnv("DEL")
-	defer func() { st.Finish(err) }()
-	e, err := setup(args, st)
-	if err != nil {
-		return err
-	}
-	defer e.closer()
-	st.Step("setup")
+func cmdDel(args *skel.CmdArgs) error {
+	return timed(args, "DEL", del)
+}
+
+// del is DEL after the prologue.
+func del(args *skel.CmdArgs, e *env, st *steptime.Recorder) error {
 	// prevResult is optional at DEL and not needed: the record tells the
 	// TAP. Without CNI_NETNS it tells where the TAP was (the sandbox of its
 	// interface entry), for a DEL whose record is lost.

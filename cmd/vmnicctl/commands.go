@@ -108,11 +108,7 @@ func cmdPrepare(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) erro
 	if err != nil {
 		return err
 	}
-	if o.json {
-		return writeJSON(c, rec)
-	}
-	fmt.Fprintln(c.stdout, rec.ResolvedNetnsPath())
-	return nil
+	return showNetns(c, rec)
 }
 
 func cmdShow(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
@@ -130,11 +126,7 @@ func cmdShow(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
 		}
 		return err
 	}
-	if o.json {
-		return writeJSON(c, rec)
-	}
-	printRecord(c, rec)
-	return nil
+	return showRecord(c, rec)
 }
 
 // quarantinedOf is the latest quarantined file of sandbox id (nil: none).
@@ -209,6 +201,24 @@ func cmdList(_ context.Context, c *cli, _ *flag.FlagSet, _ []string) error {
 		return err
 	}
 	return lerr
+}
+
+// showRecord prints rec as JSON (--json) or as the human table.
+func showRecord(c *cli, rec *netsetup.NetSetup) error {
+	if o.json {
+		return writeJSON(c, rec)
+	}
+	printRecord(c, rec)
+	return nil
+}
+
+// showNetns prints rec as JSON (--json) or its netns path, a line.
+func showNetns(c *cli, rec *netsetup.NetSetup) error {
+	if o.json {
+		return writeJSON(c, rec)
+	}
+	fmt.Fprintln(c.stdout, rec.ResolvedNetnsPath())
+	return nil
 }
 
 func printRecord(c *cli, r *netsetup.NetSetup) {
@@ -412,23 +422,25 @@ func cmdGuestAcked(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) e
 	if err != nil {
 		return err
 	}
-	if o.json {
-		return writeJSON(c, rec)
+	return showRecord(c, rec)
+}
+
+// kindAndRecord is --kind and the record of sandbox id, for the commands
+// that print a VMM's arguments.
+func (c *cli) kindAndRecord(id string) (vmmadapter.Kind, *netsetup.NetSetup, error) {
+	kind, err := connect.ParseKind(o.kind)
+	if err != nil {
+		return "", nil, fmt.Errorf("--kind: %w", err)
 	}
-	printRecord(c, rec)
-	return nil
+	rec, err := c.loadRecord(id)
+	if err != nil {
+		return "", nil, err
+	}
+	return kind, rec, nil
 }
 
 func cmdVMMArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
-	kind, err := connect.ParseKind(o.kind)
-	if err != nil {
-		return fmt.Errorf("--kind: %w", err)
-	}
-	m, err := c.manager()
-	if err != nil {
-		return err
-	}
-	rec, err := m.Store.Get(pos[0])
+	kind, rec, err := c.kindAndRecord(pos[0])
 	if err != nil {
 		return err
 	}

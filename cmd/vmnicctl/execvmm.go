@@ -57,11 +57,7 @@ func cmdExecVMM(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error 
 	if !vmmadapter.TakesFds(kind) {
 		return fmt.Errorf("--kind %s: %w (launch it with vmm-args, by name)", kind, vmmadapter.ErrFdsUnsupported)
 	}
-	m, err := c.manager()
-	if err != nil {
-		return err
-	}
-	rec, err := m.Store.Get(pos[0])
+	rec, err := c.loadRecord(pos[0])
 	if err != nil {
 		return err
 	}

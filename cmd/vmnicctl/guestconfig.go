@@ -44,11 +44,7 @@ func cmdGuestConfig(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) er
 	if err != nil {
 		return err
 	}
-	m, err := c.manager()
-	if err != nil {
-		return err
-	}
-	rec, err := m.Store.Get(pos[0])
+	rec, err := c.loadRecord(pos[0])
 	if err != nil {
 		return err
 	}

@@ -35,11 +35,7 @@ func cmdQuiesce(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) erro
 	if err != nil {
 		return err
 	}
-	if o.json {
-		return writeJSON(c, rec)
-	}
-	printRecord(c, rec)
-	return nil
+	return showRecord(c, rec)
 }
 
 func cmdResume(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
@@ -51,9 +47,5 @@ func cmdResume(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) error
 	if err != nil {
 		return err
 	}
-	if o.json {
-		return writeJSON(c, rec)
-	}
-	printRecord(c, rec)
-	return nil
+	return showRecord(c, rec)
 }

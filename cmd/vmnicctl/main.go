@@ -63,6 +63,15 @@ type cli struct {
 	m      *sandbox.Manager
 }
 
+// loadRecord is the manager's record of sandbox id.
+func (c *cli) loadRecord(id string) (*netsetup.NetSetup, error) {
+	m, err := c.manager()
+	if err != nil {
+		return nil, err
+	}
+	return m.Store.Get(id)
+}
+
 func (c *cli) manager() (*sandbox.Manager, error) {
 	if c.m != nil {
 		return c.m, nil

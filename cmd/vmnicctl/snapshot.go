@@ -111,15 +111,7 @@ func cmdRestore(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) erro
 }
 
 func cmdRestoreArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
-	kind, err := connect.ParseKind(o.kind)
-	if err != nil {
-		return fmt.Errorf("--kind: %w", err)
-	}
-	m, err := c.manager()
-	if err != nil {
-		return err
-	}
-	rec, err := m.Store.Get(pos[0])
+	kind, rec, err := c.kindAndRecord(pos[0])
 	if err != nil {
 		return err
 	}

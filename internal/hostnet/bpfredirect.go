@@ -8,7 +8,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -189,17 +188,12 @@ func AddBPFRedirect(from, to netlink.Link, h BPFHelper) error {
 		name = bpfNamePeer
 	}
 	f := &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: from.Attrs().Index,
-			Parent:    ingressParent,
-			Handle:    FilterHandle,
-			Priority:  FilterPriority,
-			Protocol:  unix.ETH_P_ALL,
-		},
+		FilterAttrs:  ingressAttrs(from, FilterPriority),
 		Fd:           prog.FD(),
 		Name:         name,
 		DirectAction: true,
 	}
+	f.Handle = FilterHandle
 	if err := netlink.FilterAdd(f); err != nil {
 		return &bpfAttachError{fmt.Errorf("add cls_bpf redirect filter %s -> %s (%s): %w", from.Attrs().Name, to.Attrs().Name, h, err)}
 	}
@@ -237,12 +231,7 @@ func IsBPFUnsupported(err error) bool {
 // DelBPFRedirect removes vmnic's cls_bpf filter (its priority) from link's
 // ingress hook. Nothing to remove is not an error.
 func DelBPFRedirect(link netlink.Link) error {
-	f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{
-		LinkIndex: link.Attrs().Index,
-		Parent:    ingressParent,
-		Priority:  FilterPriority,
-		Protocol:  unix.ETH_P_ALL,
-	}}
+	f := &netlink.BpfFilter{FilterAttrs: ingressAttrs(link, FilterPriority)}
 	err := netlink.FilterDel(f)
 	if err == nil || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENODEV) {
 		return nil
@@ -254,19 +243,7 @@ func DelBPFRedirect(link netlink.Link) error {
 // direct-action filter running the program that redirects to toIndex with
 // helper h (recognised by its kernel tag).
 func HasBPFRedirect(link netlink.Link, toIndex int, h BPFHelper) (bool, error) {
-	fs, err := netlinksafe.FilterList(link, ingressParent)
-	if err != nil {
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-			return false, nil
-		}
-		return false, fmt.Errorf("list filters on %s: %w", link.Attrs().Name, err)
-	}
-	for _, f := range fs {
-		if ok, err := isBPFRedirect(f, toIndex, h); ok || err != nil {
-			return ok, err
-		}
-	}
-	return false, nil
+	return hasFilter(link, func(f netlink.Filter) (bool, error) { return isBPFRedirect(f, toIndex, h) })
 }
 
 // isBPFRedirect: f is vmnic's cls_bpf filter redirecting to toIndex with h.
@@ -296,12 +273,9 @@ func hostByteOrder() binary.ByteOrder {
 // redirectFilterKind is the kind ("u32", "bpf") of vmnic's filter on link's
 // ingress hook, "" when there is none.
 func redirectFilterKind(link netlink.Link) (string, error) {
-	fs, err := netlinksafe.FilterList(link, ingressParent)
+	fs, err := ingressFilters(link)
 	if err != nil {
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-			return "", nil
-		}
-		return "", fmt.Errorf("list filters on %s: %w", link.Attrs().Name, err)
+		return "", err
 	}
 	for _, f := range fs {
 		if f.Attrs().Priority == FilterPriority {

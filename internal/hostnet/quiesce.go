@@ -1,14 +1,11 @@
 package hostnet
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // QuiescePriority is the priority of the drop filter that stands in for the
@@ -67,12 +64,7 @@ func addDrop(veth netlink.Link) error {
 	}
 	defer prog.Close() // the filter holds its own reference
 	f := &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: veth.Attrs().Index,
-			Parent:    ingressParent,
-			Priority:  QuiescePriority,
-			Protocol:  unix.ETH_P_ALL,
-		},
+		FilterAttrs:  ingressAttrs(veth, QuiescePriority),
 		Fd:           prog.FD(),
 		Name:         DropFilterName,
 		DirectAction: true,
@@ -118,17 +110,8 @@ func Resume(veth, tap netlink.Link, dp DataPath) error {
 // HasDrop reports whether link's ingress hook has vmnic's drop filter (a
 // quiesced NIC).
 func HasDrop(link netlink.Link) (bool, error) {
-	fs, err := netlinksafe.FilterList(link, ingressParent)
-	if err != nil {
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-			return false, nil
-		}
-		return false, fmt.Errorf("list filters on %s: %w", link.Attrs().Name, err)
-	}
-	for _, f := range fs {
-		if b, ok := f.(*netlink.BpfFilter); ok && b.Priority == QuiescePriority && b.DirectAction && b.Name == DropFilterName {
-			return true, nil
-		}
-	}
-	return false, nil
+	return hasFilter(link, func(f netlink.Filter) (bool, error) {
+		b, ok := f.(*netlink.BpfFilter)
+		return ok && b.Priority == QuiescePriority && b.DirectAction && b.Name == DropFilterName, nil
+	})
 }

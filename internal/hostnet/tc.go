@@ -80,12 +80,7 @@ func IngressKind(link netlink.Link) (string, error) { return ingressKind(link) }
 // action mirred egress redirect to to, TC_ACT_STOLEN.
 func AddRedirect(from, to netlink.Link) error {
 	f := &netlink.U32{
-		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: from.Attrs().Index,
-			Parent:    ingressParent,
-			Priority:  FilterPriority,
-			Protocol:  unix.ETH_P_ALL,
-		},
+		FilterAttrs: ingressAttrs(from, FilterPriority),
 		Actions: []netlink.Action{&netlink.MirredAction{
 			ActionAttrs:  netlink.ActionAttrs{Action: netlink.TC_ACT_STOLEN},
 			MirredAction: netlink.TCA_EGRESS_REDIR,
@@ -117,12 +112,7 @@ func delVethRedirect(link netlink.Link) error {
 // FilterPriority, the drop's bpf at QuiescePriority) from link's ingress
 // hook.
 func delFilter(link netlink.Link, prio uint16) error {
-	attrs := netlink.FilterAttrs{
-		LinkIndex: link.Attrs().Index,
-		Parent:    ingressParent,
-		Priority:  prio,
-		Protocol:  unix.ETH_P_ALL,
-	}
+	attrs := ingressAttrs(link, prio)
 	var f netlink.Filter = &netlink.U32{FilterAttrs: attrs}
 	if prio == QuiescePriority {
 		f = &netlink.BpfFilter{FilterAttrs: attrs}
@@ -139,14 +129,7 @@ func delFilter(link netlink.Link, prio uint16) error {
 // the device with index toIndex, on either data path (u32 + mirred, or
 // cls_bpf with bpf_redirect or bpf_redirect_peer).
 func HasRedirect(link netlink.Link, toIndex int) (bool, error) {
-	fs, err := netlinksafe.FilterList(link, ingressParent)
-	if err != nil {
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-			return false, nil // no ingress hook at all
-		}
-		return false, fmt.Errorf("list filters on %s: %w", link.Attrs().Name, err)
-	}
-	for _, f := range fs {
+	return hasFilter(link, func(f netlink.Filter) (bool, error) {
 		if isU32Redirect(f, toIndex) {
 			return true, nil
 		}
@@ -155,25 +138,52 @@ func HasRedirect(link netlink.Link, toIndex int) (bool, error) {
 				return ok, err
 			}
 		}
+		return false, nil
+	})
+}
+
+// ingressAttrs are the attributes of vmnic's filter at priority prio on
+// link's ingress hook (every protocol).
+func ingressAttrs(link netlink.Link, prio uint16) netlink.FilterAttrs {
+	return netlink.FilterAttrs{
+		LinkIndex: link.Attrs().Index,
+		Parent:    ingressParent,
+		Priority:  prio,
+		Protocol:  unix.ETH_P_ALL,
+	}
+}
+
+// hasFilter reports whether a filter on link's ingress hook matches; the
+// first match or match error ends the search.
+func hasFilter(link netlink.Link, match func(netlink.Filter) (bool, error)) (bool, error) {
+	fs, err := ingressFilters(link)
+	if err != nil {
+		return false, err
+	}
+	for _, f := range fs {
+		if ok, err := match(f); ok || err != nil {
+			return ok, err
+		}
 	}
 	return false, nil
 }
 
-// hasU32Redirect: link's ingress hook has vmnic's u32 + mirred redirect to toIndex.
-func hasU32Redirect(link netlink.Link, toIndex int) (bool, error) {
+// ingressFilters lists the filters on link's ingress hook; a link with no
+// ingress hook at all (EINVAL, ENOENT) has none.
+func ingressFilters(link netlink.Link) ([]netlink.Filter, error) {
 	fs, err := netlinksafe.FilterList(link, ingressParent)
 	if err != nil {
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
-			return false, nil
+			return nil, nil
 		}
-		return false, fmt.Errorf("list filters on %s: %w", link.Attrs().Name, err)
+		return nil, fmt.Errorf("list filters on %s: %w", link.Attrs().Name, err)
 	}
-	for _, f := range fs {
-		if isU32Redirect(f, toIndex) {
-			return true, nil
-		}
-	}
-	return false, nil
+	return fs, nil
+}
+
+// hasU32Redirect: link's ingress hook has vmnic's u32 + mirred redirect to toIndex.
+func hasU32Redirect(link netlink.Link, toIndex int) (bool, error) {
+	return hasFilter(link, func(f netlink.Filter) (bool, error) { return isU32Redirect(f, toIndex), nil })
 }
 
 func isU32Redirect(f netlink.Filter, toIndex int) bool {

@@ -15,15 +15,11 @@ func (m *Manager) AckGuestRelease(ctx context.Context, id, ifname string) (*nets
 	if err := netsetup.ValidateSandboxID(id); err != nil {
 		return nil, coded(CodeInvalidEnv, err, "sandbox id")
 	}
-	tx, err := m.Store.Lock(ctx, id)
+	tx, rec, err := m.Store.LockLoad(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer tx.Unlock()
-	rec, err := tx.Load()
-	if err != nil {
-		return nil, err
-	}
 	p, ok := rec.NIC(ifname)
 	if !ok {
 		return nil, fmt.Errorf("sandbox %s has no NIC %s", id, ifname)

@@ -150,21 +150,17 @@ func freeTapName(ifname string) (string, error) {
 
 func sameAddrs(got, want []string) bool {
 	norm := func(l []string) []string {
-		var out []string
-		for _, s := range l {
-			if p, err := netip.ParsePrefix(s); err == nil {
-				out = append(out, p.Addr().String())
-			} else {
-				out = append(out, s)
-			}
-		}
+		out := addrs(l)
 		slices.Sort(out)
 		return out
 	}
 	return slices.Equal(norm(got), norm(want))
 }
 
-func addrOnly(l []string) string {
+func addrOnly(l []string) string { return strings.Join(addrs(l), ",") }
+
+// addrs is l with each CIDR prefix cut to its address (others as they are).
+func addrs(l []string) []string {
 	var out []string
 	for _, s := range l {
 		if p, err := netip.ParsePrefix(s); err == nil {
@@ -173,7 +169,7 @@ func addrOnly(l []string) string {
 			out = append(out, s)
 		}
 	}
-	return strings.Join(out, ",")
+	return out
 }
 
 // checkClones runs in the host netns for a restored NIC: when the veth's

@@ -125,17 +125,9 @@ func RecordedNetnsGone(rec *netsetup.NetSetup) bool {
 // record gives a nil record and no error, and is unlocked already; else
 // the caller unlocks tx.
 func (m *Manager) lockRecord(ctx context.Context, id string) (*netsetup.Tx, *netsetup.NetSetup, error) {
-	tx, err := m.Store.Lock(ctx, id)
-	if err != nil {
-		return nil, nil, err
+	tx, rec, err := m.Store.LockLoad(ctx, id)
+	if errors.Is(err, netsetup.ErrNotFound) {
+		return nil, nil, nil
 	}
-	rec, err := tx.Load()
-	if err != nil {
-		tx.Unlock()
-		if errors.Is(err, netsetup.ErrNotFound) {
-			return nil, nil, nil
-		}
-		return nil, nil, err
-	}
-	return tx, rec, nil
+	return tx, rec, err
 }

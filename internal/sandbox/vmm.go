@@ -194,15 +194,11 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 	if socket == "" {
 		return nil, errors.New("VMM API socket is empty")
 	}
-	tx, err := m.Store.Lock(ctx, id)
+	tx, rec, err := m.Store.LockLoad(ctx, id)
 	if err != nil {
 		return nil, err
 	}
 	defer tx.Unlock()
-	rec, err := tx.Load()
-	if err != nil {
-		return nil, err
-	}
 	if rec.Phase == netsetup.PhaseInvalid || rec.Phase == netsetup.PhaseTearingDown {
 		return nil, fmt.Errorf("sandbox %s is %s (%s): %w", id, rec.Phase, rec.Error, ErrInvalidRecord)
 	}

@@ -67,21 +67,7 @@ func CheckVMMSocket(path string, dirs []string) error {
 	if err != nil {
 		return fmt.Errorf("VMM API socket %s: %w: %w", path, vmmadapter.ErrUnavailable, err)
 	}
-	within := false
-	for _, d := range dirs {
-		if !filepath.IsAbs(d) {
-			continue
-		}
-		rd, err := filepath.EvalSymlinks(filepath.Clean(d))
-		if err != nil {
-			continue
-		}
-		if parent == rd || strings.HasPrefix(parent, rd+string(filepath.Separator)) || rd == "/" {
-			within = true
-			break
-		}
-	}
-	if !within {
+	if !vmmadapter.WithinSocketDirs(parent, dirs) {
 		return bad("its directory " + parent + " is not within an allowed one")
 	}
 	fi, err := os.Lstat(path)

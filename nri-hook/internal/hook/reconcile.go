@@ -272,20 +272,33 @@ func (p *Plugin) execute(ctx context.Context, st state, plan reconcilePlan, seq 
 	}
 }
 
+// lockUnrecorded takes sandbox id's lock when the sandbox has no record
+// (recorded: it has one, meanwhile; no lock is held then, nor on an error).
+// The caller unlocks tx, which drops the lock file.
+func lockUnrecorded(ctx context.Context, st state, id string) (tx *netsetup.Tx, recorded bool, err error) {
+	tx, err = st.mgr.Store.Lock(ctx, id)
+	if err != nil {
+		return nil, false, err
+	}
+	if _, err := tx.Load(); err == nil {
+		tx.Unlock()
+		return nil, true, nil
+	} else if !errors.Is(err, netsetup.ErrNotFound) {
+		tx.Unlock()
+		return nil, false, err
+	}
+	_ = tx.Delete() // no record: this only drops the lock file at Unlock
+	return tx, false, nil
+}
+
 // removeOrphanRuntimeDir removes the runtime dir of a sandbox that has no
 // record, under the sandbox's lock.
 func (p *Plugin) removeOrphanRuntimeDir(ctx context.Context, st state, id string) error {
-	tx, err := st.mgr.Store.Lock(ctx, id)
-	if err != nil {
+	tx, recorded, err := lockUnrecorded(ctx, st, id)
+	if err != nil || recorded {
 		return err
 	}
 	defer tx.Unlock()
-	if _, err := tx.Load(); err == nil {
-		return nil // recorded meanwhile
-	} else if !errors.Is(err, netsetup.ErrNotFound) {
-		return err
-	}
-	_ = tx.Delete() // no record: this only drops the lock file at Unlock
 	if err := removeRuntimeDir(st.cfg.SandboxRuntimeDir(id)); err != nil {
 		return err
 	}
@@ -298,17 +311,11 @@ func (p *Plugin) removeOrphanRuntimeDir(ctx context.Context, st state, id string
 func (p *Plugin) removeOrphan(ctx context.Context, st state, path string) error {
 	id := strings.TrimPrefix(filepath.Base(path), sandbox.OwnedNetnsPrefix)
 	if netsetup.ValidateSandboxID(id) == nil {
-		tx, err := st.mgr.Store.Lock(ctx, id)
-		if err != nil {
+		tx, recorded, err := lockUnrecorded(ctx, st, id)
+		if err != nil || recorded {
 			return err
 		}
 		defer tx.Unlock()
-		if _, err := tx.Load(); err == nil {
-			return nil // recorded meanwhile
-		} else if !errors.Is(err, netsetup.ErrNotFound) {
-			return err
-		}
-		_ = tx.Delete() // no record: this only drops the lock file at Unlock
 	}
 	if err := st.mgr.RemoveNetns(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err

@@ -77,6 +77,21 @@ func (r *Response) OK() bool { return r.Status >= 200 && r.Status < 300 }
 // status is the caller's business.
 func (c *Client) Call(ctx context.Context, method, path string, body any) (*Response, error) {
 	call := method + " " + path
+	ctx, cancel := context.WithTimeoutCause(ctx, c.Timeout, errCallTimeout)
+	defer cancel()
+	req, err := c.newRequest(ctx, call, method, path, body)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, c.classify(ctx, call, err)
+	}
+	return c.readResponse(ctx, call, resp)
+}
+
+// newRequest is the request of call under ctx: body as JSON unless nil.
+func (c *Client) newRequest(ctx context.Context, call, method, path string, body any) (*http.Request, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -85,8 +100,6 @@ func (c *Client) Call(ctx context.Context, method, path string, body any) (*Resp
 		}
 		rd = bytes.NewReader(b)
 	}
-	ctx, cancel := context.WithTimeoutCause(ctx, c.Timeout, errCallTimeout)
-	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, "http://localhost"+path, rd)
 	if err != nil {
 		return nil, c.fail(call, "build request", err)
@@ -95,10 +108,12 @@ func (c *Client) Call(ctx context.Context, method, path string, body any) (*Resp
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, c.classify(ctx, call, err)
-	}
+	return req, nil
+}
+
+// readResponse reads the whole answer to call (at most maxBody bytes) and
+// closes it.
+func (c *Client) readResponse(ctx context.Context, call string, resp *http.Response) (*Response, error) {
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
 	if err != nil {

@@ -4,10 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -51,23 +49,11 @@ func (c *Client) CallWithFiles(ctx context.Context, method, path string, body an
 		}
 		fds[i] = int(f.Fd())
 	}
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return nil, c.fail(call, "encode request", err)
-		}
-		rd = bytes.NewReader(b)
-	}
 	ctx, cancel := context.WithTimeoutCause(ctx, c.Timeout, errCallTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, "http://localhost"+path, rd)
+	req, err := c.newRequest(ctx, call, method, path, body)
 	if err != nil {
-		return nil, c.fail(call, "build request", err)
-	}
-	req.Header.Set("Accept", "application/json")
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		return nil, err
 	}
 	req.Close = true // one connection per call, as Call
 	var raw bytes.Buffer
@@ -103,12 +89,7 @@ func (c *Client) CallWithFiles(ctx context.Context, method, path string, body an
 	if err != nil {
 		return nil, c.classify(ctx, call, err)
 	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	if err != nil {
-		return nil, c.classify(ctx, call, err)
-	}
-	return &Response{Status: resp.StatusCode, Body: data}, nil
+	return c.readResponse(ctx, call, resp)
 }
 
 // writeWithRights sends b with oob attached to its first bytes, then the

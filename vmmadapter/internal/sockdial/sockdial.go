@@ -66,7 +66,7 @@ func Dial(ctx context.Context, path string, o vmmadapter.Options) (net.Conn, err
 		if err != nil {
 			return nil, refuse("cannot tell where its directory is: %v", err)
 		}
-		if !within(real, dirs) {
+		if !vmmadapter.WithinSocketDirs(real, dirs) {
 			return nil, refuse("its directory %s is not within an allowed one (%s)", real, strings.Join(dirs, ", "))
 		}
 	}
@@ -103,21 +103,3 @@ func Dial(ctx context.Context, path string, o vmmadapter.Options) (net.Conn, err
 }
 
 func fdPath(fd int) string { return fmt.Sprintf("/proc/self/fd/%d", fd) }
-
-// within reports that dir (a resolved path) is one of dirs, resolved, or
-// below one.
-func within(dir string, dirs []string) bool {
-	for _, d := range dirs {
-		if !filepath.IsAbs(d) {
-			continue
-		}
-		rd, err := filepath.EvalSymlinks(filepath.Clean(d))
-		if err != nil {
-			continue
-		}
-		if dir == rd || rd == "/" || strings.HasPrefix(dir, rd+string(filepath.Separator)) {
-			return true
-		}
-	}
-	return false
-}
