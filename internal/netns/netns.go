@@ -255,14 +255,15 @@ func Mounted() ([]string, error) {
 			continue
 		}
 		if f := strings.Fields(pre); len(f) >= 5 {
-			out = append(out, unescapeMount(f[4]))
+			out = append(out, UnescapeMount(f[4]))
 		}
 	}
 	return out, nil
 }
 
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space, …).
-func unescapeMount(s string) string {
+// UnescapeMount undoes /proc/*/mountinfo's octal escapes in a path
+// field (\040 for a space, …).
+func UnescapeMount(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}

@@ -160,7 +160,7 @@ func TestMountedFindsBindMountedNetns(t *testing.T) {
 }
 
 func TestUnescapeMount(t *testing.T) {
-	if got := unescapeMount(`/a\040b\134c`); got != `/a b\c` {
+	if got := UnescapeMount(`/a\040b\134c`); got != `/a b\c` {
 		t.Fatalf("unescapeMount = %q", got)
 	}
 }

@@ -16,6 +16,8 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/vmnic/vmnic/internal/netns"
 )
 
 // Scope says what a snapshot covers. Other programs may change the host at
@@ -226,7 +228,7 @@ func mountLines(dirs []string) ([]string, error) {
 		if len(f) < 5 {
 			continue
 		}
-		mp := unescapeMount(f[4])
+		mp := netns.UnescapeMount(f[4])
 		for _, d := range dirs {
 			if strings.HasPrefix(mp, filepath.Clean(d)+"/") {
 				out = append(out, "mount "+mp)
@@ -235,25 +237,6 @@ func mountLines(dirs []string) ([]string, error) {
 		}
 	}
 	return out, nil
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 func hostLinkLines(sc Scope) ([]string, error) {
