@@ -71,17 +71,20 @@ func delTarget(rec *netsetup.NetSetup, d DelSpec) *netsetup.NetSetup {
 	return &t
 }
 
-// removeUnrecordedByName is the DEL of NIC d.IfName when rec (nil: no
-// record) does not list it: it removes what a killed ADD left for it, found
-// by name (a TAP only when it carries this installation's marker for the
-// sandbox and ifname; for the bridge backend also its FORWARD-rule share).
-// Nothing found is success. removeUnrecorded (recover.go) finds marked TAPs
-// by their markers alone; this one also finds what only the state dir
-// names.
+// removeUnrecordedByName is the DEL of a bridge-backend NIC d.IfName when
+// rec (nil: no record) does not list it: it removes what a killed ADD left
+// for it that only the state dir names — its FORWARD-rule share (taken
+// before the host TAP is made) and the host TAP when it carries this
+// installation's marker. Nothing found is success. A cni-backend NIC has
+// nothing of the kind: its marked TAP in the sandbox netns is
+// removeUnrecorded's (recover.go), which DEL calls first.
 func (m *Manager) removeUnrecordedByName(ctx context.Context, rec *netsetup.NetSetup, d DelSpec) error {
 	t := delTarget(rec, d)
+	if t.ResolvedNetBackend() != netsetup.BackendBridge {
+		return nil
+	}
 	nic := unrecordedNIC(t, d.IfName)
-	found, err := m.leftoverFound(ctx, t, nic)
+	found, err := m.bridgeLeftoverFound(t, nic)
 	if err != nil {
 		return coded(CodeInternal, err, "look for the leftovers of NIC %s of sandbox %s", d.IfName, d.SandboxID)
 	}
@@ -91,34 +94,20 @@ func (m *Manager) removeUnrecordedByName(ctx context.Context, rec *netsetup.NetS
 	return m.removeLeftover(ctx, t, nic)
 }
 
-// leftoverFound reports whether anything of nic (an unrecordedNIC of rec)
-// is there: its TAP, or for the bridge backend its FORWARD-rule user.
-func (m *Manager) leftoverFound(_ context.Context, rec *netsetup.NetSetup, nic netsetup.NIC) (bool, error) {
-	if rec.ResolvedNetBackend() == netsetup.BackendBridge {
-		if br := rec.ResolvedNetBridgeDev(); br != "" {
-			users, err := m.forwardRules().Users(br)
-			if err != nil {
-				return false, err
-			}
-			if slices.Contains(users, bridgeUser(rec.SandboxID, nic.IfName)) {
-				return true, nil
-			}
+// bridgeLeftoverFound reports whether anything of nic (an unrecordedNIC of
+// the bridge-backend rec) is there: its FORWARD-rule user, or its marked
+// host TAP.
+func (m *Manager) bridgeLeftoverFound(rec *netsetup.NetSetup, nic netsetup.NIC) (bool, error) {
+	if br := rec.ResolvedNetBridgeDev(); br != "" {
+		users, err := m.forwardRules().Users(br)
+		if err != nil {
+			return false, err
 		}
-		return m.isOwnTap(nic.Tap, rec.SandboxID, nic.IfName)
+		if slices.Contains(users, bridgeUser(rec.SandboxID, nic.IfName)) {
+			return true, nil
+		}
 	}
-	path := rec.ResolvedNetnsPath()
-	if path == "" {
-		return false, nil
-	}
-	var found bool
-	err := netns.Do(path, func() (err error) {
-		found, err = m.isOwnTap(nic.Tap, rec.SandboxID, nic.IfName)
-		return err
-	})
-	if netns.IsGone(err) {
-		return false, nil
-	}
-	return found, err
+	return m.isOwnTap(nic.Tap, rec.SandboxID, nic.IfName)
 }
 
 // isOwnTap reports whether the calling thread's netns has a TAP called

@@ -26,7 +26,8 @@ type DelSpec struct {
 // DelNIC removes a NIC: from the VMM first (bounded), then its host side
 // (vmnic's filters and qdisc, the TAP, the bridge rules), then its record
 // entry. It is idempotent: a missing record, NIC or netns is success. A NIC
-// no record lists is looked for by name (leftover.go) and what an
+// no record lists is looked for by its TAP's marker (recover.go) and, for
+// the bridge backend, by its FORWARD-rule share (leftover.go), and what an
 // interrupted ADD left of it is removed. The sandbox's record stays at zero
 // NICs unless a CNI ADD created it.
 func (m *Manager) DelNIC(ctx context.Context, d DelSpec) error {
