@@ -161,7 +161,7 @@ func suite(t *testing.T, v Version, start Factory, bin string, external bool) {
 	}
 	adj, err := rt.CreateContainer(ctx, vm, Container{ID: "c-vmm", Name: "vmm"})
 	must(t, "CreateContainer vmm", err)
-	checkVMM(t, e, vm.ID, adj, "")
+	checkVMM(t, e, vm.ID, adj, "", true)
 	// The VMM container stops and starts again: the plugin subscribed to
 	// both events (this runtime accepted the subscription) and handles them
 	// for a pod at zero NICs without changing its record.
@@ -176,6 +176,25 @@ func suite(t *testing.T, v Version, start Factory, bin string, external bool) {
 		t.Errorf("sidecar changed: %+v", adj)
 	}
 
+	// The pod names its VMM kind (vmnic.io/vmm): with tapHandoff "auto" (the
+	// default) a Cloud Hypervisor VMM is handed its TAPs as fds, so its
+	// container gets no /dev/net/tun; a kind vmnic does not know is refused
+	// at CreateContainer with an error naming the annotation.
+	ch := Pod{ID: "vmnn-compat-ch", Name: "ch", Namespace: "ns-vmnn", UID: "uid-ch", NetnsPath: ns, Handler: vmHandler,
+		Annotations: map[string]string{"vmnic.io/vmm": "cloud-hypervisor"}}
+	must(t, "RunPodSandbox cloud-hypervisor pod", rt.RunPodSandbox(ctx, ch))
+	adj, err = rt.CreateContainer(ctx, ch, Container{ID: "c-ch", Name: "vmm"})
+	must(t, "CreateContainer cloud-hypervisor VMM", err)
+	checkVMM(t, e, ch.ID, adj, "", false)
+	bad := Pod{ID: "vmnn-compat-bad", Name: "bad", Namespace: "ns-vmnn", UID: "uid-bad", NetnsPath: ns, Handler: vmHandler,
+		Annotations: map[string]string{"vmnic.io/vmm": "kvmtool"}}
+	must(t, "RunPodSandbox unknown-VMM pod", rt.RunPodSandbox(ctx, bad))
+	if adj, err := rt.CreateContainer(ctx, bad, Container{ID: "c-bad", Name: "vmm"}); err == nil {
+		t.Errorf("CreateContainer of a pod annotated vmnic.io/vmm: kvmtool succeeded: %+v", adj)
+	} else if !strings.Contains(err.Error(), `vmnic.io/vmm "kvmtool"`) {
+		t.Errorf("CreateContainer error %q does not name the annotation and its value", err)
+	}
+
 	// A host-network VM pod: vmnic owns its netns; moving the VMM container
 	// into it needs NRI v0.10.
 	host := Pod{ID: "vmnn-compat-host", Name: "host", Namespace: "ns-vmnn", UID: "uid-host", Handler: vmHandler}
@@ -187,7 +206,7 @@ func suite(t *testing.T, v Version, start Factory, bin string, external bool) {
 	adj, err = rt.CreateContainer(ctx, host, Container{ID: "c-host", Name: "vmm"})
 	if v.NamespaceAdjustment {
 		must(t, "CreateContainer host-network", err)
-		checkVMM(t, e, host.ID, adj, owned)
+		checkVMM(t, e, host.ID, adj, owned, true)
 	} else {
 		if err == nil {
 			t.Fatalf("NRI %s cannot move the container into %s, yet CreateContainer succeeded: %+v", v.NRI, owned, adj)
@@ -206,7 +225,7 @@ func suite(t *testing.T, v Version, start Factory, bin string, external bool) {
 		t.Errorf("plain pod got a record")
 	}
 
-	for _, p := range []Pod{vm, host, plain} {
+	for _, p := range []Pod{vm, ch, bad, host, plain} {
 		must(t, "StopPodSandbox "+p.ID, rt.StopPodSandbox(ctx, p))
 		must(t, "RemovePodSandbox "+p.ID, rt.RemovePodSandbox(ctx, p))
 		if _, err := e.record(p.ID); err == nil {
@@ -221,7 +240,9 @@ func suite(t *testing.T, v Version, start Factory, bin string, external bool) {
 	}
 }
 
-func checkVMM(t *testing.T, e *env, id string, adj *Adjustment, ownedNetns string) {
+// checkVMM checks the adjustment of a VMM container; wantTun: it must get
+// /dev/net/tun (else it must not).
+func checkVMM(t *testing.T, e *env, id string, adj *Adjustment, ownedNetns string, wantTun bool) {
 	t.Helper()
 	if adj == nil {
 		t.Fatal("VMM container not adjusted")
@@ -230,8 +251,8 @@ func checkVMM(t *testing.T, e *env, id string, adj *Adjustment, ownedNetns strin
 	for _, d := range adj.Devices {
 		tun = tun || (d.Path == "/dev/net/tun" && d.Type == "c" && d.Major == 10 && d.Minor == 200)
 	}
-	if !tun {
-		t.Errorf("no /dev/net/tun in %+v", adj.Devices)
+	if tun != wantTun {
+		t.Errorf("/dev/net/tun injected %v, want %v: devices %+v", tun, wantTun, adj.Devices)
 	}
 	rtDir := filepath.Join(e.runtimeDir, id)
 	mirrorDir := filepath.Join(rtDir, "netsetup")

@@ -32,6 +32,18 @@ const (
 	// AnnotationVMMContainer names the container that runs the VMM; without
 	// it every container of a VM pod is treated as a VMM container.
 	AnnotationVMMContainer = "vmnic.io/vmm-container"
+	// AnnotationVMM names the kind of VMM the pod runs: VMMCloudHypervisor,
+	// VMMQEMU or VMMFirecracker. With tapHandoff "auto" it decides whether
+	// the VMM container gets /dev/net/tun (InjectTunFor).
+	AnnotationVMM = "vmnic.io/vmm"
+)
+
+// VMM kinds the vmnic.io/vmm annotation takes (the kinds of vmnicctl
+// attach-vmm --kind).
+const (
+	VMMCloudHypervisor = "cloud-hypervisor"
+	VMMQEMU            = "qemu"
+	VMMFirecracker     = "firecracker"
 )
 
 // Defaults.
@@ -92,9 +104,12 @@ type Config struct {
 	// VMM's control socket: the VMM container gets no /dev/net/tun and
 	// needs no network capability; Cloud Hypervisor and QEMU), "name"
 	// (the VMM opens its TAPs by name: /dev/net/tun is injected;
-	// Firecracker), or "auto" (default: /dev/net/tun is injected, as any
-	// VMM may be one that opens by name). The CNI conf's tapHandoff picks
-	// the handoff of each NIC; set both to "fd" for unprivileged VMMs.
+	// Firecracker), or "auto" (default: fd where the pod's VMM takes fds:
+	// a pod annotated vmnic.io/vmm: cloud-hypervisor or qemu gets no
+	// /dev/net/tun; one annotated firecracker, or not annotated, gets it,
+	// as its VMM may be one that opens by name). The CNI conf's tapHandoff
+	// picks the handoff of each NIC (its "auto" hands fds to Cloud
+	// Hypervisor and QEMU too).
 	TapHandoff string `json:"tapHandoff,omitempty" yaml:"tapHandoff,omitempty"`
 	// LogFile receives the plugin's log (default: stderr, which a runtime
 	// discards for pre-installed plugins).
@@ -379,9 +394,38 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// InjectTun reports whether a VMM container gets /dev/net/tun: not with
-// tapHandoff "fd", where vmnic hands the VMM its TAPs as fds.
-func (c *Config) InjectTun() bool { return c.TapHandoff != "fd" }
+// InjectTunFor reports whether the VMM container of a VM pod with these
+// annotations gets /dev/net/tun. tapHandoff "name": always; "fd": never
+// (vmnic hands the VMM its TAPs as fds), and a pod that says its VMM is
+// Firecracker, which cannot take fds, is refused; "auto" (or unset): only
+// when the pod's vmnic.io/vmm annotation names Firecracker or is absent (the
+// VMM kind is unknown at CreateContainer, and it may open its TAPs by name).
+// An annotation naming no known VMM kind is an error.
+func (c *Config) InjectTunFor(podAnnotations map[string]string) (bool, error) {
+	kind, set := podAnnotations[AnnotationVMM]
+	kind = strings.TrimSpace(kind)
+	switch kind {
+	case VMMCloudHypervisor, VMMQEMU, VMMFirecracker:
+	case "":
+		if set {
+			return false, fmt.Errorf("pod annotation %s is empty: use %q, %q or %q, or leave it out", AnnotationVMM, VMMCloudHypervisor, VMMQEMU, VMMFirecracker)
+		}
+	default:
+		return false, fmt.Errorf("pod annotation %s %q names no VMM kind vmnic knows: use %q, %q or %q",
+			AnnotationVMM, kind, VMMCloudHypervisor, VMMQEMU, VMMFirecracker)
+	}
+	switch c.TapHandoff {
+	case "name":
+		return true, nil
+	case "fd":
+		if kind == VMMFirecracker {
+			return false, fmt.Errorf("tapHandoff is \"fd\" but the pod annotation %s says the VMM is firecracker, which cannot take TAP fds "+
+				"(it opens its TAPs by name and needs /dev/net/tun): set tapHandoff \"auto\" or \"name\" for Firecracker pods", AnnotationVMM)
+		}
+		return false, nil
+	}
+	return kind == "" || kind == VMMFirecracker, nil
+}
 
 // Level is the slog level of LogLevel.
 func (c *Config) Level() (slog.Level, error) {

@@ -164,21 +164,62 @@ func TestIsVMMContainer(t *testing.T) {
 
 func TestTapHandoff(t *testing.T) {
 	for _, tc := range []struct {
-		in     string
-		inject bool
-		ok     bool
-	}{{"", true, true}, {"auto", true, true}, {"name", true, true}, {"fd", false, true}, {"FD", true, false}, {"fds", true, false}} {
-		c, err := Parse([]byte(`{"runtimeHandlers":["kata"],"tapHandoff":"` + tc.in + `"}`))
-		if err == nil {
-			c.setDefaults()
-			err = c.Validate()
-		}
+		in string
+		ok bool
+	}{{"", true}, {"auto", true}, {"name", true}, {"fd", true}, {"FD", false}, {"fds", false}} {
+		_, err := Parse([]byte(`{"runtimeHandlers":["kata"],"tapHandoff":"` + tc.in + `"}`))
 		if (err == nil) != tc.ok {
 			t.Errorf("tapHandoff %q: %v, want ok=%v", tc.in, err, tc.ok)
-			continue
 		}
-		if err == nil && c.InjectTun() != tc.inject {
-			t.Errorf("tapHandoff %q: InjectTun %v, want %v", tc.in, c.InjectTun(), tc.inject)
+	}
+}
+
+// TestInjectTunFor is the table handoff × the pod's vmnic.io/vmm → does the
+// VMM container get /dev/net/tun (or a clear refusal).
+func TestInjectTunFor(t *testing.T) {
+	const absent = "<absent>"
+	for _, tc := range []struct {
+		handoff, vmm string
+		inject       bool
+		err          string // substring of the error; "" = no error
+	}{
+		{"", absent, true, ""},
+		{"", "cloud-hypervisor", false, ""},
+		{"", "qemu", false, ""},
+		{"", "firecracker", true, ""},
+		{"auto", absent, true, ""},
+		{"auto", "cloud-hypervisor", false, ""},
+		{"auto", " qemu ", false, ""},
+		{"auto", "firecracker", true, ""},
+		{"name", absent, true, ""},
+		{"name", "cloud-hypervisor", true, ""},
+		{"name", "qemu", true, ""},
+		{"name", "firecracker", true, ""},
+		{"fd", absent, false, ""},
+		{"fd", "cloud-hypervisor", false, ""},
+		{"fd", "qemu", false, ""},
+		{"fd", "firecracker", false, `says the VMM is firecracker, which cannot take TAP fds`},
+		{"auto", "kvmtool", false, `vmnic.io/vmm "kvmtool" names no VMM kind vmnic knows: use "cloud-hypervisor", "qemu" or "firecracker"`},
+		{"auto", "Cloud-Hypervisor", false, `names no VMM kind`},
+		{"name", "ch", false, `names no VMM kind`},
+		{"fd", "", false, `vmnic.io/vmm is empty`},
+	} {
+		c, err := Parse([]byte(`{"runtimeHandlers":["kata"],"tapHandoff":"` + tc.handoff + `"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ann := map[string]string{AnnotationVM: "true"}
+		if tc.vmm != absent {
+			ann[AnnotationVMM] = tc.vmm
+		}
+		got, err := c.InjectTunFor(ann)
+		switch {
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("tapHandoff %q, %s %q: error %v, want one saying %q", tc.handoff, AnnotationVMM, tc.vmm, err, tc.err)
+		case tc.err == "" && err != nil:
+			t.Errorf("tapHandoff %q, %s %q: %v", tc.handoff, AnnotationVMM, tc.vmm, err)
+		case tc.err == "" && got != tc.inject:
+			t.Errorf("tapHandoff %q, %s %q: inject /dev/net/tun %v, want %v", tc.handoff, AnnotationVMM, tc.vmm, got, tc.inject)
 		}
 	}
 }

@@ -27,7 +27,8 @@ const (
 )
 
 // CreateContainer wires the VMM container of a VM pod: /dev/net/tun (device
-// node and cgroup rule; not with tapHandoff "fd"), the per-sandbox runtime directory (for the VMM's
+// node and cgroup rule; only where its VMM may open TAPs by name, see
+// config.InjectTunFor), the per-sandbox runtime directory (for the VMM's
 // API socket, at the same path as on the host, read-write) with its
 // netsetup/ subdirectory read-only on top (the live copy of the NetSetup
 // record, netsetup.json, that every save of the record refreshes), the
@@ -43,6 +44,13 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 	if !st.cfg.IsVMPod(pod.GetRuntimeHandler(), pod.GetAnnotations()) ||
 		!config.IsVMMContainer(ctr.GetName(), pod.GetAnnotations()) {
 		return nil, nil, nil
+	}
+	// Decided before anything is made, so that a refusal leaves nothing.
+	tun, err := st.cfg.InjectTunFor(pod.GetAnnotations())
+	if err != nil {
+		err = fmt.Errorf("vmnic: container %s of VM pod %s: %w", ctr.GetName(), podRef(pod), err)
+		p.logger().Error("CreateContainer refused", "error", err)
+		return nil, nil, err
 	}
 	id := pod.GetId()
 	defer p.events.begin(id, eventLive)()
@@ -106,9 +114,9 @@ func (p *Plugin) CreateContainer(ctx context.Context, pod *api.PodSandbox, ctr *
 			return nil, nil, err
 		}
 	}
-	adj := AdjustmentFor(id, rtDir, rec, st.cfg.InjectTun())
+	adj := AdjustmentFor(id, rtDir, rec, tun)
 	p.logger().Info("VMM container wired", "pod", podRef(pod), "container", ctr.GetName(),
-		"netns", rec.NetnsPath, "owned", rec.NetnsOwned, "runtimeDir", rtDir)
+		"netns", rec.NetnsPath, "owned", rec.NetnsOwned, "runtimeDir", rtDir, "tun", tun)
 	return adj, nil, nil
 }
 
