@@ -52,6 +52,16 @@ func (e *Env) chain(name, bridge, subnet string, withVmnic bool) conflist {
 	return c
 }
 
+// fdChain is chain with vmnic's tapHandoff "fd": the VMM must take the TAP
+// fds (an ADD for a VMM that cannot fails).
+func (e *Env) fdChain(name, bridge, subnet string) conflist {
+	c := e.chain(name, bridge, subnet, true)
+	if e.HasVmnicCNI {
+		c.Plugins[len(c.Plugins)-1]["tapHandoff"] = "fd"
+	}
+	return c
+}
+
 func writeJSON(path string, v any) error {
 	data, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
@@ -61,7 +71,8 @@ func writeJSON(path string, v any) error {
 }
 
 // writeCNIConfigs writes the conflists: the default handler's plain chain,
-// the vm handler's chain with vmnic, and the second network the tests hot-add.
+// the vm handler's chain with vmnic (and the fd handler's, at tapHandoff
+// "fd"), and the second network the tests hot-add (both ways).
 // Both chains of the first network share its name, so they share one
 // host-local lease pool.
 func (e *Env) writeCNIConfigs() error {
@@ -69,6 +80,12 @@ func (e *Env) writeCNIConfigs() error {
 		return err
 	}
 	if err := writeJSON(filepath.Join(e.VMConf, "10-vmne2e.conflist"), e.chain(net0Name, net0Bridge, net0Subnet, true)); err != nil {
+		return err
+	}
+	if err := writeJSON(filepath.Join(e.FdConf, "10-vmne2e.conflist"), e.fdChain(net0Name, net0Bridge, net0Subnet)); err != nil {
+		return err
+	}
+	if err := writeJSON(e.Net2FdConf, e.fdChain(net1Name, net1Bridge, net1Subnet)); err != nil {
 		return err
 	}
 	return writeJSON(e.Net2Conf, e.chain(net1Name, net1Bridge, net1Subnet, true))

@@ -22,21 +22,25 @@ import (
 
 // Names and ranges owned by this suite: nothing else on the host uses them.
 const (
-	pauseImage   = "localhost/vmnic-e2e/pause:1"
-	vmmImage     = "localhost/vmnic-e2e/vmm:1"
-	net0Name     = "vmne2e"
-	net0Bridge   = "vmne2e0"
-	net0Subnet   = "10.204.0.0/16"
-	net1Name     = "vmne2e-net2"
-	net1Bridge   = "vmne2e1"
-	net1Subnet   = "10.214.0.0/16"
-	vmHandler    = "vmnic" // runtime handler whose CNI chain ends with vmnic
-	vmAnnotation = "vmnic.io/vm"
-	podNamespace = "vmne2e"
-	tmpPrefix    = "vmne2e."     // temp dirs: <TMPDIR>/vmne2e.<random>
-	lockName     = "vmne2e.lock" // one e2e run at a time on a host
-	criNamespace = "k8s.io"
-	cgroupParent = "vmne2e" // pods' cgroups: /sys/fs/cgroup/<controller>/vmne2e/<id>
+	pauseImage = "localhost/vmnic-e2e/pause:1"
+	vmmImage   = "localhost/vmnic-e2e/vmm:1"
+	net0Name   = "vmne2e"
+	net0Bridge = "vmne2e0"
+	net0Subnet = "10.204.0.0/16"
+	net1Name   = "vmne2e-net2"
+	net1Bridge = "vmne2e1"
+	net1Subnet = "10.214.0.0/16"
+	vmHandler  = "vmnic" // runtime handler whose CNI chain ends with vmnic
+	// fdHandler's chain ends with vmnic at tapHandoff "fd": its VMMs must
+	// take their TAPs as fds.
+	fdHandler     = "vmnic-fd"
+	vmmAnnotation = "vmnic.io/vmm" // the pod's VMM kind (nri-hook config.AnnotationVMM)
+	vmAnnotation  = "vmnic.io/vm"
+	podNamespace  = "vmne2e"
+	tmpPrefix     = "vmne2e."     // temp dirs: <TMPDIR>/vmne2e.<random>
+	lockName      = "vmne2e.lock" // one e2e run at a time on a host
+	criNamespace  = "k8s.io"
+	cgroupParent  = "vmne2e" // pods' cgroups: /sys/fs/cgroup/<controller>/vmne2e/<id>
 )
 
 // suite is the containerd every test of this package shares. Each test
@@ -197,6 +201,8 @@ type Env struct {
 	CNIBin     string // the CNI bin dir containerd uses: reference plugins + vmnic
 	PlainConf  string // CNI conf dir of the default handler: bridge + host-local
 	VMConf     string // CNI conf dir of the vm handler: bridge + host-local + vmnic
+	FdConf     string // CNI conf dir of the fd handler: the same with vmnic's tapHandoff "fd"
+	Net2FdConf string // conflist file of the second network with tapHandoff "fd"
 	Net2Conf   string // conflist file of the second network (hot-added by the tests)
 	IPAMDir    string // host-local dataDir
 	VmnicState string // vmnic state dir (NetSetup records)
@@ -227,6 +233,8 @@ func newEnv(p paths) (*Env, error) {
 		CNIBin:     filepath.Join(dir, "cni", "bin"),
 		PlainConf:  filepath.Join(dir, "cni", "plain"),
 		VMConf:     filepath.Join(dir, "cni", "vm"),
+		FdConf:     filepath.Join(dir, "cni", "fd"),
+		Net2FdConf: filepath.Join(dir, "cni", "net2-fd.conflist"),
 		Net2Conf:   filepath.Join(dir, "cni", "net2.conflist"),
 		IPAMDir:    filepath.Join(dir, "ipam"),
 		VmnicState: filepath.Join(dir, "vmnic"),
@@ -248,7 +256,7 @@ func newEnv(p paths) (*Env, error) {
 
 // setup writes the CNI, NRI and containerd configuration.
 func (e *Env) setup() error {
-	for _, d := range []string{e.CNIBin, e.PlainConf, e.VMConf, e.IPAMDir, e.LogDir, e.CNICache,
+	for _, d := range []string{e.CNIBin, e.PlainConf, e.VMConf, e.FdConf, e.IPAMDir, e.LogDir, e.CNICache,
 		filepath.Join(e.Dir, "nri", "plugins"), filepath.Join(e.Dir, "nri", "conf.d")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
@@ -352,7 +360,7 @@ state = %s
 		q(filepath.Join(e.Dir, "root")), q(filepath.Join(e.Dir, "state")),
 		q(e.Sock), q(e.Sock+".ttrpc"), q(filepath.Join(e.Dir, "debug.sock")),
 		q(pauseImage),
-		runtime("runc", ""), runtime(vmHandler, e.VMConf),
+		runtime("runc", ""), runtime(vmHandler, e.VMConf)+runtime(fdHandler, e.FdConf),
 		q(e.CNIBin), q(e.PlainConf),
 		q(e.NRISock), q(filepath.Join(e.Dir, "nri", "plugins")), q(filepath.Join(e.Dir, "nri", "conf.d")),
 	)

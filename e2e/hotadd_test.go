@@ -40,7 +40,13 @@ func (e *Env) vmnicctl(t testing.TB, args ...string) string {
 // sandbox id, the pod's identity is in CNI_ARGS.
 func (e *Env) hotplugNet(t testing.TB, p *Pod, netns, ifname string, add bool) {
 	t.Helper()
-	list, err := libcni.ConfListFromFile(e.Net2Conf)
+	e.hotplugConf(t, e.Net2Conf, p, netns, ifname, add)
+}
+
+// hotplugConf is hotplugNet with the conflist file conf.
+func (e *Env) hotplugConf(t testing.TB, conf string, p *Pod, netns, ifname string, add bool) {
+	t.Helper()
+	list, err := libcni.ConfListFromFile(conf)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ const runtimeDirSize = "512Ki"
 // under the suite's directory.
 func (e *Env) nriConfig() map[string]any {
 	return map[string]any{
-		"runtimeHandlers": []string{vmHandler},
+		"runtimeHandlers": []string{vmHandler, fdHandler},
 		"vmAnnotation":    true,
 		"stateDir":        e.VmnicState,
 		"netnsDir":        e.OwnedNetnsDir(),

@@ -19,6 +19,7 @@ import (
 // podOpts says what kind of pod to run.
 type podOpts struct {
 	vm          bool   // a VM pod: the vm runtime handler and the vmnic.io/vm annotation
+	vmm         string // the pod's vmnic.io/vmm annotation (its VMM kind)
 	hostNetwork bool   // the pod uses the host's network namespace
 	handler     string // overrides the runtime handler
 }
@@ -69,6 +70,9 @@ func (e *Env) podConfig(name string, o podOpts) (*runtimeapi.PodSandboxConfig, s
 		cfg.Hostname = "" // the host's UTS namespace: runc refuses to set a hostname
 	}
 	handler := o.handler
+	if o.vmm != "" {
+		cfg.Annotations[vmmAnnotation] = o.vmm
+	}
 	if o.vm {
 		cfg.Annotations[vmAnnotation] = "true"
 		if handler == "" {
@@ -122,18 +126,44 @@ func (e *Env) RemovePod(t testing.TB, p *Pod) {
 // StartVMM creates and starts the VMM stand-in container in pod p.
 func (e *Env) StartVMM(t testing.TB, p *Pod) string {
 	t.Helper()
+	return e.StartVMMWith(t, p, vmmOpts{})
+}
+
+// vmmOpts say how to run a VMM container.
+type vmmOpts struct {
+	// ch: run `vmmprobe ch`, the Cloud Hypervisor simulator taking TAP fds
+	// (in /vmnic, where it finds the API spec the image ships).
+	ch bool
+	// dropAll drops every capability (a VMM that is handed its TAPs
+	// needs none for networking).
+	dropAll bool
+	// attempt is the container's restart count (a kubelet's new container
+	// for the same spec after the old one stopped).
+	attempt uint32
+}
+
+// StartVMMWith creates and starts a VMM container named "vmm" in pod p.
+func (e *Env) StartVMMWith(t testing.TB, p *Pod, o vmmOpts) string {
+	t.Helper()
 	ctx, cancel := opCtx()
 	defer cancel()
 	cfg := &runtimeapi.ContainerConfig{
-		Metadata: &runtimeapi.ContainerMetadata{Name: "vmm"},
+		Metadata: &runtimeapi.ContainerMetadata{Name: "vmm", Attempt: o.attempt},
 		Image:    &runtimeapi.ImageSpec{Image: vmmImage},
 		Command:  []string{"/vmmprobe"},
-		LogPath:  "vmm.log",
+		LogPath:  fmt.Sprintf("vmm.%d.log", o.attempt),
 		Linux: &runtimeapi.LinuxContainerConfig{
 			SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
 				NamespaceOptions: p.Config.Linux.SecurityContext.NamespaceOptions,
 			},
 		},
+	}
+	if o.ch {
+		cfg.Command = []string{"/vmmprobe", "ch"}
+		cfg.WorkingDir = "/vmnic"
+	}
+	if o.dropAll {
+		cfg.Linux.SecurityContext.Capabilities = &runtimeapi.Capability{DropCapabilities: []string{"ALL"}}
 	}
 	id, err := e.RS.CreateContainer(ctx, p.ID, cfg, p.Config)
 	if err != nil {

@@ -29,7 +29,8 @@ export VMNIC_E2E_TOOLS := $(E2E_DIR)
 
 E2E_STAMP_CONTAINERD := $(E2E_BIN)/.containerd-$(E2E_CONTAINERD_VERSION)
 E2E_STAMP_RUNC       := $(E2E_BIN)/.runc-$(E2E_RUNC_VERSION)
-E2E_IMAGE_SRCS       := $(wildcard e2e/go.mod e2e/go.sum e2e/cmd/*/*.go e2e/internal/*/*.go)
+E2E_IMAGE_SRCS       := $(wildcard e2e/go.mod e2e/go.sum e2e/cmd/*/*.go e2e/internal/*/*.go \
+                        internal/testkit/vmmsim/*.go internal/testkit/tapguest/*.go internal/testkit/openapi/*.go netsetup/*.go)
 
 # E2E_DEPS: everything `make e2e` needs before the tests run.
 E2E_DEPS := tools build e2e-tools e2e-images
@@ -67,10 +68,16 @@ $(E2E_IMAGES)/pause.tar: $(E2E_DIR)/build/mkimage $(E2E_DIR)/build/pause
 	$(E2E_DIR)/build/mkimage -name localhost/vmnic-e2e/pause:1 -o $@ \
 	  -entrypoint /pause -file /pause=$(E2E_DIR)/build/pause
 
-$(E2E_IMAGES)/vmm.tar: $(E2E_DIR)/build/mkimage $(E2E_DIR)/build/vmmprobe
+# `vmmprobe ch` runs the Cloud Hypervisor simulator, which finds the API spec
+# as the repository's tests do (../shared/specs from the directory of the
+# vmnic go.mod): the image holds both, and the container runs in /vmnic.
+E2E_CH_SPEC := $(wildcard ../shared/specs/cloud-hypervisor.yaml)
+
+$(E2E_IMAGES)/vmm.tar: $(E2E_DIR)/build/mkimage $(E2E_DIR)/build/vmmprobe go.mod $(E2E_CH_SPEC)
 	@mkdir -p $(E2E_IMAGES)
 	$(E2E_DIR)/build/mkimage -name localhost/vmnic-e2e/vmm:1 -o $@ \
-	  -entrypoint /vmmprobe -file /vmmprobe=$(E2E_DIR)/build/vmmprobe
+	  -entrypoint /vmmprobe -file /vmmprobe=$(E2E_DIR)/build/vmmprobe \
+	  -file /vmnic/go.mod=go.mod $(if $(E2E_CH_SPEC),-file /shared/specs/cloud-hypervisor.yaml=$(E2E_CH_SPEC))
 
 # e2e: the end-to-end suite (root). As root a missing piece fails, never skips.
 e2e: apt $(E2E_DEPS)

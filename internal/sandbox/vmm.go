@@ -223,6 +223,12 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 	v.Booted = info.Booted
 	v.Version = info.Version
 	v.PID = info.PID
+	if pid, err := vmmHostPID(socket, info.PID); err != nil {
+		m.log().Warn("the VMM's pid as vmnic sees it is unknown: TAP fds go only to the pid it reported",
+			"sandbox", id, "socket", socket, "reportedPID", info.PID, "error", err)
+	} else {
+		v.PID = pid
+	}
 	rec.VMM = v
 	if err := tx.Save(rec); err != nil {
 		return nil, err

@@ -4,6 +4,9 @@
 //	vmmprobe report   print, as JSON, what the container sees: /dev/net/tun,
 //	                  the VMNIC_* environment of PID 1, the NetSetup file,
 //	                  the network namespace, mounts and links.
+//	vmmprobe ch       serve Cloud Hypervisor's API (the simulator) on
+//	                  $VMNIC_RUNTIME_DIR/ch.sock, with a stand-in guest on
+//	                  the TAP fds vmnic hands over (ch.go)
 //
 // The report reads PID 1's view (/proc/1/...) so that it describes the
 // container's main process even when run through CRI ExecSync.
@@ -25,6 +28,13 @@ func main() {
 		enc := json.NewEncoder(os.Stdout)
 		if err := enc.Encode(r); err != nil {
 			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "ch" {
+		if err := runCH(); err != nil {
+			fmt.Fprintln(os.Stderr, "vmmprobe ch:", err)
 			os.Exit(1)
 		}
 		return

@@ -26,7 +26,9 @@ type Report struct {
 	// RuntimeDir lists $VMNIC_RUNTIME_DIR (where the VMM's API socket goes).
 	RuntimeDir []string `json:"runtime_dir,omitempty"`
 	Hostname   string   `json:"hostname"`
-	Errors     []string `json:"errors,omitempty"`
+	// CapEff is PID 1's effective capability set (/proc/1/status CapEff).
+	CapEff uint64   `json:"cap_eff"`
+	Errors []string `json:"errors,omitempty"`
 }
 
 // Device describes a device node.
@@ -128,5 +130,16 @@ func Collect() Report {
 		fail(err)
 	}
 	r.Hostname, _ = os.Hostname()
+	if data, err := os.ReadFile("/proc/1/status"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+				if _, err := fmt.Sscanf(strings.TrimSpace(v), "%x", &r.CapEff); err != nil {
+					fail(fmt.Errorf("CapEff %q: %w", v, err))
+				}
+			}
+		}
+	} else {
+		fail(err)
+	}
 	return r
 }
