@@ -1,8 +1,8 @@
 // Package hook is the vmnic NRI plugin's logic: the handlers the NRI stub
 // calls for pod and container events. VM pods (selected by runtime handler;
 // by annotation only when the configuration opts in) always end with a
-// sandbox netns and a NetSetup record; the VMM container gets /dev/net/tun,
-// its record, a size-bounded directory (a tmpfs of its own) for the VMM's API
+// sandbox netns and a NetSetup record; the VMM container gets /dev/net/tun
+// (unless its VMM is handed its TAPs as fds: config.InjectTunFor), its record, a size-bounded directory (a tmpfs of its own) for the VMM's API
 // socket and, for a netns vmnic owns, the move into that netns. All other
 // pods are left alone.
 package hook
