@@ -3,9 +3,9 @@ package sandbox
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
-	"errors"
 	"net/http"
 	"strings"
 	"testing"
