@@ -121,10 +121,8 @@ func (m *Manager) RestoreVMM(ctx context.Context, id string, kind vmmadapter.Kin
 	} else {
 		m.log().Info("restore-vmm: the VMM has the snapshot's NICs already (an earlier restore whose answer was lost?): only recording them", "sandbox", id, "socket", socket)
 	}
-	if err := m.step("restore-vmm-restored"); err != nil {
-		return nil, asCoded(err, "restore the VMM of sandbox %s", id)
-	}
-
+	// A crash here leaves the VM restored and the NICs recorded pending: a
+	// retried RestoreVMM (restoredAlready) or attach-vmm records them.
 	for _, p := range plan {
 		n, _ := rec.NIC(p.ifname)
 		exp, _ := rec.ExpectedNIC(p.ifname)
