@@ -10,7 +10,6 @@ import (
 	"github.com/vmnic/vmnic/internal/sandbox"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
-	"github.com/vmnic/vmnic/vmmadapter/cloudhypervisor"
 	"github.com/vmnic/vmnic/vmmadapter/connect"
 )
 
@@ -140,7 +139,7 @@ func cmdRestoreArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) er
 	}
 	if kind == vmmadapter.CloudHypervisor && snapOpts.sourceURL != "" {
 		// Which NICs CH had on fds is in the snapshot's VM config.
-		if snap, err := cloudhypervisor.ReadSnapshotNets(snapOpts.sourceURL); err == nil {
+		if snap, err := connect.ReadSnapshotNets(kind, snapOpts.sourceURL); err == nil {
 			sandbox.MarkSnapshotFds(nics, snap)
 		} else {
 			fmt.Fprintf(c.stderr, "vmnicctl restore-args: %v\n", err)

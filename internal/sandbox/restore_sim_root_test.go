@@ -14,7 +14,6 @@ import (
 	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
-	"github.com/vmnic/vmnic/vmmadapter/cloudhypervisor"
 	"github.com/vmnic/vmnic/vmmadapter/connect"
 )
 
@@ -318,7 +317,7 @@ func TestRestoreVMMCloudHypervisor(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cfgNets, err := cloudhypervisor.ReadSnapshotNets(url)
+			cfgNets, err := connect.ReadSnapshotNets(vmmadapter.CloudHypervisor, url)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -13,7 +13,6 @@ import (
 	"github.com/vmnic/vmnic/internal/hostnet"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
-	"github.com/vmnic/vmnic/vmmadapter/cloudhypervisor"
 	"github.com/vmnic/vmnic/vmmadapter/connect"
 )
 
@@ -24,12 +23,6 @@ type RestoreVMMOptions struct {
 	Prefault  bool
 	// Resume: the VM runs once restored (else it comes back paused).
 	Resume bool
-}
-
-// chRestorer is what RestoreVMM needs of a Cloud Hypervisor adapter.
-type chRestorer interface {
-	vmmadapter.Adapter
-	Restore(ctx context.Context, rc cloudhypervisor.RestoreConfig) error
 }
 
 // restorePlan is one expected NIC of a restore: the NIC as recorded, its
@@ -78,7 +71,7 @@ func (m *Manager) RestoreVMM(ctx context.Context, id string, kind vmmadapter.Kin
 	if err != nil {
 		return nil, coded(CodeInvalidConfig, err, "restore the VMM of sandbox %s", id)
 	}
-	snap, err := cloudhypervisor.ReadSnapshotNets(o.SourceURL)
+	snap, err := connect.ReadSnapshotNets(kind, o.SourceURL)
 	if err != nil {
 		return nil, coded(CodeInvalidConfig, err, "restore the VMM of sandbox %s: which NICs Cloud Hypervisor restores from fds is in the snapshot's VM config", id)
 	}
@@ -149,8 +142,8 @@ func (m *Manager) RestoreVMM(ctx context.Context, id string, kind vmmadapter.Kin
 
 // planCHRestore matches the sandbox's expected NICs with the NICs of the
 // snapshot's VM config (by device id).
-func planCHRestore(rec *netsetup.NetSetup, snap []cloudhypervisor.SnapshotNet) ([]restorePlan, error) {
-	byID := map[string]cloudhypervisor.SnapshotNet{}
+func planCHRestore(rec *netsetup.NetSetup, snap []connect.SnapshotNet) ([]restorePlan, error) {
+	byID := map[string]connect.SnapshotNet{}
 	for _, s := range snap {
 		byID[s.ID] = s
 	}
@@ -200,7 +193,7 @@ func restoredAlready(have []string, plan []restorePlan) bool {
 // with them to the VMM v (its PID as the only peer that may get them),
 // closing vmnic's copies whatever happens.
 func (m *Manager) restoreCH(ctx context.Context, rec *netsetup.NetSetup, v *netsetup.VMM, plan []restorePlan, o RestoreVMMOptions) error {
-	rc := cloudhypervisor.RestoreConfig{SourceURL: o.SourceURL, Prefault: o.Prefault, Resume: o.Resume}
+	rc := connect.VMRestore{SourceURL: o.SourceURL, Prefault: o.Prefault, Resume: o.Resume}
 	var all []*os.File
 	defer func() { hostnet.CloseFiles(all) }()
 	for _, p := range plan {
@@ -213,18 +206,14 @@ func (m *Manager) restoreCH(ctx context.Context, rec *netsetup.NetSetup, v *nets
 			return coded(CodeInternal, err, "restore the VMM of sandbox %s", rec.SandboxID)
 		}
 		all = append(all, files...)
-		rc.Nets = append(rc.Nets, cloudhypervisor.RestoreNet{ID: p.device, Fds: files})
+		rc.Nets = append(rc.Nets, connect.RestoreFds{ID: p.device, Fds: files})
 	}
 	a, err := m.openVMM(v)
 	if err != nil {
 		return coded(CodeInvalidEnv, err, "restore the VMM of sandbox %s", rec.SandboxID)
 	}
 	defer a.Close()
-	r, ok := a.(chRestorer)
-	if !ok {
-		return codedf(CodeInternal, "restore the VMM of sandbox %s: the %s adapter cannot restore", rec.SandboxID, v.Kind)
-	}
-	if err := r.Restore(ctx, rc); err != nil {
+	if err := connect.RestoreVM(ctx, a, rc); err != nil {
 		code := CodeInvalidEnv
 		if errors.Is(err, vmmadapter.ErrPeerMismatch) {
 			code = CodeInvalidConfig
@@ -236,7 +225,7 @@ func (m *Manager) restoreCH(ctx context.Context, rec *netsetup.NetSetup, v *nets
 
 // MarkSnapshotFds sets, on each Cloud Hypervisor restore NIC, how many TAP
 // fds the snapshot's VM config has its device on (for restore-args).
-func MarkSnapshotFds(nics []connect.RestoreNIC, snap []cloudhypervisor.SnapshotNet) {
+func MarkSnapshotFds(nics []connect.RestoreNIC, snap []connect.SnapshotNet) {
 	for i := range nics {
 		for _, s := range snap {
 			if s.ID == nics[i].DeviceID {
