@@ -63,8 +63,8 @@ type conn struct {
 	// when the kernel could not tell).
 	peerPID int
 	dec     *json.Decoder
-	wmu  sync.Mutex // serialises writes
-	done chan struct{}
+	wmu     sync.Mutex // serialises writes
+	done    chan struct{}
 
 	mu      sync.Mutex
 	err     error // why done was closed
