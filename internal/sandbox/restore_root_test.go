@@ -27,18 +27,25 @@ type restoreWorld struct {
 	m     *Manager
 	state string
 	man   *netsetup.Manifest
+	pairs int // the NICs' queue pairs (0: the default, 1)
 }
 
 const snapMAC = "02:00:0a:cc:00:05"
 
 func newRestoreWorld(t *testing.T) *restoreWorld {
 	t.Helper()
+	return newRestoreWorldPairs(t, 0)
+}
+
+// newRestoreWorldPairs is newRestoreWorld with NICs of pairs queue pairs.
+func newRestoreWorldPairs(t *testing.T, pairs int) *restoreWorld {
+	t.Helper()
 	testenv.RequireRoot(t)
 	st, err := netsetup.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &restoreWorld{m: New(Config{Store: st, NetnsDir: t.TempDir()}), state: st.Dir()}
+	w := &restoreWorld{m: New(Config{Store: st, NetnsDir: t.TempDir()}), state: st.Dir(), pairs: pairs}
 	ns := netfixture.Netns(t, netfixture.Name("vmnicr-o"))
 	peer := netfixture.Netns(t, netfixture.Name("vmnicr-p"))
 	netfixture.Veth(t, ns, "eth0", peer, "peer0", 1500, snapMAC)
@@ -59,7 +66,7 @@ func newRestoreWorld(t *testing.T) *restoreWorld {
 
 func (w *restoreWorld) spec(id, ns, ip string) NICSpec {
 	return NICSpec{SandboxID: id, ContainerID: id, Network: "vmnicr-net", IfName: "eth0", NetnsPath: ns,
-		TapOwner: -1, TapGroup: -1, IPs: []string{ip}, Gateway: "10.204.0.1"}
+		TapOwner: -1, TapGroup: -1, IPs: []string{ip}, Gateway: "10.204.0.1", QueuePairs: w.pairs}
 }
 
 // restoreSandbox prepares sandbox id for the restore in a fresh netns

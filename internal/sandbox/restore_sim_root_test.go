@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -195,10 +196,12 @@ func TestRestoreVMMCloudHypervisor(t *testing.T) {
 		name    string
 		taken   bool
 		fds     int // the snapshot's fds for the NIC (0: by name)
+		pairs   int // the NIC's queue pairs (0: 1)
 		running bool
 		wantErr string
 	}{
 		{name: "fds/renamed", taken: true, fds: 1},
+		{name: "fds/renamed/2-pairs", taken: true, fds: 2, pairs: 2},
 		{name: "fds/same-name", fds: 1},
 		{name: "name/same-name"},
 		{name: "name/renamed", taken: true, wantErr: "reopens it by that name"},
@@ -206,7 +209,7 @@ func TestRestoreVMMCloudHypervisor(t *testing.T) {
 		{name: "vm-exists", fds: 1, running: true, wantErr: "has a VM with other NICs"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w := newRestoreWorld(t)
+			w := newRestoreWorldPairs(t, tc.pairs)
 			snap := w.man.NICs[0]
 			peer := netfixture.Netns(t, netfixture.Name("vmnicr-p"))
 			id := "vmnicr-chfd"
@@ -294,7 +297,7 @@ func TestRestoreVMMCloudHypervisor(t *testing.T) {
 			if len(restores) != 1 || restores[0].Fds != tc.fds || restores[0].Status != http.StatusNoContent {
 				t.Fatalf("vm.restore calls %+v, want one with %d fds", restores, tc.fds)
 			}
-			if tc.fds > 0 && !strings.Contains(string(restores[0].Body), `"net_fds":[{"id":"`+snap.VMMDeviceID+`","num_fds":1}]`) {
+			if tc.fds > 0 && !strings.Contains(string(restores[0].Body), fmt.Sprintf(`"net_fds":[{"id":"%s","num_fds":%d}]`, snap.VMMDeviceID, tc.fds)) {
 				t.Errorf("vm.restore body %s, want net_fds for %s", restores[0].Body, snap.VMMDeviceID)
 			}
 			if sim.State() != vmmsim.CHRunning {
