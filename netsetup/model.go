@@ -170,9 +170,9 @@ type VMM struct {
 	// SocketUID is the owner of the API socket when the VMM was attached;
 	// vmnic dials only a socket of that owner (nil: not known, any).
 	SocketUID *uint32 `json:"socket_uid,omitempty"`
-	// PID is the VMM's process id when its API reported one at attach
-	// (Cloud Hypervisor's vmm.ping): TAP fds are sent only to that
-	// process (SO_PEERCRED).
+	// PID is the VMM's process id as the adapter learnt it at attach
+	// (Cloud Hypervisor's vmm.ping; QEMU's QMP peer, SO_PEERCRED): TAP fds
+	// are sent only to that process (SO_PEERCRED).
 	PID int `json:"pid,omitempty"`
 }
 

@@ -30,6 +30,7 @@ func (s *Store) Prune(ctx context.Context, wait time.Duration) ([]string, error)
 	if err := p.each(s.containerDir, p.containerEntry); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		p.errs = append(p.errs, err)
 	}
+	p.pruneCloneLocks()
 	// Temp files of writes killed before their rename.
 	for _, d := range []string{s.sandboxDir, s.netnsDir, s.containerDir, s.forwardDir} {
 		p.removed = append(p.removed, pruneTemps(d)...)

@@ -31,6 +31,8 @@ var ErrNotFound = errors.New("no NetSetup record")
 //     id (index.go);
 //   - <stateDir>/bridge-forward/<bridge>.users and .lock: who uses a host
 //     bridge's FORWARD rules (bridgeforward.go);
+//   - <stateDir>/clone-macs/<bridge>.lock: the flock that serialises the
+//     MAC check of restored clones on one bridge (clonelock.go);
 //   - <stateDir>/quarantine/: records that could not be read, moved aside
 //     with a .reason note each (quarantine.go).
 //

@@ -59,9 +59,10 @@ type Attachment struct {
 type Info struct {
 	Kind    Kind
 	Version string
-	// PID is the VMM's process id when its API reports it (Cloud
-	// Hypervisor's vmm.ping), 0 otherwise. Recorded, it lets fds be sent
-	// only to that process (Options.PeerPID).
+	// PID is the VMM's process id: what its API reports (Cloud
+	// Hypervisor's vmm.ping) or, for QEMU, whose QMP names no process,
+	// the peer of the QMP connection (SO_PEERCRED); 0 when not known.
+	// Recorded, it lets fds be sent only to that process (Options.PeerPID).
 	PID       int
 	Booted    bool // the guest is running (hot-plug rules apply)
 	HotAdd    bool // NICs can be added after boot

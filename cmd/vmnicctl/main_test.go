@@ -60,6 +60,9 @@ func TestUsageAndErrors(t *testing.T) {
 		{[]string{"show", "../x"}, 1, "only letters"},
 		{[]string{"vmm-args", "x", "--kind", "bochs"}, 1, "unknown VMM kind"},
 		{[]string{"attach-vmm", "x", "--kind", "qemu"}, 1, "--socket is required"},
+		{[]string{"restore-vmm", "x", "--kind", "cloud-hypervisor"}, 1, "--socket is required"},
+		{[]string{"restore-vmm", "x", "--kind", "cloud-hypervisor", "--socket", "/s"}, 1, "--source-url file:///DIR is required"},
+		{[]string{"restore-vmm", "x", "--kind", "qemu", "--socket", "/s", "--source-url", "file:///d"}, 1, "cloud-hypervisor only"},
 	} {
 		var so, se bytes.Buffer
 		args := tc.args

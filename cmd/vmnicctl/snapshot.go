@@ -19,7 +19,7 @@ var snapOpts struct {
 	newIPs                bool
 	snapshotPath, memPath string
 	sourceURL, incoming   string
-	resume                bool
+	resume, prefault      bool
 	buses                 string
 }
 
@@ -48,7 +48,17 @@ var snapshotCommands = []command{
 			fs.BoolVar(&snapOpts.resume, "resume", false, "the VMM resumes the VM once restored (FC resume_vm, CH resume)")
 			jsonFlag(fs)
 		},
-		help: "Print what the VMM needs to restore the snapshot with this sandbox's TAPs: Firecracker PUT /snapshot/load with network_overrides, Cloud Hypervisor vm.restore, QEMU -netdev/-device with the snapshot's ids and -incoming. Its NICs must be added first."},
+		help: "Print what the VMM needs to restore the snapshot with this sandbox's TAPs: Firecracker PUT /snapshot/load with network_overrides, Cloud Hypervisor vm.restore (with net_fds for NICs it had on fds: send it with restore-vmm), QEMU -netdev/-device with the snapshot's ids and -incoming. Its NICs must be added first."},
+	{name: "restore-vmm", args: "<sandbox-id> --kind cloud-hypervisor --socket S --source-url file:///DIR", npos: 1, run: cmdRestoreVMM,
+		flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&o.kind, "kind", "", "VMM kind: cloud-hypervisor (the one vmnic restores itself)")
+			fs.StringVar(&o.socket, "socket", "", "the VMM's API socket (CH --api-socket), of a CH started without a VM")
+			fs.StringVar(&snapOpts.sourceURL, "source-url", "", "the snapshot directory, file:///DIR (its config.json says which NICs CH had on TAP fds)")
+			fs.BoolVar(&snapOpts.prefault, "prefault", false, "CH prefaults the guest memory (RestoreConfig.prefault)")
+			fs.BoolVar(&snapOpts.resume, "resume", false, "the VM runs once restored (else it comes back paused)")
+			jsonFlag(fs)
+		},
+		help: "Restore the VM of a restored sandbox in a Cloud Hypervisor: vm.restore with the TAP queue fds of the NICs CH had on fds (net_fds, SCM_RIGHTS, opened in the sandbox netns), then record the VMM and its NICs attached with their snapshot device ids. Its NICs must be added first; safe to retry."},
 }
 
 func init() { commands = append(commands, snapshotCommands...) }
@@ -127,12 +137,23 @@ func cmdRestoreArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) er
 	if err != nil {
 		return err
 	}
+	if kind == vmmadapter.CloudHypervisor && snapOpts.sourceURL != "" {
+		// Which NICs CH had on fds is in the snapshot's VM config.
+		if snap, err := connect.ReadSnapshotNets(kind, snapOpts.sourceURL); err == nil {
+			sandbox.MarkSnapshotFds(nics, snap)
+		} else {
+			fmt.Fprintf(c.stderr, "vmnicctl restore-args: %v\n", err)
+		}
+	}
 	r, err := connect.RestoreArgs(kind, nics, connect.RestoreOptions{
 		SnapshotPath: snapOpts.snapshotPath, MemPath: snapOpts.memPath, SourceURL: snapOpts.sourceURL,
 		Incoming: snapOpts.incoming, RootPorts: o.rootPorts, Resume: snapOpts.resume,
 	})
 	if err != nil {
 		return fmt.Errorf("--kind %s: %w", kind, err)
+	}
+	if r.Note != "" {
+		fmt.Fprintf(c.stderr, "vmnicctl restore-args: note: %s\n", r.Note)
 	}
 	if r.Missing != "" {
 		fmt.Fprintf(c.stderr, "vmnicctl restore-args: missing: %s\n", r.Missing)
@@ -143,6 +164,34 @@ func cmdRestoreArgs(_ context.Context, c *cli, _ *flag.FlagSet, pos []string) er
 	enc := json.NewEncoder(c.stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(r)
+}
+
+func cmdRestoreVMM(ctx context.Context, c *cli, _ *flag.FlagSet, pos []string) error {
+	kind, err := connect.ParseKind(o.kind)
+	if err != nil {
+		return fmt.Errorf("--kind: %w", err)
+	}
+	if o.socket == "" {
+		return fmt.Errorf("--socket is required")
+	}
+	if snapOpts.sourceURL == "" {
+		return fmt.Errorf("--source-url file:///DIR is required")
+	}
+	m, err := c.manager()
+	if err != nil {
+		return err
+	}
+	rec, err := m.RestoreVMM(ctx, pos[0], kind, o.socket, sandbox.RestoreVMMOptions{
+		SourceURL: snapOpts.sourceURL, Prefault: snapOpts.prefault, Resume: snapOpts.resume,
+	})
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return writeJSON(c, rec)
+	}
+	printRecord(c, rec)
+	return nil
 }
 
 // ipArg is the CNI_ARGS IP pair for one address ("" for none, several, or

@@ -88,6 +88,7 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer a.releaseClones() // restore.go
 	if err := m.step("add-locked"); err != nil {
 		return a.early(asCoded(err, "add NIC %s", s.IfName))
 	}
@@ -127,7 +128,7 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		}
 		return nil, a.rollback(asCoded(err, "set up NIC %s", s.IfName))
 	}
-	if err := a.checkClones(); err != nil { // restore.go
+	if err := a.checkClones(ctx); err != nil { // restore.go
 		return nil, a.rollback(err)
 	}
 	u, err := b.setupOnHost(ctx, &a.nic)
@@ -175,6 +176,9 @@ type adding struct {
 	// (restore.go); vethPeer is the veth's peer ifindex then.
 	restored bool
 	vethPeer int
+	// cloneLock is the bridge's clone MAC lock, held from checkClones
+	// until the ADD ends (restore.go).
+	cloneLock *netsetup.CloneLock
 }
 
 // check validates s (filling its defaults) and returns the identity of

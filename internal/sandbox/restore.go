@@ -177,7 +177,12 @@ func addrs(l []string) []string {
 // the same MAC on that bridge (clones of one snapshot share the guest's
 // MAC, and one L2 segment cannot carry two). On point-to-point CNIs (ptp,
 // routed) each veth is its own link and clones are fine.
-func (a *adding) checkClones() error {
+//
+// The check and the record of this NIC (with its L2Bridge) are one step
+// for racing clone ADDs: the bridge's clone MAC lock (netsetup) is taken
+// here and held until the ADD ends (releaseClones, deferred by AddNIC),
+// after its one record write or its rollback.
+func (a *adding) checkClones(ctx context.Context) error {
 	if !a.restored || a.vethPeer == 0 {
 		return nil
 	}
@@ -186,6 +191,11 @@ func (a *adding) checkClones() error {
 	if br == "" {
 		return nil
 	}
+	l, err := a.m.Store.LockCloneMACs(ctx, br)
+	if err != nil {
+		return coded(CodeTryAgain, err, "check MAC %s of the restored NIC %s on bridge %s", a.nic.MAC, a.s.IfName, br)
+	}
+	a.cloneLock = l
 	recs, err := a.m.Store.List()
 	if err != nil {
 		return coded(CodeIOFailure, err, "list the sandboxes to check MAC %s on bridge %s", a.nic.MAC, br)
@@ -202,6 +212,12 @@ func (a *adding) checkClones() error {
 		}
 	}
 	return nil
+}
+
+// releaseClones releases the clone MAC lock checkClones took, if any.
+func (a *adding) releaseClones() {
+	a.cloneLock.Unlock()
+	a.cloneLock = nil
 }
 
 // hostBridgeOfPeer is the bridge the host-side veth with index peer is a

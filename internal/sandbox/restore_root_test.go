@@ -1,8 +1,15 @@
 package sandbox
 
 import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -20,18 +27,25 @@ type restoreWorld struct {
 	m     *Manager
 	state string
 	man   *netsetup.Manifest
+	pairs int // the NICs' queue pairs (0: the default, 1)
 }
 
 const snapMAC = "02:00:0a:cc:00:05"
 
 func newRestoreWorld(t *testing.T) *restoreWorld {
 	t.Helper()
+	return newRestoreWorldPairs(t, 0)
+}
+
+// newRestoreWorldPairs is newRestoreWorld with NICs of pairs queue pairs.
+func newRestoreWorldPairs(t *testing.T, pairs int) *restoreWorld {
+	t.Helper()
 	testenv.RequireRoot(t)
 	st, err := netsetup.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &restoreWorld{m: New(Config{Store: st, NetnsDir: t.TempDir()}), state: st.Dir()}
+	w := &restoreWorld{m: New(Config{Store: st, NetnsDir: t.TempDir()}), state: st.Dir(), pairs: pairs}
 	ns := netfixture.Netns(t, netfixture.Name("vmnicr-o"))
 	peer := netfixture.Netns(t, netfixture.Name("vmnicr-p"))
 	netfixture.Veth(t, ns, "eth0", peer, "peer0", 1500, snapMAC)
@@ -52,7 +66,7 @@ func newRestoreWorld(t *testing.T) *restoreWorld {
 
 func (w *restoreWorld) spec(id, ns, ip string) NICSpec {
 	return NICSpec{SandboxID: id, ContainerID: id, Network: "vmnicr-net", IfName: "eth0", NetnsPath: ns,
-		TapOwner: -1, TapGroup: -1, IPs: []string{ip}, Gateway: "10.204.0.1"}
+		TapOwner: -1, TapGroup: -1, IPs: []string{ip}, Gateway: "10.204.0.1", QueuePairs: w.pairs}
 }
 
 // restoreSandbox prepares sandbox id for the restore in a fresh netns
@@ -212,5 +226,84 @@ func TestRestoreClones(t *testing.T) {
 				t.Errorf("clone on the bridge records L2 bridge %q, want %s", n.L2Bridge, br)
 			}
 		}
+	}
+}
+
+// TestRestoreClonesRace: clone ADDs of one snapshot race onto one host
+// bridge, each held between its MAC check and its record write (a step
+// hook at host-ready) so that unserialised checks would all pass: exactly
+// one wins, every other fails with the clear error and is rolled back
+// (no TAP left); clones on point-to-point veths racing with them all
+// succeed; the clone MAC lock leaves no file behind.
+func TestRestoreClonesRace(t *testing.T) {
+	const onBridge, onPtp = 5, 3
+	w := newRestoreWorld(t)
+	hold := func(step string) error {
+		if step == "host-ready" {
+			time.Sleep(100 * time.Millisecond)
+		}
+		return nil
+	}
+	m := New(w.m.Config, withHook(hold))
+	br := netfixture.Name("vmnicrbr")
+	brLink := netfixture.Bridge(t, br)
+	type clone struct {
+		id, ns string
+		bridge bool
+	}
+	var clones []clone
+	for i := range onBridge + onPtp {
+		c := clone{id: fmt.Sprintf("vmnicr-race%d", i), bridge: i < onBridge}
+		hostVeth := netfixture.Name("vmr")
+		c.ns = w.restoreSandbox(t, c.id, snapMAC, hostNetns, hostVeth, false)
+		t.Cleanup(func() {
+			if l, err := netlink.LinkByName(hostVeth); err == nil {
+				netlink.LinkDel(l)
+			}
+		})
+		if c.bridge {
+			l, err := netlink.LinkByName(hostVeth)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := netlink.LinkSetMaster(l, brLink); err != nil {
+				t.Fatal(err)
+			}
+		}
+		clones = append(clones, c)
+	}
+	errs := make([]error, len(clones))
+	var wg sync.WaitGroup
+	for i, c := range clones {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = m.AddNIC(ctx(t), w.spec(c.id, c.ns, fmt.Sprintf("10.204.0.%d/24", 10+i)))
+		}()
+	}
+	wg.Wait()
+	won := 0
+	for i, c := range clones {
+		err := errs[i]
+		switch {
+		case !c.bridge && err != nil:
+			t.Errorf("ptp clone %s: %v", c.id, err)
+		case c.bridge && err == nil:
+			won++
+		case c.bridge:
+			var e *Error
+			if !errors.As(err, &e) || e.Code != CodeInvalidConfig || !strings.Contains(err.Error(), "already on bridge "+br) || !strings.Contains(err.Error(), "ptp") {
+				t.Errorf("losing clone %s: %v, want the clear refusal (code %d) naming bridge %s and ptp", c.id, err, CodeInvalidConfig, br)
+			}
+			if l := netfixture.LinkIn(t, c.ns, w.man.NICs[0].Tap); l != nil {
+				t.Errorf("losing clone %s left its TAP %s", c.id, w.man.NICs[0].Tap)
+			}
+		}
+	}
+	if won != 1 {
+		t.Errorf("%d clones on bridge %s were added, want exactly 1 (errors: %v)", won, br, errs[:onBridge])
+	}
+	if _, err := os.Stat(filepath.Join(w.state, "clone-macs")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("clone MAC lock directory left in the state dir: %v", err)
 	}
 }

@@ -3,6 +3,8 @@ package sandbox
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -119,8 +121,9 @@ func TestRestoreFirecrackerSimulator(t *testing.T) {
 // TestRestoreCloudHypervisorSimulator: with the snapshot's TAP name free,
 // restore-args' vm.restore (spec-validated by the simulator) brings the VM
 // back on that TAP and attach-vmm records the NIC attached with the
-// snapshot's id. With the name taken, restore-args says what is missing
-// (net_fds with the TAP fd: the fd handoff).
+// snapshot's id. With the name taken and the snapshot's config not read,
+// restore-args names restore-vmm, which reads it and hands fds over
+// (TestRestoreVMMCloudHypervisor).
 func TestRestoreCloudHypervisorSimulator(t *testing.T) {
 	for _, taken := range []bool{false, true} {
 		t.Run(map[bool]string{false: "same-name", true: "renamed"}[taken], func(t *testing.T) {
@@ -145,8 +148,8 @@ func TestRestoreCloudHypervisorSimulator(t *testing.T) {
 				t.Fatal(err)
 			}
 			if taken {
-				if !strings.Contains(r.Missing, "net_fds") || !strings.Contains(r.Missing, snap.Tap) {
-					t.Errorf("missing = %q, want net_fds and the snapshot's TAP named", r.Missing)
+				if r.Missing != "" || !strings.Contains(r.Note, "restore-vmm") || !strings.Contains(r.Note, snap.VMMDeviceID) {
+					t.Errorf("missing %q, note %q: want no missing, and restore-vmm and %s in the note", r.Missing, r.Note, snap.VMMDeviceID)
 				}
 				return
 			}
@@ -173,4 +176,175 @@ func TestRestoreCloudHypervisorSimulator(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRestoreVMMCloudHypervisor: RestoreVMM restores a Cloud Hypervisor
+// (the simulator, every request spec-validated) from a snapshot directory
+// whose config.json says how CH had each NIC:
+//   - on fds, with the snapshot's TAP name taken (override): the TAP's
+//     queue fd goes with vm.restore as net_fds, the simulator learns the
+//     new TAP by TUNGETIFF, the NIC is recorded attached (handoff fd) with
+//     the snapshot's device id; vmnic keeps no fd; a retry sends nothing
+//     and records the same;
+//   - by name, with the name free: no fd, handoff name;
+//   - by name with the name taken: refused before any request, nothing
+//     recorded, no fd left;
+//   - a snapshot on more queue pairs than the NIC, or a VMM that has
+//     another VM: refused, nothing recorded.
+func TestRestoreVMMCloudHypervisor(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		taken   bool
+		fds     int // the snapshot's fds for the NIC (0: by name)
+		pairs   int // the NIC's queue pairs (0: 1)
+		running bool
+		wantErr string
+	}{
+		{name: "fds/renamed", taken: true, fds: 1},
+		{name: "fds/renamed/2-pairs", taken: true, fds: 2, pairs: 2},
+		{name: "fds/same-name", fds: 1},
+		{name: "name/same-name"},
+		{name: "name/renamed", taken: true, wantErr: "reopens it by that name"},
+		{name: "fds/queue-mismatch", fds: 2, wantErr: "2 queue pairs"},
+		{name: "vm-exists", fds: 1, running: true, wantErr: "has a VM with other NICs"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newRestoreWorldPairs(t, tc.pairs)
+			snap := w.man.NICs[0]
+			peer := netfixture.Netns(t, netfixture.Name("vmnicr-p"))
+			id := "vmnicr-chfd"
+			ns := w.restoreSandbox(t, id, snapMAC, peer, "peer1", false)
+			if tc.taken {
+				netfixture.Veth(t, ns, snap.Tap, peer, "blocker", 1500, "")
+			}
+			added, err := w.m.AddNIC(ctx(t), w.spec(id, ns, "10.204.0.9/24"))
+			if err != nil {
+				t.Fatalf("AddNIC: %v", err)
+			}
+			if tc.taken == (added.NIC.SnapshotTap == "") {
+				t.Fatalf("restored NIC %+v: override %v, want %v", added.NIC, added.NIC.SnapshotTap != "", tc.taken)
+			}
+			dir := t.TempDir()
+			nq := 2
+			if tc.fds > 0 {
+				nq = 2 * tc.fds
+			}
+			if err := vmmsim.WriteCHSnapshotConfig(dir, []vmmsim.CHNet{{ID: snap.VMMDeviceID, Tap: snap.Tap, MAC: snap.MAC, NumQueues: nq, QueueSize: 256, Fds: tc.fds}}); err != nil {
+				t.Fatal(err)
+			}
+			cfg := vmmsim.CHConfig{State: vmmsim.CHNotCreated}
+			if tc.running {
+				cfg.State = vmmsim.CHRunning
+			}
+			sim := vmmsim.NewCH(t, cfg)
+			if tc.running {
+				sim.Create()
+				if code, body := sendRestore(t, sim.Socket(), connect.Restore{Method: "PUT", Path: "/api/v1/vm.add-net", Body: []byte(`{"id":"other","tap":"x1","num_queues":2}`)}); code >= 300 {
+					t.Fatalf("add-net: %d %s", code, body)
+				}
+			}
+			before := openFds(t)
+			url := "file://" + dir
+			rec, err := w.m.RestoreVMM(ctx(t), id, vmmadapter.CloudHypervisor, sim.Socket(), RestoreVMMOptions{SourceURL: url, Resume: true})
+			want := before // the VMM (in this process) holds its copies, vmnic none
+			if err == nil {
+				want += tc.fds
+			}
+			if got := openFds(t); got != want {
+				t.Errorf("%d TUN fds open after RestoreVMM (err %v), %d before, want %d: vmnic must keep no copy", got, err, before, want)
+			}
+			if v := sim.Violations(); len(v) > 0 {
+				t.Errorf("spec violations: %v", v)
+			}
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("RestoreVMM = %v, want an error with %q", err, tc.wantErr)
+				}
+				if got := sim.CountCalls(http.MethodPut, "/api/v1/vm.restore"); got != 0 {
+					t.Errorf("%d vm.restore requests sent for a refused restore", got)
+				}
+				rec, _ := w.m.Store.Get(id)
+				if n, _ := rec.NIC("eth0"); n.State != netsetup.NICPending || rec.VMM != nil {
+					t.Errorf("after a refused restore: NIC %s, VMM %+v; want pending and no VMM", n.State, rec.VMM)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("RestoreVMM: %v", err)
+			}
+			n, _ := rec.NIC("eth0")
+			wantHandoff := netsetup.HandoffName
+			if tc.fds > 0 {
+				wantHandoff = netsetup.HandoffFd
+			}
+			if n.State != netsetup.NICAttached || n.VMMDeviceID != snap.VMMDeviceID || n.Handoff != wantHandoff {
+				t.Errorf("restored NIC %s device %q handoff %q, want attached, %s, %s", n.State, n.VMMDeviceID, n.Handoff, snap.VMMDeviceID, wantHandoff)
+			}
+			if rec.VMM == nil || rec.VMM.APISocket != sim.Socket() || rec.VMM.PID == 0 || !rec.VMM.Booted {
+				t.Errorf("recorded VMM %+v", rec.VMM)
+			}
+			nets := sim.Net()
+			if len(nets) != 1 || nets[0].ID != snap.VMMDeviceID || nets[0].Tap != added.NIC.Tap || nets[0].Fds != tc.fds {
+				t.Errorf("restored VM net %+v, want %s on TAP %s with %d fds", nets, snap.VMMDeviceID, added.NIC.Tap, tc.fds)
+			}
+			calls := sim.Calls()
+			var restores []vmmsim.Call
+			for _, c := range calls {
+				if c.Path == "/api/v1/vm.restore" {
+					restores = append(restores, c)
+				}
+			}
+			if len(restores) != 1 || restores[0].Fds != tc.fds || restores[0].Status != http.StatusNoContent {
+				t.Fatalf("vm.restore calls %+v, want one with %d fds", restores, tc.fds)
+			}
+			if tc.fds > 0 && !strings.Contains(string(restores[0].Body), fmt.Sprintf(`"net_fds":[{"id":"%s","num_fds":%d}]`, snap.VMMDeviceID, tc.fds)) {
+				t.Errorf("vm.restore body %s, want net_fds for %s", restores[0].Body, snap.VMMDeviceID)
+			}
+			if sim.State() != vmmsim.CHRunning {
+				t.Errorf("VM %s after a restore with resume", sim.State())
+			}
+			// Retry: the VM has the device; nothing is sent again.
+			rec2, err := w.m.RestoreVMM(ctx(t), id, vmmadapter.CloudHypervisor, sim.Socket(), RestoreVMMOptions{SourceURL: url, Resume: true})
+			if err != nil {
+				t.Fatalf("second RestoreVMM: %v", err)
+			}
+			if got := sim.CountCalls(http.MethodPut, "/api/v1/vm.restore"); got != 1 {
+				t.Errorf("the retry sent vm.restore again (%d)", got)
+			}
+			if n2, _ := rec2.NIC("eth0"); n2.State != netsetup.NICAttached || n2.VMMDeviceID != snap.VMMDeviceID {
+				t.Errorf("after the retry: %+v", n2)
+			}
+			// restore-args with the snapshot read: net_fds in the body and
+			// a note naming restore-vmm; nothing missing.
+			nics, err := RestoreNICs(rec2, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfgNets, err := connect.ReadSnapshotNets(vmmadapter.CloudHypervisor, url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			MarkSnapshotFds(nics, cfgNets)
+			r, err := connect.RestoreArgs(vmmadapter.CloudHypervisor, nics, connect.RestoreOptions{SourceURL: url})
+			if err != nil || r.Missing != "" || (tc.fds > 0) != strings.Contains(r.Note, "restore-vmm") || (tc.fds > 0) != strings.Contains(string(r.Body), "net_fds") {
+				t.Errorf("restore-args: %+v, %v", r, err)
+			}
+			sim.Close()
+			if got := openFds(t); got != before {
+				t.Errorf("%d TUN fds open after the VMM ended, %d before", got, before)
+			}
+		})
+	}
+	t.Run("not prepared for a restore", func(t *testing.T) {
+		w := newRestoreWorld(t)
+		sim := vmmsim.NewCH(t, vmmsim.CHConfig{State: vmmsim.CHNotCreated})
+		_, err := w.m.RestoreVMM(ctx(t), "vmnicr-none", vmmadapter.CloudHypervisor, sim.Socket(), RestoreVMMOptions{SourceURL: "file:///nonexistent"})
+		var e *Error
+		if !errors.As(err, &e) || !strings.Contains(err.Error(), "no record") {
+			t.Errorf("RestoreVMM of an unknown sandbox = %v", err)
+		}
+		if _, err := w.m.RestoreVMM(ctx(t), "vmnicr-none", vmmadapter.Firecracker, sim.Socket(), RestoreVMMOptions{SourceURL: "file:///x"}); err == nil || !strings.Contains(err.Error(), "cloud-hypervisor only") {
+			t.Errorf("RestoreVMM for firecracker = %v", err)
+		}
+	})
 }

@@ -22,6 +22,11 @@ type RestoreNIC struct {
 	// Bus is the QEMU bus (a pcie-root-port id) the device sat on, for a
 	// NIC behind a root port; "" when it is on the root bus or unknown.
 	Bus string
+	// SnapshotFds is, for Cloud Hypervisor, how many TAP fds the snapshot's
+	// VM config has the device on (0: opened by name), when SnapshotKnown
+	// (the snapshot's config.json could be read).
+	SnapshotFds   int
+	SnapshotKnown bool
 }
 
 // RestoreOptions are the paths of the VM snapshot a VMM restores from.
@@ -41,14 +46,16 @@ type RestoreOptions struct {
 
 // Restore is what a VMM needs to restore a snapshot with vmnic's TAPs: an
 // API request (Method, Path, Body: Firecracker, Cloud Hypervisor) or
-// command-line arguments (QEMU). Missing says what vmnic cannot provide
-// yet for this restore (empty when nothing is missing).
+// command-line arguments (QEMU). Missing says why this restore cannot be
+// done with these TAPs (empty when it can); Note what the caller must know
+// to do it (e.g. that fds must ride with the request).
 type Restore struct {
 	Method  string          `json:"method,omitempty"`
 	Path    string          `json:"path,omitempty"`
 	Body    json.RawMessage `json:"body,omitempty"`
 	Args    []string        `json:"args,omitempty"`
 	Missing string          `json:"missing,omitempty"`
+	Note    string          `json:"note,omitempty"`
 }
 
 // RestoreArgs renders the restore of nics for a VMM of kind.
@@ -58,12 +65,16 @@ type Restore struct {
 // differs from the snapshot's; none when all names are the same (older FCs
 // reject the field).
 //
-// Cloud Hypervisor: PUT /api/v1/vm.restore {source_url}. CH reopens each
-// TAP by the name in the snapshot's NetConfig (vmm/src/vm_config.rs
-// NetConfig.tap); a TAP under another name can only be handed over as
-// net_fds [{id, num_fds}] with the fds over SCM_RIGHTS
-// (vmm/src/api/http/http_endpoint.rs, vm.restore), which needs the TAP fd
-// handoff vmnic does not have yet: Missing says so.
+// Cloud Hypervisor: PUT /api/v1/vm.restore {source_url, net_fds}. CH
+// reopens a NIC it had by TAP name by the name in the snapshot's NetConfig
+// (vmm/src/vm_config.rs NetConfig.tap), and needs new fds for a NIC it had
+// on fds: net_fds [{id, num_fds}] with the fds over SCM_RIGHTS in that
+// order (vmm/src/api/http/http_endpoint.rs, VmRestore; vmm/src/lib.rs
+// vm_restore updates only the fd-backed NICs). The body lists net_fds for
+// the NICs the snapshot has on fds (SnapshotFds), and Note says the fds
+// must ride with it (vmnicctl restore-vmm sends it with them); a NIC CH
+// had by name whose TAP has another name now cannot be restored: Missing
+// says so.
 //
 // QEMU: -netdev/-device pairs with the device and netdev ids of the
 // snapshot, each device at its PCI address (addr= on the root bus, bus=
@@ -118,24 +129,52 @@ func chRestore(nics []RestoreNIC, o RestoreOptions) (Restore, error) {
 	if o.SourceURL == "" {
 		return Restore{}, fmt.Errorf("cloud-hypervisor restore: the snapshot's source URL (file:///dir) is needed")
 	}
+	type restoredNet struct {
+		ID     string `json:"id"`
+		NumFds int    `json:"num_fds"`
+	}
 	body := struct {
-		SourceURL string `json:"source_url"`
-		Resume    bool   `json:"resume,omitempty"`
-	}{o.SourceURL, o.Resume}
+		SourceURL string        `json:"source_url"`
+		Resume    bool          `json:"resume,omitempty"`
+		NetFds    []restoredNet `json:"net_fds,omitempty"`
+	}{SourceURL: o.SourceURL, Resume: o.Resume}
+	var renamed, byName, unknown []string
+	for _, n := range nics {
+		switch {
+		case n.SnapshotKnown && n.SnapshotFds > 0:
+			body.NetFds = append(body.NetFds, restoredNet{ID: n.DeviceID, NumFds: n.SnapshotFds})
+		case n.SnapshotTap != "" && n.SnapshotTap != n.Tap:
+			d := fmt.Sprintf("%s (snapshot TAP %s, now %s)", n.DeviceID, n.SnapshotTap, n.Tap)
+			if n.SnapshotKnown {
+				byName = append(byName, d)
+			} else {
+				renamed = append(renamed, d)
+			}
+		case !n.SnapshotKnown:
+			unknown = append(unknown, n.DeviceID)
+		}
+	}
 	data, err := json.Marshal(body)
 	if err != nil {
 		return Restore{}, err
 	}
 	r := Restore{Method: "PUT", Path: "/api/v1/vm.restore", Body: data}
-	var renamed []string
-	for _, n := range nics {
-		if n.SnapshotTap != "" && n.SnapshotTap != n.Tap {
-			renamed = append(renamed, fmt.Sprintf("%s (snapshot TAP %s, now %s)", n.DeviceID, n.SnapshotTap, n.Tap))
+	var notes []string
+	if len(body.NetFds) > 0 {
+		ids := make([]string, len(body.NetFds))
+		for i, n := range body.NetFds {
+			ids[i] = n.ID
 		}
+		notes = append(notes, "the TAP fds of "+strings.Join(ids, ", ")+" must ride with this request as SCM_RIGHTS, in net_fds order: vmnicctl restore-vmm <sandbox-id> --kind cloud-hypervisor --socket PATH --source-url "+o.SourceURL+" opens them and sends it")
 	}
-	if len(renamed) > 0 {
-		r.Missing = "Cloud Hypervisor reopens TAPs by the snapshot's names, and these NICs' TAPs have other names: " + strings.Join(renamed, ", ") +
-			"; they must be handed over as vm.restore net_fds with the TAP fds over SCM_RIGHTS, which needs vmnic's TAP fd handoff (not available yet). Free the snapshot's TAP names in the netns and restore again, or use that handoff once it is there."
+	if len(renamed)+len(unknown) > 0 {
+		notes = append(notes, "the snapshot's VM config (config.json) was not read, so whether Cloud Hypervisor had "+strings.Join(append(renamed, unknown...), ", ")+
+			" on TAP fds is not known: a NIC it had on fds needs them in net_fds, one it had by name keeps the snapshot's TAP name; vmnicctl restore-vmm reads the snapshot and does what it needs")
+	}
+	r.Note = strings.Join(notes, "; ")
+	if len(byName) > 0 {
+		r.Missing = "Cloud Hypervisor had these NICs by TAP name and reopens them by the snapshot's names (it takes fds at a restore only for NICs it had on fds), and their TAPs have other names now: " + strings.Join(byName, ", ") +
+			". Free the snapshot's TAP names in the netns and ADD the NICs again."
 	}
 	return r, nil
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/vmnic/vmnic/internal/testkit/openapi"
+	"github.com/vmnic/vmnic/internal/testkit/vmmsim"
 	"github.com/vmnic/vmnic/vmmadapter"
 	"github.com/vmnic/vmnic/vmmadapter/connect"
 )
@@ -69,20 +70,51 @@ func TestRestoreArgsFirecracker(t *testing.T) {
 	}
 }
 
-// TestRestoreArgsCloudHypervisor: vm.restore, spec-validated; a renamed TAP
-// says what is missing (net_fds need the fd handoff).
+// TestRestoreArgsCloudHypervisor: vm.restore, spec-validated (net_fds
+// through the simulator's gap patch, vmmsim.CHSpecSetup). With the
+// snapshot's config known: a NIC CH had on fds gets a net_fds entry and a
+// note naming restore-vmm (renamed or not); a renamed NIC CH had by name
+// cannot be restored (missing). Unknown: a renamed NIC gets the note.
 func TestRestoreArgsCloudHypervisor(t *testing.T) {
 	spec := specOrSkip(t, openapi.CloudHypervisorSpec)
-	for _, renamed := range []bool{false, true} {
-		r, err := connect.RestoreArgs(vmmadapter.CloudHypervisor, restoreNICs(renamed), connect.RestoreOptions{SourceURL: "file:///s"})
+	if err := vmmsim.CHSpecSetup(spec); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name           string
+		renamed, known bool
+		fds            int
+		netFds, note   bool
+		missing        bool
+	}{
+		{name: "same names, unknown", note: true},
+		{name: "renamed, unknown", renamed: true, note: true},
+		{name: "same names, by name", known: true},
+		{name: "renamed, by name", renamed: true, known: true, missing: true},
+		{name: "renamed, on fds", renamed: true, known: true, fds: 1, netFds: true, note: true},
+	} {
+		nics := restoreNICs(tc.renamed)
+		if tc.known {
+			for i := range nics {
+				nics[i].SnapshotKnown = true
+			}
+			nics[1].SnapshotFds = tc.fds
+		}
+		r, err := connect.RestoreArgs(vmmadapter.CloudHypervisor, nics, connect.RestoreOptions{SourceURL: "file:///s"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if v := spec.ValidateRequest(r.Method, r.Path, r.Body); len(v) > 0 {
-			t.Errorf("body %s violates the spec: %v", r.Body, v)
+			t.Errorf("%s: body %s violates the spec: %v", tc.name, r.Body, v)
 		}
-		if renamed != (r.Missing != "") || renamed && !strings.Contains(r.Missing, "net_fds") {
-			t.Errorf("renamed=%v: missing %q", renamed, r.Missing)
+		if got := strings.Contains(string(r.Body), `"net_fds":[{"id":"net1","num_fds":1}]`); got != tc.netFds {
+			t.Errorf("%s: body %s, net_fds for net1 %v", tc.name, r.Body, tc.netFds)
+		}
+		if got := strings.Contains(r.Note, "restore-vmm"); got != tc.note {
+			t.Errorf("%s: note %q, want restore-vmm named: %v", tc.name, r.Note, tc.note)
+		}
+		if got := r.Missing != ""; got != tc.missing || tc.missing && !strings.Contains(r.Missing, "tapnet1") {
+			t.Errorf("%s: missing %q, want %v naming tapnet1", tc.name, r.Missing, tc.missing)
 		}
 	}
 }

@@ -50,6 +50,7 @@ import (
 	"time"
 
 	"github.com/vmnic/vmnic/vmmadapter"
+	"github.com/vmnic/vmnic/vmmadapter/internal/sockdial"
 )
 
 const (
@@ -150,7 +151,10 @@ func (a *Adapter) Close() error {
 }
 
 // Info reports the QEMU version and whether the guest has started. QEMU can
-// always hot-plug PCI devices, so HotAdd and HotRemove are true.
+// always hot-plug PCI devices, so HotAdd and HotRemove are true. QMP has no
+// command that names QEMU's process, so PID is the peer of the QMP
+// connection (SO_PEERCRED): recorded at attach, it is the process TAP fds
+// may later be sent to (Options.PeerPID).
 func (a *Adapter) Info(ctx context.Context) (vmmadapter.Info, error) {
 	var v struct {
 		QEMU struct{ Major, Minor, Micro int } `json:"qemu"`
@@ -162,9 +166,14 @@ func (a *Adapter) Info(ctx context.Context) (vmmadapter.Info, error) {
 	if err != nil {
 		return vmmadapter.Info{}, fmt.Errorf("qemu info: %w", err)
 	}
+	pid := 0
+	if qc, err := a.conn(ctx); err == nil {
+		pid = qc.peerPID
+	}
 	return vmmadapter.Info{
 		Kind:      vmmadapter.QEMU,
 		Version:   fmt.Sprintf("%d.%d.%d", v.QEMU.Major, v.QEMU.Minor, v.QEMU.Micro),
+		PID:       pid,
 		Booted:    booted,
 		HotAdd:    true,
 		HotRemove: true,
@@ -306,13 +315,21 @@ func (a *Adapter) netdevAdd(ctx context.Context, id string, nic vmmadapter.NIC) 
 	return nil
 }
 
-// executeFile is Execute with f passed along (SCM_RIGHTS).
+// executeFile is Execute with f passed along (SCM_RIGHTS). With
+// Options.PeerPID set, f goes only over a connection whose peer is that
+// process (SO_PEERCRED): another gets no fd and the call fails with
+// vmmadapter.ErrPeerMismatch, as the Cloud Hypervisor path does.
 func (a *Adapter) executeFile(ctx context.Context, cmd string, args, out any, f *os.File) error {
 	ctx, cancel := context.WithTimeout(ctx, a.opts.CallTimeout)
 	defer cancel()
 	qc, err := a.conn(ctx)
 	if err != nil {
 		return fmt.Errorf("qmp %s: %w", cmd, err)
+	}
+	if f != nil {
+		if err := sockdial.CheckPeer(qc.c, a.opts.PeerPID, a.socket); err != nil {
+			return fmt.Errorf("qmp %s: check the peer: %w", cmd, err)
+		}
 	}
 	return qc.executeFile(ctx, cmd, args, out, f)
 }

@@ -57,7 +57,7 @@ func TestInfo(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := vmmadapter.Info{Kind: vmmadapter.QEMU, Version: "8.2.1", Booted: tt.booted, HotAdd: true, HotRemove: true}
+			want := vmmadapter.Info{Kind: vmmadapter.QEMU, Version: "8.2.1", PID: os.Getpid(), Booted: tt.booted, HotAdd: true, HotRemove: true}
 			if info != want {
 				t.Errorf("Info = %+v, want %+v", info, want)
 			}
@@ -749,5 +749,54 @@ func TestAddNICWithFds(t *testing.T) {
 	}
 	if _, err := a.AddNIC(context.Background(), vmmadapter.NIC{ID: "eth2", Tap: "tapeth2", QueuePairs: 2, Fds: devnull(1)}); !errors.Is(err, vmmadapter.ErrFdCount) {
 		t.Errorf("1 fd for 2 queue pairs = %v, want ErrFdCount", err)
+	}
+}
+
+// TestPeerCheck: Info reports the QMP connection's peer (SO_PEERCRED) as
+// QEMU's pid, the pid attach records; with Options.PeerPID set to another
+// process, a NIC with TAP fds is refused with ErrPeerMismatch naming both
+// pids before any getfd (no fd is sent, nothing is added), while a NIC
+// without fds (nothing to hand over) and fds to the right peer still work.
+func TestPeerCheck(t *testing.T) {
+	devnull := func() []*os.File {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return []*os.File{f}
+	}
+	s := newSim()
+	a, _ := openSim(t, s, fast)
+	info, err := a.Info(context.Background())
+	if err != nil || info.PID != os.Getpid() {
+		t.Fatalf("Info = %+v, %v: want PID %d (the QMP peer)", info, err, os.Getpid())
+	}
+
+	other := os.Getpid() + 100000
+	opts := fast
+	opts.PeerPID = other
+	s2 := newSim()
+	b, f := openSim(t, s2, opts)
+	_, err = b.AddNIC(context.Background(), vmmadapter.NIC{ID: "eth0", Tap: "tapeth0", Fds: devnull()})
+	if !errors.Is(err, vmmadapter.ErrPeerMismatch) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", other)) {
+		t.Fatalf("AddNIC with fds to another peer = %v, want ErrPeerMismatch naming pids %d and %d", err, os.Getpid(), other)
+	}
+	for _, c := range f.commands() {
+		if c == "getfd" || c == "netdev_add" || c == "device_add" {
+			t.Errorf("%s sent to a peer that is not the recorded VMM (commands %v)", c, f.commands())
+		}
+	}
+	if len(s2.fds) != 0 || len(s2.devices) != 0 {
+		t.Errorf("QEMU got fds %v, devices %v", s2.fds, s2.devices)
+	}
+	if _, err := b.AddNIC(context.Background(), vmmadapter.NIC{ID: "eth1", Tap: "tapeth1"}); err != nil {
+		t.Errorf("AddNIC by name (no fd to hand over): %v", err)
+	}
+
+	opts.PeerPID = os.Getpid()
+	c, _ := openSim(t, newSim(), opts)
+	if _, err := c.AddNIC(context.Background(), vmmadapter.NIC{ID: "eth0", Tap: "tapeth0", Fds: devnull()}); err != nil {
+		t.Errorf("AddNIC with fds to the recorded peer: %v", err)
 	}
 }

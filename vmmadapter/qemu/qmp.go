@@ -58,10 +58,13 @@ type request struct {
 // that arrive while a command is in flight are never lost or mistaken for
 // its reply.
 type conn struct {
-	c    net.Conn
-	dec  *json.Decoder
-	wmu  sync.Mutex // serialises writes
-	done chan struct{}
+	c net.Conn
+	// peerPID is the process at the other end (SO_PEERCRED at connect; 0
+	// when the kernel could not tell).
+	peerPID int
+	dec     *json.Decoder
+	wmu     sync.Mutex // serialises writes
+	done    chan struct{}
 
 	mu      sync.Mutex
 	err     error // why done was closed
@@ -88,6 +91,7 @@ func dial(ctx context.Context, socket string, o vmmadapter.Options) (*conn, erro
 	qc := &conn{
 		c:       c,
 		dec:     json.NewDecoder(c),
+		peerPID: peerPID(c),
 		done:    make(chan struct{}),
 		pending: map[string]chan message{},
 		subs:    map[*subscription]struct{}{},
@@ -98,6 +102,13 @@ func dial(ctx context.Context, socket string, o vmmadapter.Options) (*conn, erro
 	}
 	go qc.readLoop()
 	return qc, nil
+}
+
+func peerPID(c net.Conn) int {
+	if cred, err := sockdial.PeerCred(c); err == nil {
+		return int(cred.Pid)
+	}
+	return 0
 }
 
 // handshake reads the greeting and enters command mode. It runs before the

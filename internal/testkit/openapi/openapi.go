@@ -137,6 +137,28 @@ func (s *Spec) SetParamRule(name, pattern string) error {
 	return nil
 }
 
+// AddProperty adds property name, with schema def, to the named object
+// schema (components/schemas or definitions): a field the server reads that
+// the spec does not list (a known spec-vs-server gap, e.g. Cloud
+// Hypervisor's RestoreConfig.net_fds). The schema must exist and must not
+// list the property already (a spec that gained it needs no patch).
+func (s *Spec) AddProperty(schema, name string, def map[string]any) error {
+	sch := s.named(schema)
+	if sch == nil {
+		return fmt.Errorf("add property %s.%s: no schema named %s", schema, name, schema)
+	}
+	props := asMap(sch["properties"])
+	if props == nil {
+		props = map[string]any{}
+		sch["properties"] = props
+	}
+	if _, ok := props[name]; ok {
+		return fmt.Errorf("add property %s.%s: the spec has it already", schema, name)
+	}
+	props[name] = def
+	return nil
+}
+
 // Prefix is the path prefix every request path carries ("/api/v1" for Cloud
 // Hypervisor, "" for Firecracker).
 func (s *Spec) Prefix() string { return s.prefix }

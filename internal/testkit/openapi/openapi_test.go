@@ -323,3 +323,40 @@ func TestSpecPathAbsent(t *testing.T) {
 		t.Errorf("error does not say where the spec is expected: %v", err)
 	}
 }
+
+// TestAddProperty: a property added to a named schema (a known gap, such
+// as Cloud Hypervisor's RestoreConfig.net_fds) is validated by its schema;
+// the rest of the object stays strict; a missing schema or a property the
+// spec has already is an error.
+func TestAddProperty(t *testing.T) {
+	ch := loadReal(t, CloudHypervisorSpec)
+	const restore = "/api/v1/vm.restore"
+	if v := ch.ValidateRequest("PUT", restore, []byte(`{"source_url":"file:///s","net_fds":[{"id":"n","num_fds":1}]}`)); len(v) != 1 || !strings.Contains(v[0].Msg, `unknown property "net_fds"`) {
+		t.Fatalf("net_fds before the patch: %v", v)
+	}
+	def := map[string]any{"type": "array", "items": map[string]any{"type": "object", "required": []any{"id"},
+		"properties": map[string]any{"id": map[string]any{"type": "string"}, "num_fds": map[string]any{"type": "integer"}}}}
+	if err := ch.AddProperty("RestoreConfig", "net_fds", def); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ body, want string }{
+		{`{"source_url":"file:///s","net_fds":[{"id":"n","num_fds":1}]}`, ""},
+		{`{"source_url":"file:///s","net_fds":[{"num_fds":1}]}`, `required property "id"`},
+		{`{"source_url":"file:///s","net_fds":[{"id":"n","fds":[3]}]}`, `unknown property "fds"`},
+		{`{"source_url":"file:///s","net_fds":[{"id":"n","num_fds":"1"}]}`, "want an integer"},
+	} {
+		v := ch.ValidateRequest("PUT", restore, []byte(tc.body))
+		switch {
+		case tc.want == "" && len(v) > 0:
+			t.Errorf("%s: %v", tc.body, v)
+		case tc.want != "" && (len(v) != 1 || !strings.Contains(v[0].Msg, tc.want)):
+			t.Errorf("%s: %v, want %q", tc.body, v, tc.want)
+		}
+	}
+	if err := ch.AddProperty("RestoreConfig", "net_fds", def); err == nil {
+		t.Error("a property added twice")
+	}
+	if err := ch.AddProperty("NoSuchSchema", "x", def); err == nil {
+		t.Error("a property added to a missing schema")
+	}
+}

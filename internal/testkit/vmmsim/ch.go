@@ -137,7 +137,7 @@ func StartCH(socket string, cfg CHConfig) (*CH, error) {
 	if cfg.BootVCPUs == 0 {
 		cfg.BootVCPUs = 2
 	}
-	spec, specErr, err := specFor(openapi.CloudHypervisorSpec, cfg.NoSpec, nil)
+	spec, specErr, err := specFor(openapi.CloudHypervisorSpec, cfg.NoSpec, func(s *openapi.Spec) error { return CHSpecSetup(s) })
 	if err != nil {
 		return nil, err
 	}

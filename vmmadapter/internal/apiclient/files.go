@@ -12,9 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/vmnic/vmnic/vmmadapter"
+	"github.com/vmnic/vmnic/vmmadapter/internal/sockdial"
 )
 
 // MaxFiles bounds the fds one request carries: the kernel's SCM_MAX_FD
@@ -115,26 +113,5 @@ func writeWithRights(uc *net.UnixConn, b, oob []byte) error {
 // checkPeer refuses a connection whose peer (SO_PEERCRED, taken by the
 // kernel at connect) is not c.PeerPID, when that is set.
 func (c *Client) checkPeer(uc *net.UnixConn) error {
-	if c.PeerPID <= 0 {
-		return nil
-	}
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var cred *unix.Ucred
-	var credErr error
-	if err := rc.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return err
-	}
-	if credErr != nil {
-		return fmt.Errorf("SO_PEERCRED: %w", credErr)
-	}
-	if int(cred.Pid) != c.PeerPID {
-		return fmt.Errorf("%w: pid %d (uid %d) answers on %s, the recorded VMM is pid %d (re-attach the VMM if it was restarted)",
-			vmmadapter.ErrPeerMismatch, cred.Pid, cred.Uid, c.Socket, c.PeerPID)
-	}
-	return nil
+	return sockdial.CheckPeer(uc, c.PeerPID, c.Socket)
 }
