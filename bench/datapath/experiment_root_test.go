@@ -50,7 +50,9 @@ func TestSetFeatures(t *testing.T) {
 }
 
 // Both XDP programs pass the verifier and attach to a veth in native mode;
-// the redirect program's target is the TAP's ifindex.
+// while one is attached, the peer veth has no TSO (veth_fix_features clears
+// NETIF_F_GSO_SOFTWARE on the peer of a veth with any XDP program, frags
+// or not: what costs the XDP experiments their TCP throughput).
 func TestXDPProgramsAttach(t *testing.T) {
 	testenv.RequireRoot(t)
 	if err := hostnet.ProbeBPF(); err != nil {
@@ -64,6 +66,13 @@ func TestXDPProgramsAttach(t *testing.T) {
 		if err != nil {
 			return err
 		}
+		netfixture.In(t, b, func() error {
+			f, err := getFeatures("peer0")
+			if err == nil && !f.Active["tx-tcp-segmentation"] {
+				t.Fatal("peer0 has no TSO before any XDP program")
+			}
+			return err
+		})
 		for name, insns := range map[string]func() error{
 			progNameXDPPass:  func() error { return attachXDP(eth0, progNameXDPPass, xdpPassInsns()) },
 			progNameXDPRedir: func() error { return attachXDP(eth0, progNameXDPRedir, xdpRedirectInsns(eth0.Attrs().Index, 1514)) },
@@ -78,6 +87,16 @@ func TestXDPProgramsAttach(t *testing.T) {
 			if l.Attrs().Xdp == nil || !l.Attrs().Xdp.Attached || l.Attrs().Xdp.AttachMode != 1 /* XDP_ATTACHED_DRV */ {
 				t.Errorf("%s: eth0 XDP state %+v, want attached in driver mode", name, l.Attrs().Xdp)
 			}
+			netfixture.In(t, b, func() error {
+				f, err := getFeatures("peer0")
+				if err != nil {
+					return err
+				}
+				if f.Active["tx-tcp-segmentation"] {
+					t.Errorf("%s: peer0 keeps TSO with XDP on eth0", name)
+				}
+				return nil
+			})
 		}
 		return nil
 	})
