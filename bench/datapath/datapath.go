@@ -117,6 +117,7 @@ type Round struct {
 type VariantResult struct {
 	Name     string  `json:"name"`
 	DataPath string  `json:"datapath,omitempty"`
+	Tweak    Tweak   `json:"experiment,omitempty"`
 	Rounds   []Round `json:"rounds"`
 	// RTT1Quantiles are the RTT quantiles (µs) at 1 outstanding over all
 	// rounds' samples, at RTTQuantiles (for the plot).
@@ -214,7 +215,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.Experiments {
 		all = append(all, experimentVariants()...)
 	}
-	variants := selectVariants(all, cfg.Variants)
+	variants, err := selectVariants(all, cfg.Variants)
+	if err != nil {
+		return nil, err
+	}
 	var nics, mqNICs []*nic
 	defer func() {
 		for _, n := range append(nics, mqNICs...) {
@@ -237,7 +241,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return rep, err
 		}
 		mqNICs = append(mqNICs, n2)
-		rep.Variants = append(rep.Variants, VariantResult{Name: v.Name, DataPath: n.dataPath, Rounds: make([]Round, cfg.Rounds)})
+		rep.Variants = append(rep.Variants, VariantResult{Name: v.Name, DataPath: n.dataPath, Tweak: v.Tweak, Rounds: make([]Round, cfg.Rounds)})
 		cfg.logf("variant %s: TAP %s (data path %q)", v.Name, n.tap, n.dataPath)
 	}
 
@@ -280,7 +284,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}},
 	}
 	if cfg.EchoOnly {
-		steps = steps[:2]
+		steps = steps[:2] // the two echo steps
 	}
 	for round := 0; round < cfg.Rounds; round++ {
 		for _, s := range steps {
@@ -656,19 +660,29 @@ func (r *Report) write(dir string) error {
 }
 
 // selectVariants keeps the variants named in names (all when names is
-// empty), and the bridge backend always.
-func selectVariants(all []Variant, names []string) []Variant {
+// empty), and the bridge backend always; a name that is not in all is an
+// error.
+func selectVariants(all []Variant, names []string) ([]Variant, error) {
 	if len(names) == 0 {
-		return all
+		return all, nil
+	}
+	want := map[string]bool{"bridge": true}
+	for _, n := range names {
+		want[strings.TrimSpace(n)] = true
 	}
 	var out []Variant
 	for _, v := range all {
-		for _, n := range names {
-			if v.Name == n || v.Name == "bridge" {
-				out = append(out, v)
-				break
-			}
+		if want[v.Name] {
+			out = append(out, v)
+			delete(want, v.Name)
 		}
 	}
-	return out
+	for n := range want {
+		var known []string
+		for _, v := range all {
+			known = append(known, v.Name)
+		}
+		return nil, fmt.Errorf("unknown variant %q (this run has %s)", n, strings.Join(known, ", "))
+	}
+	return out, nil
 }

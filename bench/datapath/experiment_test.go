@@ -15,16 +15,25 @@ func TestSelectVariants(t *testing.T) {
 		return out
 	}
 	for _, tc := range []struct {
-		sel  []string
-		want []string
+		sel     []string
+		want    []string
+		wantErr bool
 	}{
-		{nil, names(all)},
-		{[]string{"cni-bpf"}, []string{"bridge", "cni-bpf"}},
-		{[]string{"cni-bpf-gro", "cni-u32"}, []string{"bridge", "cni-u32", "cni-bpf-gro"}},
-		{[]string{"nothing"}, []string{"bridge"}},
+		{sel: nil, want: names(all)},
+		{sel: []string{"cni-bpf"}, want: []string{"bridge", "cni-bpf"}},
+		{sel: []string{"cni-bpf-gro", " cni-u32"}, want: []string{"bridge", "cni-u32", "cni-bpf-gro"}},
+		{sel: []string{"bridge"}, want: []string{"bridge"}},
+		{sel: []string{"cni-bpf", "nothing"}, wantErr: true},
 	} {
-		if got := names(selectVariants(all, tc.sel)); !reflect.DeepEqual(got, tc.want) {
-			t.Errorf("selectVariants(%v) = %v, want %v", tc.sel, got, tc.want)
+		got, err := selectVariants(all, tc.sel)
+		if tc.wantErr {
+			if err == nil {
+				t.Errorf("selectVariants(%v) = %v, want an error", tc.sel, names(got))
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(names(got), tc.want) {
+			t.Errorf("selectVariants(%v) = %v, %v; want %v", tc.sel, names(got), err, tc.want)
 		}
 	}
 }
