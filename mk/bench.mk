@@ -36,6 +36,8 @@ TEST_DEPS += bench-test
 # bench-datapath: issue 15 §1 — how fast a NIC carries traffic (bench/datapath):
 # vmnic's bridge backend vs the cni backend with the u32 and the bpf data path,
 # interleaved; report in $(BENCH_OUT)/datapath.md (BENCH_QUICK=1: smoke run).
+# BENCH_DATAPATH_FLAGS='-experiments' adds the host → guest experiments (GRO or
+# XDP on eth0; docs/performance.md), '-variants a,b' and '-echo-only' narrow a run.
 BENCH_DATAPATH_FLAGS ?=
 
 .PHONY: bench-datapath

@@ -60,6 +60,13 @@ type Config struct {
 	OutDir string
 	// Command is the command line, for the report.
 	Command string
+	// Variants, when set, are the names of the variants to run (the
+	// bridge backend is always run: the ratios are to it).
+	Variants []string
+	// Experiments adds the experimental variants (experiment.go).
+	Experiments bool
+	// EchoOnly skips the TCP steps.
+	EchoOnly bool
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
 }
@@ -110,6 +117,7 @@ type Round struct {
 type VariantResult struct {
 	Name     string  `json:"name"`
 	DataPath string  `json:"datapath,omitempty"`
+	Tweak    Tweak   `json:"experiment,omitempty"`
 	Rounds   []Round `json:"rounds"`
 	// RTT1Quantiles are the RTT quantiles (µs) at 1 outstanding over all
 	// rounds' samples, at RTTQuantiles (for the plot).
@@ -203,7 +211,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	netnsDir := filepath.Join(state, "netns")
 	m := sandbox.New(sandbox.Config{Store: st, NetnsDir: netnsDir})
 
-	variants := defaultVariants()
+	all := defaultVariants()
+	if cfg.Experiments {
+		all = append(all, experimentVariants()...)
+	}
+	variants, err := selectVariants(all, cfg.Variants)
+	if err != nil {
+		return nil, err
+	}
 	var nics, mqNICs []*nic
 	defer func() {
 		for _, n := range append(nics, mqNICs...) {
@@ -226,7 +241,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return rep, err
 		}
 		mqNICs = append(mqNICs, n2)
-		rep.Variants = append(rep.Variants, VariantResult{Name: v.Name, DataPath: n.dataPath, Rounds: make([]Round, cfg.Rounds)})
+		rep.Variants = append(rep.Variants, VariantResult{Name: v.Name, DataPath: n.dataPath, Tweak: v.Tweak, Rounds: make([]Round, cfg.Rounds)})
 		cfg.logf("variant %s: TAP %s (data path %q)", v.Name, n.tap, n.dataPath)
 	}
 
@@ -267,6 +282,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			r.TwoFlows2, err = tcpRun(mq, 2, 2, true, cfg.TCPBytes/2, !cfg.NoGSO)
 			return err
 		}},
+	}
+	if cfg.EchoOnly {
+		steps = steps[:2] // the two echo steps
 	}
 	for round := 0; round < cfg.Rounds; round++ {
 		for _, s := range steps {
@@ -343,9 +361,13 @@ func pingOnce(n *nic, window int, d time.Duration) (PingResult, []time.Duration,
 	if _, _, err := p.run(1, 0, 3); err != nil {
 		return PingResult{}, nil, fmt.Errorf("%w: %v (guest %+v)", errWarmup, err, g.Stats())
 	}
+	proc0, _ := cpuTimes()
 	res, rtts, err := p.runSamples(window, d)
 	if err != nil {
 		return res, rtts, fmt.Errorf("%w (guest %+v)", err, g.Stats())
+	}
+	if proc1, _ := cpuTimes(); res.Received > 0 {
+		res.ProcCPUUsPerEcho = (proc1 - proc0) * 1e6 / float64(res.Received)
 	}
 	return res, rtts, nil
 }
@@ -516,6 +538,7 @@ func (r *Report) summarize() {
 	defs := []def{
 		{"echo rate, 64 outstanding", "k packets/s", true, func(x Round) float64 { return x.Ping64.Rate / 1e3 }},
 		{"echo rate, 1 outstanding", "k packets/s", true, func(x Round) float64 { return x.Ping1.Rate / 1e3 }},
+		{"CPU per echo, 64 outstanding (process)", "µs", false, func(x Round) float64 { return x.Ping64.ProcCPUUsPerEcho }},
 		{"RTT median, 1 outstanding", "µs", false, func(x Round) float64 { return x.Ping1.RTTMedianUs }},
 		{"RTT p99, 1 outstanding", "µs", false, func(x Round) float64 { return x.Ping1.RTTP99Us }},
 		{"RTT min, 1 outstanding", "µs", false, func(x Round) float64 { return x.Ping1.RTTMinUs }},
@@ -634,4 +657,32 @@ func (r *Report) write(dir string) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, "datapath.md"), []byte(r.Markdown()), 0o644)
+}
+
+// selectVariants keeps the variants named in names (all when names is
+// empty), and the bridge backend always; a name that is not in all is an
+// error.
+func selectVariants(all []Variant, names []string) ([]Variant, error) {
+	if len(names) == 0 {
+		return all, nil
+	}
+	want := map[string]bool{"bridge": true}
+	for _, n := range names {
+		want[strings.TrimSpace(n)] = true
+	}
+	var out []Variant
+	for _, v := range all {
+		if want[v.Name] {
+			out = append(out, v)
+			delete(want, v.Name)
+		}
+	}
+	for n := range want {
+		var known []string
+		for _, v := range all {
+			known = append(known, v.Name)
+		}
+		return nil, fmt.Errorf("unknown variant %q (this run has %s)", n, strings.Join(known, ", "))
+	}
+	return out, nil
 }

@@ -22,6 +22,11 @@ type PingResult struct {
 	RTTMinUs    float64 `json:"rtt_min_us"`
 	RTTMedianUs float64 `json:"rtt_median_us"`
 	RTTP99Us    float64 `json:"rtt_p99_us"`
+	// ProcCPUUsPerEcho is this process's CPU time (user+sys: the guest
+	// stand-in, the pinger and the kernel work done in their syscalls and
+	// the softirqs they ran) per echo answered, µs: what the rate costs,
+	// less dependent on the other load of the machine than the rate.
+	ProcCPUUsPerEcho float64 `json:"process_cpu_us_per_echo"`
 }
 
 // pinger sends ICMP echo requests on a raw socket of the host's netns and

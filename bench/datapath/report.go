@@ -26,7 +26,11 @@ func (r *Report) Markdown() string {
 	}
 	for _, v := range r.Variants {
 		if v.DataPath != "" {
-			fmt.Fprintf(&b, "- %s: data path recorded `%s`\n", v.Name, v.DataPath)
+			fmt.Fprintf(&b, "- %s: data path recorded `%s`", v.Name, v.DataPath)
+			if v.Tweak != "" {
+				fmt.Fprintf(&b, "; experiment `%s` on eth0", v.Tweak)
+			}
+			b.WriteString("\n")
 		}
 	}
 	b.WriteString("\n## Targets (ratio to the bridge backend: median of the per-round ratios, min–max)\n\n")

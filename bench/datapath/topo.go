@@ -29,6 +29,9 @@ type Variant struct {
 	// Macvtap: not vmnic at all — a macvtap (bridge mode) on the veth's far
 	// end, as Kata's macvtap endpoint makes, for comparison.
 	Macvtap bool
+	// Tweak is what an experiment changes on eth0 after vmnic's ADD (see
+	// experiment.go); "" for vmnic as it is.
+	Tweak Tweak
 }
 
 // The variants of a run. bridge is vmnic's bridge backend (the TAP is a
@@ -171,6 +174,9 @@ func setupNIC(ctx context.Context, m *sandbox.Manager, netnsDir string, v Varian
 	n.tap, n.tapNetns, n.dataPath = added.NIC.Tap, added.Sandbox, added.NIC.DataPath
 	if v.Backend == netsetup.BackendBridge {
 		disableIPv6(n.tap)
+	}
+	if err := applyTweak(n); err != nil {
+		return n, fmt.Errorf("tweak %s: %w", v.Tweak, err)
 	}
 	return n, nil
 }

@@ -26,7 +26,13 @@ func main() {
 	flag.DurationVar(&cfg.PingDuration, "ping", 0, "duration of each echo run (default 2s, quick 200ms)")
 	flag.Int64Var(&cfg.TCPBytes, "tcp-bytes", 0, "bytes per TCP transfer (default 256 MiB, quick 4 MiB)")
 	flag.BoolVar(&cfg.NoGSO, "no-gso", false, "open the TCP guest's TAP without offloads")
+	variants := flag.String("variants", "", "comma-separated variants to run (default all; bridge always)")
+	flag.BoolVar(&cfg.Experiments, "experiments", false, "add the experimental variants (GRO or XDP on eth0)")
+	flag.BoolVar(&cfg.EchoOnly, "echo-only", false, "measure only the echo steps")
 	flag.Parse()
+	if *variants != "" {
+		cfg.Variants = strings.Split(*variants, ",")
+	}
 	cfg.Command = strings.Join(append([]string{filepath.Base(os.Args[0])}, os.Args[1:]...), " ")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
