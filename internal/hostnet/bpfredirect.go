@@ -178,6 +178,11 @@ func PeerHelper(link netlink.Link) BPFHelper {
 // fd is closed once the filter holds it: the filter keeps the program
 // loaded until it is deleted.
 func AddBPFRedirect(from, to netlink.Link, h BPFHelper) error {
+	return (*Conn)(nil).AddBPFRedirect(from, to, h)
+}
+
+// AddBPFRedirect is the package's AddBPFRedirect on c.
+func (c *Conn) AddBPFRedirect(from, to netlink.Link, h BPFHelper) error {
 	prog, err := loadRedirect(to.Attrs().Index, h)
 	if err != nil {
 		return fmt.Errorf("redirect %s -> %s: %w", from.Attrs().Name, to.Attrs().Name, err)
@@ -194,7 +199,7 @@ func AddBPFRedirect(from, to netlink.Link, h BPFHelper) error {
 		DirectAction: true,
 	}
 	f.Handle = FilterHandle
-	if err := netlink.FilterAdd(f); err != nil {
+	if err := c.handle().FilterAdd(f); err != nil {
 		return &bpfAttachError{fmt.Errorf("add cls_bpf redirect filter %s -> %s (%s): %w", from.Attrs().Name, to.Attrs().Name, h, err)}
 	}
 	return nil

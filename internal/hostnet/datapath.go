@@ -61,6 +61,8 @@ type JoinOptions struct {
 	// TAP filter is in place (the engine's failpoint and step timing); an
 	// error it returns fails the Join there, which then rolls back.
 	Step func(name string) error
+	// Conn carries Join's requests (nil: a socket per request).
+	Conn *Conn
 }
 
 func (o JoinOptions) log() *slog.Logger {
@@ -147,7 +149,8 @@ func Join(veth, tap netlink.Link, o JoinOptions) (j Joined, err error) {
 	if err != nil {
 		return j, err
 	}
-	owned, err := EnsureIngress(veth)
+	c := o.Conn
+	owned, err := c.EnsureIngress(veth)
 	if err != nil {
 		return j, err
 	}
@@ -168,11 +171,11 @@ func Join(veth, tap netlink.Link, o JoinOptions) (j Joined, err error) {
 			_ = RemoveIngressIfEmpty(tap)
 		}
 	}()
-	if tapOwned, err = EnsureIngress(tap); err != nil {
+	if tapOwned, err = c.EnsureIngress(tap); err != nil {
 		return j, err
 	}
 	if dp == DataPathBPF {
-		err = AddBPFRedirect(veth, tap, HelperRedirect)
+		err = c.AddBPFRedirect(veth, tap, HelperRedirect)
 		if err != nil && mode == ModeAuto && IsBPFUnsupported(err) {
 			o.log().Warn("data path: this kernel refuses the cls_bpf redirect, using tc u32 + mirred", "veth", veth.Attrs().Name, "tap", tap.Attrs().Name, "error", err)
 			dp, err = DataPathU32, nil
@@ -182,7 +185,7 @@ func Join(veth, tap netlink.Link, o JoinOptions) (j Joined, err error) {
 		}
 	}
 	if dp == DataPathU32 {
-		if err = AddRedirect(veth, tap); err != nil {
+		if err = c.AddRedirect(veth, tap); err != nil {
 			return j, err
 		}
 	}
@@ -193,9 +196,9 @@ func Join(veth, tap netlink.Link, o JoinOptions) (j Joined, err error) {
 	}
 	if dp == DataPathBPF {
 		j.TapHelper = PeerHelper(veth)
-		err = AddBPFRedirect(tap, veth, j.TapHelper)
+		err = c.AddBPFRedirect(tap, veth, j.TapHelper)
 	} else {
-		err = AddRedirect(tap, veth)
+		err = c.AddRedirect(tap, veth)
 	}
 	if err != nil {
 		return j, err

@@ -108,16 +108,21 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 	defer closeBackend()
 
 	// In the sandbox netns: read the veth, then make the backend's part
-	// there.
+	// there, every request on one netlink socket.
 	err = netns.DoExpected(s.NetnsPath, s.NetnsID, func() error {
-		veth, err := a.readVeth(b)
+		c, err := hostnet.OpenConn()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		veth, err := a.readVeth(c, b)
 		if err != nil {
 			return err
 		}
 		if err := m.step("veth-read"); err != nil {
 			return err
 		}
-		u, err := b.setupInNetns(veth, &a.nic)
+		u, err := b.setupInNetns(c, veth, &a.nic)
 		a.u.add(u)
 		return err
 	})
@@ -307,11 +312,12 @@ func (s *NICSpec) newNIC() netsetup.NIC {
 	}
 }
 
-// readVeth looks up the veth in the sandbox netns (the calling thread's),
-// takes its MAC and MTU for the NIC and lets the backend claim the TAP.
-func (a *adding) readVeth(b backend) (netlink.Link, error) {
+// readVeth looks up the veth in the sandbox netns (the calling thread's,
+// c's), takes its MAC and MTU for the NIC and lets the backend claim the
+// TAP.
+func (a *adding) readVeth(c *hostnet.Conn, b backend) (netlink.Link, error) {
 	s := a.s
-	veth, err := netlink.LinkByName(s.IfName)
+	veth, err := c.LinkByName(s.IfName)
 	if err != nil {
 		if hostnet.IsNotFound(err) {
 			return nil, codedf(CodeInvalidEnv, "CNI_IFNAME %s: no such interface in netns %s", s.IfName, s.NetnsPath)
