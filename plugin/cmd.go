@@ -149,11 +149,18 @@ func timed(args *skel.CmdArgs, cmd string, body func(*skel.CmdArgs, *env, *stept
 }
 
 func cmdAdd(args *skel.CmdArgs) error {
-	return timed(args, "ADD", add)
+	// An OS thread enters CNI_NETNS and looks up CNI_IFNAME while the conf,
+	// the store and the sandbox's record are read (2 cores: the two
+	// overlap); AddNIC changes the netns only once it holds the lock.
+	pre := sandbox.PrepareNetns(args.Netns, args.IfName)
+	defer pre.Close()
+	return timed(args, "ADD", func(args *skel.CmdArgs, e *env, st *steptime.Recorder) error {
+		return add(args, e, st, pre)
+	})
 }
 
-// add is ADD after the prologue.
-func add(args *skel.CmdArgs, e *env, st *steptime.Recorder) error {
+// add is ADD after the prologue; pre is CNI_NETNS entered ahead.
+func add(args *skel.CmdArgs, e *env, st *steptime.Recorder, pre *sandbox.PreparedNetns) error {
 	prev, err := e.prevResult("vmnic must be chained after a plugin that makes the interface (bridge, ptp, …)")
 	if err != nil {
 		return err
@@ -194,6 +201,7 @@ func add(args *skel.CmdArgs, e *env, st *steptime.Recorder) error {
 		PodName:      string(a.K8S_POD_NAME),
 		PodNamespace: string(a.K8S_POD_NAMESPACE),
 		PodUID:       string(a.K8S_POD_UID),
+		Prepared:     pre,
 	})
 	if err != nil {
 		e.log.Error("ADD failed", "sandbox", id, "ifname", args.IfName, "error", err)
