@@ -188,6 +188,39 @@ func (c *Conn) AddBPFRedirect(from, to netlink.Link, h BPFHelper) error {
 		return fmt.Errorf("redirect %s -> %s: %w", from.Attrs().Name, to.Attrs().Name, err)
 	}
 	defer prog.Close()
+	return c.attachBPFRedirect(from, to, h, prog)
+}
+
+// redirectPrograms are the two programs of a BPF join, loaded before
+// anything is attached.
+type redirectPrograms struct{ toTap, toVeth *ebpf.Program }
+
+// loadRedirects loads the programs veth -> tap (bpf_redirect) and tap ->
+// veth (helper h). A program the kernel refuses is an error IsBPFUnsupported
+// recognises; nothing is left loaded then.
+func loadRedirects(veth, tap netlink.Link, h BPFHelper) (p redirectPrograms, err error) {
+	if p.toTap, err = loadRedirect(tap.Attrs().Index, HelperRedirect); err != nil {
+		return p, fmt.Errorf("redirect %s -> %s: %w", veth.Attrs().Name, tap.Attrs().Name, err)
+	}
+	if p.toVeth, err = loadRedirect(veth.Attrs().Index, h); err != nil {
+		p.close()
+		return redirectPrograms{}, fmt.Errorf("redirect %s -> %s: %w", tap.Attrs().Name, veth.Attrs().Name, err)
+	}
+	return p, nil
+}
+
+// close closes the programs' fds (an attached filter keeps its program).
+func (p redirectPrograms) close() {
+	for _, prog := range []*ebpf.Program{p.toTap, p.toVeth} {
+		if prog != nil {
+			prog.Close()
+		}
+	}
+}
+
+// attachBPFRedirect adds the cls_bpf filter on from's ingress hook running
+// prog, the program that redirects to to with helper h.
+func (c *Conn) attachBPFRedirect(from, to netlink.Link, h BPFHelper, prog *ebpf.Program) error {
 	name := bpfNameRedirect
 	if h == HelperRedirectPeer {
 		name = bpfNamePeer
