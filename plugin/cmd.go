@@ -48,11 +48,15 @@ type env struct {
 }
 
 // setup builds the env of a command; st (nil: none) times the engine's
-// steps.
-func setup(args *skel.CmdArgs, st *steptime.Recorder) (*env, error) {
+// steps; onConf (nil: none) is called with the conf as soon as it is
+// parsed.
+func setup(args *skel.CmdArgs, st *steptime.Recorder, onConf func(*Resolved)) (*env, error) {
 	conf, err := parseConf(args.StdinData)
 	if err != nil {
 		return nil, err
+	}
+	if onConf != nil {
+		onConf(conf)
 	}
 	log, c := conf.logger()
 	e := &env{conf: conf, log: log, closer: func() { c.Close() }}
@@ -134,12 +138,12 @@ func cniError(err error) error {
 }
 
 // timed is the prologue of ADD and DEL: it times the command (steptime,
-// step "setup" for the plugin's setup), builds its env and closes it when
-// body returns.
-func timed(args *skel.CmdArgs, cmd string, body func(*skel.CmdArgs, *env, *steptime.Recorder) error) (err error) {
+// step "setup" for the plugin's setup), builds its env (onConf: setup's)
+// and closes it when body returns.
+func timed(args *skel.CmdArgs, cmd string, onConf func(*Resolved), body func(*skel.CmdArgs, *env, *steptime.Recorder) error) (err error) {
 	st := steptime.FromEnv(cmd)
 	defer func() { st.Finish(err) }()
-	e, err := setup(args, st)
+	e, err := setup(args, st, onConf)
 	if err != nil {
 		return err
 	}
@@ -149,12 +153,16 @@ func timed(args *skel.CmdArgs, cmd string, body func(*skel.CmdArgs, *env, *stept
 }
 
 func cmdAdd(args *skel.CmdArgs) error {
-	// An OS thread enters CNI_NETNS and looks up CNI_IFNAME while the conf,
-	// the store and the sandbox's record are read (2 cores: the two
-	// overlap); AddNIC changes the netns only once it holds the lock.
-	pre := sandbox.PrepareNetns(args.Netns, args.IfName)
-	defer pre.Close()
-	return timed(args, "ADD", func(args *skel.CmdArgs, e *env, st *steptime.Recorder) error {
+	// Once the conf is parsed, an OS thread enters CNI_NETNS, looks up
+	// CNI_IFNAME and loads the TAP -> veth BPF program while the store and
+	// the sandbox's record are read (2 cores: the two overlap); AddNIC
+	// changes the netns only once it holds the lock.
+	var pre *sandbox.PreparedNetns
+	defer func() { pre.Close() }()
+	prepare := func(c *Resolved) {
+		pre = sandbox.PrepareNetns(args.Netns, args.IfName, sandbox.NetnsPrepOptions{Backend: c.Backend, DataPath: c.DataPath})
+	}
+	return timed(args, "ADD", prepare, func(args *skel.CmdArgs, e *env, st *steptime.Recorder) error {
 		return add(args, e, st, pre)
 	})
 }
@@ -214,7 +222,7 @@ func add(args *skel.CmdArgs, e *env, st *steptime.Recorder, pre *sandbox.Prepare
 }
 
 func cmdDel(args *skel.CmdArgs) error {
-	return timed(args, "DEL", del)
+	return timed(args, "DEL", nil, del)
 }
 
 // del is DEL after the prologue.
@@ -259,7 +267,7 @@ func del(args *skel.CmdArgs, e *env, st *steptime.Recorder) error {
 }
 
 func cmdCheck(args *skel.CmdArgs) error {
-	e, err := setup(args, nil)
+	e, err := setup(args, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -300,7 +308,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 }
 
 func cmdGC(args *skel.CmdArgs) error {
-	e, err := setup(args, nil)
+	e, err := setup(args, nil, nil)
 	if err != nil {
 		return err
 	}

@@ -63,6 +63,9 @@ type JoinOptions struct {
 	Step func(name string) error
 	// Conn carries Join's requests (nil: a socket per request).
 	Conn *Conn
+	// Preload, when it is for this veth, is the TAP -> veth program,
+	// loaded ahead (PreloadJoin); nil: Join loads it.
+	Preload *Preload
 }
 
 func (o JoinOptions) log() *slog.Logger {
@@ -157,7 +160,7 @@ func Join(veth, tap netlink.Link, o JoinOptions) (j Joined, err error) {
 	var progs redirectPrograms
 	if dp == DataPathBPF {
 		j.TapHelper = PeerHelper(veth)
-		progs, err = loadRedirects(veth, tap, j.TapHelper)
+		progs, err = loadRedirects(veth, tap, j.TapHelper, o.Preload)
 		if err != nil {
 			if mode != ModeAuto || !IsBPFUnsupported(err) {
 				return j, err

@@ -57,6 +57,9 @@ type NICSpec struct {
 	// caller closes it. AddNIC uses it only for that path and ifname, and
 	// only when the namespace entered is NetnsID.
 	Prepared *PreparedNetns
+	// preload is Prepared's TAP -> veth program for the cni backend's Join
+	// (set in the netns, once Prepared served).
+	preload *hostnet.Preload
 }
 
 // PreparedNetns is the read-only start of an ADD's work in the sandbox
@@ -72,11 +75,21 @@ type PreparedNetns struct {
 	conn    *hostnet.Conn
 	veth    netlink.Link
 	vethErr error
+	preload *hostnet.Preload
+}
+
+// NetnsPrepOptions say what an ADD will do with the netns PrepareNetns
+// prepares.
+type NetnsPrepOptions struct {
+	// Backend is the conf's backend: for the cni backend the TAP -> veth
+	// BPF program (hostnet.PreloadJoin) of DataPath is loaded too.
+	Backend  netsetup.Backend
+	DataPath hostnet.DataPathMode
 }
 
 // PrepareNetns starts the preparation of an ADD of ifname in the netns at
 // path and returns at once; its errors are the ADD's, in AddNIC.
-func PrepareNetns(path, ifname string) *PreparedNetns {
+func PrepareNetns(path, ifname string, o NetnsPrepOptions) *PreparedNetns {
 	p := &PreparedNetns{path: path, ifname: ifname}
 	p.t = netns.Enter(path, func() error {
 		c, err := hostnet.OpenConn()
@@ -85,6 +98,9 @@ func PrepareNetns(path, ifname string) *PreparedNetns {
 		}
 		p.conn = c
 		p.veth, p.vethErr = c.LinkByName(ifname)
+		if p.vethErr == nil && o.Backend == netsetup.BackendCNI && !hostnet.IsTap(p.veth) {
+			p.preload = hostnet.PreloadJoin(p.veth, o.DataPath)
+		}
 		return nil
 	})
 	return p
@@ -103,6 +119,7 @@ func (p *PreparedNetns) Close() {
 	}
 	p.t.Close()
 	p.conn.Close()
+	p.preload.Close()
 }
 
 // AddedNIC is what AddNIC did.
@@ -161,7 +178,8 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 
 	// In the sandbox netns: read the veth, then make the backend's part
 	// there, every request on one netlink socket.
-	inNetns := func(c *hostnet.Conn, link netlink.Link, lookupErr error) error {
+	inNetns := func(c *hostnet.Conn, link netlink.Link, lookupErr error, pre *hostnet.Preload) error {
+		s.preload = pre // the backend's (b.spec is &s)
 		veth, err := a.readVeth(b, link, lookupErr)
 		if err != nil {
 			return err
@@ -174,7 +192,7 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 		return err
 	}
 	if p := s.Prepared; p.serves(&s) {
-		err = p.t.Do(s.NetnsID, func() error { return inNetns(p.conn, p.veth, p.vethErr) })
+		err = p.t.Do(s.NetnsID, func() error { return inNetns(p.conn, p.veth, p.vethErr, p.preload) })
 	} else {
 		err = netns.DoExpected(s.NetnsPath, s.NetnsID, func() error {
 			c, err := hostnet.OpenConn()
@@ -183,7 +201,7 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 			}
 			defer c.Close()
 			link, err := c.LinkByName(s.IfName)
-			return inNetns(c, link, err)
+			return inNetns(c, link, err, nil)
 		})
 	}
 	if err != nil {

@@ -55,7 +55,7 @@ func (b *cniBackend) setupInNetns(c *hostnet.Conn, veth netlink.Link, nic *netse
 	// ways, by the data path the conf and the kernel allow (cls_bpf direct
 	// action where it loads, else u32 + mirred): Join removes what it
 	// added when it fails.
-	j, err := hostnet.Join(veth, tap, hostnet.JoinOptions{Mode: s.DataPath, Log: b.m.log(), Step: b.m.step, Conn: c})
+	j, err := hostnet.Join(veth, tap, hostnet.JoinOptions{Mode: s.DataPath, Log: b.m.log(), Step: b.m.step, Conn: c, Preload: s.preload})
 	if err != nil {
 		if errors.Is(err, hostnet.ErrBPFUnavailable) {
 			return u, coded(CodeNotAvailable, err, "join %s and %s", s.IfName, nic.Tap)
