@@ -16,7 +16,8 @@ import (
 // two, so that a caller can overlap the entry (a new locked thread, the
 // namespace file's open and setns) and read-only work in the namespace (the
 // prep function) with work of its own, such as a CNI ADD's file bookkeeping
-// before it may change the host.
+// before it may change the host. Do and Close are called from one
+// goroutine.
 type Thread struct {
 	path  string
 	ready chan struct{} // closed once the entry (and prep) ended
