@@ -80,6 +80,12 @@ func (e *env) dir(parts ...string) string {
 	return filepath.Join(append([]string{e.tmp}, parts...)...)
 }
 
+// stateDir is a path in the private dir for vmnic's state (under /var/lib,
+// as the product's default /var/lib/vmnic).
+func (e *env) stateDir(parts ...string) string {
+	return filepath.Join(append([]string{e.state}, parts...)...)
+}
+
 // shmDir is like dir, on tmpfs (/dev/shm); "" when there is none.
 func (e *env) shmDir(parts ...string) string {
 	if e.shm == "" {

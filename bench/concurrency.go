@@ -57,7 +57,7 @@ func (e *env) runConcurrency(ctx context.Context) error {
 	}
 	chains := []chain{{"baseline", base}}
 	if e.hasVmnic {
-		vl, err := e.confList("vmnb-conc-vmnic", bridgePlugin("vmnbrb11", "10.205.11.0/24", e.dir("ipam")), vmnicPlugin(e.dir("vmnic-state")))
+		vl, err := e.confList("vmnb-conc-vmnic", bridgePlugin("vmnbrb11", "10.205.11.0/24", e.dir("ipam")), vmnicPlugin(e.stateDir("vmnic-state")))
 		if err != nil {
 			return err
 		}

@@ -85,10 +85,10 @@ func (e *env) cycleVariants() ([]*variant, error) {
 		{"tuning", "bridge + host-local + tuning (changes nothing)", "baseline", 1, false,
 			func(i int) []pluginConf { return []pluginConf{br(i), tuningNoop(e.dir("tuning"))} }},
 		{"vmnic", "bridge + host-local + vmnic, 1 NIC", "baseline", 1, true,
-			func(i int) []pluginConf { return []pluginConf{br(i), vmnicPlugin(e.dir("vmnic-state"))} }},
+			func(i int) []pluginConf { return []pluginConf{br(i), vmnicPlugin(e.stateDir("vmnic-state"))} }},
 		{"vmnic-fsync", "bridge + host-local + vmnic, 1 NIC, `\"fsync\": true` (durable records)", "baseline", 1, true,
 			func(i int) []pluginConf {
-				p := vmnicPlugin(e.dir("vmnic-state"))
+				p := vmnicPlugin(e.stateDir("vmnic-state"))
 				p["fsync"] = true
 				return []pluginConf{br(i), p}
 			}},
@@ -97,10 +97,10 @@ func (e *env) cycleVariants() ([]*variant, error) {
 		{"baseline-4nic", "bridge + host-local, 4 NICs in one sandbox", "baseline-4nic", 4, false,
 			func(i int) []pluginConf { return []pluginConf{br(i)} }},
 		{"vmnic-4nic", "bridge + host-local + vmnic, 4 NICs in one sandbox", "baseline-4nic", 4, true,
-			func(i int) []pluginConf { return []pluginConf{br(i), vmnicPlugin(e.dir("vmnic-state"))} }},
+			func(i int) []pluginConf { return []pluginConf{br(i), vmnicPlugin(e.stateDir("vmnic-state"))} }},
 		{"vmnic-prev", "bridge + host-local + the previous vmnic plugin (`vmnic-prev` in the bin dir), 1 NIC", "baseline", 1, true,
 			func(i int) []pluginConf {
-				p := vmnicPlugin(e.dir("vmnic-prev-state"))
+				p := vmnicPlugin(e.stateDir("vmnic-prev-state"))
 				p["type"] = prevVmnic
 				return []pluginConf{br(i), p}
 			}},

@@ -71,10 +71,10 @@ func (e *env) runEngine(ctx context.Context) error {
 		runs = append(runs, &dirRun{run: EngineRun{Where: where, FS: fsType(dir)}, m: sandbox.New(sandbox.Config{Store: st}), dir: dir})
 		return nil
 	}
-	if err := add("temp dir (same filesystem as /var/lib), default store", e.dir("engine-state"), false); err != nil {
+	if err := add("/var/lib (as /var/lib/vmnic), default store", e.stateDir("engine-state"), false); err != nil {
 		return err
 	}
-	if err := add("temp dir, durable store (fsync of file and directory)", e.dir("engine-state-durable"), true); err != nil {
+	if err := add("/var/lib, durable store (fsync of file and directory)", e.stateDir("engine-state-durable"), true); err != nil {
 		return err
 	}
 	if e.shm != "" {

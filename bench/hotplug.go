@@ -70,7 +70,7 @@ func (e *env) runHotplug(ctx context.Context) error {
 	if e.cfg.Quick {
 		simSamples, qemuSamples = 5, 2
 	}
-	state := e.dir("vmnic-state-hot")
+	state := e.stateDir("vmnic-state-hot")
 	store, err := netsetup.Open(state)
 	if err != nil {
 		return err

@@ -63,7 +63,7 @@ func (e *env) runScale(ctx context.Context) error {
 		levels, samples, settle = []int{10, 100, 10}, 5, 500*time.Millisecond
 	}
 	const br = "vmnbrb12"
-	state := e.dir("vmnic-state-scale")
+	state := e.stateDir("vmnic-state-scale")
 	vl, err := e.confList("vmnb-scale-vmnic", bridgePlugin(br, "10.215.0.0/20", e.dir("ipam")), vmnicPlugin(state))
 	if err != nil {
 		return err

@@ -58,7 +58,7 @@ func (e *env) runTeardown(ctx context.Context) error {
 		return err
 	}
 	defer deleteBridge("vmnbrb15")
-	st, err := netsetup.Open(e.dir("teardown-state"))
+	st, err := netsetup.Open(e.stateDir("teardown-state"))
 	if err != nil {
 		return err
 	}

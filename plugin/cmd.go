@@ -48,11 +48,15 @@ type env struct {
 }
 
 // setup builds the env of a command; st (nil: none) times the engine's
-// steps.
-func setup(args *skel.CmdArgs, st *steptime.Recorder) (*env, error) {
+// steps; onConf (nil: none) is called with the conf as soon as it is
+// parsed.
+func setup(args *skel.CmdArgs, st *steptime.Recorder, onConf func(*Resolved)) (*env, error) {
 	conf, err := parseConf(args.StdinData)
 	if err != nil {
 		return nil, err
+	}
+	if onConf != nil {
+		onConf(conf)
 	}
 	log, c := conf.logger()
 	e := &env{conf: conf, log: log, closer: func() { c.Close() }}
@@ -134,12 +138,12 @@ func cniError(err error) error {
 }
 
 // timed is the prologue of ADD and DEL: it times the command (steptime,
-// step "setup" for the plugin's setup), builds its env and closes it when
-// body returns.
-func timed(args *skel.CmdArgs, cmd string, body func(*skel.CmdArgs, *env, *steptime.Recorder) error) (err error) {
+// step "setup" for the plugin's setup), builds its env (onConf: setup's)
+// and closes it when body returns.
+func timed(args *skel.CmdArgs, cmd string, onConf func(*Resolved), body func(*skel.CmdArgs, *env, *steptime.Recorder) error) (err error) {
 	st := steptime.FromEnv(cmd)
 	defer func() { st.Finish(err) }()
-	e, err := setup(args, st)
+	e, err := setup(args, st, onConf)
 	if err != nil {
 		return err
 	}
@@ -149,11 +153,22 @@ func timed(args *skel.CmdArgs, cmd string, body func(*skel.CmdArgs, *env, *stept
 }
 
 func cmdAdd(args *skel.CmdArgs) error {
-	return timed(args, "ADD", add)
+	// Once the conf is parsed, an OS thread enters CNI_NETNS, looks up
+	// CNI_IFNAME and loads the TAP -> veth BPF program while the store and
+	// the sandbox's record are read (2 cores: the two overlap); AddNIC
+	// changes the netns only once it holds the lock.
+	var pre *sandbox.PreparedNetns
+	defer func() { pre.Close() }()
+	prepare := func(c *Resolved) {
+		pre = sandbox.PrepareNetns(args.Netns, args.IfName, sandbox.NetnsPrepOptions{Backend: c.Backend, DataPath: c.DataPath})
+	}
+	return timed(args, "ADD", prepare, func(args *skel.CmdArgs, e *env, st *steptime.Recorder) error {
+		return add(args, e, st, pre)
+	})
 }
 
-// add is ADD after the prologue.
-func add(args *skel.CmdArgs, e *env, st *steptime.Recorder) error {
+// add is ADD after the prologue; pre is CNI_NETNS entered ahead.
+func add(args *skel.CmdArgs, e *env, st *steptime.Recorder, pre *sandbox.PreparedNetns) error {
 	prev, err := e.prevResult("vmnic must be chained after a plugin that makes the interface (bridge, ptp, …)")
 	if err != nil {
 		return err
@@ -194,6 +209,7 @@ func add(args *skel.CmdArgs, e *env, st *steptime.Recorder) error {
 		PodName:      string(a.K8S_POD_NAME),
 		PodNamespace: string(a.K8S_POD_NAMESPACE),
 		PodUID:       string(a.K8S_POD_UID),
+		Prepared:     pre,
 	})
 	if err != nil {
 		e.log.Error("ADD failed", "sandbox", id, "ifname", args.IfName, "error", err)
@@ -206,7 +222,7 @@ func add(args *skel.CmdArgs, e *env, st *steptime.Recorder) error {
 }
 
 func cmdDel(args *skel.CmdArgs) error {
-	return timed(args, "DEL", del)
+	return timed(args, "DEL", nil, del)
 }
 
 // del is DEL after the prologue.
@@ -251,7 +267,7 @@ func del(args *skel.CmdArgs, e *env, st *steptime.Recorder) error {
 }
 
 func cmdCheck(args *skel.CmdArgs) error {
-	e, err := setup(args, nil)
+	e, err := setup(args, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -292,7 +308,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 }
 
 func cmdGC(args *skel.CmdArgs) error {
-	e, err := setup(args, nil)
+	e, err := setup(args, nil, nil)
 	if err != nil {
 		return err
 	}

@@ -178,11 +178,105 @@ func PeerHelper(link netlink.Link) BPFHelper {
 // fd is closed once the filter holds it: the filter keeps the program
 // loaded until it is deleted.
 func AddBPFRedirect(from, to netlink.Link, h BPFHelper) error {
+	return (*Conn)(nil).AddBPFRedirect(from, to, h)
+}
+
+// AddBPFRedirect is the package's AddBPFRedirect on c.
+func (c *Conn) AddBPFRedirect(from, to netlink.Link, h BPFHelper) error {
 	prog, err := loadRedirect(to.Attrs().Index, h)
 	if err != nil {
 		return fmt.Errorf("redirect %s -> %s: %w", from.Attrs().Name, to.Attrs().Name, err)
 	}
 	defer prog.Close()
+	return c.attachBPFRedirect(from, to, h, prog)
+}
+
+// redirectPrograms are the two programs of a BPF join, loaded before
+// anything is attached; shared is toVeth when it came from a Preload (its
+// owner closes it).
+type redirectPrograms struct {
+	toTap, toVeth *ebpf.Program
+	shared        bool
+}
+
+// loadRedirects loads the programs veth -> tap (bpf_redirect) and tap ->
+// veth (helper h), the latter from pre when pre holds it for veth and h. A
+// program the kernel refuses is an error IsBPFUnsupported recognises;
+// nothing is left loaded then.
+func loadRedirects(veth, tap netlink.Link, h BPFHelper, pre *Preload) (p redirectPrograms, err error) {
+	if pre.serves(veth, h) {
+		if pre.err != nil {
+			return p, fmt.Errorf("redirect %s -> %s: %w", tap.Attrs().Name, veth.Attrs().Name, pre.err)
+		}
+		p.toVeth, p.shared = pre.prog, true
+	}
+	if p.toTap, err = loadRedirect(tap.Attrs().Index, HelperRedirect); err != nil {
+		return redirectPrograms{}, fmt.Errorf("redirect %s -> %s: %w", veth.Attrs().Name, tap.Attrs().Name, err)
+	}
+	if p.toVeth == nil {
+		if p.toVeth, err = loadRedirect(veth.Attrs().Index, h); err != nil {
+			p.close()
+			return redirectPrograms{}, fmt.Errorf("redirect %s -> %s: %w", tap.Attrs().Name, veth.Attrs().Name, err)
+		}
+	}
+	return p, nil
+}
+
+// close closes the programs' fds (an attached filter keeps its program),
+// but not a Preload's.
+func (p redirectPrograms) close() {
+	if p.toTap != nil {
+		p.toTap.Close()
+	}
+	if p.toVeth != nil && !p.shared {
+		p.toVeth.Close()
+	}
+}
+
+// Preload is the TAP -> veth program of a BPF Join, loaded ahead of it: it
+// depends only on the veth (its index and the helper PeerHelper picks), so
+// it can be loaded as soon as the veth is looked up, before the TAP exists.
+// The first program load of a process is also the costly one (cilium/ebpf's
+// feature tests, its BPF-token lookup in /proc/self/mountinfo, cold code:
+// about 0.4 ms against 0.04 ms for the next), so a CNI ADD pays it while it
+// reads its files (sandbox.PrepareNetns). Join takes it through
+// JoinOptions.Preload; the owner closes it after the Join.
+type Preload struct {
+	vethIndex int
+	helper    BPFHelper
+	prog      *ebpf.Program
+	err       error // the load's error (Join reports it, or falls back)
+}
+
+// PreloadJoin loads the TAP -> veth program of a Join of veth in mode (""
+// = $VMNIC_DATAPATH, else auto); nil when that mode does not use BPF. A
+// load the kernel refuses is kept for Join to report or fall back on.
+func PreloadJoin(veth netlink.Link, mode DataPathMode) *Preload {
+	m, err := JoinOptions{Mode: mode}.ResolvedMode()
+	if err != nil || m == ModeU32 {
+		return nil
+	}
+	h := PeerHelper(veth)
+	prog, err := loadRedirect(veth.Attrs().Index, h)
+	return &Preload{vethIndex: veth.Attrs().Index, helper: h, prog: prog, err: err}
+}
+
+// serves reports whether p holds the program for veth with helper h.
+func (p *Preload) serves(veth netlink.Link, h BPFHelper) bool {
+	return p != nil && p.vethIndex == veth.Attrs().Index && p.helper == h
+}
+
+// Close closes the program's fd (a filter that runs it keeps it loaded).
+// A nil Preload is fine.
+func (p *Preload) Close() {
+	if p != nil && p.prog != nil {
+		p.prog.Close()
+	}
+}
+
+// attachBPFRedirect adds the cls_bpf filter on from's ingress hook running
+// prog, the program that redirects to to with helper h.
+func (c *Conn) attachBPFRedirect(from, to netlink.Link, h BPFHelper, prog *ebpf.Program) error {
 	name := bpfNameRedirect
 	if h == HelperRedirectPeer {
 		name = bpfNamePeer
@@ -194,7 +288,7 @@ func AddBPFRedirect(from, to netlink.Link, h BPFHelper) error {
 		DirectAction: true,
 	}
 	f.Handle = FilterHandle
-	if err := netlink.FilterAdd(f); err != nil {
+	if err := c.handle().FilterAdd(f); err != nil {
 		return &bpfAttachError{fmt.Errorf("add cls_bpf redirect filter %s -> %s (%s): %w", from.Attrs().Name, to.Attrs().Name, h, err)}
 	}
 	return nil

@@ -61,6 +61,11 @@ type JoinOptions struct {
 	// TAP filter is in place (the engine's failpoint and step timing); an
 	// error it returns fails the Join there, which then rolls back.
 	Step func(name string) error
+	// Conn carries Join's requests (nil: a socket per request).
+	Conn *Conn
+	// Preload, when it is for this veth, is the TAP -> veth program,
+	// loaded ahead (PreloadJoin); nil: Join loads it.
+	Preload *Preload
 }
 
 func (o JoinOptions) log() *slog.Logger {
@@ -135,19 +140,38 @@ type Joined struct {
 // TAP continue as if the veth had sent them. It uses an existing ingress or
 // clsact qdisc and adds one where there is none; filters at other
 // priorities (anybody else's) are left alone. The data path is chosen by
-// ChooseDataPath; in mode auto, a cls_bpf attach the kernel refuses as
-// unsupported falls back to u32 (logged). On failure Join removes what it
-// added.
+// ChooseDataPath, except that in mode auto (with no Probe of its own) the
+// two programs Join loads before it changes anything are the probe: a load
+// the kernel refuses falls back to u32 as a failed probe does, and no
+// third program is loaded just to probe. In mode auto a cls_bpf attach the
+// kernel refuses as unsupported falls back to u32 too (logged). On failure
+// Join removes what it added.
 func Join(veth, tap netlink.Link, o JoinOptions) (j Joined, err error) {
 	mode, err := o.ResolvedMode()
 	if err != nil {
 		return j, err
 	}
-	dp, err := ChooseDataPath(o)
-	if err != nil {
-		return j, err
+	dp := DataPathBPF
+	if mode != ModeAuto || o.Probe != nil {
+		if dp, err = ChooseDataPath(o); err != nil {
+			return j, err
+		}
 	}
-	owned, err := EnsureIngress(veth)
+	var progs redirectPrograms
+	if dp == DataPathBPF {
+		j.TapHelper = PeerHelper(veth)
+		progs, err = loadRedirects(veth, tap, j.TapHelper, o.Preload)
+		if err != nil {
+			if mode != ModeAuto || !IsBPFUnsupported(err) {
+				return j, err
+			}
+			o.log().Warn("data path: the BPF redirect is unavailable on this kernel, using tc u32 + mirred", "error", err)
+			dp, j.TapHelper = DataPathU32, HelperRedirect
+		}
+		defer progs.close()
+	}
+	c := o.Conn
+	owned, err := c.EnsureIngress(veth)
 	if err != nil {
 		return j, err
 	}
@@ -168,11 +192,11 @@ func Join(veth, tap netlink.Link, o JoinOptions) (j Joined, err error) {
 			_ = RemoveIngressIfEmpty(tap)
 		}
 	}()
-	if tapOwned, err = EnsureIngress(tap); err != nil {
+	if tapOwned, err = c.EnsureIngress(tap); err != nil {
 		return j, err
 	}
 	if dp == DataPathBPF {
-		err = AddBPFRedirect(veth, tap, HelperRedirect)
+		err = c.attachBPFRedirect(veth, tap, HelperRedirect, progs.toTap)
 		if err != nil && mode == ModeAuto && IsBPFUnsupported(err) {
 			o.log().Warn("data path: this kernel refuses the cls_bpf redirect, using tc u32 + mirred", "veth", veth.Attrs().Name, "tap", tap.Attrs().Name, "error", err)
 			dp, err = DataPathU32, nil
@@ -182,7 +206,7 @@ func Join(veth, tap netlink.Link, o JoinOptions) (j Joined, err error) {
 		}
 	}
 	if dp == DataPathU32 {
-		if err = AddRedirect(veth, tap); err != nil {
+		if err = c.AddRedirect(veth, tap); err != nil {
 			return j, err
 		}
 	}
@@ -192,15 +216,17 @@ func Join(veth, tap netlink.Link, o JoinOptions) (j Joined, err error) {
 		}
 	}
 	if dp == DataPathBPF {
-		j.TapHelper = PeerHelper(veth)
-		err = AddBPFRedirect(tap, veth, j.TapHelper)
+		err = c.attachBPFRedirect(tap, veth, j.TapHelper, progs.toVeth)
 	} else {
-		err = AddRedirect(tap, veth)
+		err = c.AddRedirect(tap, veth)
 	}
 	if err != nil {
 		return j, err
 	}
 	j.DataPath = dp
+	if dp != DataPathBPF {
+		j.TapHelper = 0
+	}
 	return j, nil
 }
 

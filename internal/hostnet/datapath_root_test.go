@@ -205,19 +205,46 @@ func TestJoinBothDataPaths(t *testing.T) {
 		want       DataPath
 		samePeerNS bool
 		wantHelper BPFHelper
+		preload    bool // the TAP -> veth program loaded ahead (PreloadJoin)
 	}{
-		{ModeBPF, DataPathBPF, false, HelperRedirectPeer},
-		{ModeBPF, DataPathBPF, true, HelperRedirect},
-		{ModeU32, DataPathU32, false, 0},
-		{ModeAuto, DataPathBPF, false, HelperRedirectPeer},
+		{ModeBPF, DataPathBPF, false, HelperRedirectPeer, false},
+		{ModeBPF, DataPathBPF, true, HelperRedirect, false},
+		{ModeU32, DataPathU32, false, 0, false},
+		{ModeAuto, DataPathBPF, false, HelperRedirectPeer, false},
+		{ModeAuto, DataPathBPF, false, HelperRedirectPeer, true},
+		{ModeU32, DataPathU32, false, 0, true},
 	} {
-		t.Run(fmt.Sprintf("%s/same-netns=%v", tc.mode, tc.samePeerNS), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s/same-netns=%v/preload=%v", tc.mode, tc.samePeerNS, tc.preload), func(t *testing.T) {
 			f := newJoinFixture(t, 20+i, tc.samePeerNS)
 			netfixture.In(t, f.ns, func() error {
 				veth, tap := f.links(t)
-				j, err := Join(veth, tap, JoinOptions{Mode: tc.mode})
+				var pre *Preload
+				if tc.preload {
+					pre = PreloadJoin(veth, tc.mode)
+					if (pre != nil) != (tc.want == DataPathBPF) {
+						t.Fatalf("PreloadJoin in mode %s = %+v", tc.mode, pre)
+					}
+					// Join leaves the program to its owner; the filter keeps
+					// it loaded once that closes it.
+					defer pre.Close()
+				}
+				j, err := Join(veth, tap, JoinOptions{Mode: tc.mode, Preload: pre})
 				if err != nil {
 					t.Fatalf("Join: %v", err)
+				}
+				if pre != nil {
+					info, err := pre.prog.Info()
+					if err != nil {
+						t.Fatal(err)
+					}
+					id, _ := info.ID()
+					fs, err := netlink.FilterList(tap, ingressParent)
+					if err != nil || len(fs) != 1 {
+						t.Fatalf("filters on the TAP: %v %v", fs, err)
+					}
+					if b, ok := fs[0].(*netlink.BpfFilter); !ok || b.Id != int(id) {
+						t.Errorf("the TAP's filter %+v does not run the preloaded program %d", fs[0], id)
+					}
 				}
 				if j.DataPath != tc.want || !j.VethQdiscOwned || (tc.want == DataPathBPF && j.TapHelper != tc.wantHelper) {
 					t.Fatalf("Join = %+v, want data path %s, qdisc owned, TAP helper %s", j, tc.want, tc.wantHelper)

@@ -3,8 +3,10 @@ package hostnet
 import (
 	"errors"
 	"net"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/vishvananda/netlink"
@@ -182,4 +184,68 @@ func TestForwardRules(t *testing.T) {
 	if err := RemoveForwardRules(br); err != nil {
 		t.Errorf("remove again: %v", err)
 	}
+}
+
+// TestTapOneRequest: the marker, the link group and IPv6 address
+// generation "none" arrive with the request that brings the TAP up, and
+// the TAP stays without an IPv6 address once a queue gives it carrier
+// (the moment addrconf would make its link-local address).
+func TestTapOneRequest(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := netfixture.Netns(t, netfixture.Name("vmnict-h"))
+	netfixture.In(t, ns, func() error {
+		// The netns is private: IPv6 on, whatever the defaults.
+		for _, p := range []string{"/proc/sys/net/ipv6/conf/all/disable_ipv6", "/proc/sys/net/ipv6/conf/default/disable_ipv6"} {
+			if err := os.WriteFile(p, []byte("0"), 0o644); err != nil {
+				t.Skipf("no IPv6 here: %v", err)
+			}
+		}
+		mark := Marker{Install: "0123abcd", Backend: MarkerCNI, IfName: "eth0", Sandbox: "sb1"}
+		const group = 1<<31 | 77
+		if _, err := CreateTap(TapSpec{Name: "tapq0", MTU: 1400, Owner: -1, Group: -1, Marker: mark, LinkGroup: group}); err != nil {
+			t.Fatalf("CreateTap: %v", err)
+		}
+		l, err := netlink.LinkByName("tapq0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := l.Attrs(); a.MTU != 1400 || a.RawFlags&unix.IFF_UP == 0 || a.Group != group || a.Alias != mark.String() {
+			t.Errorf("tapq0: mtu %d flags %#x group %d alias %q, want 1400, up, %d, %q", a.MTU, a.RawFlags, a.Group, a.Alias, group, mark.String())
+		}
+		mode, err := os.ReadFile("/proc/sys/net/ipv6/conf/tapq0/addr_gen_mode")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimSpace(string(mode)) != "1" { // IN6_ADDR_GEN_MODE_NONE
+			t.Errorf("addr_gen_mode %q, want 1 (none)", strings.TrimSpace(string(mode)))
+		}
+		q, err := OpenTapQueues("tapq0", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer CloseFiles(q)
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			l, err = netlink.LinkByName("tapq0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l.Attrs().RawFlags&unix.IFF_LOWER_UP != 0 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if l.Attrs().RawFlags&unix.IFF_LOWER_UP == 0 {
+			t.Fatal("tapq0 has no carrier with a queue open")
+		}
+		time.Sleep(50 * time.Millisecond)
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(addrs) != 0 {
+			t.Errorf("tapq0 has IPv6 addresses %v, want none", addrs)
+		}
+		return DeleteTap("tapq0")
+	})
 }

@@ -27,12 +27,16 @@ type TapSpec struct {
 	// Marker, when set (Install not empty), is written as the TAP's alias
 	// in the same request that brings it up.
 	Marker Marker
+	// LinkGroup, when not 0, is the link group (IFLA_GROUP) the TAP joins,
+	// in that same request.
+	LinkGroup uint32
 }
 
 // CreateTap creates a persistent TAP (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, and
 // IFF_ONE_QUEUE or IFF_MULTI_QUEUE) in the calling thread's netns, sets its
-// owner and group when given, its MTU, and brings it up. The name must be
-// free (ErrNameTaken otherwise); a failure leaves no device behind.
+// owner and group when given, its MTU, marker and link group, turns its
+// IPv6 address generation off (addrGenModeNone) and brings it up. The name must
+// be free (ErrNameTaken otherwise); a failure leaves no device behind.
 func CreateTap(s TapSpec) (netlink.Link, error) {
 	if s.Name == "" || len(s.Name) > MaxIfNameLen {
 		return nil, fmt.Errorf("tap name %q: must be 1 to %d bytes", s.Name, MaxIfNameLen)
@@ -112,23 +116,21 @@ func CreateTap(s TapSpec) (netlink.Link, error) {
 	return link, err
 }
 
-// configureTap sets the new TAP up with its MTU (one netlink request) and
-// returns it as a link. Its index comes from an SIOCGIFINDEX ioctl, not a
-// netlink lookup: the ADD needs only the index, the name, the MAC (mac,
-// read from the tun fd) and the MTU it set.
+// configureTap sets the new TAP up with its MTU, marker, link group and
+// IPv6 address generation off, in one netlink request, and returns it as a
+// link. Its index comes from an SIOCGIFINDEX ioctl, not a netlink lookup:
+// the ADD needs only the index, the name, the MAC (mac, read from the tun
+// fd) and the MTU it set.
 func configureTap(s TapSpec, mac net.HardwareAddr) (netlink.Link, error) {
 	index, err := ifIndex(s.Name)
 	if err != nil {
 		return nil, fmt.Errorf("create tap %s: look it up: %w", s.Name, err)
 	}
-	if err := quietIPv6(&netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: s.Name, Index: index}}); err != nil {
-		return nil, fmt.Errorf("create tap %s: %w", s.Name, err)
-	}
 	alias := ""
 	if s.Marker.Install != "" {
 		alias = s.Marker.String()
 	}
-	if err := setUp(index, s.MTU, alias); err != nil {
+	if err := setUp(linkSettings{index: index, mtu: s.MTU, alias: alias, group: s.LinkGroup, quietIPv6: true}); err != nil {
 		return nil, fmt.Errorf("create tap %s: set up (mtu %d): %w", s.Name, s.MTU, err)
 	}
 	attrs := netlink.NewLinkAttrs()
@@ -138,6 +140,7 @@ func configureTap(s TapSpec, mac net.HardwareAddr) (netlink.Link, error) {
 	}
 	attrs.Flags = net.FlagUp
 	attrs.Alias = alias
+	attrs.Group = s.LinkGroup
 	q := s.QueuePairs
 	flags := netlink.TUNTAP_ONE_QUEUE | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_NO_PI
 	if q > 1 {
@@ -176,21 +179,58 @@ func hwAddr(ifr *unix.Ifreq) net.HardwareAddr {
 	return mac
 }
 
-// setUp sets a link up and, when mtu > 0, its MTU, and when alias is not
-// empty, its alias, in one RTM_NEWLINK request (netlink.LinkSetMTU,
-// LinkSetAlias and LinkSetUp would take three).
-func setUp(index, mtu int, alias string) error {
+// linkSettings are what setUp sets on the link index.
+type linkSettings struct {
+	index int
+	mtu   int    // > 0: the MTU
+	alias string // not empty: the alias (IFLA_IFALIAS)
+	group uint32 // not 0: the link group (IFLA_GROUP)
+	// quietIPv6: IPv6 address generation "none" (addrGenModeNone).
+	quietIPv6 bool
+}
+
+// setUp sets a link up together with the settings in l, in one RTM_NEWLINK
+// request (netlink.LinkSetIP6AddrGenMode, LinkSetMTU, LinkSetAlias,
+// LinkSetGroup and LinkSetUp would take five). A kernel without IPv6
+// refuses the IPv6 attribute (EAFNOSUPPORT) before changing anything
+// (rtnl_setlink validates every IFLA_AF_SPEC entry first,
+// net/core/rtnetlink.c validate_linkmsg); the request is then sent again
+// without it.
+//
+// do_setlink applies IFLA_AF_SPEC after the flags, so the link is up
+// before its address generation is off. For a TAP that is harmless: with
+// no queue attached a TAP has no carrier (drivers/net/tun.c __tun_detach
+// and tun_set_iff), and addrconf makes no address on NETDEV_UP of a link
+// without carrier; it waits for the carrier's NETDEV_CHANGE
+// (net/ipv6/addrconf.c addrconf_notify, addrconf_link_ready), by which
+// time the mode is "none".
+func setUp(l linkSettings) error {
+	err := setLink(l)
+	if l.quietIPv6 && (errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EOPNOTSUPP)) {
+		l.quietIPv6 = false
+		err = setLink(l)
+	}
+	return err
+}
+
+func setLink(l linkSettings) error {
 	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Index = int32(index)
+	msg.Index = int32(l.index)
 	msg.Flags = unix.IFF_UP
 	msg.Change = unix.IFF_UP
 	req.AddData(msg)
-	if mtu > 0 {
-		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(mtu))))
+	if l.mtu > 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(l.mtu))))
 	}
-	if alias != "" {
-		req.AddData(aliasAttr(alias))
+	if l.alias != "" {
+		req.AddData(aliasAttr(l.alias))
+	}
+	if l.group != 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(l.group)))
+	}
+	if l.quietIPv6 {
+		req.AddData(addrGenModeNone())
 	}
 	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
 	return err

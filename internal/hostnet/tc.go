@@ -28,6 +28,11 @@ const qdiscAddAttempts = 8
 // clsact qdisc is used as is; otherwise an ingress qdisc is added, and
 // created reports that (so that only vmnic's own qdisc is ever removed).
 func EnsureIngress(link netlink.Link) (created bool, err error) {
+	return (*Conn)(nil).EnsureIngress(link)
+}
+
+// EnsureIngress is the package's EnsureIngress on c.
+func (c *Conn) EnsureIngress(link netlink.Link) (created bool, err error) {
 	name := link.Attrs().Name
 	q := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{
 		LinkIndex: link.Attrs().Index,
@@ -36,12 +41,12 @@ func EnsureIngress(link netlink.Link) (created bool, err error) {
 	}}
 	wait := 2 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		err = netlink.QdiscAdd(q)
+		err = c.handle().QdiscAdd(q)
 		if err == nil {
 			return true, nil
 		}
 		if errors.Is(err, unix.EEXIST) {
-			kind, lerr := ingressKind(link)
+			kind, lerr := c.ingressKind(link)
 			if lerr != nil {
 				return false, fmt.Errorf("ingress qdisc on %s: %w", name, lerr)
 			}
@@ -59,8 +64,10 @@ func EnsureIngress(link netlink.Link) (created bool, err error) {
 }
 
 // ingressKind is the kind of the qdisc on link's ingress hook ("" if none).
-func ingressKind(link netlink.Link) (string, error) {
-	qs, err := netlinksafe.QdiscList(link)
+func ingressKind(link netlink.Link) (string, error) { return (*Conn)(nil).ingressKind(link) }
+
+func (c *Conn) ingressKind(link netlink.Link) (string, error) {
+	qs, err := c.qdiscList(link)
 	if err != nil {
 		return "", err
 	}
@@ -76,9 +83,15 @@ func ingressKind(link netlink.Link) (string, error) {
 // "clsact", or "" when there is none).
 func IngressKind(link netlink.Link) (string, error) { return ingressKind(link) }
 
+// IngressKind is the package's IngressKind on c.
+func (c *Conn) IngressKind(link netlink.Link) (string, error) { return c.ingressKind(link) }
+
 // AddRedirect adds vmnic's filter on from's ingress hook: u32 match-all,
 // action mirred egress redirect to to, TC_ACT_STOLEN.
-func AddRedirect(from, to netlink.Link) error {
+func AddRedirect(from, to netlink.Link) error { return (*Conn)(nil).AddRedirect(from, to) }
+
+// AddRedirect is the package's AddRedirect on c.
+func (c *Conn) AddRedirect(from, to netlink.Link) error {
 	f := &netlink.U32{
 		FilterAttrs: ingressAttrs(from, FilterPriority),
 		Actions: []netlink.Action{&netlink.MirredAction{
@@ -87,7 +100,7 @@ func AddRedirect(from, to netlink.Link) error {
 			Ifindex:      to.Attrs().Index,
 		}},
 	}
-	if err := netlink.FilterAdd(f); err != nil {
+	if err := c.handle().FilterAdd(f); err != nil {
 		return fmt.Errorf("add redirect filter %s -> %s: %w", from.Attrs().Name, to.Attrs().Name, err)
 	}
 	return nil

@@ -51,6 +51,75 @@ type NICSpec struct {
 
 	// Pod identity, recorded when the ADD creates the record.
 	PodName, PodNamespace, PodUID string
+
+	// Prepared, when set, is the sandbox netns entered (and the veth
+	// looked up) ahead of AddNIC, by PrepareNetns(NetnsPath, IfName); the
+	// caller closes it. AddNIC uses it only for that path and ifname, and
+	// only when the namespace entered is NetnsID.
+	Prepared *PreparedNetns
+	// preload is Prepared's TAP -> veth program for the cni backend's Join
+	// (set in the netns, once Prepared served).
+	preload *hostnet.Preload
+}
+
+// PreparedNetns is the read-only start of an ADD's work in the sandbox
+// netns, begun before the ADD takes the sandbox's lock: an OS thread enters
+// the namespace, opens the netlink socket the ADD's requests share and looks
+// the veth up, while the caller parses its conf, opens the store and
+// resolves and loads the sandbox. Nothing in the namespace changes before
+// AddNIC holds the lock.
+type PreparedNetns struct {
+	path, ifname string
+	t            *netns.Thread
+	// Set by the thread before its entry ends (read after Do or Close).
+	conn    *hostnet.Conn
+	veth    netlink.Link
+	vethErr error
+	preload *hostnet.Preload
+}
+
+// NetnsPrepOptions say what an ADD will do with the netns PrepareNetns
+// prepares.
+type NetnsPrepOptions struct {
+	// Backend is the conf's backend: for the cni backend the TAP -> veth
+	// BPF program (hostnet.PreloadJoin) of DataPath is loaded too.
+	Backend  netsetup.Backend
+	DataPath hostnet.DataPathMode
+}
+
+// PrepareNetns starts the preparation of an ADD of ifname in the netns at
+// path and returns at once; its errors are the ADD's, in AddNIC.
+func PrepareNetns(path, ifname string, o NetnsPrepOptions) *PreparedNetns {
+	p := &PreparedNetns{path: path, ifname: ifname}
+	p.t = netns.Enter(path, func() error {
+		c, err := hostnet.OpenConn()
+		if err != nil {
+			return err
+		}
+		p.conn = c
+		p.veth, p.vethErr = c.LinkByName(ifname)
+		if p.vethErr == nil && o.Backend == netsetup.BackendCNI && !hostnet.IsTap(p.veth) {
+			p.preload = hostnet.PreloadJoin(p.veth, o.DataPath)
+		}
+		return nil
+	})
+	return p
+}
+
+// serves reports whether p was prepared for s's netns path and ifname.
+func (p *PreparedNetns) serves(s *NICSpec) bool {
+	return p != nil && p.path == s.NetnsPath && p.ifname == s.IfName
+}
+
+// Close ends the preparation: the thread leaves the namespace, the socket
+// is closed. A nil PreparedNetns is fine.
+func (p *PreparedNetns) Close() {
+	if p == nil {
+		return
+	}
+	p.t.Close()
+	p.conn.Close()
+	p.preload.Close()
 }
 
 // AddedNIC is what AddNIC did.
@@ -109,19 +178,33 @@ func (m *Manager) AddNIC(ctx context.Context, s NICSpec) (*AddedNIC, error) {
 	defer closeBackend()
 
 	// In the sandbox netns: read the veth, then make the backend's part
-	// there.
-	err = netns.DoExpected(s.NetnsPath, s.NetnsID, func() error {
-		veth, err := a.readVeth(b)
+	// there, every request on one netlink socket.
+	inNetns := func(c *hostnet.Conn, link netlink.Link, lookupErr error, pre *hostnet.Preload) error {
+		s.preload = pre // the backend's (b.spec is &s)
+		veth, err := a.readVeth(b, link, lookupErr)
 		if err != nil {
 			return err
 		}
 		if err := m.step("veth-read"); err != nil {
 			return err
 		}
-		u, err := b.setupInNetns(veth, &a.nic)
+		u, err := b.setupInNetns(c, veth, &a.nic)
 		a.u.add(u)
 		return err
-	})
+	}
+	if p := s.Prepared; p.serves(&s) {
+		err = p.t.Do(s.NetnsID, func() error { return inNetns(p.conn, p.veth, p.vethErr, p.preload) })
+	} else {
+		err = netns.DoExpected(s.NetnsPath, s.NetnsID, func() error {
+			c, err := hostnet.OpenConn()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			link, err := c.LinkByName(s.IfName)
+			return inNetns(c, link, err, nil)
+		})
+	}
 	if err != nil {
 		if netns.IsGone(err) {
 			err = coded(CodeInvalidNetns, err, "CNI_NETNS")
@@ -311,11 +394,11 @@ func (s *NICSpec) newNIC() netsetup.NIC {
 	}
 }
 
-// readVeth looks up the veth in the sandbox netns (the calling thread's),
-// takes its MAC and MTU for the NIC and lets the backend claim the TAP.
-func (a *adding) readVeth(b backend) (netlink.Link, error) {
+// readVeth checks the veth, looked up in the sandbox netns (veth, or the
+// lookup's error), takes its MAC and MTU for the NIC and lets the backend
+// claim the TAP.
+func (a *adding) readVeth(b backend, veth netlink.Link, err error) (netlink.Link, error) {
 	s := a.s
-	veth, err := netlink.LinkByName(s.IfName)
 	if err != nil {
 		if hostnet.IsNotFound(err) {
 			return nil, codedf(CodeInvalidEnv, "CNI_IFNAME %s: no such interface in netns %s", s.IfName, s.NetnsPath)

@@ -26,8 +26,9 @@ type backend interface {
 	claim(nic *netsetup.NIC) error
 	// setupInNetns (in the sandbox netns) and then setupOnHost (in the host
 	// netns) make the NIC's host side. Each returns the undo of what it
-	// made, also when it fails part way.
-	setupInNetns(veth netlink.Link, nic *netsetup.NIC) (undo, error)
+	// made, also when it fails part way. c is a netlink socket in the
+	// sandbox netns, for setupInNetns's requests there.
+	setupInNetns(c *hostnet.Conn, veth netlink.Link, nic *netsetup.NIC) (undo, error)
 	setupOnHost(ctx context.Context, nic *netsetup.NIC) (undo, error)
 	// tapMAC is the MAC of the TAP setup made ("" before).
 	tapMAC() string

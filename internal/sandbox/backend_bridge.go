@@ -51,7 +51,7 @@ func (b *bridgeBackend) claim(*netsetup.NIC) error { return nil }
 
 // setupInNetns parks the veth, so that it and the guest never answer at
 // once on the bridge.
-func (b *bridgeBackend) setupInNetns(veth netlink.Link, _ *netsetup.NIC) (undo, error) {
+func (b *bridgeBackend) setupInNetns(_ *hostnet.Conn, veth netlink.Link, _ *netsetup.NIC) (undo, error) {
 	var u undo
 	back, where, err := parkVeth(veth, b.host, b.br)
 	if err != nil {
@@ -78,14 +78,11 @@ func (b *bridgeBackend) setupOnHost(ctx context.Context, nic *netsetup.NIC) (und
 	}
 	u.host = append(u.host, b.m.forwardRules().Undo(ctx, s.Bridge, user))
 	mark := b.m.marker(s.SandboxID, s.IfName, hostnet.MarkerBridge)
-	tap, err := hostnet.CreateTap(hostnet.TapSpec{Name: nic.Tap, MTU: nic.MTU, QueuePairs: s.QueuePairs, Owner: s.TapOwner, Group: s.TapGroup, Marker: mark})
+	tap, err := hostnet.CreateTap(hostnet.TapSpec{Name: nic.Tap, MTU: nic.MTU, QueuePairs: s.QueuePairs, Owner: s.TapOwner, Group: s.TapGroup, Marker: mark, LinkGroup: tapGroup(s.SandboxID)})
 	if err != nil {
 		return u, tapError(err, nic.Tap, "the host netns")
 	}
 	u.host = append(u.host, func() error { return hostnet.DeleteTap(nic.Tap) })
-	if err := joinTapGroup(tap, s.SandboxID); err != nil {
-		return u, err
-	}
 	b.mac = tap.Attrs().HardwareAddr.String()
 	if err := b.m.step("bridge-tap-created"); err != nil {
 		return u, err

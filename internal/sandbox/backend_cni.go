@@ -25,61 +25,56 @@ type cniBackend struct {
 // device has, changing nothing, and setupInNetns reports it (tapError).
 func (b *cniBackend) claim(*netsetup.NIC) error { return nil }
 
-// setupInNetns makes the TAP and the redirects veth -> TAP and TAP -> veth.
-func (b *cniBackend) setupInNetns(veth netlink.Link, nic *netsetup.NIC) (undo, error) {
+// setupInNetns makes the TAP and the redirects veth -> TAP and TAP -> veth,
+// every request on c: a qdisc dump of the veth, the TAP (one ioctl
+// sequence and one RTM_NEWLINK), then Join's qdiscs and filters.
+func (b *cniBackend) setupInNetns(c *hostnet.Conn, veth netlink.Link, nic *netsetup.NIC) (undo, error) {
 	var u undo
 	s := b.spec
 	// The marker says up front whether vmnic will own the veth's ingress
 	// qdisc (there is none yet), so a crash at any later step leaves a TAP
 	// that tells DEL and GC what to remove.
-	kind, err := hostnet.IngressKind(veth)
+	kind, err := c.IngressKind(veth)
 	if err != nil {
 		return u, coded(CodeInternal, err, "tc on %s", s.IfName)
 	}
 	mark := b.m.marker(s.SandboxID, s.IfName, hostnet.MarkerCNI)
 	mark.QdiscOwned = kind == ""
-	tap, err := hostnet.CreateTap(hostnet.TapSpec{Name: nic.Tap, MTU: nic.MTU, QueuePairs: s.QueuePairs, Owner: s.TapOwner, Group: s.TapGroup, Marker: mark})
+	// The TAP joins its sandbox's link group (tapgroup.go) in the request
+	// that brings it up.
+	tap, err := hostnet.CreateTap(hostnet.TapSpec{Name: nic.Tap, MTU: nic.MTU, QueuePairs: s.QueuePairs, Owner: s.TapOwner, Group: s.TapGroup, Marker: mark, LinkGroup: tapGroup(s.SandboxID)})
 	if err != nil {
 		return u, tapError(err, nic.Tap, s.NetnsPath)
 	}
 	u.ns = append(u.ns, func() error { return hostnet.DeleteTap(nic.Tap) })
-	if err := joinTapGroup(tap, s.SandboxID); err != nil {
-		return u, err
-	}
 	b.mac = tap.Attrs().HardwareAddr.String()
 	if err := b.m.step("tap-created"); err != nil {
 		return u, err
 	}
-	owned, err := hostnet.EnsureIngress(veth)
-	if err != nil {
-		return u, coded(CodeInternal, err, "tc on %s", s.IfName)
-	}
-	if owned {
-		u.ns = append(u.ns, func() error { return hostnet.RemoveIngressIfEmpty(veth) })
-	}
-	nic.VethQdiscOwned = owned
-	if owned != mark.QdiscOwned {
-		// Another process changed the veth's qdisc meanwhile.
-		mark.QdiscOwned = owned
-		if err := hostnet.SetMarker(tap, mark); err != nil {
-			return u, coded(CodeInternal, err, "TAP %s", nic.Tap)
-		}
-	}
-	if _, err := hostnet.EnsureIngress(tap); err != nil {
-		return u, coded(CodeInternal, err, "tc on %s", nic.Tap)
-	}
-	// The redirects both ways, by the data path the conf and the kernel
-	// allow (cls_bpf direct action where it loads, else u32 + mirred):
-	// Join removes its own filters when it fails.
-	j, err := hostnet.Join(veth, tap, hostnet.JoinOptions{Mode: s.DataPath, Log: b.m.log(), Step: b.m.step})
+	// The ingress qdiscs (where there are none) and the redirects both
+	// ways, by the data path the conf and the kernel allow (cls_bpf direct
+	// action where it loads, else u32 + mirred): Join removes what it
+	// added when it fails.
+	j, err := hostnet.Join(veth, tap, hostnet.JoinOptions{Mode: s.DataPath, Log: b.m.log(), Step: b.m.step, Conn: c, Preload: s.preload})
 	if err != nil {
 		if errors.Is(err, hostnet.ErrBPFUnavailable) {
 			return u, coded(CodeNotAvailable, err, "join %s and %s", s.IfName, nic.Tap)
 		}
 		return u, asCoded(err, "join %s and %s", s.IfName, nic.Tap)
 	}
+	if j.VethQdiscOwned {
+		u.ns = append(u.ns, func() error { return hostnet.RemoveIngressIfEmpty(veth) })
+	}
 	u.ns = append(u.ns, func() error { return hostnet.DelRedirect(veth) })
+	nic.VethQdiscOwned = j.VethQdiscOwned
 	nic.DataPath = string(j.DataPath)
+	if j.VethQdiscOwned != mark.QdiscOwned {
+		// Another process changed the veth's qdisc since the dump.
+		mark.QdiscOwned = j.VethQdiscOwned
+		if err := hostnet.SetMarker(tap, mark); err != nil {
+			return u, coded(CodeInternal, err, "TAP %s", nic.Tap)
+		}
+	}
 	return u, nil
 }
 

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"hash/fnv"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/vmnic/vmnic/internal/hostnet"
 	"github.com/vmnic/vmnic/internal/netns"
 	"github.com/vmnic/vmnic/netsetup"
@@ -23,21 +21,15 @@ import (
 // the removal fall back to deleting each TAP on its own. A CNI DEL of one
 // NIC never uses the group.
 
+// hostnet.CreateTap puts a new TAP in its group (TapSpec.LinkGroup) in the
+// request that brings it up.
+
 // tapGroup is the link group of sandbox id's TAPs: never 0 (every link's
 // default) and with the top bit set, away from small hand-picked groups.
 func tapGroup(id string) uint32 {
 	h := fnv.New32a()
 	h.Write([]byte("vmnic-tap-group\x00" + id))
 	return h.Sum32() | 1<<31
-}
-
-// joinTapGroup puts a TAP just made into its sandbox's link group (in the
-// calling thread's netns, where the TAP is).
-func joinTapGroup(tap netlink.Link, id string) error {
-	if err := hostnet.SetLinkGroup(tap, tapGroup(id)); err != nil {
-		return coded(CodeInternal, err, "TAP %s of sandbox %s", tap.Attrs().Name, id)
-	}
-	return nil
 }
 
 // errGroupShared: the link group holds a device that is not to go.
