@@ -85,10 +85,10 @@ func writeAtomic(dir, path string, data []byte, durable bool) error {
 	return writeAtomicThen(dir, path, data, durable, nil)
 }
 
-// writeAtomicThen is writeAtomic that runs then (when not nil) on the
-// written temp file's path before it is moved to path; an error from then
-// writes nothing.
-func writeAtomicThen(dir, path string, data []byte, durable bool, then func(tmp string) error) error {
+// writeAtomicThen is writeAtomic that runs then (when not nil) with a link
+// func, which gives the written file another name (a hard link), before the
+// file is moved to path; an error from then writes nothing at path.
+func writeAtomicThen(dir, path string, data []byte, durable bool, then func(link func(newpath string) error) error) error {
 	tmp, err := os.CreateTemp(dir, tempPrefix+"*")
 	if err != nil {
 		return err
@@ -116,7 +116,7 @@ func writeAtomicThen(dir, path string, data []byte, durable bool, then func(tmp 
 		return err
 	}
 	if then != nil {
-		if err := then(tmpName); err != nil {
+		if err := then(func(newpath string) error { return os.Link(tmpName, newpath) }); err != nil {
 			return err
 		}
 	}
@@ -128,6 +128,66 @@ func writeAtomicThen(dir, path string, data []byte, durable bool, then func(tmp 
 		return nil
 	}
 	return syncDir(dir)
+}
+
+// writeNewThen is writeAtomicThen for a path that has no file yet (the
+// first version of a record, written under its lock): the data is written
+// to an unnamed file in dir (O_TMPFILE) and linked in at path, so the file
+// appears whole or not at all, with no temp name to make and rename away:
+// one inode, no second directory entry, and nothing a crash can leave
+// behind (an unnamed file goes with its last fd). then links the same file
+// first. When path exists after all, or dir's filesystem has no O_TMPFILE,
+// it is writeAtomicThen.
+func writeNewThen(dir, path string, data []byte, durable bool, then func(link func(newpath string) error) error) error {
+	fd, err := unix.Open(dir, unix.O_RDWR|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		// EOPNOTSUPP: the filesystem has no O_TMPFILE; EISDIR, EINVAL: the
+		// kernel has none.
+		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
+			return writeAtomicThen(dir, path, data, durable, then)
+		}
+		return &os.PathError{Op: "open O_TMPFILE", Path: dir, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), dir+"/(unnamed)")
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if durable {
+		if err := f.Sync(); err != nil {
+			return err
+		}
+	}
+	link := func(newpath string) error { return linkFD(f, newpath) }
+	if then != nil {
+		if err := then(link); err != nil {
+			return err
+		}
+	}
+	if err := link(path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return writeAtomicThen(dir, path, data, durable, then)
+		}
+		return err
+	}
+	if !durable {
+		return nil
+	}
+	return syncDir(dir)
+}
+
+// linkFD gives the file open as f the name newpath (linkat with
+// AT_EMPTY_PATH, which needs CAP_DAC_READ_SEARCH; without it through
+// /proc/self/fd, see linkat(2)).
+func linkFD(f *os.File, newpath string) error {
+	err := unix.Linkat(int(f.Fd()), "", unix.AT_FDCWD, newpath, unix.AT_EMPTY_PATH)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPERM) {
+		err = unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", f.Fd()), unix.AT_FDCWD, newpath, unix.AT_SYMLINK_FOLLOW)
+	}
+	if err != nil {
+		return &os.LinkError{Op: "link", Old: f.Name(), New: newpath, Err: err}
+	}
+	return nil
 }
 
 // writeAtomicInVolatileDir is writeAtomic (not durable) into dir, a

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -42,7 +43,7 @@ func TestStoreRoundTripAndModes(t *testing.T) {
 	if got.PodName != "p" || got.Phase != PhaseConfigured || got.Schema != SchemaVersion || len(got.NetworkConfigs) != 1 {
 		t.Fatalf("record read back = %+v", got)
 	}
-	for _, d := range []string{s.Dir(), filepath.Join(s.Dir(), "sandboxes"), filepath.Join(s.Dir(), "locks")} {
+	for _, d := range []string{s.Dir(), filepath.Join(s.Dir(), "sandboxes"), filepath.Join(s.Dir(), "netns")} {
 		fi, err := os.Stat(d)
 		if err != nil || fi.Mode().Perm() != 0o700 {
 			t.Errorf("%s mode = %v (%v), want 0700", d, fi.Mode().Perm(), err)
@@ -82,10 +83,14 @@ func TestStoreRoundTripAndModes(t *testing.T) {
 	if _, err := s.Update(ctx, "sb1", func(*NetSetup) error { return nil }); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Update of a missing record = %v, want ErrNotFound", err)
 	}
-	left, _ := os.ReadDir(filepath.Join(s.Dir(), "locks"))
+	left, _ := os.ReadDir(s.Dir())
 	files, _ := os.ReadDir(filepath.Join(s.Dir(), "sandboxes"))
-	if len(left)+len(files) != 0 {
-		t.Fatalf("teardown left files: locks %v, sandboxes %v", left, files)
+	var names []string
+	for _, e := range left {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, ",") != "netns,sandboxes,sandboxes.lock" || len(files) != 0 {
+		t.Fatalf("teardown left files: state dir %v, sandboxes %v", names, files)
 	}
 }
 
@@ -174,6 +179,9 @@ func TestStoreLoadsLegacyRecordAndRewritesCurrentSchema(t *testing.T) {
 const workerEnv = "VMNIC_NETSETUP_STORE_WORKER"
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(lockHolderEnv); spec != "" {
+		holdLock(spec) // does not return
+	}
 	if spec := os.Getenv(workerEnv); spec != "" {
 		if err := storeWorker(spec); err != nil {
 			fmt.Fprintln(os.Stderr, "worker:", err)
@@ -326,5 +334,61 @@ func TestCheckWritable(t *testing.T) {
 	}
 	if err := s.CheckWritable(); err == nil {
 		t.Fatal("CheckWritable passed with the state dir gone")
+	}
+}
+
+// The first version of a record appears under its name with no temp file
+// (O_TMPFILE + link), with the netns index entry a second name of it; a
+// later version replaces it as before.
+func TestNewRecordIsLinkedInWithoutTempFile(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	self, err := IdentifyNetns("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := New("sb-new")
+	rec.NetnsPath, rec.NetnsID = "/proc/self/ns/net", &self
+	if err := s.Create(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(s.Path("sb-new"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Nlink != 2 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("new record: %d links, mode %o; want 2 (the record and its netns index entry), 0600", st.Nlink, fi.Mode().Perm())
+	}
+	if id, err := s.FindByNetns(self); err != nil || id != "sb-new" {
+		t.Fatalf("FindByNetns = %q, %v", id, err)
+	}
+	ents, _ := os.ReadDir(filepath.Join(s.Dir(), "sandboxes"))
+	if len(ents) != 1 {
+		t.Fatalf("sandboxes dir holds %v, want the record alone", ents)
+	}
+	if _, err := s.Update(ctx, "sb-new", func(r *NetSetup) error { r.PodName = "p2"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Get("sb-new"); err != nil || got.PodName != "p2" {
+		t.Fatalf("after Update: %+v, %v", got, err)
+	}
+}
+
+// writeNewThen on a path that has a file after all replaces it (the
+// temp-file write), never fails on it.
+func TestWriteNewOverExistingFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "f")
+	if err := os.WriteFile(path, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeNewThen(dir, path, []byte("new"), true, nil); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(path); string(data) != "new" {
+		t.Fatalf("content = %q, want new", data)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("dir holds %v, want the file alone", ents)
 	}
 }

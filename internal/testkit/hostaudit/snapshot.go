@@ -372,7 +372,7 @@ func stateLines(dir string, exact bool) ([]string, error) {
 		switch {
 		case strings.HasPrefix(rel, "sandboxes/") && strings.HasSuffix(rel, ".json"):
 			kind = "record"
-		case strings.HasPrefix(rel, "locks/"):
+		case rel == "sandboxes.lock" || strings.HasPrefix(rel, "locks/"):
 			kind = "lock"
 		}
 		sum := " unreadable"

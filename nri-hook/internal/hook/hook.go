@@ -253,6 +253,10 @@ func (p *Plugin) prepare(ctx context.Context, st state, pod *api.PodSandbox) (*n
 		removeEmptyRuntimeDir(rtDir)
 		return nil, fmt.Errorf("vmnic: VM pod %s: %w", podRef(pod), err)
 	}
+	// The pod process tells the sweep when a host-network pod (whose netns
+	// vmnic owns, so no runtime netns can vanish) went without an event;
+	// it is recorded with the record itself.
+	proc, why := podProcess(pod.GetPid(), id)
 	rec, err := st.mgr.Prepare(ctx, id, sandbox.PrepareOptions{
 		NetnsPath:    nsPath,
 		PodName:      pod.GetName(),
@@ -260,6 +264,9 @@ func (p *Plugin) prepare(ctx context.Context, st state, pod *api.PodSandbox) (*n
 		PodUID:       pod.GetUid(),
 		RuntimeDir:   rtDir,
 		Origin:       OriginNRI,
+		PodPID:       proc.pid,
+		PodPIDStart:  proc.start,
+		PodPIDNS:     proc.ns,
 	})
 	if err != nil {
 		removeEmptyRuntimeDir(rtDir)
@@ -272,9 +279,6 @@ func (p *Plugin) prepare(ctx context.Context, st state, pod *api.PodSandbox) (*n
 	if err := failpoint.Inject("nri-prepared"); err != nil {
 		return nil, fmt.Errorf("vmnic: VM pod %s: %w", podRef(pod), err)
 	}
-	// The pod process tells the sweep when a host-network pod (whose netns
-	// vmnic owns, so no runtime netns can vanish) went without an event.
-	proc, why := podProcess(pod.GetPid(), id)
 	if proc.pid == 0 && rec.NetnsOwned {
 		p.logger().Warn("host-network VM pod: its pod process is unknown, so its removal is noticed only at the next Synchronize if the runtime sends no RemovePodSandbox",
 			"pod", podRef(pod), "why", why)
@@ -414,7 +418,6 @@ func (p *Plugin) removeLeftovers(ctx context.Context, st state, id string) error
 			return nil
 		}
 	}
-	_ = tx.Delete() // no record: this only drops the lock file at Unlock
 	if err := st.mgr.RemoveNetns(path); err != nil {
 		return fmt.Errorf("remove owned netns: %w", err)
 	}
