@@ -132,23 +132,26 @@ func writeAtomicThen(dir, path string, data []byte, durable bool, then func(link
 
 // writeNewThen is writeAtomicThen for a path that has no file yet (the
 // first version of a record, written under its lock): the data is written
-// to an unnamed file in dir (O_TMPFILE) and linked in at path, so the file
-// appears whole or not at all, with no temp name to make and rename away:
-// one inode, no second directory entry, and nothing a crash can leave
-// behind (an unnamed file goes with its last fd). then links the same file
-// first. When path exists after all, or dir's filesystem has no O_TMPFILE,
-// it is writeAtomicThen.
-func writeNewThen(dir, path string, data []byte, durable bool, then func(link func(newpath string) error) error) error {
-	fd, err := unix.Open(dir, unix.O_RDWR|unix.O_TMPFILE|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		// EOPNOTSUPP: the filesystem has no O_TMPFILE; EISDIR, EINVAL: the
-		// kernel has none.
-		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
-			return writeAtomicThen(dir, path, data, durable, then)
+// to an unnamed file in dir (O_TMPFILE; spare, when not nil, is one made
+// ahead, see spares.go) and linked in at path, so the file appears whole or
+// not at all, with no temp name to make and rename away: one inode, no
+// second directory entry, and nothing a crash can leave behind (an unnamed
+// file goes with its last fd). then links the same file first. When path
+// exists after all, or dir's filesystem has no O_TMPFILE, it is
+// writeAtomicThen.
+func writeNewThen(dir, path string, data []byte, durable bool, spare *os.File, then func(link func(newpath string) error) error) error {
+	f := spare
+	if f == nil {
+		var err error
+		if f, err = openUnnamed(dir); err != nil {
+			// EOPNOTSUPP: the filesystem has no O_TMPFILE; EISDIR, EINVAL: the
+			// kernel has none.
+			if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
+				return writeAtomicThen(dir, path, data, durable, then)
+			}
+			return err
 		}
-		return &os.PathError{Op: "open O_TMPFILE", Path: dir, Err: err}
 	}
-	f := os.NewFile(uintptr(fd), dir+"/(unnamed)")
 	defer f.Close()
 	if _, err := f.Write(data); err != nil {
 		return err

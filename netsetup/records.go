@@ -191,13 +191,14 @@ func (t *Tx) Save(rec *NetSetup) error {
 	// all; a copy that cannot be written is reported, never fatal (see
 	// mirror.go).
 	stage := t.s.stageMirror(rec, mirrorContent(rec, data))
-	write := writeAtomicThen
 	if t.loaded == nil && t.absent {
 		// Load found no record under this lock: the first version appears
 		// at once, with no temp name (writeNewThen).
-		write = writeNewThen
+		err = writeNewThen(t.s.sandboxDir, t.s.Path(t.id), data, t.s.durable, t.s.takeSpare(), index)
+	} else {
+		err = writeAtomicThen(t.s.sandboxDir, t.s.Path(t.id), data, t.s.durable, index)
 	}
-	if err := write(t.s.sandboxDir, t.s.Path(t.id), data, t.s.durable, index); err != nil {
+	if err != nil {
 		stage.abort()
 		return fmt.Errorf("save sandbox %s: %w", t.id, err)
 	}

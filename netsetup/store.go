@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 )
 
 // DefaultStateDir is where records live unless configured otherwise.
@@ -46,6 +47,8 @@ type Store struct {
 	netnsDir     string
 	containerDir string
 	forwardDir   string
+	// spares: see KeepSpareRecords.
+	spares atomic.Pointer[spares]
 }
 
 // Options tune a store.

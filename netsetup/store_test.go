@@ -382,7 +382,7 @@ func TestWriteNewOverExistingFile(t *testing.T) {
 	if err := os.WriteFile(path, []byte("old"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := writeNewThen(dir, path, []byte("new"), true, nil); err != nil {
+	if err := writeNewThen(dir, path, []byte("new"), true, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if data, _ := os.ReadFile(path); string(data) != "new" {
@@ -390,5 +390,57 @@ func TestWriteNewOverExistingFile(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
 		t.Fatalf("dir holds %v, want the file alone", ents)
+	}
+}
+
+// With spare record files, a new record uses one (its inode was made
+// ahead) and the pool is refilled; released, none is left open, and the
+// store writes new records without them.
+func TestSpareRecords(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	release := s.KeepSpareRecords(2)
+	waitSpares := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for s.spares.Load().count() != n {
+			if time.Now().After(deadline) {
+				t.Fatalf("spares: %d, want %d", s.spares.Load().count(), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitSpares(2)
+	s.spares.Load().mu.Lock()
+	var spareIno uint64
+	if fi, err := s.spares.Load().fds[1].Stat(); err == nil {
+		spareIno = fi.Sys().(*syscall.Stat_t).Ino
+	}
+	s.spares.Load().mu.Unlock()
+	if err := s.Create(ctx, New("sb-spare")); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(s.Path("sb-spare"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ino := fi.Sys().(*syscall.Stat_t).Ino; ino != spareIno || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("new record: inode %d mode %o, want the spare's inode %d, 0600", ino, fi.Mode().Perm(), spareIno)
+	}
+	if got, err := s.Get("sb-spare"); err != nil || got.SandboxID != "sb-spare" {
+		t.Fatalf("record written into a spare: %+v, %v", got, err)
+	}
+	waitSpares(2)
+	if ents, _ := os.ReadDir(filepath.Join(s.Dir(), "sandboxes")); len(ents) != 1 {
+		t.Fatalf("sandboxes dir holds %v: spares must have no name", ents)
+	}
+	p := s.spares.Load()
+	release()
+	release()
+	if s.spares.Load() != nil || p.count() != 0 {
+		t.Fatal("release left spares")
+	}
+	if err := s.Create(ctx, New("sb-after")); err != nil {
+		t.Fatal(err)
 	}
 }

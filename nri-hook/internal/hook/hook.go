@@ -83,6 +83,9 @@ type Plugin struct {
 	mgr            *sandbox.Manager
 	runtimeName    string
 	runtimeVersion string
+	// releaseSpares frees the store's spare record files (Close, or a
+	// new configuration's store).
+	releaseSpares func()
 
 	reconcileMu sync.Mutex
 	// events logs pod events so that a background reconcile never acts
@@ -91,6 +94,11 @@ type Plugin struct {
 
 	sweep sweeper
 }
+
+// spareRecords is how many record files the plugin keeps made ahead for
+// new VM pods: a burst of pod starts larger than this makes the rest
+// inline, as without spares.
+const spareRecords = 16
 
 type state struct {
 	cfg *config.Config
@@ -139,10 +147,17 @@ func (p *Plugin) Configure(ctx context.Context, cfgText, runtime, version string
 	}
 	mgr := sandbox.New(sandbox.Config{Store: store, NetnsDir: cfg.NetnsDir, Logger: p.logger(),
 		VMMSocketDirs: sandbox.SocketDirs(cfg.RuntimeDir)})
+	// A new VM pod's record then finds its file made (off RunPodSandbox's
+	// path): see netsetup.Store.KeepSpareRecords.
+	release := store.KeepSpareRecords(spareRecords)
 
 	p.mu.Lock()
-	p.cfg, p.mgr, p.runtimeName, p.runtimeVersion = cfg, mgr, runtime, version
+	old := p.releaseSpares
+	p.cfg, p.mgr, p.runtimeName, p.runtimeVersion, p.releaseSpares = cfg, mgr, runtime, version, release
 	p.mu.Unlock()
+	if old != nil {
+		old()
+	}
 	p.startSweeper()
 
 	p.logger().Info("configured", "runtime", runtime, "runtimeVersion", version,
