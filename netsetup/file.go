@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -89,11 +91,30 @@ func writeAtomic(dir, path string, data []byte, durable bool) error {
 // func, which gives the written file another name (a hard link), before the
 // file is moved to path; an error from then writes nothing at path.
 func writeAtomicThen(dir, path string, data []byte, durable bool, then func(link func(newpath string) error) error) error {
-	tmp, err := os.CreateTemp(dir, tempPrefix+"*")
+	return writeAtomicSpare(dir, path, data, durable, nil, then)
+}
+
+// writeAtomicSpare is writeAtomicThen that, with spare (an unnamed file of
+// dir made ahead, see spares.go), writes into spare and gives it the temp
+// name, instead of making a temp file: the inode was allocated off the
+// caller's path.
+func writeAtomicSpare(dir, path string, data []byte, durable bool, spare *os.File, then func(link func(newpath string) error) error) error {
+	var tmp *os.File
+	var tmpName string
+	var err error
+	if spare != nil {
+		tmp = spare
+		tmpName, err = nameSpare(dir, spare)
+	} else {
+		tmp, err = os.CreateTemp(dir, tempPrefix+"*")
+		if err == nil {
+			tmpName = tmp.Name()
+		}
+	}
 	if err != nil {
+		tmp.Close()
 		return err
 	}
-	tmpName := tmp.Name()
 	ok := false
 	defer func() {
 		if !ok {
@@ -101,8 +122,10 @@ func writeAtomicThen(dir, path string, data []byte, durable bool, then func(link
 			os.Remove(tmpName)
 		}
 	}()
-	if err := tmp.Chmod(0o600); err != nil {
-		return err
+	if spare == nil {
+		if err := tmp.Chmod(0o600); err != nil {
+			return err
+		}
 	}
 	if _, err := tmp.Write(data); err != nil {
 		return err
@@ -128,6 +151,17 @@ func writeAtomicThen(dir, path string, data []byte, durable bool, then func(link
 		return nil
 	}
 	return syncDir(dir)
+}
+
+// nameSpare links spare in dir under a new temp name and returns the name.
+func nameSpare(dir string, spare *os.File) (string, error) {
+	for i := 0; ; i++ {
+		name := filepath.Join(dir, tempPrefix+strconv.FormatUint(uint64(rand.Uint32()), 10))
+		err := linkFD(spare, name)
+		if err == nil || !errors.Is(err, fs.ErrExist) || i >= 100 {
+			return name, err
+		}
+	}
 }
 
 // writeNewThen is writeAtomicThen for a path that has no file yet (the

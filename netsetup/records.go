@@ -196,7 +196,7 @@ func (t *Tx) Save(rec *NetSetup) error {
 		// at once, with no temp name (writeNewThen).
 		err = writeNewThen(t.s.sandboxDir, t.s.Path(t.id), data, t.s.durable, t.s.takeSpare(), index)
 	} else {
-		err = writeAtomicThen(t.s.sandboxDir, t.s.Path(t.id), data, t.s.durable, index)
+		err = writeAtomicSpare(t.s.sandboxDir, t.s.Path(t.id), data, t.s.durable, t.s.takeSpare(), index)
 	}
 	if err != nil {
 		stage.abort()

@@ -11,8 +11,9 @@ import (
 
 // This file holds the spare record files: unnamed files (O_TMPFILE) in the
 // sandboxes dir that a long-running process (the NRI hook) makes ahead of
-// time, so that a new sandbox's record write finds its inode already
-// allocated. On ext4 that allocation is nearly all of a new record's cost
+// time, so that a record write finds its inode already allocated: a new
+// record is the spare linked in, a new version of a record the spare
+// given a temp name and swapped in. On ext4 that allocation is nearly all of a new record's cost
 // when the inode table block it lands in must be read from the disk. A
 // spare has no name, so no listing or audit of the state dir sees it, and
 // it goes with its file descriptor: a crash leaves nothing behind (after a

@@ -434,6 +434,25 @@ func TestSpareRecords(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Join(s.Dir(), "sandboxes")); len(ents) != 1 {
 		t.Fatalf("sandboxes dir holds %v: spares must have no name", ents)
 	}
+	// A new version of the record is a spare too, swapped in.
+	s.spares.Load().mu.Lock()
+	if fi, err := s.spares.Load().fds[1].Stat(); err == nil {
+		spareIno = fi.Sys().(*syscall.Stat_t).Ino
+	}
+	s.spares.Load().mu.Unlock()
+	if _, err := s.Update(ctx, "sb-spare", func(r *NetSetup) error { r.PodName = "p2"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(s.Path("sb-spare")); err != nil || fi.Sys().(*syscall.Stat_t).Ino != spareIno || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("updated record: %v, %v; want the spare's inode %d, mode 0600", fi, err, spareIno)
+	}
+	if got, err := s.Get("sb-spare"); err != nil || got.PodName != "p2" {
+		t.Fatalf("updated record: %+v, %v", got, err)
+	}
+	waitSpares(2)
+	if ents, _ := os.ReadDir(filepath.Join(s.Dir(), "sandboxes")); len(ents) != 1 {
+		t.Fatalf("sandboxes dir holds %v after the update: want the record alone", ents)
+	}
 	p := s.spares.Load()
 	release()
 	release()
