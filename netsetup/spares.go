@@ -26,6 +26,7 @@ type spares struct {
 
 	mu   sync.Mutex
 	fds  []*os.File
+	last time.Time // of the last take
 	kick chan struct{}
 	stop chan struct{}
 	done chan struct{}
@@ -69,6 +70,7 @@ func (s *Store) takeSpare() *os.File {
 	}
 	f := p.fds[n-1]
 	p.fds = p.fds[:n-1]
+	p.last = time.Now()
 	select {
 	case p.kick <- struct{}{}:
 	default:
@@ -76,14 +78,29 @@ func (s *Store) takeSpare() *os.File {
 	return f
 }
 
-// fill keeps the pool full until release. A filesystem without O_TMPFILE
-// ends it; another error (a full disk) is logged once and retried later.
+// spareQuiet is how long after a spare was taken the pool waits before it
+// makes another: the taker is in the middle of a record write then, and an
+// inode allocation on the same filesystem (ext4's journal, an inode table
+// block read from the disk) would slow it down.
+const spareQuiet = 5 * time.Millisecond
+
+// fill keeps the pool full until release, making each spare once no spare
+// was taken for spareQuiet. A filesystem without O_TMPFILE ends it; another
+// error (a full disk) is logged once and retried later.
 func (p *spares) fill(s *Store) {
 	defer close(p.done)
 	logged := false
 	for {
 		var err error
 		for p.count() < p.want && err == nil {
+			if wait := p.quietFor(); wait > 0 {
+				select {
+				case <-p.stop:
+					return
+				case <-time.After(wait):
+				}
+				continue
+			}
 			var f *os.File
 			if f, err = openUnnamed(p.dir); err == nil {
 				p.put(f)
@@ -117,6 +134,14 @@ func after(d time.Duration) <-chan time.Time {
 		return nil
 	}
 	return time.After(d)
+}
+
+// quietFor is how long to wait until spareQuiet has passed since the last
+// take (0: it has).
+func (p *spares) quietFor() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return spareQuiet - time.Since(p.last)
 }
 
 func (p *spares) count() int {
