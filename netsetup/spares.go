@@ -30,6 +30,7 @@ type spares struct {
 	kick chan struct{}
 	stop chan struct{}
 	done chan struct{}
+	once sync.Once // of release
 }
 
 // KeepSpareRecords makes the store keep up to n spare record files ready
@@ -46,12 +47,9 @@ func (s *Store) KeepSpareRecords(n int) (release func()) {
 		old.release()
 	}
 	go p.fill(s)
-	var once sync.Once
 	return func() {
-		once.Do(func() {
-			s.spares.CompareAndSwap(p, nil)
-			p.release()
-		})
+		s.spares.CompareAndSwap(p, nil)
+		p.release()
 	}
 }
 
@@ -156,15 +154,19 @@ func (p *spares) put(f *os.File) {
 	p.mu.Unlock()
 }
 
+// release stops the filler and frees the spares; a second call does
+// nothing.
 func (p *spares) release() {
-	close(p.stop)
-	<-p.done
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, f := range p.fds {
-		f.Close()
-	}
-	p.fds = nil
+	p.once.Do(func() {
+		close(p.stop)
+		<-p.done
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, f := range p.fds {
+			f.Close()
+		}
+		p.fds = nil
+	})
 }
 
 // openUnnamed makes an unnamed file (0600) in dir: O_TMPFILE, linkable

@@ -462,4 +462,17 @@ func TestSpareRecords(t *testing.T) {
 	if err := s.Create(ctx, New("sb-after")); err != nil {
 		t.Fatal(err)
 	}
+	// A second pool replaces the first; releasing the first afterwards
+	// leaves the second alone.
+	first := s.KeepSpareRecords(1)
+	second := s.KeepSpareRecords(1)
+	first()
+	if s.spares.Load() == nil {
+		t.Fatal("releasing a replaced pool released its successor")
+	}
+	waitSpares(1)
+	second()
+	if s.spares.Load() != nil {
+		t.Fatal("release left the pool in place")
+	}
 }
