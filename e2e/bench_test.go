@@ -24,12 +24,20 @@ func BenchmarkRunPodSandbox(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("VMNIC_E2E_BENCH_PODS")); err == nil && v > 0 {
 		n = v
 	}
+	var plainIDs, vmIDs []string
 	measure := func(name string, o podOpts) time.Duration {
 		start := time.Now()
 		p, err := e.runPod(name, o)
 		d := time.Since(start)
 		if err != nil {
 			b.Fatalf("RunPodSandbox %s: %v", name, err)
+		}
+		if strings.HasPrefix(name, "bench-") {
+			if o.vm {
+				vmIDs = append(vmIDs, p.ID)
+			} else {
+				plainIDs = append(plainIDs, p.ID)
+			}
 		}
 		// A VM pod must have been wired, else this measured nothing of vmnic
 		// (an NRI plugin slower than the runtime's timeout is dropped).
@@ -66,7 +74,9 @@ func BenchmarkRunPodSandbox(b *testing.B) {
 	fmt.Printf("  %-44s median %7.1f ms   p90 %7.1f ms\n", "with vmnic (bridge + host-local + vmnic, NRI)", ms(vmm), ms(v90))
 	fmt.Printf("  samples without (ms): %s\n", msList(plain))
 	fmt.Printf("  samples with    (ms): %s\n", msList(vm))
-	fmt.Printf("  ratio with/without: median %.2f   p90 %.2f\n\n", float64(vmm)/float64(pm), float64(v90)/float64(p90))
+	fmt.Printf("  ratio with/without: median %.2f   p90 %.2f\n", float64(vmm)/float64(pm), float64(v90)/float64(p90))
+	printPhases(os.Stdout, e.Dir, plainIDs, vmIDs)
+	fmt.Println()
 }
 
 // stats returns the median and the 90th percentile (nearest rank).

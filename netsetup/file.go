@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -85,15 +87,34 @@ func writeAtomic(dir, path string, data []byte, durable bool) error {
 	return writeAtomicThen(dir, path, data, durable, nil)
 }
 
-// writeAtomicThen is writeAtomic that runs then (when not nil) on the
-// written temp file's path before it is moved to path; an error from then
-// writes nothing.
-func writeAtomicThen(dir, path string, data []byte, durable bool, then func(tmp string) error) error {
-	tmp, err := os.CreateTemp(dir, tempPrefix+"*")
+// writeAtomicThen is writeAtomic that runs then (when not nil) with a link
+// func, which gives the written file another name (a hard link), before the
+// file is moved to path; an error from then writes nothing at path.
+func writeAtomicThen(dir, path string, data []byte, durable bool, then func(link func(newpath string) error) error) error {
+	return writeAtomicSpare(dir, path, data, durable, nil, then)
+}
+
+// writeAtomicSpare is writeAtomicThen that, with spare (an unnamed file of
+// dir made ahead, see spares.go), writes into spare and gives it the temp
+// name, instead of making a temp file: the inode was allocated off the
+// caller's path.
+func writeAtomicSpare(dir, path string, data []byte, durable bool, spare *os.File, then func(link func(newpath string) error) error) error {
+	var tmp *os.File
+	var tmpName string
+	var err error
+	if spare != nil {
+		tmp = spare
+		tmpName, err = nameSpare(dir, spare)
+	} else {
+		tmp, err = os.CreateTemp(dir, tempPrefix+"*")
+		if err == nil {
+			tmpName = tmp.Name()
+		}
+	}
 	if err != nil {
+		tmp.Close()
 		return err
 	}
-	tmpName := tmp.Name()
 	ok := false
 	defer func() {
 		if !ok {
@@ -101,8 +122,10 @@ func writeAtomicThen(dir, path string, data []byte, durable bool, then func(tmp 
 			os.Remove(tmpName)
 		}
 	}()
-	if err := tmp.Chmod(0o600); err != nil {
-		return err
+	if spare == nil {
+		if err := tmp.Chmod(0o600); err != nil {
+			return err
+		}
 	}
 	if _, err := tmp.Write(data); err != nil {
 		return err
@@ -116,7 +139,7 @@ func writeAtomicThen(dir, path string, data []byte, durable bool, then func(tmp 
 		return err
 	}
 	if then != nil {
-		if err := then(tmpName); err != nil {
+		if err := then(func(newpath string) error { return os.Link(tmpName, newpath) }); err != nil {
 			return err
 		}
 	}
@@ -128,6 +151,80 @@ func writeAtomicThen(dir, path string, data []byte, durable bool, then func(tmp 
 		return nil
 	}
 	return syncDir(dir)
+}
+
+// nameSpare links spare in dir under a new temp name and returns the name.
+func nameSpare(dir string, spare *os.File) (string, error) {
+	for i := 0; ; i++ {
+		name := filepath.Join(dir, tempPrefix+strconv.FormatUint(uint64(rand.Uint32()), 10))
+		err := linkFD(spare, name)
+		if err == nil || !errors.Is(err, fs.ErrExist) || i >= 100 {
+			return name, err
+		}
+	}
+}
+
+// writeNewThen is writeAtomicThen for a path that has no file yet (the
+// first version of a record, written under its lock): the data is written
+// to an unnamed file in dir (O_TMPFILE; spare, when not nil, is one made
+// ahead, see spares.go) and linked in at path, so the file appears whole or
+// not at all, with no temp name to make and rename away: one inode, no
+// second directory entry, and nothing a crash can leave behind (an unnamed
+// file goes with its last fd). then links the same file first. When path
+// exists after all, or dir's filesystem has no O_TMPFILE, it is
+// writeAtomicThen.
+func writeNewThen(dir, path string, data []byte, durable bool, spare *os.File, then func(link func(newpath string) error) error) error {
+	f := spare
+	if f == nil {
+		var err error
+		if f, err = openUnnamed(dir); err != nil {
+			// EOPNOTSUPP: the filesystem has no O_TMPFILE; EISDIR, EINVAL: the
+			// kernel has none.
+			if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EINVAL) {
+				return writeAtomicThen(dir, path, data, durable, then)
+			}
+			return err
+		}
+	}
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if durable {
+		if err := f.Sync(); err != nil {
+			return err
+		}
+	}
+	link := func(newpath string) error { return linkFD(f, newpath) }
+	if then != nil {
+		if err := then(link); err != nil {
+			return err
+		}
+	}
+	if err := link(path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return writeAtomicThen(dir, path, data, durable, then)
+		}
+		return err
+	}
+	if !durable {
+		return nil
+	}
+	return syncDir(dir)
+}
+
+// linkFD gives the file open as f the name newpath (linkat with
+// AT_EMPTY_PATH, which needs CAP_DAC_READ_SEARCH; without it through
+// /proc/self/fd, see linkat(2)).
+func linkFD(f *os.File, newpath string) error {
+	err := unix.Linkat(int(f.Fd()), "", unix.AT_FDCWD, newpath, unix.AT_EMPTY_PATH)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPERM) {
+		err = unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", f.Fd()), unix.AT_FDCWD, newpath, unix.AT_SYMLINK_FOLLOW)
+	}
+	if err != nil {
+		return &os.LinkError{Op: "link", Old: f.Name(), New: newpath, Err: err}
+	}
+	return nil
 }
 
 // writeAtomicInVolatileDir is writeAtomic (not durable) into dir, a

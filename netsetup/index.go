@@ -86,19 +86,19 @@ func parseIndexName(name string) (NetnsID, bool) {
 	return NetnsID{Dev: dev, Ino: ino}, true
 }
 
-// linkNetns points the netns index entry of nsid at the record file
-// version rec (a path in the sandboxes dir, not yet moved into place): a
-// hard link, made in place when the entry is missing and else made under a
-// temp name and moved over the entry.
-func (s *Store) linkNetns(nsid NetnsID, rec string) error {
+// linkNetns points the netns index entry of nsid at a record file version
+// not yet moved into place, which link gives another name (a hard link, see
+// writeAtomicThen): made in place when the entry is missing and else made
+// under a temp name and moved over the entry.
+func (s *Store) linkNetns(nsid NetnsID, link func(newpath string) error) error {
 	path := s.netnsIndexPath(nsid)
-	err := os.Link(rec, path)
+	err := link(path)
 	if !errors.Is(err, fs.ErrExist) {
 		return err
 	}
 	tmp := filepath.Join(s.netnsDir, fmt.Sprintf("%s%d-%d", tempPrefix, os.Getpid(), nsid.Ino))
 	os.Remove(tmp)
-	if err := os.Link(rec, tmp); err != nil {
+	if err := link(tmp); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, path); err != nil {

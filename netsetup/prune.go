@@ -12,21 +12,20 @@ import (
 )
 
 // Prune removes what a process killed half way can leave in the state
-// directory without a record: lock files of sandboxes that have no record,
-// netns index entries whose sandbox has no record (or records another
+// directory without a record: netns index entries whose sandbox has no record (or records another
 // namespace), container index entries whose sandbox has no record (or no
-// NIC of that container), and temp files of interrupted writes. Each entry
+// NIC of that container), and temp files of interrupted writes; and the
+// per-sandbox lock files an older vmnic made (locks/, see legacyLockDir).
+// Each entry
 // is removed under its sandbox's lock, so a concurrent writer is never
 // undercut; a lock held longer than wait is skipped. It returns what it
 // removed.
 func (s *Store) Prune(ctx context.Context, wait time.Duration) ([]string, error) {
 	p := &pruner{s: s, ctx: ctx, wait: wait}
-	if err := p.each(s.lockDir, p.lock); err != nil {
+	if err := p.each(s.netnsDir, p.netnsEntry); err != nil {
 		return nil, err
 	}
-	if err := p.each(s.netnsDir, p.netnsEntry); err != nil {
-		p.errs = append(p.errs, err)
-	}
+	p.removed = append(p.removed, s.pruneLegacyLocks()...)
 	if err := p.each(s.containerDir, p.containerEntry); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		p.errs = append(p.errs, err)
 	}
@@ -68,23 +67,6 @@ func (p *pruner) remove(path string) {
 	}
 }
 
-// lock removes the lock file of a sandbox without a record: Lock + Load
-// (not found) + Unlock removes the file.
-func (p *pruner) lock(dir string, e fs.DirEntry) {
-	id, ok := strings.CutSuffix(e.Name(), ".lock")
-	if !ok || ValidateSandboxID(id) != nil || !e.Type().IsRegular() {
-		return
-	}
-	if _, err := p.s.read(id); !errors.Is(err, ErrNotFound) {
-		return
-	}
-	gone, err := p.underLock(id, func(*NetSetup) {})
-	if gone {
-		p.removed = append(p.removed, filepath.Join(dir, e.Name()))
-	}
-	p.note(err)
-}
-
 // netnsEntry removes a netns index entry that holds no valid id, or whose
 // sandbox does not record that namespace.
 func (p *pruner) netnsEntry(dir string, e fs.DirEntry) {
@@ -113,7 +95,7 @@ func (p *pruner) netnsEntry(dir string, e fs.DirEntry) {
 		p.remove(path)
 		return
 	}
-	_, err = p.underLock(id, func(rec *NetSetup) {
+	err = p.underLock(id, func(rec *NetSetup) {
 		if (rec == nil || rec.NetnsID == nil || *rec.NetnsID != nsid) && readEntry(path) == id && p.s.linkedRecordID(path) == "" {
 			p.remove(path)
 		}
@@ -129,7 +111,7 @@ func (p *pruner) containerEntry(dir string, e fs.DirEntry) {
 	if id == "" {
 		return
 	}
-	_, err := p.underLock(id, func(rec *NetSetup) {
+	err := p.underLock(id, func(rec *NetSetup) {
 		path := p.s.containerIndexPath(cid)
 		p.s.UnindexContainers(id, rec, cid)
 		if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
@@ -146,28 +128,27 @@ func (p *pruner) note(err error) {
 }
 
 // underLock runs fn on sandbox id's record (nil when it has none) under its
-// lock and reports whether the sandbox had no record (its lock file then
-// goes at unlock). A lock held longer than the wait is skipped, and an
-// unreadable record left for an operator: fn does not run.
-func (p *pruner) underLock(id string, fn func(*NetSetup)) (bool, error) {
+// lock. A lock held longer than the wait is skipped, and an unreadable
+// record left for an operator: fn does not run.
+func (p *pruner) underLock(id string, fn func(*NetSetup)) error {
 	lctx, cancel := context.WithTimeout(p.ctx, p.wait)
 	defer cancel()
 	tx, err := p.s.Lock(lctx, id)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) && p.ctx.Err() == nil {
-			return false, nil // busy: a live process holds it
+			return nil // busy: a live process holds it
 		}
-		return false, fmt.Errorf("prune %s: %w", id, err)
+		return fmt.Errorf("prune %s: %w", id, err)
 	}
 	defer tx.Unlock()
 	rec, err := tx.Load()
 	switch {
 	case errors.Is(err, ErrNotFound):
 		fn(nil)
-		return true, nil
+		return nil
 	case err != nil:
-		return false, nil // unreadable: leave it for an operator
+		return nil // unreadable: leave it for an operator
 	}
 	fn(rec)
-	return false, nil
+	return nil
 }

@@ -17,17 +17,18 @@ func TestPruneRemovesOnlyLeftovers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A live sandbox: its record, lock file and netns index entry stay.
+	// A live sandbox: its record and netns index entry stay.
 	live := New("live")
 	live.NetnsPath = "/proc/self/ns/net"
 	live.NetnsID = &self
 	if err := s.Create(ctx, live); err != nil {
 		t.Fatal(err)
 	}
-	// Leftovers of killed processes: a lock file without a record, an index
-	// entry naming a sandbox without a record, an index entry with garbage,
-	// an old temp file of an interrupted write, and a fresh temp file (a
-	// write that may still be running: kept).
+	// Leftovers of killed processes: an index entry naming a sandbox
+	// without a record, an index entry with garbage, an old temp file of an
+	// interrupted write, and a fresh temp file (a write that may still be
+	// running: kept); and an older vmnic's per-sandbox lock files (of a
+	// sandbox without a record and of a live one: nothing locks them now).
 	write := func(p, data string, age time.Duration) {
 		t.Helper()
 		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
@@ -39,7 +40,11 @@ func TestPruneRemovesOnlyLeftovers(t *testing.T) {
 		}
 	}
 	dir := s.Dir()
+	if err := os.Mkdir(filepath.Join(dir, "locks"), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	write(filepath.Join(dir, "locks", "dead.lock"), "", 0)
+	write(filepath.Join(dir, "locks", "live.lock"), "", 0)
 	write(filepath.Join(dir, "netns", "1-2"), "dead\n", 0)
 	write(filepath.Join(dir, "netns", "3-4"), "../x\n", 0)
 	write(filepath.Join(dir, "sandboxes", ".tmp-old"), "{", 2*time.Minute)
@@ -55,7 +60,7 @@ func TestPruneRemovesOnlyLeftovers(t *testing.T) {
 		got = append(got, rel)
 	}
 	sort.Strings(got)
-	want := []string{"locks/dead.lock", "netns/1-2", "netns/3-4", "sandboxes/.tmp-old"}
+	want := []string{"locks/dead.lock", "locks/live.lock", "netns/1-2", "netns/3-4", "sandboxes/.tmp-old"}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("Prune removed %v, want %v", got, want)
 	}
@@ -64,21 +69,26 @@ func TestPruneRemovesOnlyLeftovers(t *testing.T) {
 			t.Errorf("Prune removed %s, which a live sandbox or a running write uses: %v", keep, err)
 		}
 	}
+	if _, err := os.Lstat(filepath.Join(dir, "locks")); err == nil {
+		t.Error("Prune left the old lock directory, empty")
+	}
 	if id, err := s.FindByNetns(self); err != nil || id != "live" {
 		t.Fatalf("the live sandbox is no longer found by its netns: %q, %v", id, err)
 	}
 
-	// A lock held by a live process is skipped, not waited on forever.
+	// A lock held by a live process is skipped, not waited on forever: the
+	// entry of a busy sandbox without a record stays.
 	tx, err := s.Lock(ctx, "busy")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tx.Unlock()
+	write(filepath.Join(dir, "netns", "5-6"), "busy\n", 0)
 	if _, err := s.Prune(ctx, 50*time.Millisecond); err != nil {
 		t.Fatalf("Prune with a busy lock: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "locks", "busy.lock")); err != nil {
-		t.Fatalf("Prune removed a lock file a live process holds: %v", err)
+	if _, err := os.Stat(filepath.Join(dir, "netns", "5-6")); err != nil {
+		t.Fatalf("Prune removed an entry of a sandbox whose lock a live process holds: %v", err)
 	}
 }
 

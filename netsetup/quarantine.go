@@ -160,7 +160,7 @@ func (t *Tx) loadRecovering(u *UnreadableError) (*NetSetup, error) {
 		}
 	}
 	if rec == nil {
-		t.gone = true
+		t.absent = true
 		return nil, fmt.Errorf("sandbox %s: record quarantined to %s (%s), nothing of it found on the host: %w", t.id, dst, u.Reason, ErrNotFound)
 	}
 	rec.SandboxID = t.id

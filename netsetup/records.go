@@ -118,7 +118,9 @@ type Tx struct {
 	id     string
 	lock   *os.File
 	loaded *NetSetup
-	gone   bool
+	// absent: the last Load (or Delete) under this lock left no record, so
+	// a Save makes the first one.
+	absent bool
 	// hint and recovery: see SetHint and Recovery (quarantine.go).
 	hint     string
 	recovery *Recovery
@@ -139,11 +141,12 @@ func (t *Tx) Load() (*NetSetup, error) {
 		return t.loadRecovering(u)
 	}
 	if err != nil {
-		t.gone = errors.Is(err, ErrNotFound)
+		t.absent = errors.Is(err, ErrNotFound)
 		return nil, err
 	}
 	cp := *rec
 	t.loaded = &cp
+	t.absent = false
 	return rec, nil
 }
 
@@ -173,11 +176,11 @@ func (t *Tx) Save(rec *NetSetup) error {
 	// not before: a hard link to this version of the record, made before
 	// the record is moved into place (a crash in between leaves an entry
 	// whose record is missing: checked on use, pruned).
-	var index func(tmp string) error
+	var index func(link func(string) error) error
 	if rec.NetnsID != nil && (t.loaded == nil || t.loaded.NetnsID == nil || *t.loaded.NetnsID != *rec.NetnsID) {
 		nsid := *rec.NetnsID
-		index = func(tmp string) error {
-			if err := t.s.linkNetns(nsid, tmp); err != nil {
+		index = func(link func(string) error) error {
+			if err := t.s.linkNetns(nsid, link); err != nil {
 				return fmt.Errorf("netns index: %w", err)
 			}
 			return nil
@@ -188,7 +191,14 @@ func (t *Tx) Save(rec *NetSetup) error {
 	// all; a copy that cannot be written is reported, never fatal (see
 	// mirror.go).
 	stage := t.s.stageMirror(rec, mirrorContent(rec, data))
-	if err := writeAtomicThen(t.s.sandboxDir, t.s.Path(t.id), data, t.s.durable, index); err != nil {
+	if t.loaded == nil && t.absent {
+		// Load found no record under this lock: the first version appears
+		// at once, with no temp name (writeNewThen).
+		err = writeNewThen(t.s.sandboxDir, t.s.Path(t.id), data, t.s.durable, t.s.takeSpare(), index)
+	} else {
+		err = writeAtomicSpare(t.s.sandboxDir, t.s.Path(t.id), data, t.s.durable, t.s.takeSpare(), index)
+	}
+	if err != nil {
 		stage.abort()
 		return fmt.Errorf("save sandbox %s: %w", t.id, err)
 	}
@@ -198,12 +208,12 @@ func (t *Tx) Save(rec *NetSetup) error {
 	}
 	cp := *rec
 	t.loaded = &cp
-	t.gone = false
+	t.absent = false
 	return nil
 }
 
-// Delete removes the record and its netns index entry; the lock file goes
-// at Unlock. Deleting a missing record is not an error.
+// Delete removes the record and its netns index entry. Deleting a missing
+// record is not an error.
 func (t *Tx) Delete() error {
 	rec, err := t.s.read(t.id)
 	if err == nil && rec.NetnsID != nil {
@@ -221,7 +231,7 @@ func (t *Tx) Delete() error {
 		}
 	}
 	t.loaded = nil
-	t.gone = true
+	t.absent = true
 	return nil
 }
 

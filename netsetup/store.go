@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 )
 
 // DefaultStateDir is where records live unless configured otherwise.
@@ -19,8 +20,9 @@ var ErrNotFound = errors.New("no NetSetup record")
 //   - <stateDir>/sandboxes/<id>.json: one record per sandbox (records.go),
 //     written atomically (temp file, rename; with Options.Durable also fsync
 //     of the file and the directory) under the sandbox's lock;
-//   - <stateDir>/locks/<id>.lock: the per-sandbox flock, so different
-//     sandboxes never wait on each other (locks.go);
+//   - <stateDir>/sandboxes.lock: the sandboxes' locks, an OFD byte-range
+//     lock per sandbox on this one file, so different sandboxes do not wait
+//     on each other and a new sandbox makes no lock file (locks.go);
 //   - <stateDir>/netns/<dev>-<ino>: the netns index, which maps a network
 //     namespace to the sandbox that owns it, so finding a sandbox by netns is
 //     one file read; an entry is a hard link to the record version that
@@ -44,10 +46,11 @@ type Store struct {
 	rebuild      RebuildFunc
 	dir          string
 	sandboxDir   string
-	lockDir      string
 	netnsDir     string
 	containerDir string
 	forwardDir   string
+	// spares: see KeepSpareRecords.
+	spares atomic.Pointer[spares]
 }
 
 // Options tune a store.
@@ -90,18 +93,23 @@ func OpenWithOptions(stateDir string, o Options) (*Store, error) {
 		rebuild:      o.Rebuild,
 		dir:          abs,
 		sandboxDir:   filepath.Join(abs, "sandboxes"),
-		lockDir:      filepath.Join(abs, "locks"),
 		netnsDir:     filepath.Join(abs, "netns"),
 		containerDir: filepath.Join(abs, "cni-containers"),
 		forwardDir:   filepath.Join(abs, "bridge-forward"),
 	}
 	// The container index and the bridge-forward dirs are made by their
 	// first entry and removed with their last.
-	for _, d := range []string{s.dir, s.sandboxDir, s.lockDir, s.netnsDir} {
+	for _, d := range []string{s.dir, s.sandboxDir, s.netnsDir} {
 		if err := ensurePrivateDir(d); err != nil {
 			return nil, err
 		}
 	}
+	// The shared lock file is part of the state dir from its first use on.
+	f, err := s.openLockFile()
+	if err != nil {
+		return nil, fmt.Errorf("state dir %s: %w", abs, err)
+	}
+	f.Close()
 	return s, nil
 }
 

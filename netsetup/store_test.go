@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -42,7 +43,7 @@ func TestStoreRoundTripAndModes(t *testing.T) {
 	if got.PodName != "p" || got.Phase != PhaseConfigured || got.Schema != SchemaVersion || len(got.NetworkConfigs) != 1 {
 		t.Fatalf("record read back = %+v", got)
 	}
-	for _, d := range []string{s.Dir(), filepath.Join(s.Dir(), "sandboxes"), filepath.Join(s.Dir(), "locks")} {
+	for _, d := range []string{s.Dir(), filepath.Join(s.Dir(), "sandboxes"), filepath.Join(s.Dir(), "netns")} {
 		fi, err := os.Stat(d)
 		if err != nil || fi.Mode().Perm() != 0o700 {
 			t.Errorf("%s mode = %v (%v), want 0700", d, fi.Mode().Perm(), err)
@@ -82,10 +83,14 @@ func TestStoreRoundTripAndModes(t *testing.T) {
 	if _, err := s.Update(ctx, "sb1", func(*NetSetup) error { return nil }); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Update of a missing record = %v, want ErrNotFound", err)
 	}
-	left, _ := os.ReadDir(filepath.Join(s.Dir(), "locks"))
+	left, _ := os.ReadDir(s.Dir())
 	files, _ := os.ReadDir(filepath.Join(s.Dir(), "sandboxes"))
-	if len(left)+len(files) != 0 {
-		t.Fatalf("teardown left files: locks %v, sandboxes %v", left, files)
+	var names []string
+	for _, e := range left {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, ",") != "netns,sandboxes,sandboxes.lock" || len(files) != 0 {
+		t.Fatalf("teardown left files: state dir %v, sandboxes %v", names, files)
 	}
 }
 
@@ -174,6 +179,9 @@ func TestStoreLoadsLegacyRecordAndRewritesCurrentSchema(t *testing.T) {
 const workerEnv = "VMNIC_NETSETUP_STORE_WORKER"
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(lockHolderEnv); spec != "" {
+		holdLock(spec) // does not return
+	}
 	if spec := os.Getenv(workerEnv); spec != "" {
 		if err := storeWorker(spec); err != nil {
 			fmt.Fprintln(os.Stderr, "worker:", err)
@@ -326,5 +334,145 @@ func TestCheckWritable(t *testing.T) {
 	}
 	if err := s.CheckWritable(); err == nil {
 		t.Fatal("CheckWritable passed with the state dir gone")
+	}
+}
+
+// The first version of a record appears under its name with no temp file
+// (O_TMPFILE + link), with the netns index entry a second name of it; a
+// later version replaces it as before.
+func TestNewRecordIsLinkedInWithoutTempFile(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	self, err := IdentifyNetns("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := New("sb-new")
+	rec.NetnsPath, rec.NetnsID = "/proc/self/ns/net", &self
+	if err := s.Create(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(s.Path("sb-new"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Nlink != 2 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("new record: %d links, mode %o; want 2 (the record and its netns index entry), 0600", st.Nlink, fi.Mode().Perm())
+	}
+	if id, err := s.FindByNetns(self); err != nil || id != "sb-new" {
+		t.Fatalf("FindByNetns = %q, %v", id, err)
+	}
+	ents, _ := os.ReadDir(filepath.Join(s.Dir(), "sandboxes"))
+	if len(ents) != 1 {
+		t.Fatalf("sandboxes dir holds %v, want the record alone", ents)
+	}
+	if _, err := s.Update(ctx, "sb-new", func(r *NetSetup) error { r.PodName = "p2"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Get("sb-new"); err != nil || got.PodName != "p2" {
+		t.Fatalf("after Update: %+v, %v", got, err)
+	}
+}
+
+// writeNewThen on a path that has a file after all replaces it (the
+// temp-file write), never fails on it.
+func TestWriteNewOverExistingFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "f")
+	if err := os.WriteFile(path, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeNewThen(dir, path, []byte("new"), true, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(path); string(data) != "new" {
+		t.Fatalf("content = %q, want new", data)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("dir holds %v, want the file alone", ents)
+	}
+}
+
+// With spare record files, a new record uses one (its inode was made
+// ahead) and the pool is refilled; released, none is left open, and the
+// store writes new records without them.
+func TestSpareRecords(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	release := s.KeepSpareRecords(2)
+	waitSpares := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for s.spares.Load().count() != n {
+			if time.Now().After(deadline) {
+				t.Fatalf("spares: %d, want %d", s.spares.Load().count(), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitSpares(2)
+	s.spares.Load().mu.Lock()
+	var spareIno uint64
+	if fi, err := s.spares.Load().fds[1].Stat(); err == nil {
+		spareIno = fi.Sys().(*syscall.Stat_t).Ino
+	}
+	s.spares.Load().mu.Unlock()
+	if err := s.Create(ctx, New("sb-spare")); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(s.Path("sb-spare"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ino := fi.Sys().(*syscall.Stat_t).Ino; ino != spareIno || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("new record: inode %d mode %o, want the spare's inode %d, 0600", ino, fi.Mode().Perm(), spareIno)
+	}
+	if got, err := s.Get("sb-spare"); err != nil || got.SandboxID != "sb-spare" {
+		t.Fatalf("record written into a spare: %+v, %v", got, err)
+	}
+	waitSpares(2)
+	if ents, _ := os.ReadDir(filepath.Join(s.Dir(), "sandboxes")); len(ents) != 1 {
+		t.Fatalf("sandboxes dir holds %v: spares must have no name", ents)
+	}
+	// A new version of the record is a spare too, swapped in.
+	s.spares.Load().mu.Lock()
+	if fi, err := s.spares.Load().fds[1].Stat(); err == nil {
+		spareIno = fi.Sys().(*syscall.Stat_t).Ino
+	}
+	s.spares.Load().mu.Unlock()
+	if _, err := s.Update(ctx, "sb-spare", func(r *NetSetup) error { r.PodName = "p2"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(s.Path("sb-spare")); err != nil || fi.Sys().(*syscall.Stat_t).Ino != spareIno || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("updated record: %v, %v; want the spare's inode %d, mode 0600", fi, err, spareIno)
+	}
+	if got, err := s.Get("sb-spare"); err != nil || got.PodName != "p2" {
+		t.Fatalf("updated record: %+v, %v", got, err)
+	}
+	waitSpares(2)
+	if ents, _ := os.ReadDir(filepath.Join(s.Dir(), "sandboxes")); len(ents) != 1 {
+		t.Fatalf("sandboxes dir holds %v after the update: want the record alone", ents)
+	}
+	p := s.spares.Load()
+	release()
+	release()
+	if s.spares.Load() != nil || p.count() != 0 {
+		t.Fatal("release left spares")
+	}
+	if err := s.Create(ctx, New("sb-after")); err != nil {
+		t.Fatal(err)
+	}
+	// A second pool replaces the first; releasing the first afterwards
+	// leaves the second alone.
+	first := s.KeepSpareRecords(1)
+	second := s.KeepSpareRecords(1)
+	first()
+	if s.spares.Load() == nil {
+		t.Fatal("releasing a replaced pool released its successor")
+	}
+	waitSpares(1)
+	second()
+	if s.spares.Load() != nil {
+		t.Fatal("release left the pool in place")
 	}
 }

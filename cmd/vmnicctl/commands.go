@@ -28,7 +28,7 @@ func init() {
 		{name: "teardown", args: "<sandbox-id>", npos: 1, run: cmdTeardown, flags: teardownFlags,
 			help: "Remove a sandbox's NICs (VMM first), its owned netns and its record. Idempotent; finishes an invalid sandbox."},
 		{name: "gc", args: "", npos: 0, run: cmdGC, flags: gcFlags,
-			help: "Quarantine and rebuild unreadable records; remove this installation's marked TAPs (and their sandboxes) that no record names, owned vmnic-* netns without a record, and records whose netns is gone; prune lock files and index entries left without a record."},
+			help: "Quarantine and rebuild unreadable records; remove this installation's marked TAPs (and their sandboxes) that no record names, owned vmnic-* netns without a record, and records whose netns is gone; prune index entries left without a record (and an older vmnic's lock files)."},
 		{name: "attach-vmm", args: "<sandbox-id> --kind K --socket S", npos: 1, run: cmdAttachVMM, flags: attachFlags,
 			help: "Record the sandbox's VMM (kind, API socket, booted) and bring in its NICs the VMM does not have (pending ones, and attached ones after a VMM restart)."},
 		{name: "guest-acked", args: "<sandbox-id> <ifname>", npos: 2, run: cmdGuestAcked, flags: jsonFlag,

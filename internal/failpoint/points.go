@@ -71,7 +71,7 @@ type Point struct {
 // here (TestPointsUsed checks the source).
 var Points = []Point{
 	// CNI ADD.
-	{Name: "add-locked", Component: Engine, Op: OpAdd, Doc: "sandbox lock taken (lock file exists), nothing recorded"},
+	{Name: "add-locked", Component: Engine, Op: OpAdd, Doc: "sandbox lock taken (no file: a byte-range lock), nothing recorded"},
 	{Name: "veth-read", Component: Engine, Op: OpAdd, Doc: "veth read in the sandbox netns, nothing recorded, no host change"},
 	{Name: "tap-created", Component: Engine, Op: OpAdd, Backend: "cni", Doc: "TAP created in the sandbox netns, nothing recorded"},
 	{Name: "veth-filter-added", Component: Engine, Op: OpAdd, Backend: "cni", Doc: "ingress qdiscs and the veth→TAP redirect added"},

@@ -457,8 +457,13 @@ func TestPrepareStopTeardown(t *testing.T) {
 	if _, err := e.m.Store.Get(id); !errors.Is(err, netsetup.ErrNotFound) {
 		t.Errorf("record still there: %v", err)
 	}
-	if ents, _ := os.ReadDir(e.state + "/locks"); len(ents) != 0 {
-		t.Errorf("lock files left: %v", ents)
+	// The sandbox's lock is a byte-range lock on the shared lock file:
+	// nothing of it stays, and no per-sandbox lock file is made.
+	if _, err := os.Lstat(e.state + "/locks"); err == nil {
+		t.Error("a per-sandbox lock directory was made")
+	}
+	if fi, err := os.Stat(e.state + "/sandboxes.lock"); err != nil || fi.Size() != 0 {
+		t.Errorf("shared lock file: %v, %v (want it, empty)", fi, err)
 	}
 }
 

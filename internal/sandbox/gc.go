@@ -87,9 +87,10 @@ func (m *Manager) gcSandbox(ctx context.Context, id, network string, keep map[At
 }
 
 // PruneStale removes what a process killed half way leaves in the state
-// directory without a sandbox to go with it: lock files, netns index entries
-// and container index entries of sandboxes that have no record (or no NIC
-// that uses them), and temp files (netsetup.Store.Prune). Each is removed
+// directory without a sandbox to go with it: netns index entries and
+// container index entries of sandboxes that have no record (or no NIC that
+// uses them), temp files, and an older vmnic's lock files
+// (netsetup.Store.Prune). Each is removed
 // under its sandbox's lock; one held by a live process is left alone.
 func (m *Manager) PruneStale(ctx context.Context) error {
 	removed, err := m.Store.Prune(ctx, time.Second)
@@ -164,8 +165,6 @@ func (m *Manager) RemoveOrphanNetns(ctx context.Context, path string) (bool, err
 		case !errors.Is(err, netsetup.ErrNotFound):
 			m.log().Warn("gc: leaving the netns of an unreadable record to record recovery", "netns", path, "sandbox", id, "error", err)
 			return false, nil
-		default:
-			_ = tx.Delete() // no record: this only drops the lock file at Unlock
 		}
 	}
 	if nsid, err := netsetup.IdentifyNetns(path); err == nil {

@@ -127,6 +127,12 @@ type PrepareOptions struct {
 	// Origin is recorded with the record itself (NetSetup.Origin), so a
 	// crash right after the prepare cannot leave a record without it.
 	Origin string
+	// PodPID, PodPIDStart and PodPIDNS, when PodPID is not 0, are recorded
+	// as the pod process (NetSetup.PodPID), with the record itself: the
+	// NRI hook's RunPodSandbox is then one record write.
+	PodPID      int
+	PodPIDStart uint64
+	PodPIDNS    netsetup.NetnsID
 }
 
 // TeardownOptions say how much a teardown removes. KeepNetns (a pod stop)

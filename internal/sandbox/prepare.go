@@ -16,7 +16,7 @@ func (m *Manager) OwnedNetnsPath(id string) string {
 }
 
 // Prepare makes sure sandbox id has a network namespace and a record (at
-// zero NICs when new). It adopts o.NetnsPath when given, else creates and
+// zero NICs when new), in one record write. It adopts o.NetnsPath when given, else creates and
 // owns <NetnsDir>/vmnic-<id>. It is idempotent; a record made by a CNI ADD
 // becomes a prepared one (kept at zero NICs). A sandbox that is invalid or
 // being torn down is refused.
@@ -49,6 +49,10 @@ func (m *Manager) Prepare(ctx context.Context, id string, o PrepareOptions) (*ne
 	rec.PodName, rec.PodNamespace, rec.PodUID = o.PodName, o.PodNamespace, o.PodUID
 	rec.RuntimeDir = o.RuntimeDir
 	rec.Origin = o.Origin
+	if o.PodPID != 0 {
+		ns := o.PodPIDNS
+		rec.PodPID, rec.PodPIDStart, rec.PodPIDNS = o.PodPID, o.PodPIDStart, &ns
+	}
 	createdNetns := ""
 	if adopt != nil {
 		rec.NetnsPath = o.NetnsPath
@@ -150,6 +154,11 @@ func (m *Manager) reprepare(tx *netsetup.Tx, rec *netsetup.NetSetup, o PrepareOp
 			*f.dst = f.v
 			changed = true
 		}
+	}
+	if o.PodPID != 0 && (rec.PodPID != o.PodPID || rec.PodPIDStart != o.PodPIDStart || rec.PodPIDNS == nil || *rec.PodPIDNS != o.PodPIDNS) {
+		ns := o.PodPIDNS
+		rec.PodPID, rec.PodPIDStart, rec.PodPIDNS = o.PodPID, o.PodPIDStart, &ns
+		changed = true
 	}
 	if changed {
 		if err := tx.Save(rec); err != nil {

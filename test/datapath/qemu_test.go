@@ -155,10 +155,16 @@ func TestQEMUHotplugThroughPlugin(t *testing.T) {
 	if _, err := st.Get(id); !errors.Is(err, netsetup.ErrNotFound) {
 		t.Errorf("record of %s after teardown: %v, want not found", id, err)
 	}
+	// Every file but the store's shared lock file (sandboxes.lock, empty:
+	// the sandboxes' byte-range locks, which leave nothing in it).
 	filepath.WalkDir(stateDir, func(p string, e fs.DirEntry, err error) error {
-		if err == nil && !e.IsDir() {
-			t.Errorf("file left in the state dir: %s", p)
+		if err != nil || e.IsDir() {
+			return nil
 		}
+		if fi, ierr := e.Info(); p == filepath.Join(stateDir, "sandboxes.lock") && ierr == nil && fi.Size() == 0 {
+			return nil
+		}
+		t.Errorf("file left in the state dir: %s", p)
 		return nil
 	})
 }

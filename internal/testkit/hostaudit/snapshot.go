@@ -340,6 +340,11 @@ func describeFilter(f netlink.Filter, names map[int]string, exact bool) string {
 	return s
 }
 
+// sharedLockFile is the state dir's lock file (netsetup/locks.go): one
+// byte-range lock per sandbox on it, so no sandbox has a lock file of its
+// own (the older locks/<id>.lock files are still audited).
+const sharedLockFile = "sandboxes.lock"
+
 // stateLines lists a vmnic state directory: records, lock files and every
 // other file, with their modes and content hashes, and the directories
 // writable by others (exact: every directory, with its mode).
@@ -372,6 +377,14 @@ func stateLines(dir string, exact bool) ([]string, error) {
 		switch {
 		case strings.HasPrefix(rel, "sandboxes/") && strings.HasSuffix(rel, ".json"):
 			kind = "record"
+		case rel == sharedLockFile:
+			// Made by every store open and never removed, like the
+			// store's directories: listed as they are (exact only), unless
+			// it is not the empty 0600 file it should be.
+			if !exact && fi.Mode().IsRegular() && fi.Size() == 0 && fi.Mode().Perm() == 0o600 {
+				return nil
+			}
+			kind = "lock"
 		case strings.HasPrefix(rel, "locks/"):
 			kind = "lock"
 		}

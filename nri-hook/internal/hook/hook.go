@@ -83,6 +83,9 @@ type Plugin struct {
 	mgr            *sandbox.Manager
 	runtimeName    string
 	runtimeVersion string
+	// releaseSpares frees the store's spare record files (Close, or a
+	// new configuration's store).
+	releaseSpares func()
 
 	reconcileMu sync.Mutex
 	// events logs pod events so that a background reconcile never acts
@@ -91,6 +94,11 @@ type Plugin struct {
 
 	sweep sweeper
 }
+
+// spareRecords is how many record files the plugin keeps made ahead for
+// new VM pods: a burst of pod starts larger than this makes the rest
+// inline, as without spares.
+const spareRecords = 16
 
 type state struct {
 	cfg *config.Config
@@ -139,10 +147,17 @@ func (p *Plugin) Configure(ctx context.Context, cfgText, runtime, version string
 	}
 	mgr := sandbox.New(sandbox.Config{Store: store, NetnsDir: cfg.NetnsDir, Logger: p.logger(),
 		VMMSocketDirs: sandbox.SocketDirs(cfg.RuntimeDir)})
+	// A new VM pod's record then finds its file made (off RunPodSandbox's
+	// path): see netsetup.Store.KeepSpareRecords.
+	release := store.KeepSpareRecords(spareRecords)
 
 	p.mu.Lock()
-	p.cfg, p.mgr, p.runtimeName, p.runtimeVersion = cfg, mgr, runtime, version
+	old := p.releaseSpares
+	p.cfg, p.mgr, p.runtimeName, p.runtimeVersion, p.releaseSpares = cfg, mgr, runtime, version, release
 	p.mu.Unlock()
+	if old != nil {
+		old()
+	}
 	p.startSweeper()
 
 	p.logger().Info("configured", "runtime", runtime, "runtimeVersion", version,
@@ -253,6 +268,10 @@ func (p *Plugin) prepare(ctx context.Context, st state, pod *api.PodSandbox) (*n
 		removeEmptyRuntimeDir(rtDir)
 		return nil, fmt.Errorf("vmnic: VM pod %s: %w", podRef(pod), err)
 	}
+	// The pod process tells the sweep when a host-network pod (whose netns
+	// vmnic owns, so no runtime netns can vanish) went without an event;
+	// it is recorded with the record itself.
+	proc, why := podProcess(pod.GetPid(), id)
 	rec, err := st.mgr.Prepare(ctx, id, sandbox.PrepareOptions{
 		NetnsPath:    nsPath,
 		PodName:      pod.GetName(),
@@ -260,6 +279,9 @@ func (p *Plugin) prepare(ctx context.Context, st state, pod *api.PodSandbox) (*n
 		PodUID:       pod.GetUid(),
 		RuntimeDir:   rtDir,
 		Origin:       OriginNRI,
+		PodPID:       proc.pid,
+		PodPIDStart:  proc.start,
+		PodPIDNS:     proc.ns,
 	})
 	if err != nil {
 		removeEmptyRuntimeDir(rtDir)
@@ -272,9 +294,6 @@ func (p *Plugin) prepare(ctx context.Context, st state, pod *api.PodSandbox) (*n
 	if err := failpoint.Inject("nri-prepared"); err != nil {
 		return nil, fmt.Errorf("vmnic: VM pod %s: %w", podRef(pod), err)
 	}
-	// The pod process tells the sweep when a host-network pod (whose netns
-	// vmnic owns, so no runtime netns can vanish) went without an event.
-	proc, why := podProcess(pod.GetPid(), id)
 	if proc.pid == 0 && rec.NetnsOwned {
 		p.logger().Warn("host-network VM pod: its pod process is unknown, so its removal is noticed only at the next Synchronize if the runtime sends no RemovePodSandbox",
 			"pod", podRef(pod), "why", why)
@@ -414,7 +433,6 @@ func (p *Plugin) removeLeftovers(ctx context.Context, st state, id string) error
 			return nil
 		}
 	}
-	_ = tx.Delete() // no record: this only drops the lock file at Unlock
 	if err := st.mgr.RemoveNetns(path); err != nil {
 		return fmt.Errorf("remove owned netns: %w", err)
 	}

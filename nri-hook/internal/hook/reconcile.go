@@ -274,7 +274,7 @@ func (p *Plugin) execute(ctx context.Context, st state, plan reconcilePlan, seq 
 
 // lockUnrecorded takes sandbox id's lock when the sandbox has no record
 // (recorded: it has one, meanwhile; no lock is held then, nor on an error).
-// The caller unlocks tx, which drops the lock file.
+// The caller unlocks tx.
 func lockUnrecorded(ctx context.Context, st state, id string) (tx *netsetup.Tx, recorded bool, err error) {
 	tx, err = st.mgr.Store.Lock(ctx, id)
 	if err != nil {
@@ -287,7 +287,6 @@ func lockUnrecorded(ctx context.Context, st state, id string) (tx *netsetup.Tx, 
 		tx.Unlock()
 		return nil, false, err
 	}
-	_ = tx.Delete() // no record: this only drops the lock file at Unlock
 	return tx, false, nil
 }
 

@@ -161,7 +161,7 @@ func (p *Plugin) startSweeper() {
 	}
 }
 
-// Close stops the sweep loop.
+// Close stops the sweep loop and frees the spare record files.
 func (p *Plugin) Close() {
 	s := &p.sweep
 	started := false
@@ -174,6 +174,13 @@ func (p *Plugin) Close() {
 	})
 	if started {
 		<-s.done
+	}
+	p.mu.Lock()
+	release := p.releaseSpares
+	p.releaseSpares = nil
+	p.mu.Unlock()
+	if release != nil {
+		release()
 	}
 }
 
