@@ -523,8 +523,9 @@ func vmmAddOutcome(err error, booted bool) addOutcome {
 	}
 }
 
-// early ends an ADD that changed nothing: it only drops the lock file of a
-// sandbox this call would have created.
+// early ends an ADD that changed nothing. For a sandbox this call would
+// have created it also deletes the record, which is a no-op unless a
+// caller wrote one since (the ADD writes it only at save).
 func (a *adding) early(err error) (*AddedNIC, error) {
 	if a.created {
 		_ = a.tx.Delete()
