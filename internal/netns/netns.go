@@ -189,7 +189,9 @@ func Do(path string, fn func() error) error { return DoExpected(path, nil, fn) }
 // even if the path changes meanwhile; when they differ, fn does not run
 // and the error is an EnterError wrapping ErrReplaced.
 func DoExpected(path string, want *netsetup.NetnsID, fn func() error) error {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	// O_NONBLOCK: a path that is a FIFO (not a namespace) must not block the
+	// open; setns refuses such an fd below.
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return &EnterError{Path: path, Err: err}
 	}

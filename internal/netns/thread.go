@@ -40,13 +40,25 @@ func Enter(path string, prep func() error) *Thread {
 }
 
 func (t *Thread) run(prep func() error) {
-	fd, err := unix.Open(t.path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	// The path may be anything a caller passed as CNI_NETNS, and Enter runs
+	// before the plugin has validated it: look at its file system before
+	// opening it (opening a FIFO blocks until a writer comes, a device may
+	// act on open), and open without blocking in case it was swapped since.
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(t.path, &sfs); err != nil {
+		t.fail(err)
+		return
+	}
+	if sfs.Type != unix.NSFS_MAGIC {
+		t.fail(ErrNotNetns)
+		return
+	}
+	fd, err := unix.Open(t.path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		t.fail(err)
 		return
 	}
 	defer unix.Close(fd)
-	var sfs unix.Statfs_t
 	var st unix.Stat_t
 	if unix.Fstatfs(fd, &sfs) != nil || sfs.Type != unix.NSFS_MAGIC || unix.Fstat(fd, &st) != nil {
 		t.fail(ErrNotNetns)

@@ -2,8 +2,11 @@ package netns
 
 import (
 	"errors"
+	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/netsetup"
@@ -70,5 +73,37 @@ func TestThread(t *testing.T) {
 			t.Errorf("Do in %s: %v, ran %v", bad, err, ran)
 		}
 		th.Close()
+	}
+}
+
+// TestThreadNotNetns: Enter on a path that is no network namespace fails
+// without opening it (a FIFO would block the open until a writer came, and
+// Close waits for the entry), for a FIFO, a plain file and a directory.
+func TestThreadNotNetns(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "plain")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{fifo, file, dir} {
+		done := make(chan error, 1)
+		go func() {
+			th := Enter(path, nil)
+			err := th.Do(nil, func() error { return errors.New("fn ran") })
+			th.Close()
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if !errors.Is(err, ErrNotNetns) {
+				t.Errorf("Enter(%s): %v, want ErrNotNetns", path, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("Enter(%s) still blocked after 10 s", path)
+		}
 	}
 }
