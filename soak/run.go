@@ -1,6 +1,7 @@
 // Package soak is vmnic's soak run: many ADD/DEL cycles, each a random
 // scenario (clean, crashes at the failpoints, VMM faults, racing DELs, GC
-// racing ADD, both backends, a ptp chain), on an isolated installation
+// racing ADD, both backends, a ptp chain, quiesce/resume, snapshot →
+// restore → restore-vmm), on an isolated installation
 // (internal/testkit/faultenv), with the host audited against the baseline
 // after every cycle (internal/testkit/hostaudit). soak/cmd/vmnic-soak is
 // the program; soak/ is a Go module of its own.
@@ -101,6 +102,8 @@ var scenarios = []scenario{
 	{"ptp", 1, (*runner).ptp},
 	{"damage-record", 2, (*runner).damageRecord},
 	{"lose-state-dir", 1, (*runner).loseStateDir},
+	{"quiesce-resume", 2, (*runner).quiesce},
+	{"snapshot-restore", 2, (*runner).snapshotRestore},
 }
 
 // Run builds the failpoint binaries, sets up an env and runs the cycles;
