@@ -721,6 +721,7 @@ func (r *Report) Summary() string {
 	fmt.Fprintf(&b, "vmnic soak: %d cycles in %s (seed %d)\n", r.Cycles, r.Duration, r.Seed)
 	fmt.Fprintf(&b, "cycles per scenario: %s\n", kv(r.Kinds))
 	fmt.Fprintf(&b, "faults injected: %d kinds, %d in all; plugin/vmnicctl processes killed: %d\n", len(r.Faults), sum(r.Faults), r.Crashes)
+	fmt.Fprintf(&b, "faults per kind: %s\n", kv(r.Faults))
 	fmt.Fprintf(&b, "audited resource kinds (baseline count): %s\n", kv(r.Audited))
 	fmt.Fprintf(&b, "leaked at the end, per kind: %s\n", kv(r.Final))
 	fmt.Fprintf(&b, "runner fds start/end: %d/%d (leaked %d); leftover processes: %d\n", r.FDs[0], r.FDs[1], r.FDs[1]-r.FDs[0], r.Procs)
