@@ -64,8 +64,9 @@ func (r *runner) nicState(sid string) (netsetup.NICState, *netsetup.NetSetup, er
 	return n.State, rec, nil
 }
 
-// quiesce: a prepared sandbox (owned netns) with a NIC; vmnicctl quiesce,
-// CHECK (healthy but quiesced), resume, CHECK. A third of the time that
+// quiesce: a prepared sandbox (owned netns), with a booted CH simulator
+// half the time, and a NIC; vmnicctl quiesce, CHECK (healthy but
+// quiesced), resume (the NIC back to attached or pending), CHECK. A third of the time that
 // runs clean; else a crash is armed at quiesce-saved or resume-host and
 // the repair is the retried quiesce/resume pair, the chain's DEL, or
 // vmnicctl teardown.
@@ -74,11 +75,49 @@ func (r *runner) quiesce(ctx context.Context, sid string) error {
 	if err != nil {
 		return err
 	}
+	// Half the time the sandbox has a booted CH simulator (a paused VM:
+	// the NIC goes back to attached); else none (the NIC goes back to
+	// pending).
+	back := netsetup.NICPending
+	var sim *vmmsim.CH
+	if r.rnd.Intn(2) == 0 {
+		r.fault("quiesce-with-vmm")
+		dir := filepath.Join(r.e.RuntimeDir, strings.TrimPrefix(sid, faultenv.NetnsPrefix))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		if sim, err = vmmsim.StartCH(filepath.Join(dir, "api.sock"), vmmsim.CHConfig{}); err != nil {
+			return err
+		}
+		defer sim.Close()
+		if _, err := r.ctl(ctx, "attach-vmm", sid, "--kind", "ch", "--socket", sim.Socket()); err != nil {
+			return err
+		}
+		back = netsetup.NICAttached
+	}
 	c := r.chains["bridge"]
 	a := faultenv.Attachment{ContainerID: sid, Netns: strings.TrimSpace(out), IfName: "eth0", SandboxID: sid}
 	if _, err := c.Add(ctx, a); err != nil {
 		return fmt.Errorf("ADD: %w", err)
 	}
+	if err := r.quiesceResume(ctx, sid, c, a, back); err != nil {
+		return err
+	}
+	if sim != nil {
+		if n := sim.Net(); len(n) != 0 {
+			return fmt.Errorf("the VMM still has NICs after DEL/teardown: %+v", n)
+		}
+		if v := sim.Violations(); len(v) > 0 {
+			return fmt.Errorf("VMM: spec violations: %v", v)
+		}
+	}
+	return nil
+}
+
+// quiesceResume is the quiesce cycle once the NIC is added; back is the
+// state resume must put the NIC back in.
+func (r *runner) quiesceResume(ctx context.Context, sid string, c *faultenv.Chain, a faultenv.Attachment, back netsetup.NICState) error {
 	pts := r.points(failpoint.OpQuiesce, "cni", false)
 	if r.rnd.Intn(3) == 0 {
 		r.fault("quiesce-resume-clean")
@@ -93,6 +132,9 @@ func (r *runner) quiesce(ctx context.Context, sid string) error {
 		}
 		if _, err := r.ctl(ctx, "resume", sid); err != nil {
 			return err
+		}
+		if s, _, err := r.nicState(sid); err != nil || s != back {
+			return fmt.Errorf("after resume the NIC is %q (%v), want %s", s, err, back)
 		}
 		if err := c.Check(ctx, a); err != nil {
 			return fmt.Errorf("CHECK after resume: %w", err)
@@ -132,8 +174,8 @@ func (r *runner) quiesce(ctx context.Context, sid string) error {
 				return fmt.Errorf("%s after a crash at %s: %w", cmd, p, err)
 			}
 		}
-		if s, _, err := r.nicState(sid); err != nil || s != netsetup.NICPending {
-			return fmt.Errorf("after the retried quiesce/resume the NIC is %q (%v)", s, err)
+		if s, _, err := r.nicState(sid); err != nil || s != back {
+			return fmt.Errorf("after the retried quiesce/resume the NIC is %q (%v), want %s", s, err, back)
 		}
 		if err := c.Check(ctx, a); err != nil {
 			return fmt.Errorf("CHECK after the repair: %w", err)
