@@ -40,7 +40,10 @@ func Enter(path string, prep func() error) *Thread {
 }
 
 func (t *Thread) run(prep func() error) {
-	fd, err := unix.Open(t.path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	// O_NONBLOCK: the path is not checked yet (the plugin starts the
+	// thread before it validates CNI_NETNS), and a FIFO there must not
+	// block the open; a netns file does not care.
+	fd, err := unix.Open(t.path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {
 		t.fail(err)
 		return
