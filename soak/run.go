@@ -1,6 +1,7 @@
 // Package soak is vmnic's soak run: many ADD/DEL cycles, each a random
 // scenario (clean, crashes at the failpoints, VMM faults, racing DELs, GC
-// racing ADD, both backends, a ptp chain), on an isolated installation
+// racing ADD, both backends, a ptp chain, quiesce/resume, snapshot →
+// restore → restore-vmm), on an isolated installation
 // (internal/testkit/faultenv), with the host audited against the baseline
 // after every cycle (internal/testkit/hostaudit). soak/cmd/vmnic-soak is
 // the program; soak/ is a Go module of its own.
@@ -101,6 +102,8 @@ var scenarios = []scenario{
 	{"ptp", 1, (*runner).ptp},
 	{"damage-record", 2, (*runner).damageRecord},
 	{"lose-state-dir", 1, (*runner).loseStateDir},
+	{"quiesce-resume", 2, (*runner).quiesce},
+	{"snapshot-restore", 2, (*runner).snapshotRestore},
 }
 
 // Run builds the failpoint binaries, sets up an env and runs the cycles;
@@ -718,6 +721,7 @@ func (r *Report) Summary() string {
 	fmt.Fprintf(&b, "vmnic soak: %d cycles in %s (seed %d)\n", r.Cycles, r.Duration, r.Seed)
 	fmt.Fprintf(&b, "cycles per scenario: %s\n", kv(r.Kinds))
 	fmt.Fprintf(&b, "faults injected: %d kinds, %d in all; plugin/vmnicctl processes killed: %d\n", len(r.Faults), sum(r.Faults), r.Crashes)
+	fmt.Fprintf(&b, "faults per kind: %s\n", kv(r.Faults))
 	fmt.Fprintf(&b, "audited resource kinds (baseline count): %s\n", kv(r.Audited))
 	fmt.Fprintf(&b, "leaked at the end, per kind: %s\n", kv(r.Final))
 	fmt.Fprintf(&b, "runner fds start/end: %d/%d (leaked %d); leftover processes: %d\n", r.FDs[0], r.FDs[1], r.FDs[1]-r.FDs[0], r.Procs)

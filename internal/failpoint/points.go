@@ -51,6 +51,7 @@ const (
 	OpNRIRun   Op = "nri-run"  // NRI RunPodSandbox
 	OpNRIStop  Op = "nri-remove"
 	OpQuiesce  Op = "quiesce" // vmnicctl quiesce/resume, NRI Stop/PostStartContainer, CHECK with the VMM gone
+	OpRestore  Op = "restore" // vmnicctl restore-vmm (sandbox.Manager.RestoreVMM)
 )
 
 // Point is one registered failpoint.
@@ -98,6 +99,10 @@ var Points = []Point{
 	// Quiesce and resume (issue 12).
 	{Name: "quiesce-saved", Component: Engine, Op: OpQuiesce, Doc: "NICs recorded quiesced, veth redirects still in place"},
 	{Name: "resume-host", Component: Engine, Op: OpQuiesce, Doc: "redirects back and drop filters gone, NICs still recorded quiesced"},
+
+	// Restore of a restored sandbox's VM into Cloud Hypervisor (issue 12).
+	{Name: "restore-fds-opened", Component: Engine, Op: OpRestore, VMM: true, Doc: "restore-vmm: TAP queue fds opened for the NICs the snapshot has on fds (none for NICs by name), vm.restore not sent, nothing recorded"},
+	{Name: "vm-restored", Component: Engine, Op: OpRestore, VMM: true, Doc: "restore-vmm: the VMM has the restored VM with the sandbox's TAPs, vmnic's fd copies closed, the VMM and NICs not recorded (NICs still pending)"},
 
 	// NRI hook handlers.
 	{Name: "nri-runtime-dir", Component: NRI, Op: OpNRIRun, Doc: "RunPodSandbox: runtime dir made, sandbox not prepared"},

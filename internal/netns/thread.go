@@ -53,7 +53,7 @@ func (t *Thread) run(prep func() error) {
 		t.fail(ErrNotNetns)
 		return
 	}
-	fd, err := unix.Open(t.path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	fd, err := unix.Open(t.path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {
 		t.fail(err)
 		return

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnic/vmnic/internal/testkit/testenv"
 	"github.com/vmnic/vmnic/netsetup"
 )
@@ -65,7 +67,12 @@ func TestThread(t *testing.T) {
 	}
 	th.Close()
 
-	for _, bad := range []string{filepath.Join(dir, "none"), dir} {
+	// A FIFO is refused without blocking the open (and so Close).
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{filepath.Join(dir, "none"), dir, fifo} {
 		th = Enter(bad, nil)
 		err := th.Do(nil, func() error { ran = true; return nil })
 		var ee *EnterError

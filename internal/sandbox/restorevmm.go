@@ -111,6 +111,12 @@ func (m *Manager) RestoreVMM(ctx context.Context, id string, kind vmmadapter.Kin
 		if err := m.restoreCH(ctx, rec, v, plan, o); err != nil {
 			return nil, err
 		}
+		// A crash here leaves CH with the VM and the NICs recorded
+		// pending, with no VMM: a retry finds the VM (restoredAlready)
+		// and only records it; DEL or teardown removes the host side.
+		if err := m.step("vm-restored"); err != nil {
+			return nil, err
+		}
 	} else {
 		m.log().Info("restore-vmm: the VMM has the snapshot's NICs already (an earlier restore whose answer was lost?): only recording them", "sandbox", id, "socket", socket)
 	}
@@ -207,6 +213,11 @@ func (m *Manager) restoreCH(ctx context.Context, rec *netsetup.NetSetup, v *nets
 		}
 		all = append(all, files...)
 		rc.Nets = append(rc.Nets, connect.RestoreFds{ID: p.device, Fds: files})
+	}
+	// A crash here loses nothing: the fds die with the process, the VMM
+	// has no VM, the record is as it was.
+	if err := m.step("restore-fds-opened"); err != nil {
+		return err
 	}
 	a, err := m.openVMM(v)
 	if err != nil {

@@ -170,6 +170,11 @@ func TestCrashEveryFailpoint(t *testing.T) {
 				cases++
 				t.Run(p.Name+"/quiesce/"+rep, func(t *testing.T) { crashQuiesce(t, p, rep) })
 			}
+		case failpoint.OpRestore:
+			for _, rep := range []string{"retry", "del", "teardown"} {
+				cases++
+				t.Run(p.Name+"/restore-vmm/"+rep, func(t *testing.T) { crashRestore(t, p, rep) })
+			}
 		default:
 			t.Errorf("failpoint %s: no crash scenario for op %s", p.Name, p.Op)
 		}

@@ -118,6 +118,8 @@ type Attachment struct {
 	Netns       string
 	IfName      string
 	SandboxID   string // VMNIC_SANDBOX_ID, when set
+	// Args are more CNI_ARGS pairs (e.g. MAC and IP for a restored NIC).
+	Args [][2]string
 }
 
 // RuntimeConf is the attachment as libcni runtime parameters.
@@ -126,9 +128,13 @@ func (a Attachment) RuntimeConf() *libcni.RuntimeConf {
 	if a.IfName == "" {
 		rt.IfName = "eth0"
 	}
-	if a.SandboxID != "" {
-		rt.Args = [][2]string{{"IgnoreUnknown", "1"}, {"VMNIC_SANDBOX_ID", a.SandboxID}}
+	if a.SandboxID != "" || len(a.Args) > 0 {
+		rt.Args = [][2]string{{"IgnoreUnknown", "1"}}
 	}
+	if a.SandboxID != "" {
+		rt.Args = append(rt.Args, [2]string{"VMNIC_SANDBOX_ID", a.SandboxID})
+	}
+	rt.Args = append(rt.Args, a.Args...)
 	return rt
 }
 
