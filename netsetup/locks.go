@@ -26,8 +26,9 @@ import (
 // file per bridge (lockFile). Every wait for a lock ends when its context
 // is done.
 
-// sandboxLockName is the shared lock file, in the state dir.
-const sandboxLockName = "sandboxes.lock"
+// SandboxLockFile is the name of the shared lock file in the state dir:
+// it stays there, empty, when no sandbox is left (like the directories).
+const SandboxLockFile = "sandboxes.lock"
 
 // legacyLockDir is where vmnic before the shared lock file kept one flock
 // file per sandbox (locks/<id>.lock). Nothing locks those files any more:
@@ -53,7 +54,7 @@ func (s *Store) Lock(ctx context.Context, id string) (*Tx, error) {
 	return &Tx{s: s, id: id, lock: f}, nil
 }
 
-func (s *Store) sandboxLockPath() string { return filepath.Join(s.dir, sandboxLockName) }
+func (s *Store) sandboxLockPath() string { return filepath.Join(s.dir, SandboxLockFile) }
 
 // Unlock releases the lock (closing its file description releases it).
 func (t *Tx) Unlock() {

@@ -58,10 +58,10 @@ func TestLockMakesNoFile(t *testing.T) {
 	for _, e := range ents {
 		names = append(names, e.Name())
 	}
-	if got := strings.Join(names, ","); got != "netns,sandboxes,"+sandboxLockName {
+	if got := strings.Join(names, ","); got != "netns,sandboxes,"+SandboxLockFile {
 		t.Fatalf("state dir holds %s, want only the store's dirs and the shared lock file", got)
 	}
-	fi, err := os.Stat(filepath.Join(s.Dir(), sandboxLockName))
+	fi, err := os.Stat(filepath.Join(s.Dir(), SandboxLockFile))
 	if err != nil || fi.Mode().Perm() != 0o600 || fi.Size() != 0 {
 		t.Fatalf("shared lock file: %v, %v (want mode 0600, empty)", fi, err)
 	}

@@ -87,9 +87,17 @@ func demoLinks() []string {
 func stateFiles() []string {
 	var out []string
 	filepath.WalkDir(stateDir, func(p string, e fs.DirEntry, err error) error {
-		if err == nil && !e.IsDir() {
-			out = append(out, p)
+		if err != nil || e.IsDir() {
+			return nil
 		}
+		// The shared lock file stays, empty, like the directories: it holds
+		// no sandbox's data (netsetup.SandboxLockFile).
+		if p == filepath.Join(stateDir, netsetup.SandboxLockFile) {
+			if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() && fi.Size() == 0 {
+				return nil
+			}
+		}
+		out = append(out, p)
 		return nil
 	})
 	return out
