@@ -41,7 +41,7 @@ MODULE_GOFLAGS := -buildvcs=false -mod=mod
 
 include $(sort $(wildcard mk/*.mk))
 
-.PHONY: build test go-test unit-test demo tools apt clean fmt vet
+.PHONY: build test go-test unit-test demo demo-test tools apt clean fmt vet
 
 build:
 	@mkdir -p $(BIN)
@@ -88,10 +88,15 @@ unit-test:
 # VMNIC_REQUIRE_ROOT_TESTS makes a missing tool a failure, not a skip).
 # Order: the main module's tests, then each area's extra suites (TEST_DEPS,
 # from mk/*.mk: the bench and soak modules among them), then the end-to-end
-# suite on a real containerd.
+# suite on a real containerd, and last the demo (`make demo`, the README's
+# main command), so CI checks it end to end as well.
 test: apt tools build
 	@$(MAKE) --no-print-directory go-test
-	@for t in $(TEST_DEPS) e2e; do echo "== make $$t"; $(MAKE) --no-print-directory $$t || exit 1; done
+	@for t in $(TEST_DEPS) e2e demo-test; do echo "== make $$t"; $(MAKE) --no-print-directory $$t || exit 1; done
+
+# demo-test: the demo as a test (root; skipped with a message otherwise).
+demo-test:
+	@if [ "$$(id -u)" != 0 ]; then echo "demo-test: skipped: the demo needs root"; exit 0; fi; ./demo/demo.sh
 
 go-test:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
