@@ -103,8 +103,18 @@ func writeAtomicSpare(dir, path string, data []byte, durable bool, spare *os.Fil
 	var tmpName string
 	var err error
 	if spare != nil {
+		// Fill the spare before it gets its temp name: the write gives it a
+		// fresh mtime (a spare may have been made hours ago, and linking it
+		// does not touch its mtime), so a concurrent prune, which removes
+		// temp files older than a minute, cannot take the name of a write
+		// in progress.
 		tmp = spare
-		tmpName, err = nameSpare(dir, spare)
+		if _, err = tmp.Write(data); err == nil && durable {
+			err = tmp.Sync()
+		}
+		if err == nil {
+			tmpName, err = nameSpare(dir, spare)
+		}
 	} else {
 		tmp, err = os.CreateTemp(dir, tempPrefix+"*")
 		if err == nil {
@@ -126,13 +136,13 @@ func writeAtomicSpare(dir, path string, data []byte, durable bool, spare *os.Fil
 		if err := tmp.Chmod(0o600); err != nil {
 			return err
 		}
-	}
-	if _, err := tmp.Write(data); err != nil {
-		return err
-	}
-	if durable {
-		if err := tmp.Sync(); err != nil {
+		if _, err := tmp.Write(data); err != nil {
 			return err
+		}
+		if durable {
+			if err := tmp.Sync(); err != nil {
+				return err
+			}
 		}
 	}
 	if err := tmp.Close(); err != nil {

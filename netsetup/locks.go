@@ -195,10 +195,18 @@ func (s *Store) pruneLegacyLocks() []string {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
-		if os.Remove(p) == nil {
+		// An older vmnic still running (an upgrade that has not replaced
+		// every program yet) may hold it: only an unheld file goes, and the
+		// directory stays, since an older Lock opens files in it without
+		// making it.
+		f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil && os.Remove(p) == nil {
 			removed = append(removed, p)
 		}
+		f.Close()
 	}
-	os.Remove(dir) // only when empty
 	return removed
 }

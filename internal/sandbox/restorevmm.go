@@ -102,6 +102,14 @@ func (m *Manager) RestoreVMM(ctx context.Context, id string, kind vmmadapter.Kin
 		return nil, coded(CodeInvalidEnv, err, "restore the VMM of sandbox %s: ask the VMM at %s", id, socket)
 	}
 	v.Version, v.PID = info.Version, info.PID
+	// A VMM in a pid namespace of its own (a container) reports its pid
+	// there; the fd peer check compares the pid vmnic sees (as AttachVMM).
+	if pid, err := vmmHostPID(socket, info.PID); err != nil {
+		m.log().Warn("the VMM's pid as vmnic sees it is unknown: TAP fds go only to the pid it reported",
+			"sandbox", id, "socket", socket, "reportedPID", info.PID, "error", err)
+	} else {
+		v.PID = pid
+	}
 
 	if !restoredAlready(have, plan) {
 		if len(have) > 0 {
