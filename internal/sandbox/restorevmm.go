@@ -8,8 +8,6 @@ import (
 	"slices"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/vmnic/vmnic/internal/hostnet"
 	"github.com/vmnic/vmnic/netsetup"
 	"github.com/vmnic/vmnic/vmmadapter"
@@ -80,12 +78,7 @@ func (m *Manager) RestoreVMM(ctx context.Context, id string, kind vmmadapter.Kin
 		return nil, coded(CodeInvalidConfig, err, "restore the VMM of sandbox %s", id)
 	}
 
-	v := &netsetup.VMM{Kind: string(kind), APISocket: socket}
-	var st unix.Stat_t
-	if err := unix.Lstat(socket, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
-		uid := st.Uid
-		v.SocketUID = &uid
-	}
+	v := vmmAt(kind, socket)
 	a, err := m.openVMM(v)
 	if err != nil {
 		return nil, coded(CodeInvalidEnv, err, "restore the VMM of sandbox %s", id)
@@ -101,15 +94,7 @@ func (m *Manager) RestoreVMM(ctx context.Context, id string, kind vmmadapter.Kin
 	if err != nil {
 		return nil, coded(CodeInvalidEnv, err, "restore the VMM of sandbox %s: ask the VMM at %s", id, socket)
 	}
-	v.Version, v.PID = info.Version, info.PID
-	// A VMM in a pid namespace of its own (a container) reports its pid
-	// there; the fd peer check compares the pid vmnic sees (as AttachVMM).
-	if pid, err := vmmHostPID(socket, info.PID); err != nil {
-		m.log().Warn("the VMM's pid as vmnic sees it is unknown: TAP fds go only to the pid it reported",
-			"sandbox", id, "socket", socket, "reportedPID", info.PID, "error", err)
-	} else {
-		v.PID = pid
-	}
+	v.Version, v.PID = info.Version, m.vmmPID(id, socket, info.PID)
 
 	if !restoredAlready(have, plan) {
 		if len(have) > 0 {

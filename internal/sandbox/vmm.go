@@ -202,13 +202,7 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 	if rec.Phase == netsetup.PhaseInvalid || rec.Phase == netsetup.PhaseTearingDown {
 		return nil, fmt.Errorf("sandbox %s is %s (%s): %w", id, rec.Phase, rec.Error, ErrInvalidRecord)
 	}
-	v := &netsetup.VMM{Kind: string(kind), APISocket: socket}
-	// The socket's owner now is the VMM's: every later dial checks it.
-	var st unix.Stat_t
-	if err := unix.Lstat(socket, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
-		uid := st.Uid
-		v.SocketUID = &uid
-	}
+	v := vmmAt(kind, socket)
 	a, err := m.openVMM(v)
 	if err != nil {
 		return nil, err
@@ -222,13 +216,7 @@ func (m *Manager) AttachVMM(ctx context.Context, id string, kind vmmadapter.Kind
 	}
 	v.Booted = info.Booted
 	v.Version = info.Version
-	v.PID = info.PID
-	if pid, err := vmmHostPID(socket, info.PID); err != nil {
-		m.log().Warn("the VMM's pid as vmnic sees it is unknown: TAP fds go only to the pid it reported",
-			"sandbox", id, "socket", socket, "reportedPID", info.PID, "error", err)
-	} else {
-		v.PID = pid
-	}
+	v.PID = m.vmmPID(id, socket, info.PID)
 	rec.VMM = v
 	if err := tx.Save(rec); err != nil {
 		return nil, err
@@ -313,4 +301,30 @@ func vmmHas(have []string, id string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// vmmAt is the record of the VMM of kind at socket before it is asked
+// anything: the socket's owner now is the VMM's, and every later dial
+// checks it.
+func vmmAt(kind vmmadapter.Kind, socket string) *netsetup.VMM {
+	v := &netsetup.VMM{Kind: string(kind), APISocket: socket}
+	var st unix.Stat_t
+	if err := unix.Lstat(socket, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+		uid := st.Uid
+		v.SocketUID = &uid
+	}
+	return v
+}
+
+// vmmPID is the pid to record for the VMM at socket that reported pid
+// reported: the pid vmnic sees (vmmHostPID), which the fd handoff's peer
+// check compares; the reported one, with a warning, when that is unknown.
+func (m *Manager) vmmPID(id, socket string, reported int) int {
+	pid, err := vmmHostPID(socket, reported)
+	if err != nil {
+		m.log().Warn("the VMM's pid as vmnic sees it is unknown: TAP fds go only to the pid it reported",
+			"sandbox", id, "socket", socket, "reportedPID", reported, "error", err)
+		return reported
+	}
+	return pid
 }
