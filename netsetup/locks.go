@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -88,26 +89,16 @@ func (s *Store) lockRange(ctx context.Context, off int64) (*os.File, error) {
 		if err != nil {
 			return nil, err
 		}
-		lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: off, Len: 1}
-		for {
-			err = unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
-			if err == nil {
-				break
+		err = pollLock(ctx, &wait, func() error {
+			lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: off, Len: 1}
+			if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
+				return fmt.Errorf("fcntl F_OFD_SETLK %s: %w", s.sandboxLockPath(), err)
 			}
-			if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EACCES) && !errors.Is(err, unix.EINTR) {
-				f.Close()
-				return nil, fmt.Errorf("fcntl F_OFD_SETLK %s: %w", s.sandboxLockPath(), err)
-			}
-			select {
-			case <-ctx.Done():
-				f.Close()
-				return nil, fmt.Errorf("held by another process: %w", ctx.Err())
-			case <-time.After(wait):
-			}
-			if wait < 20*time.Millisecond {
-				wait *= 2
-			}
-			lk = unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: off, Len: 1}
+			return nil
+		}, unix.EAGAIN, unix.EACCES, unix.EINTR)
+		if err != nil {
+			f.Close()
+			return nil, err
 		}
 		if sameFile(f, s.sandboxLockPath()) {
 			return f, nil
@@ -115,6 +106,30 @@ func (s *Store) lockRange(ctx context.Context, off int64) (*os.File, error) {
 		f.Close() // unlinked or replaced while we waited: lock the current file
 		if attempt >= 100 {
 			return nil, fmt.Errorf("lock file %s keeps being replaced", s.sandboxLockPath())
+		}
+	}
+}
+
+// pollLock calls try until it takes its lock, waiting between tries (from
+// *wait, doubling up to 20 ms) until ctx is done: neither flock nor
+// F_OFD_SETLKW can be interrupted by a context, hence the polling. An error
+// of try that is none of busy ends it at once and is returned.
+func pollLock(ctx context.Context, wait *time.Duration, try func() error, busy ...unix.Errno) error {
+	for {
+		err := try()
+		if err == nil {
+			return nil
+		}
+		if !slices.ContainsFunc(busy, func(e unix.Errno) bool { return errors.Is(err, e) }) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("held by another process: %w", ctx.Err())
+		case <-time.After(*wait):
+		}
+		if *wait < 20*time.Millisecond {
+			*wait *= 2
 		}
 	}
 }
@@ -153,24 +168,12 @@ func lockFile(ctx context.Context, path string, mkdir bool) (*os.File, error) {
 		if err != nil {
 			return nil, err
 		}
-		for {
-			err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-			if err == nil {
-				break
-			}
-			if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-				f.Close()
-				return nil, err
-			}
-			select {
-			case <-ctx.Done():
-				f.Close()
-				return nil, fmt.Errorf("held by another process: %w", ctx.Err())
-			case <-time.After(wait):
-			}
-			if wait < 20*time.Millisecond {
-				wait *= 2
-			}
+		err = pollLock(ctx, &wait, func() error {
+			return unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		}, unix.EWOULDBLOCK, unix.EINTR)
+		if err != nil {
+			f.Close()
+			return nil, err
 		}
 		if sameFile(f, path) {
 			return f, nil
