@@ -210,32 +210,54 @@ func DoExpected(path string, want *netsetup.NetnsID, fn func() error) error {
 	}
 	errc := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread()
-		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		home, err := enter(fd)
 		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- &EnterError{Path: path, Err: fmt.Errorf("netns of the calling thread: %w", err)}
-			return
-		}
-		defer unix.Close(home)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			if errors.Is(err, unix.EINVAL) {
-				err = ErrNotNetns
-			}
 			errc <- &EnterError{Path: path, Err: err}
 			return
 		}
 		ferr := fn()
-		if err := unix.Setns(home, unix.CLONE_NEWNET); err != nil {
-			// Leave the thread locked: it dies with this goroutine.
+		if err := leave(home); err != nil {
 			errc <- errors.Join(ferr, fmt.Errorf("return from netns %s: %w", path, err))
 			return
 		}
-		runtime.UnlockOSThread()
 		errc <- ferr
 	}()
 	return <-errc
+}
+
+// enter locks the calling goroutine to its OS thread and moves that thread
+// into the network namespace open as fd. It returns an fd of the namespace
+// the thread came from, for leave. On failure the thread is unlocked again,
+// still where it was.
+func enter(fd int) (home int, err error) {
+	runtime.LockOSThread()
+	home, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return -1, fmt.Errorf("netns of the calling thread: %w", err)
+	}
+	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+		unix.Close(home)
+		runtime.UnlockOSThread()
+		if errors.Is(err, unix.EINVAL) {
+			err = ErrNotNetns
+		}
+		return -1, err
+	}
+	return home, nil
+}
+
+// leave returns the thread enter moved back to home and unlocks it, and
+// closes home. When the way back fails the thread stays locked, so the Go
+// runtime ends it with its goroutine and no other goroutine ever runs in
+// the wrong namespace.
+func leave(home int) error {
+	defer unix.Close(home)
+	if err := unix.Setns(home, unix.CLONE_NEWNET); err != nil {
+		return err
+	}
+	runtime.UnlockOSThread()
+	return nil
 }
 
 // Mounted lists the mount points of every namespace file bind-mounted in

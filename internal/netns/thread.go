@@ -3,7 +3,6 @@ package netns
 import (
 	"errors"
 	"fmt"
-	"runtime"
 
 	"golang.org/x/sys/unix"
 
@@ -65,19 +64,8 @@ func (t *Thread) run(prep func() error) {
 		return
 	}
 	t.id = netsetup.NetnsID{Dev: st.Dev, Ino: st.Ino}
-	runtime.LockOSThread()
-	home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	home, err := enter(fd)
 	if err != nil {
-		runtime.UnlockOSThread()
-		t.fail(fmt.Errorf("netns of the calling thread: %w", err))
-		return
-	}
-	defer unix.Close(home)
-	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		if errors.Is(err, unix.EINVAL) {
-			err = ErrNotNetns
-		}
 		t.fail(err)
 		return
 	}
@@ -90,11 +78,7 @@ func (t *Thread) run(prep func() error) {
 	for fn := range work {
 		fn()
 	}
-	if err := unix.Setns(home, unix.CLONE_NEWNET); err != nil {
-		// Leave the thread locked: it dies with this goroutine.
-		return
-	}
-	runtime.UnlockOSThread()
+	_ = leave(home) // failing, the thread dies with this goroutine
 }
 
 func (t *Thread) fail(err error) {
